@@ -1,0 +1,291 @@
+//! Command line: `stdio`, `http`, `migrate` and `catalog`. Every flag has an `AGENTCRM_*`
+//! environment variable (and `DATABASE_URL`), so desktop clients can configure it either way.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::mcp::catalog::Catalog;
+use crate::mcp::filter::ToolFilter;
+use crate::mcp::http::{DEFAULT_ALLOWED_HOSTS, DEFAULT_ALLOWED_ORIGINS, HttpOptions};
+use crate::store::tenants::{self, LOCAL_TENANT_SLUG};
+use crate::store::{Store, embedded};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agentcrm",
+    version,
+    about = "An MCP server for CRM, workflows, handoffs and agents, on PostgreSQL"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve MCP over stdio (for desktop clients that start the server as a subprocess)
+    Stdio(StdioArgs),
+    /// Serve MCP over streamable HTTP at /mcp
+    Http(HttpArgs),
+    /// Apply database migrations and exit
+    Migrate(DbArgs),
+    /// Write the generated tool catalog (schemas/ and tools/), or check it is up to date
+    Catalog(CatalogArgs),
+}
+
+#[derive(Debug, Args)]
+struct DbArgs {
+    /// PostgreSQL URL of a shared server; without it, a private embedded server is started
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Where the embedded server keeps its data [default: ~/.local/share/agentcrm, or /var/lib/agentcrm as root]
+    #[arg(long, env = "AGENTCRM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ToolArgs {
+    /// Enable only these toolsets (comma-separated; `all` for every toolset)
+    #[arg(long, env = "AGENTCRM_TOOLSETS", value_delimiter = ',')]
+    toolsets: Vec<String>,
+    /// Offer only tools that change nothing
+    #[arg(long, env = "AGENTCRM_READ_ONLY")]
+    read_only: bool,
+    /// Offer only these tools (comma-separated)
+    #[arg(long, env = "AGENTCRM_TOOLS", value_delimiter = ',')]
+    tools: Vec<String>,
+    /// Never offer these tools (comma-separated)
+    #[arg(long, env = "AGENTCRM_EXCLUDE_TOOLS", value_delimiter = ',')]
+    exclude_tools: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct StdioArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    tools: ToolArgs,
+}
+
+#[derive(Debug, Args)]
+struct HttpArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    tools: ToolArgs,
+    /// Address to listen on (port 0 picks a free port; the log says which)
+    #[arg(long, env = "AGENTCRM_LISTEN", default_value = "127.0.0.1:8848")]
+    listen: SocketAddr,
+    /// Accepted Host headers, comma-separated (`*` for any) [default: localhost,127.0.0.1,::1]
+    #[arg(long, env = "AGENTCRM_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
+    /// Accepted browser Origins, comma-separated, e.g. https://app.example.com:443 (`*` for any) [default: loopback origins]
+    #[arg(long, env = "AGENTCRM_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+    /// Largest accepted request body in bytes
+    #[arg(long, env = "AGENTCRM_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_body_bytes: usize,
+}
+
+#[derive(Debug, Args)]
+struct CatalogArgs {
+    /// Directory that holds (or receives) schemas/ and tools/
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// Write nothing; exit non-zero when the files under --out differ from the catalog
+    #[arg(long)]
+    check: bool,
+}
+
+/// Startup failures, reported as one line on stderr.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Filter(#[from] crate::mcp::filter::FilterError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("could not listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+    #[error("stdio session could not start: {0}")]
+    Stdio(#[from] rmcp::service::ServerInitializeError),
+    #[error("could not write the catalog: {0}")]
+    Catalog(std::io::Error),
+    #[error(
+        "the generated catalog is out of date; run `agentcrm catalog` and commit the result:\n  {0}"
+    )]
+    CatalogDrift(String),
+}
+
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let outcome = match cli.command {
+        Command::Stdio(args) => run_stdio(args).await,
+        Command::Http(args) => run_http(args).await,
+        Command::Migrate(args) => run_migrate(args).await,
+        Command::Catalog(args) => run_catalog(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // stdout belongs to the MCP protocol in stdio mode: every log line goes to stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Cancelled on SIGINT or SIGTERM.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            tracing::warn!("could not install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        }
+        cancel.cancel();
+    });
+    token
+}
+
+async fn open_store(db: &DbArgs) -> Result<Store, CliError> {
+    let url = db.database_url.as_deref().filter(|u| !u.trim().is_empty());
+    let data_dir = db
+        .data_dir
+        .clone()
+        .unwrap_or_else(embedded::default_data_dir);
+    Ok(Store::open(url, &data_dir).await?)
+}
+
+/// Opens the store and builds the shared state; on error the store is closed again.
+async fn start(db: &DbArgs, tools: &ToolArgs) -> Result<Arc<App>, CliError> {
+    let catalog = Catalog::builtin();
+    let filter = ToolFilter::from_lists(
+        catalog,
+        &tools.toolsets,
+        tools.read_only,
+        &tools.tools,
+        &tools.exclude_tools,
+    )?;
+    let store = open_store(db).await?;
+    let local_tenant = match tenants::ensure(store.pool(), LOCAL_TENANT_SLUG, "Local").await {
+        Ok(tenant) => tenant,
+        Err(error) => {
+            store.close().await;
+            return Err(error.into());
+        }
+    };
+    tracing::info!(
+        database = ?store.kind(),
+        toolsets = %crate::mcp::server::describe_toolsets(&filter.enabled_toolsets(catalog)),
+        "agentcrm ready"
+    );
+    Ok(Arc::new(App {
+        store,
+        catalog,
+        filter,
+        local_tenant,
+    }))
+}
+
+async fn run_stdio(args: StdioArgs) -> Result<(), CliError> {
+    let shutdown = shutdown_on_signals();
+    let app = start(&args.db, &args.tools).await?;
+    let outcome = crate::mcp::stdio::serve(app.clone(), shutdown).await;
+    app.store.close().await;
+    Ok(outcome?)
+}
+
+async fn run_http(args: HttpArgs) -> Result<(), CliError> {
+    let shutdown = shutdown_on_signals();
+    let options = HttpOptions {
+        listen: args.listen,
+        allowed_hosts: defaulted(args.allowed_hosts, &DEFAULT_ALLOWED_HOSTS),
+        allowed_origins: defaulted(args.allowed_origins, &DEFAULT_ALLOWED_ORIGINS),
+        max_body_bytes: args.max_body_bytes,
+    };
+    let app = start(&args.db, &args.tools).await?;
+    let listener = match tokio::net::TcpListener::bind(options.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            app.store.close().await;
+            return Err(CliError::Listen(options.listen, error));
+        }
+    };
+    let address = listener.local_addr().unwrap_or(options.listen);
+    tracing::info!("listening on http://{address}/mcp");
+    let outcome = crate::mcp::http::serve(app.clone(), listener, &options, shutdown).await;
+    app.store.close().await;
+    outcome.map_err(CliError::Serve)
+}
+
+fn defaulted(values: Vec<String>, default: &[&str]) -> Vec<String> {
+    let values: Vec<String> = values
+        .into_iter()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect();
+    if values.is_empty() {
+        default.iter().map(|v| v.to_string()).collect()
+    } else {
+        values
+    }
+}
+
+async fn run_migrate(args: DbArgs) -> Result<(), CliError> {
+    let store = open_store(&args).await?;
+    let version = store.migration_version().await;
+    store.close().await;
+    match version? {
+        Some(version) => println!("database schema at migration {version}"),
+        None => println!("database schema has no migrations"),
+    }
+    Ok(())
+}
+
+fn run_catalog(args: CatalogArgs) -> Result<(), CliError> {
+    let files = crate::mcp::docs::render(Catalog::builtin());
+    if args.check {
+        let problems = crate::mcp::docs::check(&args.out, &files);
+        if !problems.is_empty() {
+            return Err(CliError::CatalogDrift(problems.join("\n  ")));
+        }
+        println!("catalog up to date ({} files)", files.len());
+        return Ok(());
+    }
+    crate::mcp::docs::write(&args.out, &files).map_err(CliError::Catalog)?;
+    println!("wrote {} files under {}", files.len(), display(&args.out));
+    Ok(())
+}
+
+fn display(path: &Path) -> String {
+    path.display().to_string()
+}

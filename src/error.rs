@@ -1,0 +1,77 @@
+//! The error shape of SPEC §1, shared by every transport: a machine code, a sentence a
+//! person or model can act on, the request id, and `retry_after` where it applies.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::store::StoreError;
+
+/// Machine-readable error codes. Every failure a caller can see maps to one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    RateLimited,
+    PendingApproval,
+    Internal,
+}
+
+/// The error object returned as structured content of a tool result with `isError: true`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ErrorBody {
+    pub error: ErrorCode,
+    pub error_description: String,
+    pub request_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
+/// Errors raised by tool handlers. Mapped to [`ErrorBody`] in exactly one place
+/// ([`ToolError::to_body`]); internal details are logged, never returned.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ToolError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ToolError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            ToolError::NotFound(_) => ErrorCode::NotFound,
+            ToolError::Forbidden(_) => ErrorCode::Forbidden,
+            ToolError::Conflict(_) => ErrorCode::Conflict,
+            ToolError::Store(_) | ToolError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    pub fn to_body(&self, request_id: &str) -> ErrorBody {
+        let error_description = match self {
+            ToolError::Store(_) | ToolError::Internal(_) => format!(
+                "The server could not complete this request. Retry later; if it persists, \
+                 report request id {request_id} to the operator."
+            ),
+            other => other.to_string(),
+        };
+        ErrorBody {
+            error: self.code(),
+            error_description,
+            request_id: request_id.to_owned(),
+            retry_after: None,
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! agentcrm: an MCP server exposing CRM, workflow, handoff and agent operations as typed,
+//! scoped tools over stdio and streamable HTTP, on PostgreSQL.
+
+pub mod account;
+pub mod app;
+pub mod cli;
+pub mod error;
+pub mod mcp;
+pub mod store;

@@ -1,0 +1,210 @@
+//! The tool catalog: every tool declared once, with its toolset, scopes and annotations
+//! beside the code that runs it. `tools/list`, the generated `schemas/` and `tools/`, and
+//! call dispatch all read this one registry.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+
+use futures::future::BoxFuture;
+use rmcp::model::{JsonObject, Tool, ToolAnnotations};
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::context::ToolCtx;
+use crate::error::ToolError;
+
+/// Groups of tools that can be enabled or disabled together (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Toolset {
+    Account,
+    Admin,
+    Crm,
+    Handoff,
+    Workflows,
+    Agents,
+    Connections,
+    Discovery,
+}
+
+impl Toolset {
+    pub const ALL: [Toolset; 8] = [
+        Toolset::Account,
+        Toolset::Admin,
+        Toolset::Crm,
+        Toolset::Handoff,
+        Toolset::Workflows,
+        Toolset::Agents,
+        Toolset::Connections,
+        Toolset::Discovery,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Toolset::Account => "account",
+            Toolset::Admin => "admin",
+            Toolset::Crm => "crm",
+            Toolset::Handoff => "handoff",
+            Toolset::Workflows => "workflows",
+            Toolset::Agents => "agents",
+            Toolset::Connections => "connections",
+            Toolset::Discovery => "discovery",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Toolset::Account => "Who the caller is and what it may do.",
+            Toolset::Admin => {
+                "Agents, API keys, the audit trail and approval policy (human admins only)."
+            }
+            Toolset::Crm => {
+                "Customers, interactions, search, reports, products, invoices, quotes and webhooks."
+            }
+            Toolset::Handoff => "Escalation to a person and the approval queue for held actions.",
+            Toolset::Workflows => "Multi-step tool chains, their executions and templates.",
+            Toolset::Agents => "Runnable agents, schedules, run logs and analytics.",
+            Toolset::Connections => "LLM providers, remote MCP servers and outgoing HTTP calls.",
+            Toolset::Discovery => {
+                "Search and call tools by name, for clients that cannot hold a long tool list."
+            }
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Toolset> {
+        Toolset::ALL.into_iter().find(|t| t.name() == name)
+    }
+}
+
+/// The four MCP annotations, all explicit: a declaration cannot leave one unset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hints {
+    pub read_only: bool,
+    pub destructive: bool,
+    pub idempotent: bool,
+    pub open_world: bool,
+}
+
+impl Hints {
+    /// Reads this server's own data and changes nothing.
+    pub const READ: Hints = Hints {
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        open_world: false,
+    };
+}
+
+/// What a tool is, apart from the code that runs it.
+#[derive(Debug, Clone)]
+pub struct ToolDef {
+    pub name: &'static str,
+    pub title: &'static str,
+    pub description: &'static str,
+    pub toolset: Toolset,
+    /// Every scope listed is required to see or call the tool.
+    pub scopes: &'static [&'static str],
+    pub hints: Hints,
+}
+
+type Handler =
+    Arc<dyn Fn(ToolCtx, JsonObject) -> BoxFuture<'static, Result<Value, ToolError>> + Send + Sync>;
+
+/// A declared tool with its MCP description built once and its type-erased handler.
+pub struct RegisteredTool {
+    pub def: ToolDef,
+    pub tool: Tool,
+    handler: Handler,
+}
+
+impl RegisteredTool {
+    pub fn input_schema(&self) -> &JsonObject {
+        &self.tool.input_schema
+    }
+
+    pub fn output_schema(&self) -> Option<&JsonObject> {
+        self.tool.output_schema.as_deref()
+    }
+
+    pub fn call(
+        &self,
+        ctx: ToolCtx,
+        args: JsonObject,
+    ) -> BoxFuture<'static, Result<Value, ToolError>> {
+        (self.handler)(ctx, args)
+    }
+}
+
+/// Declares a tool from a typed async handler: the input and output schemas come from
+/// `I` and `O`, and arguments are deserialized into `I` before the handler runs.
+pub fn tool<I, O, F, Fut>(def: ToolDef, handler: F) -> RegisteredTool
+where
+    I: DeserializeOwned + JsonSchema + 'static,
+    O: Serialize + JsonSchema + 'static,
+    F: Fn(ToolCtx, I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, ToolError>> + Send + 'static,
+{
+    use rmcp::handler::server::common::{schema_for_input, schema_for_output};
+    let input_schema = schema_for_input::<I>()
+        .unwrap_or_else(|e| panic!("tool {}: input type is not an object schema: {e}", def.name));
+    let tool = Tool::new_with_raw(def.name, Some(def.description.into()), input_schema)
+        .with_title(def.title)
+        .with_raw_output_schema(schema_for_output::<O>())
+        .with_annotations(
+            ToolAnnotations::with_title(def.title)
+                .read_only(def.hints.read_only)
+                .destructive(def.hints.destructive)
+                .idempotent(def.hints.idempotent)
+                .open_world(def.hints.open_world),
+        );
+    let handler = Arc::new(handler);
+    let handler: Handler = Arc::new(move |ctx, args| {
+        let handler = handler.clone();
+        Box::pin(async move {
+            let input: I = serde_json::from_value(Value::Object(args))
+                .map_err(|e| ToolError::InvalidRequest(format!("invalid arguments: {e}")))?;
+            let output = handler(ctx, input).await?;
+            serde_json::to_value(output)
+                .map_err(|e| ToolError::Internal(format!("could not serialize the result: {e}")))
+        })
+    });
+    RegisteredTool { def, tool, handler }
+}
+
+/// The registry of every tool this server has, in a stable order.
+pub struct Catalog {
+    tools: Vec<RegisteredTool>,
+    by_name: HashMap<&'static str, usize>,
+}
+
+impl Catalog {
+    /// The built-in catalog, built once per process.
+    pub fn builtin() -> &'static Catalog {
+        static CATALOG: OnceLock<Catalog> = OnceLock::new();
+        CATALOG.get_or_init(|| Catalog::new(crate::account::tools()))
+    }
+
+    pub fn new(tools: Vec<RegisteredTool>) -> Catalog {
+        let mut by_name = HashMap::with_capacity(tools.len());
+        for (index, tool) in tools.iter().enumerate() {
+            let previous = by_name.insert(tool.def.name, index);
+            assert!(
+                previous.is_none(),
+                "tool {} is declared twice",
+                tool.def.name
+            );
+        }
+        Catalog { tools, by_name }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&RegisteredTool> {
+        self.by_name.get(name).map(|&i| &self.tools[i])
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &RegisteredTool> {
+        self.tools.iter()
+    }
+}

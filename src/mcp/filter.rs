@@ -1,0 +1,183 @@
+//! Which tools a caller sees. One function decides it, applying the rules in one fixed
+//! order; listing and calling both go through it, so a tool that is not listed cannot be
+//! called either.
+
+use std::collections::BTreeSet;
+
+use super::catalog::{Catalog, RegisteredTool, ToolDef, Toolset};
+
+/// Restrictions from configuration, optionally narrowed per request. Every field only
+/// ever removes tools.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolFilter {
+    /// `None`: every toolset.
+    pub toolsets: Option<BTreeSet<Toolset>>,
+    pub read_only: bool,
+    /// `None`: every tool; otherwise only these names.
+    pub tools: Option<BTreeSet<String>>,
+    pub exclude: BTreeSet<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FilterError {
+    #[error("unknown toolset `{0}`; known toolsets: {known}", known = known_toolsets())]
+    UnknownToolset(String),
+    #[error("unknown tool `{0}` in {1}")]
+    UnknownTool(String, &'static str),
+}
+
+fn known_toolsets() -> String {
+    Toolset::ALL.map(Toolset::name).join(", ")
+}
+
+impl ToolFilter {
+    /// Builds a filter from configuration lists, refusing names the catalog does not know
+    /// (a typo would otherwise silently hide or expose tools).
+    pub fn from_lists(
+        catalog: &Catalog,
+        toolsets: &[String],
+        read_only: bool,
+        tools: &[String],
+        exclude: &[String],
+    ) -> Result<ToolFilter, FilterError> {
+        let toolsets = parse_toolsets(toolsets)?;
+        let known =
+            |list: &[String], what: &'static str| -> Result<BTreeSet<String>, FilterError> {
+                list.iter()
+                    .map(|name| match catalog.get(name) {
+                        Some(_) => Ok(name.clone()),
+                        None => Err(FilterError::UnknownTool(name.clone(), what)),
+                    })
+                    .collect()
+            };
+        Ok(ToolFilter {
+            toolsets,
+            read_only,
+            tools: if tools.is_empty() {
+                None
+            } else {
+                Some(known(tools, "--tools")?)
+            },
+            exclude: known(exclude, "--exclude-tools")?,
+        })
+    }
+
+    /// Does this filter let `def` through? Order: toolset, read-only, allow-list, exclusions.
+    pub fn allows(&self, def: &ToolDef) -> bool {
+        if let Some(toolsets) = &self.toolsets
+            && !toolsets.contains(&def.toolset)
+        {
+            return false;
+        }
+        if self.read_only && !def.hints.read_only {
+            return false;
+        }
+        if let Some(tools) = &self.tools
+            && !tools.contains(def.name)
+        {
+            return false;
+        }
+        !self.exclude.contains(def.name)
+    }
+
+    /// The intersection of two filters: what both allow.
+    pub fn narrow(&self, other: &ToolFilter) -> ToolFilter {
+        fn meet<T: Ord + Clone>(
+            a: &Option<BTreeSet<T>>,
+            b: &Option<BTreeSet<T>>,
+        ) -> Option<BTreeSet<T>> {
+            match (a, b) {
+                (Some(a), Some(b)) => Some(a.intersection(b).cloned().collect()),
+                (Some(x), None) | (None, Some(x)) => Some(x.clone()),
+                (None, None) => None,
+            }
+        }
+        ToolFilter {
+            toolsets: meet(&self.toolsets, &other.toolsets),
+            read_only: self.read_only || other.read_only,
+            tools: meet(&self.tools, &other.tools),
+            exclude: self.exclude.union(&other.exclude).cloned().collect(),
+        }
+    }
+
+    /// Toolsets that still have at least one visible tool.
+    pub fn enabled_toolsets(&self, catalog: &Catalog) -> Vec<Toolset> {
+        let set: BTreeSet<Toolset> = visible(catalog, self).map(|t| t.def.toolset).collect();
+        set.into_iter().collect()
+    }
+}
+
+pub fn parse_toolsets(names: &[String]) -> Result<Option<BTreeSet<Toolset>>, FilterError> {
+    if names.is_empty() || names.iter().any(|n| n == "all") {
+        return Ok(None);
+    }
+    names
+        .iter()
+        .map(|name| Toolset::parse(name).ok_or_else(|| FilterError::UnknownToolset(name.clone())))
+        .collect::<Result<BTreeSet<_>, _>>()
+        .map(Some)
+}
+
+/// The tools `filter` lets through, in catalog order.
+pub fn visible<'a>(
+    catalog: &'a Catalog,
+    filter: &'a ToolFilter,
+) -> impl Iterator<Item = &'a RegisteredTool> {
+    catalog.iter().filter(move |t| filter.allows(&t.def))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(catalog: &Catalog, filter: &ToolFilter) -> Vec<&'static str> {
+        visible(catalog, filter).map(|t| t.def.name).collect()
+    }
+
+    fn list(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_rule_only_removes_tools() {
+        let catalog = Catalog::builtin();
+        let all = names(catalog, &ToolFilter::default());
+        assert!(all.contains(&"whoami") && all.contains(&"server_info"));
+
+        let only_whoami =
+            ToolFilter::from_lists(catalog, &[], false, &list(&["whoami"]), &[]).unwrap();
+        assert_eq!(names(catalog, &only_whoami), ["whoami"]);
+
+        let without = ToolFilter::from_lists(catalog, &[], false, &[], &list(&["whoami"])).unwrap();
+        assert!(!names(catalog, &without).contains(&"whoami"));
+
+        let crm_only = ToolFilter::from_lists(catalog, &list(&["crm"]), false, &[], &[]).unwrap();
+        assert!(!names(catalog, &crm_only).contains(&"whoami"));
+    }
+
+    #[test]
+    fn narrowing_never_widens() {
+        let catalog = Catalog::builtin();
+        let config = ToolFilter::from_lists(catalog, &[], false, &list(&["whoami"]), &[]).unwrap();
+        let request =
+            ToolFilter::from_lists(catalog, &[], false, &list(&["server_info"]), &[]).unwrap();
+        assert!(names(catalog, &config.narrow(&request)).is_empty());
+        assert_eq!(
+            names(catalog, &config.narrow(&ToolFilter::default())),
+            ["whoami"]
+        );
+    }
+
+    #[test]
+    fn unknown_names_are_refused() {
+        let catalog = Catalog::builtin();
+        assert_eq!(
+            ToolFilter::from_lists(catalog, &list(&["crms"]), false, &[], &[]),
+            Err(FilterError::UnknownToolset("crms".into()))
+        );
+        assert_eq!(
+            ToolFilter::from_lists(catalog, &[], false, &list(&["whoamii"]), &[]),
+            Err(FilterError::UnknownTool("whoamii".into(), "--tools"))
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! The MCP layer: tool catalog, filtering, the shared handler and both transports.
+
+pub mod catalog;
+pub mod context;
+pub mod docs;
+pub mod filter;
+pub mod http;
+pub mod server;
+pub mod stdio;

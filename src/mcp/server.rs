@@ -1,0 +1,207 @@
+//! The MCP handler shared by stdio and streamable HTTP: builds `tools/list` from the
+//! catalog through the filter, and dispatches `tools/call` to the declared handlers.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult,
+    PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use tracing::Instrument;
+
+use super::catalog::Toolset;
+use super::context::{Principal, ToolCtx, Transport};
+use super::filter::{ToolFilter, parse_toolsets, visible};
+use crate::app::App;
+
+/// Every protocol version rmcp negotiates: `initialize`-based generations with HTTP
+/// sessions, and the stateless 2026-07-28.
+pub fn supported_protocol_versions() -> &'static [ProtocolVersion] {
+    ProtocolVersion::KNOWN_VERSIONS
+}
+
+/// Request headers that narrow (never widen) the configured tool filter on HTTP.
+pub const HEADER_TOOLSETS: &str = "x-mcp-toolsets";
+pub const HEADER_TOOLS: &str = "x-mcp-tools";
+pub const HEADER_EXCLUDE_TOOLS: &str = "x-mcp-exclude-tools";
+pub const HEADER_READ_ONLY: &str = "x-mcp-readonly";
+
+#[derive(Clone)]
+pub struct AgentCrm {
+    app: Arc<App>,
+    transport: Transport,
+}
+
+impl AgentCrm {
+    pub fn new(app: Arc<App>, transport: Transport) -> AgentCrm {
+        AgentCrm { app, transport }
+    }
+
+    fn http_parts<'a>(
+        &self,
+        ctx: &'a RequestContext<RoleServer>,
+    ) -> Option<&'a http::request::Parts> {
+        ctx.extensions.get::<http::request::Parts>()
+    }
+
+    /// The configured filter, narrowed by this request's headers on HTTP.
+    fn request_filter(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<Arc<ToolFilter>, McpError> {
+        let Some(parts) = self.http_parts(ctx) else {
+            return Ok(Arc::new(self.app.filter.clone()));
+        };
+        let header_list = |name: &str| -> Vec<String> {
+            parts
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        let toolsets = header_list(HEADER_TOOLSETS);
+        let tools = header_list(HEADER_TOOLS);
+        let exclude = header_list(HEADER_EXCLUDE_TOOLS);
+        let read_only = parts
+            .headers
+            .get(HEADER_READ_ONLY)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
+        if toolsets.is_empty() && tools.is_empty() && exclude.is_empty() && !read_only {
+            return Ok(Arc::new(self.app.filter.clone()));
+        }
+        let request = ToolFilter {
+            toolsets: parse_toolsets(&toolsets)
+                .map_err(|e| McpError::invalid_request(format!("{HEADER_TOOLSETS}: {e}"), None))?,
+            read_only,
+            // Unknown names in narrowing headers can only hide tools, so they are harmless.
+            tools: (!tools.is_empty()).then(|| tools.into_iter().collect()),
+            exclude: exclude.into_iter().collect(),
+        };
+        Ok(Arc::new(self.app.filter.narrow(&request)))
+    }
+
+    fn session_id(&self, ctx: &RequestContext<RoleServer>) -> Option<String> {
+        self.http_parts(ctx)?
+            .headers
+            .get("mcp-session-id")?
+            .to_str()
+            .ok()
+            .map(str::to_owned)
+    }
+
+    fn principal(&self) -> Principal {
+        Principal::LocalOwner {
+            tenant_id: self.app.local_tenant.id,
+        }
+    }
+}
+
+/// The answer to a tool the caller cannot see, whether it exists or not.
+fn unknown_tool(name: &str) -> McpError {
+    McpError::invalid_params(format!("Unknown tool: {name}"), None)
+}
+
+impl ServerHandler for AgentCrm {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(
+                Implementation::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
+                    .with_title("agentcrm")
+                    .with_description(env!("CARGO_PKG_DESCRIPTION")),
+            )
+            .with_instructions(
+                "agentcrm holds a business's customers, interactions, workflows, handoffs and \
+                 agents. Every tool acts as the caller's identity and within its tenant; call \
+                 `whoami` to see who that is. Tool errors carry `error`, `error_description` \
+                 and `request_id`.",
+            )
+    }
+
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        Cow::Borrowed(supported_protocol_versions())
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let filter = self.request_filter(&ctx)?;
+        let tools = visible(self.app.catalog, &filter)
+            .map(|t| t.tool.clone())
+            .collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let filter = self.request_filter(&ctx)?;
+        let name = request.name.as_ref();
+        let Some(tool) = self.app.catalog.get(name).filter(|t| filter.allows(&t.def)) else {
+            return Err(unknown_tool(name));
+        };
+        let request_id = uuid::Uuid::now_v7().to_string();
+        let tool_ctx = ToolCtx {
+            app: self.app.clone(),
+            transport: self.transport,
+            principal: self.principal(),
+            request_id: request_id.clone(),
+            session_id: self.session_id(&ctx),
+            filter,
+        };
+        let span = tracing::info_span!(
+            "tool",
+            tool = tool.def.name,
+            request_id = %request_id,
+            transport = ?self.transport,
+        );
+        let started = Instant::now();
+        let args = request.arguments.unwrap_or_default();
+        let outcome = tool.call(tool_ctx, args).instrument(span.clone()).await;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let _enter = span.enter();
+        let mut result = match outcome {
+            Ok(value) => {
+                tracing::info!(elapsed_ms, "tool call succeeded");
+                CallToolResult::structured(value)
+            }
+            Err(error) => {
+                let body = error.to_body(&request_id);
+                match body.error {
+                    crate::error::ErrorCode::Internal => {
+                        tracing::error!(elapsed_ms, %error, "tool call failed")
+                    }
+                    code => tracing::info!(elapsed_ms, ?code, "tool call refused"),
+                }
+                let value = serde_json::to_value(&body)
+                    .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+                CallToolResult::structured_error(value)
+            }
+        };
+        let mut meta = rmcp::model::JsonObject::new();
+        meta.insert("agentcrm/request_id".into(), request_id.into());
+        result.meta = Some(rmcp::model::MetaObject(meta));
+        Ok(result.into())
+    }
+}
+
+/// Toolsets named for the log line at start-up.
+pub fn describe_toolsets(toolsets: &[Toolset]) -> String {
+    toolsets
+        .iter()
+        .map(|t| t.name())
+        .collect::<Vec<_>>()
+        .join(",")
+}

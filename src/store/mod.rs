@@ -1,0 +1,119 @@
+//! The PostgreSQL store: one pool, migrations embedded in the binary, and the private
+//! embedded server used when no `DATABASE_URL` is given.
+
+pub mod embedded;
+pub mod tenants;
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+pub use embedded::{EmbeddedError, EmbeddedPostgres};
+pub use tenants::Tenant;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("could not apply database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+}
+
+/// Where the data lives: a private server this process started, or a shared one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseKind {
+    Embedded,
+    External,
+}
+
+pub struct Store {
+    pool: PgPool,
+    kind: DatabaseKind,
+    embedded: Mutex<Option<EmbeddedPostgres>>,
+}
+
+impl Store {
+    /// Connects to `database_url`, or starts the embedded server under `data_dir`,
+    /// then applies pending migrations.
+    pub async fn open(database_url: Option<&str>, data_dir: &Path) -> Result<Store, StoreError> {
+        let (options, embedded) = match database_url {
+            Some(url) => (url.parse::<PgConnectOptions>()?, None),
+            None => {
+                let pg = EmbeddedPostgres::start(data_dir)?;
+                (pg.connect_options(), Some(pg))
+            }
+        };
+        let kind = if embedded.is_some() {
+            DatabaseKind::Embedded
+        } else {
+            DatabaseKind::External
+        };
+        // Build the store before connecting so the embedded server is stopped on any error.
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options);
+        let store = Store {
+            pool,
+            kind,
+            embedded: Mutex::new(embedded),
+        };
+        if let Err(error) = store.init().await {
+            store.close().await;
+            return Err(error);
+        }
+        Ok(store)
+    }
+
+    async fn init(&self) -> Result<(), StoreError> {
+        // Fail fast with the connection error rather than a migration error.
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn kind(&self) -> DatabaseKind {
+        self.kind
+    }
+
+    /// The newest migration applied to this database.
+    pub async fn migration_version(&self) -> Result<Option<i64>, StoreError> {
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(version)
+    }
+
+    /// Closes the pool and stops the embedded server, if this process started one.
+    pub async fn close(&self) {
+        self.pool.close().await;
+        let embedded = match self.embedded.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(pg) = embedded {
+            // Stopping waits on the child process: keep it off the async workers.
+            let _ = tokio::task::spawn_blocking(move || drop(pg)).await;
+        }
+    }
+}
+
+/// The newest migration compiled into this binary.
+pub fn latest_migration() -> Option<i64> {
+    MIGRATOR.iter().map(|m| m.version).max()
+}

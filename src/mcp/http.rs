@@ -4,8 +4,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -60,10 +63,60 @@ pub fn router(app: Arc<App>, options: &HttpOptions, shutdown: CancellationToken)
         Arc::new(LocalSessionManager::default()),
         config,
     );
+    let mcp = axum::Router::new()
+        .fallback_service(mcp)
+        .layer(middleware::from_fn_with_state(
+            options.max_body_bytes,
+            reject_malformed_json,
+        ));
     axum::Router::new()
         .route("/healthz", get(healthz))
-        .nest_service("/mcp", mcp)
+        .nest("/mcp", mcp)
         .with_state(app)
+}
+
+/// rmcp answers an unparsable JSON body with 415 and plain text; JSON-RPC wants a parse
+/// error (-32700) the client can read, so bodies are checked (without building values)
+/// before they reach it.
+async fn reject_malformed_json(
+    State(limit): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let is_json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if request.method() != Method::POST || !is_json {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return jsonrpc_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                -32600,
+                format!("Request body exceeds the limit of {limit} bytes"),
+            );
+        }
+    };
+    if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+        return jsonrpc_error(
+            StatusCode::BAD_REQUEST,
+            -32700,
+            format!("Parse error: {error}"),
+        );
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+fn jsonrpc_error(status: StatusCode, code: i32, message: String) -> Response {
+    let body =
+        json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } });
+    (status, Json(body)).into_response()
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> (StatusCode, Json<serde_json::Value>) {

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult,
-    PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CustomRequest, CustomResult,
+    ErrorCode, Implementation, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
+    ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -140,6 +141,35 @@ impl ServerHandler for AgentCrm {
             .map(|t| t.tool.clone())
             .collect();
         Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    /// rmcp routes a standard request whose params do not parse here, as if it were an
+    /// unknown method: answer with what is wrong with the params instead.
+    async fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<CustomResult, McpError> {
+        let problem = match request.method.as_str() {
+            "tools/call" => request.params_as::<CallToolRequestParams>().err(),
+            "tools/list" => request.params_as::<PaginatedRequestParams>().err(),
+            method => {
+                return Err(McpError::new(
+                    ErrorCode::METHOD_NOT_FOUND,
+                    format!("Method not found: {method}"),
+                    None,
+                ));
+            }
+        };
+        let detail = match (problem, request.params.is_none()) {
+            (Some(error), _) => error.to_string(),
+            (None, true) => "params are required".to_owned(),
+            (None, false) => "params are malformed".to_owned(),
+        };
+        Err(McpError::invalid_params(
+            format!("Invalid params for {}: {detail}", request.method),
+            None,
+        ))
     }
 
     async fn call_tool(

@@ -62,22 +62,27 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.clone());
         let store = Store {
             pool,
             kind,
             embedded: Mutex::new(embedded),
         };
-        if let Err(error) = store.init().await {
+        if let Err(error) = store.init(&options).await {
             store.close().await;
             return Err(error);
         }
         Ok(store)
     }
 
-    async fn init(&self) -> Result<(), StoreError> {
-        // Fail fast with the connection error rather than a migration error.
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+    async fn init(&self, options: &PgConnectOptions) -> Result<(), StoreError> {
+        // One direct connection first: it fails fast with the real reason (a pool would
+        // retry until its timeout and then only say that it timed out).
+        use sqlx::Connection;
+        sqlx::PgConnection::connect_with(options)
+            .await?
+            .close()
+            .await?;
         MIGRATOR.run(&self.pool).await?;
         Ok(())
     }

@@ -1,0 +1,163 @@
+//! The embedded default, end to end: no DATABASE_URL, a private PostgreSQL under the data
+//! directory, created on first start, reused after, stopped on exit, and locked.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// PIDs of postgres processes serving a cluster under `dir`.
+fn postgres_serving(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
+            let program = cmdline.split('\0').next().unwrap_or_default();
+            (program.ends_with("postgres") && cmdline.contains(&needle))
+                .then(|| entry.file_name().to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// Starts `agentcrm stdio` on the embedded default, calls whoami, closes stdin, and
+/// returns (whoami result, exit success, stderr).
+fn one_session(data_dir: &Path) -> (Value, bool, String) {
+    let mut child = agentcrm(&["stdio"])
+        .env("AGENTCRM_DATA_DIR", data_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agentcrm stdio");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr_text = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let mut send = |v: Value| writeln!(stdin, "{v}").unwrap();
+    send(initialize_request(1));
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("\"protocolVersion\""),
+        "initialize answered: {line}"
+    );
+    send(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }));
+    send(
+        json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": { "name": "whoami", "arguments": {} } }),
+    );
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    let reply: Value = serde_json::from_str(&line).expect("a JSON-RPC reply");
+    drop(send);
+    drop(stdin); // the client goes away: the server must stop, and its PostgreSQL with it
+    let status =
+        wait_timeout(&mut child, Duration::from_secs(60)).expect("server exits when stdin closes");
+    (
+        reply["result"]["structuredContent"].clone(),
+        status.success(),
+        stderr_text.join().unwrap(),
+    )
+}
+
+fn data_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    // Traversable, so the unprivileged PostgreSQL user can reach it when tests run as root.
+    let tmp = tempfile::Builder::new()
+        .prefix("agentcrm-embedded-")
+        .permissions(std::fs::Permissions::from_mode(0o755))
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().join("data");
+    (tmp, dir)
+}
+
+#[test]
+fn embedded_default_creates_reuses_and_stops_its_cluster() {
+    let (_tmp, dir) = data_dir();
+
+    let (first, ok, log) = one_session(&dir);
+    assert!(ok, "first run exits cleanly: {log}");
+    assert_eq!(first["principal"]["kind"], "local_owner", "{log}");
+    assert!(
+        dir.join("pgdata/PG_VERSION").exists(),
+        "the cluster lives in the data directory"
+    );
+    assert!(log.contains("created embedded PostgreSQL cluster"), "{log}");
+    assert!(
+        postgres_serving(&dir).is_empty(),
+        "no PostgreSQL left running after exit"
+    );
+
+    let (second, ok, log) = one_session(&dir);
+    assert!(ok, "second run exits cleanly: {log}");
+    assert!(
+        !log.contains("created embedded PostgreSQL cluster"),
+        "the cluster is reused: {log}"
+    );
+    assert_eq!(
+        second["tenant"]["id"], first["tenant"]["id"],
+        "same data as before"
+    );
+    assert!(postgres_serving(&dir).is_empty());
+}
+
+#[test]
+fn a_second_server_on_the_same_data_directory_is_refused() {
+    let (_tmp, dir) = data_dir();
+    let mut first = agentcrm(&["http"]);
+    first.env("AGENTCRM_DATA_DIR", &dir);
+    let mut first = HttpServer::start(first);
+
+    let second = agentcrm(&["stdio"])
+        .env("AGENTCRM_DATA_DIR", &dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("is in use by another agentcrm server"),
+        "{stderr}"
+    );
+
+    // The first server is unharmed, and stops its PostgreSQL on SIGTERM.
+    let health = reqwest::blocking_get(&format!("{}/healthz", first.base));
+    assert_eq!(health, 200);
+    assert!(first.stop().success());
+    assert!(
+        postgres_serving(&dir).is_empty(),
+        "no PostgreSQL left running after SIGTERM"
+    );
+}
+
+mod reqwest {
+    /// A plain GET from a synchronous test, without pulling in reqwest's blocking client.
+    pub fn blocking_get(url: &str) -> u16 {
+        let url = url.to_owned();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    ::reqwest::get(&url)
+                        .await
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0)
+                })
+        })
+        .join()
+        .unwrap()
+    }
+}

@@ -1,0 +1,236 @@
+//! Shared helpers: a database per test, the server binary over stdio and HTTP, and MCP
+//! clients for both protocol generations.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig, ProtocolVersion};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RoleClient, RunningService};
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_agentcrm");
+
+/// The admin connection used to create per-test databases: the machine's server.
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh, empty database on the shared server, dropped when the test ends.
+pub struct TestDb {
+    pub url: String,
+    name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let admin = admin_url();
+        let name = format!("agentcrm_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("tests need PostgreSQL at {admin} (set DATABASE_URL): {e}"));
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("create test database");
+        let _ = conn.close().await;
+        let base = admin.split('?').next().unwrap_or(&admin);
+        let (server, _) = base
+            .rsplit_once('/')
+            .expect("DATABASE_URL names a database");
+        TestDb {
+            url: format!("{server}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: use a runtime of its own on another thread.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin_url()).await.ok()?;
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .await
+                .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// A command for the server binary with a clean agentcrm environment.
+pub fn agentcrm(args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("AGENTCRM_") || key == "DATABASE_URL" {
+            command.env_remove(key);
+        }
+    }
+    command.env("RUST_LOG", "info");
+    command
+}
+
+pub type Client = RunningService<RoleClient, ClientConfig>;
+
+/// The protocol generations rmcp negotiates.
+#[derive(Debug, Clone, Copy)]
+pub enum Generation {
+    /// `initialize` handshake, 2025-11-25 (sessions on HTTP).
+    Sessions,
+    /// `server/discover` and per-request metadata, 2026-07-28 (stateless).
+    Stateless,
+}
+
+fn client_config() -> ClientConfig {
+    let mut config = ClientConfig::default();
+    config.protocol_version = ProtocolVersion::V_2025_11_25;
+    config
+}
+
+fn lifecycle(generation: Generation) -> ClientLifecycleMode {
+    match generation {
+        Generation::Sessions => ClientLifecycleMode::Initialize,
+        Generation::Stateless => ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        },
+    }
+}
+
+/// An rmcp client that starts `agentcrm stdio` with `command`'s environment.
+pub async fn stdio_client(command: Command, generation: Generation) -> Client {
+    let (transport, _stderr) = TokioChildProcess::builder(tokio::process::Command::from(command))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start agentcrm stdio");
+    client_config()
+        .serve_with_lifecycle(transport, lifecycle(generation))
+        .await
+        .expect("MCP handshake over stdio")
+}
+
+/// An rmcp client for a running HTTP server.
+pub async fn http_client(url: &str, generation: Generation) -> Client {
+    let transport = StreamableHttpClientTransport::from_uri(url.to_owned());
+    client_config()
+        .serve_with_lifecycle(transport, lifecycle(generation))
+        .await
+        .expect("MCP handshake over HTTP")
+}
+
+pub async fn call(client: &Client, name: &str, args: Value) -> CallToolResult {
+    let Value::Object(args) = args else {
+        panic!("arguments must be an object")
+    };
+    client
+        .call_tool(CallToolRequestParams::new(name.to_owned()).with_arguments(args))
+        .await
+        .unwrap_or_else(|e| panic!("tools/call {name}: {e}"))
+}
+
+/// The structured content of a successful call.
+pub async fn call_ok(client: &Client, name: &str, args: Value) -> Value {
+    let result = call(client, name, args).await;
+    assert_ne!(result.is_error, Some(true), "{name} failed: {result:?}");
+    result.structured_content.expect("structured content")
+}
+
+/// A running `agentcrm http` process, stopped (SIGTERM) on drop.
+pub struct HttpServer {
+    pub child: Child,
+    pub base: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl HttpServer {
+    pub fn start(mut command: Command) -> HttpServer {
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start agentcrm http");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(rest.trim_end_matches("/mcp").to_owned());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let address = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
+        HttpServer {
+            child,
+            base: format!("http://{address}"),
+            log,
+        }
+    }
+
+    pub fn mcp_url(&self) -> String {
+        format!("{}/mcp", self.base)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        terminate(&mut self.child)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            terminate(&mut self.child);
+        }
+    }
+}
+
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    // SAFETY: signalling a child we have not reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    wait_timeout(child, Duration::from_secs(30)).expect("server exits after SIGTERM")
+}
+
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An `initialize` request of protocol 2025-11-25, for raw exchanges.
+pub fn initialize_request(id: u64) -> Value {
+    json!({
+        "jsonrpc": "2.0", "id": id, "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": { "name": "raw-test", "version": "1" }
+        }
+    })
+}

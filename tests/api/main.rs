@@ -1,0 +1,9 @@
+//! Integration tests: the real `agentcrm` binary, spoken to over MCP (stdio and streamable
+//! HTTP) by real clients, against real PostgreSQL.
+
+mod catalog;
+mod clients;
+mod embedded;
+mod helpers;
+mod http;
+mod stdio;

@@ -1,0 +1,248 @@
+//! MCP over stdio, against a database of its own on the machine's PostgreSQL.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn stdio_lists_and_calls_tools_in_both_protocol_generations() {
+    let db = TestDb::new().await;
+    for generation in [Generation::Sessions, Generation::Stateless] {
+        let mut command = agentcrm(&["stdio"]);
+        command.env("DATABASE_URL", &db.url);
+        let client = stdio_client(command, generation).await;
+
+        let info = client.peer_info().expect("server info");
+        let expected = match generation {
+            Generation::Sessions => "2025-11-25",
+            Generation::Stateless => "2026-07-28",
+        };
+        assert_eq!(info.protocol_version.as_str(), expected);
+
+        let tools = client.list_all_tools().await.expect("tools/list");
+        let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+        assert_eq!(names, ["whoami", "server_info"]);
+
+        let me = call_ok(&client, "whoami", json!({})).await;
+        assert_eq!(me["principal"]["kind"], "local_owner");
+        assert_eq!(me["tenant"]["slug"], "local");
+        assert_eq!(me["transport"], "stdio");
+
+        let server = call_ok(&client, "server_info", json!({})).await;
+        assert_eq!(server["database"], "external");
+        assert_eq!(server["migration_version"], 1);
+        assert_eq!(server["toolsets"], json!(["account"]));
+        assert!(
+            server["protocol_versions"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(expected))
+        );
+        client.cancel().await.expect("close client");
+    }
+}
+
+/// A raw JSON-RPC conversation over the server's stdin/stdout.
+struct RawStdio {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl RawStdio {
+    fn start(db: &TestDb, extra: &[&str]) -> RawStdio {
+        let mut args = vec!["stdio"];
+        args.extend_from_slice(extra);
+        let mut child = agentcrm(&args)
+            .env("DATABASE_URL", &db.url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start agentcrm stdio");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut raw = RawStdio {
+            child,
+            stdin,
+            lines,
+        };
+        raw.send_line(&initialize_request(0).to_string());
+        let init = raw.recv();
+        assert_eq!(init["result"]["protocolVersion"], "2025-11-25");
+        raw.send_line(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        raw
+    }
+
+    fn send_line(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").expect("write to server");
+        self.stdin.flush().unwrap();
+    }
+
+    /// The next stdout line; every one of them must be a JSON-RPC message.
+    fn recv(&self) -> Value {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a reply on stdout");
+        let value: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|_| panic!("stdout carried a non-JSON line: {line}"));
+        assert_eq!(value["jsonrpc"], "2.0", "{line}");
+        value
+    }
+
+    fn request(&mut self, id: u64, method: &str, params: Value) -> Value {
+        self.send_line(
+            &json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }).to_string(),
+        );
+        let reply = self.recv();
+        assert_eq!(reply["id"], id);
+        reply
+    }
+}
+
+impl Drop for RawStdio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn stdio_answers_bad_input_with_clear_errors() {
+    let db = TestDb::new().await;
+    let mut raw = RawStdio::start(&db, &[]);
+
+    let unknown = raw.request(
+        1,
+        "tools/call",
+        json!({ "name": "drop_all_tables", "arguments": {} }),
+    );
+    assert_eq!(unknown["error"]["code"], -32602);
+    assert_eq!(unknown["error"]["message"], "Unknown tool: drop_all_tables");
+
+    // A wrong argument is a tool error the model can read, in the error shape of SPEC §1.
+    let wrong = raw.request(
+        2,
+        "tools/call",
+        json!({ "name": "whoami", "arguments": { "tenant": "'; DROP TABLE tenants; --" } }),
+    );
+    let body = &wrong["result"]["structuredContent"];
+    assert_eq!(wrong["result"]["isError"], true);
+    assert_eq!(body["error"], "invalid_request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `tenant`"),
+        "{body}"
+    );
+    assert!(!body["request_id"].as_str().unwrap().is_empty());
+
+    // Params of the wrong JSON type are a protocol error that says what is wrong.
+    let bad_type = raw.request(3, "tools/call", json!({ "name": 42 }));
+    assert_eq!(bad_type["error"]["code"], -32602);
+    assert!(
+        bad_type["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expected a string"),
+        "{bad_type}"
+    );
+    let bad_args = raw.request(
+        4,
+        "tools/call",
+        json!({ "name": "whoami", "arguments": [1, 2] }),
+    );
+    assert_eq!(bad_args["error"]["code"], -32602);
+
+    // Unparsable input is ignored (rmcp answers nothing to bytes it cannot read, to avoid
+    // error storms); the session carries on and the tenants table is untouched.
+    raw.send_line("{this is not json");
+    let after = raw.request(
+        5,
+        "tools/call",
+        json!({ "name": "whoami", "arguments": {} }),
+    );
+    assert_eq!(
+        after["result"]["structuredContent"]["tenant"]["slug"],
+        "local"
+    );
+
+    let unknown_method = raw.request(6, "customers/drop", json!({}));
+    assert_eq!(unknown_method["error"]["code"], -32601);
+}
+
+#[tokio::test]
+async fn stdio_filters_tools_by_configuration() {
+    let db = TestDb::new().await;
+    let mut raw = RawStdio::start(&db, &["--exclude-tools", "server_info"]);
+    let list = raw.request(1, "tools/list", json!({}));
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["whoami"]);
+    // A tool the configuration hides gets exactly the answer of a tool that does not exist.
+    let hidden = raw.request(
+        2,
+        "tools/call",
+        json!({ "name": "server_info", "arguments": {} }),
+    );
+    assert_eq!(
+        hidden["error"],
+        json!({ "code": -32602, "message": "Unknown tool: server_info" })
+    );
+
+    let mut only_crm = RawStdio::start(&db, &["--toolsets", "crm"]);
+    let list = only_crm.request(1, "tools/list", json!({}));
+    assert_eq!(list["result"]["tools"], json!([]));
+}
+
+#[tokio::test]
+async fn stdio_refuses_unknown_configuration_names() {
+    let out = agentcrm(&["stdio", "--toolsets", "acount"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown toolset `acount`") && stderr.contains("account"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing but MCP on stdout");
+
+    let out = agentcrm(&["stdio", "--tools", "whoamii"])
+        .env("AGENTCRM_TOOLS", "x")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown tool `whoamii`"));
+}
+
+#[tokio::test]
+async fn stdio_reports_an_unreachable_database() {
+    let out = agentcrm(&["stdio"])
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nothing")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error: database error"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}

@@ -115,7 +115,7 @@ enum CliError {
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
     #[error("stdio session could not start: {0}")]
-    Stdio(#[from] rmcp::service::ServerInitializeError),
+    Stdio(Box<rmcp::service::ServerInitializeError>),
     #[error("could not write the catalog: {0}")]
     Catalog(std::io::Error),
     #[error(
@@ -221,7 +221,7 @@ async fn run_stdio(args: StdioArgs) -> Result<(), CliError> {
     let app = start(&args.db, &args.tools).await?;
     let outcome = crate::mcp::stdio::serve(app.clone(), shutdown).await;
     app.store.close().await;
-    Ok(outcome?)
+    outcome.map_err(|e| CliError::Stdio(Box::new(e)))
 }
 
 async fn run_http(args: HttpArgs) -> Result<(), CliError> {

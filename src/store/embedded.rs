@@ -350,7 +350,7 @@ fn find_binaries(cluster_version: Option<&str>) -> Result<Binaries, EmbeddedErro
                 .collect()
         })
         .unwrap_or_default();
-    versioned.sort_by(|a, b| b.0.cmp(&a.0));
+    versioned.sort_by_key(|(major, _)| std::cmp::Reverse(*major));
     candidates.extend(versioned.into_iter().map(|(_, dir)| dir));
 
     let mut found = Vec::new();

@@ -45,22 +45,25 @@ fn one_session(data_dir: &Path) -> (Value, bool, String) {
         let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
         text
     });
-    let mut send = |v: Value| writeln!(stdin, "{v}").unwrap();
-    send(initialize_request(1));
+    let send = |stdin: &mut std::process::ChildStdin, v: Value| writeln!(stdin, "{v}").unwrap();
+    send(&mut stdin, initialize_request(1));
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     assert!(
         line.contains("\"protocolVersion\""),
         "initialize answered: {line}"
     );
-    send(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }));
     send(
+        &mut stdin,
+        json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
+    );
+    send(
+        &mut stdin,
         json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": { "name": "whoami", "arguments": {} } }),
     );
     line.clear();
     stdout.read_line(&mut line).unwrap();
     let reply: Value = serde_json::from_str(&line).expect("a JSON-RPC reply");
-    drop(send);
     drop(stdin); // the client goes away: the server must stop, and its PostgreSQL with it
     let status =
         wait_timeout(&mut child, Duration::from_secs(60)).expect("server exits when stdin closes");

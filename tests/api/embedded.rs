@@ -164,3 +164,31 @@ mod reqwest {
         .unwrap()
     }
 }
+
+#[test]
+fn killing_agentcrm_stops_its_postgres() {
+    let (_tmp, dir) = data_dir();
+    let mut command = agentcrm(&["http"]);
+    command.env("AGENTCRM_DATA_DIR", &dir);
+    let mut server = HttpServer::start(command);
+    assert!(
+        !postgres_serving(&dir).is_empty(),
+        "the embedded server is running"
+    );
+
+    server.child.kill().expect("SIGKILL agentcrm"); // no chance to clean up
+    let _ = server.child.wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !postgres_serving(&dir).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        postgres_serving(&dir).is_empty(),
+        "PostgreSQL follows its parent down"
+    );
+
+    // The next start finds the data intact.
+    let (me, ok, log) = one_session(&dir);
+    assert!(ok, "{log}");
+    assert_eq!(me["tenant"]["slug"], "local");
+}

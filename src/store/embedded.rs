@@ -35,7 +35,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 pub enum EmbeddedError {
     #[error(
         "no PostgreSQL server binaries (initdb, postgres) were found on PATH or under \
-         /usr/lib/postgresql/*/bin. Install PostgreSQL 14 or newer (Debian/Ubuntu: \
+         /usr/lib/postgresql/*/bin (or in AGENTCRM_PG_BIN). Install PostgreSQL 14 or newer (Debian/Ubuntu: \
          `apt install postgresql`; macOS: `brew install postgresql`), or set DATABASE_URL \
          to use an existing server"
     )]
@@ -332,27 +332,14 @@ fn lock(data_dir: &Path) -> Result<File, EmbeddedError> {
     Ok(file)
 }
 
-/// Candidate installations: directories on PATH holding both binaries, then
-/// `/usr/lib/postgresql/<major>/bin`, highest major first. An existing cluster picks the
-/// installation of its own version when there is one.
+/// Candidate installations: `AGENTCRM_PG_BIN` alone when set; otherwise directories on PATH
+/// holding both binaries, then `/usr/lib/postgresql/<major>/bin`, highest major first. An
+/// existing cluster picks the installation of its own version when there is one.
 fn find_binaries(cluster_version: Option<&str>) -> Result<Binaries, EmbeddedError> {
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect())
-        .unwrap_or_default();
-    let mut versioned: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let major = e.file_name().to_str()?.parse::<u32>().ok()?;
-                    Some((major, e.path().join("bin")))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    versioned.sort_by_key(|(major, _)| std::cmp::Reverse(*major));
-    candidates.extend(versioned.into_iter().map(|(_, dir)| dir));
-
+    let candidates = match std::env::var_os("AGENTCRM_PG_BIN").filter(|v| !v.is_empty()) {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => candidate_dirs(),
+    };
     let mut found = Vec::new();
     for dir in candidates {
         let (initdb, postgres) = (dir.join("initdb"), dir.join("postgres"));
@@ -373,6 +360,26 @@ fn find_binaries(cluster_version: Option<&str>) -> Result<Binaries, EmbeddedErro
         return Ok(matching.clone());
     }
     found.into_iter().next().ok_or(EmbeddedError::NotInstalled)
+}
+
+fn candidate_dirs() -> Vec<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect())
+        .unwrap_or_default();
+    let mut versioned: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let major = e.file_name().to_str()?.parse::<u32>().ok()?;
+                    Some((major, e.path().join("bin")))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    versioned.sort_by_key(|(major, _)| std::cmp::Reverse(*major));
+    candidates.extend(versioned.into_iter().map(|(_, dir)| dir));
+    candidates
 }
 
 fn is_executable(path: &Path) -> bool {

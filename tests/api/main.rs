@@ -2,8 +2,10 @@
 //! HTTP) by real clients, against real PostgreSQL.
 
 mod catalog;
+mod cli;
 mod clients;
 mod embedded;
 mod helpers;
 mod http;
 mod stdio;
+mod store;

@@ -434,7 +434,17 @@ fn run_as() -> Result<RunAs, EmbeddedError> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output();
-    match (status, lookup_user(&user)) {
+    // Several servers may start at once on a fresh machine: another one's useradd may hold
+    // the passwd lock or have just created the user.
+    let mut created = lookup_user(&user);
+    for _ in 0..20 {
+        if created.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        created = lookup_user(&user);
+    }
+    match (status, created) {
         (_, Some(ids)) => Ok(RunAs {
             ids: Some(ids),
             name: user,

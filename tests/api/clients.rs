@@ -35,7 +35,11 @@ fn run(command: &mut Command) -> Value {
     serde_json::from_slice(&out.stdout).expect("the client prints one JSON object")
 }
 
-fn assert_report(report: &Value, transport: &str) {
+/// `auto` negotiates the stateless 2026-07-28; `legacy` the `initialize` handshake of 2025-11-25.
+const MODES: [(&str, &str); 2] = [("auto", "2026-07-28"), ("legacy", "2025-11-25")];
+
+fn assert_report(report: &Value, transport: &str, version: &str) {
+    assert_eq!(report["protocol_version"], version, "{report}");
     let tools: Vec<&str> = report["tools"]
         .as_array()
         .unwrap()
@@ -57,12 +61,14 @@ fn assert_report(report: &Value, transport: &str) {
 #[tokio::test]
 async fn python_sdk_client_over_stdio() {
     let db = TestDb::new().await;
-    let report = run(Command::new(python())
-        .arg(script())
-        .args(["stdio", "--", BIN, "stdio"])
-        .env("DATABASE_URL", &db.url)
-        .env("RUST_LOG", "warn"));
-    assert_report(&report, "stdio");
+    for (mode, version) in MODES {
+        let report = run(Command::new(python())
+            .arg(script())
+            .args(["--mode", mode, "stdio", "--", BIN, "stdio"])
+            .env("DATABASE_URL", &db.url)
+            .env("RUST_LOG", "warn"));
+        assert_report(&report, "stdio", version);
+    }
 }
 
 #[tokio::test]
@@ -71,8 +77,19 @@ async fn python_sdk_client_over_http() {
     let mut command = agentcrm(&["http"]);
     command.env("DATABASE_URL", &db.url);
     let server = HttpServer::start(command);
-    let report = run(Command::new(python())
-        .arg(script())
-        .args(["http", &server.mcp_url()]));
-    assert_report(&report, "http");
+    for (mode, version) in MODES {
+        let report = run(Command::new(python()).arg(script()).args([
+            "--mode",
+            mode,
+            "http",
+            &server.mcp_url(),
+        ]));
+        assert_report(&report, "http", version);
+        let session = &report["whoami"]["session_id"];
+        assert_eq!(
+            session.is_string(),
+            mode == "legacy",
+            "sessions only in 2025-11-25: {report}"
+        );
+    }
 }

@@ -211,7 +211,7 @@ async fn start(db: &DbArgs, tools: &ToolArgs) -> Result<Arc<App>, CliError> {
     Ok(Arc::new(App {
         store,
         catalog,
-        filter,
+        filter: Arc::new(filter),
         local_tenant,
     }))
 }

@@ -55,7 +55,7 @@ impl AgentCrm {
         ctx: &RequestContext<RoleServer>,
     ) -> Result<Arc<ToolFilter>, McpError> {
         let Some(parts) = self.http_parts(ctx) else {
-            return Ok(Arc::new(self.app.filter.clone()));
+            return Ok(self.app.filter.clone());
         };
         let header_list = |name: &str| -> Vec<String> {
             parts
@@ -77,7 +77,7 @@ impl AgentCrm {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
         if toolsets.is_empty() && tools.is_empty() && exclude.is_empty() && !read_only {
-            return Ok(Arc::new(self.app.filter.clone()));
+            return Ok(self.app.filter.clone());
         }
         let request = ToolFilter {
             toolsets: parse_toolsets(&toolsets)

@@ -1,7 +1,5 @@
 //! The command line itself: help everywhere, and start-up failures a person can act on.
 
-use std::process::Stdio;
-
 use crate::helpers::*;
 
 #[test]
@@ -30,37 +28,22 @@ fn every_command_has_help() {
 #[test]
 fn without_postgresql_the_server_says_how_to_get_one() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = agentcrm(&["stdio"])
-        .env("AGENTCRM_DATA_DIR", tmp.path().join("data"))
-        .env("AGENTCRM_PG_BIN", tmp.path().join("no-postgres-here"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = start_failure(
+        agentcrm(&["stdio"])
+            .env("AGENTCRM_DATA_DIR", tmp.path().join("data"))
+            .env("AGENTCRM_PG_BIN", tmp.path().join("no-postgres-here")),
+    );
     assert!(
         stderr.contains("Install PostgreSQL") && stderr.contains("DATABASE_URL"),
         "{stderr}"
     );
-    assert!(out.stdout.is_empty());
 }
 
 #[tokio::test]
 async fn migrate_applies_the_schema_and_reports_its_version() {
     let db = TestDb::new().await;
     for _ in 0..2 {
-        let out = agentcrm(&["migrate"])
-            .env("DATABASE_URL", &db.url)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "database schema at migration 1"
-        );
+        let stdout = run_ok(agentcrm(&["migrate"]).env("DATABASE_URL", &db.url));
+        assert_eq!(stdout.trim(), "database schema at migration 1");
     }
 }

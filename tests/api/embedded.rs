@@ -122,13 +122,7 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
     first.env("AGENTCRM_DATA_DIR", &dir);
     let mut first = HttpServer::start(first);
 
-    let second = agentcrm(&["stdio"])
-        .env("AGENTCRM_DATA_DIR", &dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!second.status.success());
-    let stderr = String::from_utf8_lossy(&second.stderr);
+    let stderr = start_failure(agentcrm(&["stdio"]).env("AGENTCRM_DATA_DIR", &dir));
     assert!(
         stderr.contains("is in use by another agentcrm server"),
         "{stderr}"

@@ -234,3 +234,28 @@ pub fn initialize_request(id: u64) -> Value {
         }
     })
 }
+
+/// Runs a server command that must refuse to start: nothing on stdout (it belongs to the
+/// protocol), the reason on stderr, which is returned.
+pub fn start_failure(command: &mut Command) -> String {
+    let out = command.stdin(Stdio::null()).output().expect("run agentcrm");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "expected a refusal: {stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "stdout stays clean: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn run_ok(command: &mut Command) -> String {
+    let out = command.output().expect("run agentcrm");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

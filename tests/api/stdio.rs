@@ -211,38 +211,21 @@ async fn stdio_filters_tools_by_configuration() {
     assert_eq!(list["result"]["tools"], json!([]));
 }
 
-#[tokio::test]
-async fn stdio_refuses_unknown_configuration_names() {
-    let out = agentcrm(&["stdio", "--toolsets", "acount"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+#[test]
+fn stdio_refuses_unknown_configuration_names() {
+    let stderr = start_failure(&mut agentcrm(&["stdio", "--toolsets", "acount"]));
     assert!(
         stderr.contains("unknown toolset `acount`") && stderr.contains("account"),
         "{stderr}"
     );
-    assert!(out.stdout.is_empty(), "nothing but MCP on stdout");
-
-    let out = agentcrm(&["stdio", "--tools", "whoamii"])
-        .env("AGENTCRM_TOOLS", "x")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown tool `whoamii`"));
+    let stderr = start_failure(&mut agentcrm(&["stdio", "--tools", "whoamii"]));
+    assert!(stderr.contains("unknown tool `whoamii`"), "{stderr}");
 }
 
-#[tokio::test]
-async fn stdio_reports_an_unreachable_database() {
-    let out = agentcrm(&["stdio"])
-        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nothing")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+#[test]
+fn stdio_reports_an_unreachable_database() {
+    let stderr = start_failure(
+        agentcrm(&["stdio"]).env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nothing"),
+    );
     assert!(stderr.contains("error: database error"), "{stderr}");
-    assert!(out.stdout.is_empty());
 }

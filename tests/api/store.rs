@@ -3,18 +3,10 @@
 use agentcrm::store::tenants;
 use sqlx::postgres::PgPoolOptions;
 
-use crate::helpers::TestDb;
+use crate::helpers::{TestDb, agentcrm, run_ok};
 
 async fn migrated_pool(db: &TestDb) -> sqlx::PgPool {
-    let out = crate::helpers::agentcrm(&["migrate"])
-        .env("DATABASE_URL", &db.url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(agentcrm(&["migrate"]).env("DATABASE_URL", &db.url));
     PgPoolOptions::new()
         .max_connections(2)
         .connect(&db.url)

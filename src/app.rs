@@ -2,15 +2,19 @@
 
 use std::sync::Arc;
 
+use crate::access::Principal;
+use crate::access::audit::AuditLog;
 use crate::mcp::catalog::Catalog;
 use crate::mcp::filter::ToolFilter;
-use crate::store::{Store, Tenant};
+use crate::store::Store;
 
 pub struct App {
     pub store: Store,
     pub catalog: &'static Catalog,
     /// The tools configuration enables; requests can only narrow it.
     pub filter: Arc<ToolFilter>,
-    /// The tenant of the local owner (the embedded default's only tenant).
-    pub local_tenant: Tenant,
+    pub audit: AuditLog,
+    /// On the embedded default, callers without credentials act as the local owner (on
+    /// stdio, and on HTTP bound to loopback). `None` everywhere else.
+    pub local_owner: Option<Principal>,
 }

@@ -1,6 +1,7 @@
 //! agentcrm: an MCP server exposing CRM, workflow, handoff and agent operations as typed,
 //! scoped tools over stdio and streamable HTTP, on PostgreSQL.
 
+pub mod access;
 pub mod account;
 pub mod app;
 pub mod cli;

@@ -1,12 +1,15 @@
 //! The `account` toolset: who the caller is and what this server is.
 
+use std::collections::BTreeSet;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::access::{PrincipalKind, Role};
 use crate::error::ToolError;
 use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
-use crate::mcp::context::{Principal, ToolCtx, Transport};
+use crate::mcp::context::{ToolCtx, Transport};
 use crate::mcp::filter::visible;
 use crate::store::{DatabaseKind, tenants};
 
@@ -47,18 +50,15 @@ pub fn tools() -> Vec<RegisteredTool> {
 pub struct NoArgs {}
 
 #[derive(Debug, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PrincipalKind {
-    /// The owner of the embedded local default: a human admin of the local tenant.
-    LocalOwner,
-}
-
-#[derive(Debug, Serialize, JsonSchema)]
 pub struct PrincipalOut {
     pub kind: PrincipalKind,
+    /// The user, agent or API key id (none for the local owner).
+    pub id: Option<Uuid>,
     pub name: String,
-    /// `admin` or `member` for humans.
-    pub role: String,
+    /// For humans and API keys (the owner's role).
+    pub role: Option<Role>,
+    /// The user an API key acts for.
+    pub on_behalf_of: Option<Uuid>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -72,6 +72,8 @@ pub struct TenantOut {
 pub struct WhoamiOut {
     pub principal: PrincipalOut,
     pub tenant: TenantOut,
+    /// Effective scopes: every tool whose scopes are all here is available.
+    pub scopes: Vec<&'static str>,
     pub transport: Transport,
     /// The MCP session id, on HTTP connections that use sessions.
     pub session_id: Option<String>,
@@ -79,15 +81,16 @@ pub struct WhoamiOut {
 
 #[tracing::instrument(skip_all)]
 async fn whoami(ctx: ToolCtx, _: NoArgs) -> Result<WhoamiOut, ToolError> {
-    let tenant = tenants::get(ctx.app.store.pool(), ctx.principal.tenant_id())
+    let tenant = tenants::get(ctx.app.store.pool(), ctx.principal.tenant_id)
         .await?
         .ok_or_else(|| ToolError::NotFound("the caller's tenant no longer exists".into()))?;
-    let principal = match ctx.principal {
-        Principal::LocalOwner { .. } => PrincipalOut {
-            kind: PrincipalKind::LocalOwner,
-            name: "local owner".into(),
-            role: "admin".into(),
-        },
+    let p = &ctx.principal;
+    let principal = PrincipalOut {
+        kind: p.kind,
+        id: p.id,
+        name: p.name.clone(),
+        role: p.role,
+        on_behalf_of: p.on_behalf_of,
     };
     Ok(WhoamiOut {
         principal,
@@ -96,6 +99,7 @@ async fn whoami(ctx: ToolCtx, _: NoArgs) -> Result<WhoamiOut, ToolError> {
             slug: tenant.slug,
             name: tenant.name,
         },
+        scopes: ctx.principal.scopes.names(),
         transport: ctx.transport,
         session_id: ctx.session_id,
     })
@@ -128,8 +132,13 @@ async fn server_info(ctx: ToolCtx, _: NoArgs) -> Result<ServerInfoOut, ToolError
             .iter()
             .map(|v| v.to_string())
             .collect(),
-        toolsets: ctx.filter.enabled_toolsets(catalog),
-        tool_count: visible(catalog, &ctx.filter).count(),
+        toolsets: {
+            let sets: BTreeSet<Toolset> = visible(catalog, &ctx.filter, &ctx.principal)
+                .map(|t| t.def.toolset)
+                .collect();
+            sets.into_iter().collect()
+        },
+        tool_count: visible(catalog, &ctx.filter, &ctx.principal).count(),
         read_only: ctx.filter.read_only,
         database: store.kind(),
         migration_version: store.migration_version().await?,

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::context::ToolCtx;
+use crate::access::Scopes;
 use crate::error::ToolError;
 
 /// Groups of tools that can be enabled or disabled together (SPEC §2).
@@ -117,6 +118,11 @@ type Handler =
 pub struct RegisteredTool {
     pub def: ToolDef,
     pub tool: Tool,
+    /// `def.scopes` as a set.
+    pub required: Scopes,
+    /// Blocked for agents whatever their scopes (SPEC §1): the admin toolset and anything
+    /// needing the `admin` scope.
+    pub humans_only: bool,
     handler: Handler,
 }
 
@@ -171,7 +177,16 @@ where
                 .map_err(|e| ToolError::Internal(format!("could not serialize the result: {e}")))
         })
     });
-    RegisteredTool { def, tool, handler }
+    let required =
+        Scopes::parse(def.scopes).unwrap_or_else(|e| panic!("tool {} declares an {e}", def.name));
+    let humans_only = def.toolset == Toolset::Admin || def.scopes.contains(&"admin");
+    RegisteredTool {
+        def,
+        tool,
+        required,
+        humans_only,
+        handler,
+    }
 }
 
 /// The registry of every tool this server has, in a stable order.

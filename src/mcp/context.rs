@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::Serialize;
-use uuid::Uuid;
 
 use super::filter::ToolFilter;
+use crate::access::Principal;
 use crate::app::App;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
@@ -16,17 +16,11 @@ pub enum Transport {
     Http,
 }
 
-/// Who is calling. The access layer adds agents, users and API keys; until then the
-/// only principal is the local owner, a human admin of the local tenant.
-#[derive(Debug, Clone)]
-pub enum Principal {
-    LocalOwner { tenant_id: Uuid },
-}
-
-impl Principal {
-    pub fn tenant_id(&self) -> Uuid {
+impl Transport {
+    pub fn as_str(self) -> &'static str {
         match self {
-            Principal::LocalOwner { tenant_id } => *tenant_id,
+            Transport::Stdio => "stdio",
+            Transport::Http => "http",
         }
     }
 }
@@ -35,6 +29,7 @@ impl Principal {
 pub struct ToolCtx {
     pub app: Arc<App>,
     pub transport: Transport,
+    /// Who is calling; every query a tool makes is scoped by `principal.tenant_id`.
     pub principal: Principal,
     /// Unique per tool call; returned in errors and logged, so a report can be traced.
     pub request_id: String,

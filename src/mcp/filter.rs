@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use super::catalog::{Catalog, RegisteredTool, ToolDef, Toolset};
+use crate::access::Principal;
 
 /// Restrictions from configuration, optionally narrowed per request. Every field only
 /// ever removes tools.
@@ -102,7 +103,7 @@ impl ToolFilter {
 
     /// Toolsets that still have at least one visible tool.
     pub fn enabled_toolsets(&self, catalog: &Catalog) -> Vec<Toolset> {
-        let set: BTreeSet<Toolset> = visible(catalog, self).map(|t| t.def.toolset).collect();
+        let set: BTreeSet<Toolset> = configured(catalog, self).map(|t| t.def.toolset).collect();
         set.into_iter().collect()
     }
 }
@@ -118,12 +119,27 @@ pub fn parse_toolsets(names: &[String]) -> Result<Option<BTreeSet<Toolset>>, Fil
         .map(Some)
 }
 
-/// The tools `filter` lets through, in catalog order.
-pub fn visible<'a>(
+/// May `principal` use `tool`? It needs every scope the tool declares, and agents never
+/// get tools reserved for humans.
+pub fn permits(principal: &Principal, tool: &RegisteredTool) -> bool {
+    principal.scopes.contains(tool.required) && !(tool.humans_only && principal.is_agent())
+}
+
+/// The tools `filter` lets through, in catalog order (configuration and headers only).
+pub fn configured<'a>(
     catalog: &'a Catalog,
     filter: &'a ToolFilter,
 ) -> impl Iterator<Item = &'a RegisteredTool> {
     catalog.iter().filter(move |t| filter.allows(&t.def))
+}
+
+/// The tools `principal` sees under `filter`: what `tools/list` answers.
+pub fn visible<'a>(
+    catalog: &'a Catalog,
+    filter: &'a ToolFilter,
+    principal: &'a Principal,
+) -> impl Iterator<Item = &'a RegisteredTool> {
+    configured(catalog, filter).filter(move |t| permits(principal, t))
 }
 
 #[cfg(test)]
@@ -131,7 +147,7 @@ mod tests {
     use super::*;
 
     fn names(catalog: &Catalog, filter: &ToolFilter) -> Vec<&'static str> {
-        visible(catalog, filter).map(|t| t.def.name).collect()
+        configured(catalog, filter).map(|t| t.def.name).collect()
     }
 
     fn list(items: &[&str]) -> Vec<String> {

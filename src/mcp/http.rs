@@ -16,8 +16,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::context::Transport;
 use super::server::AgentCrm;
+use crate::access::audit::AuditEvent;
+use crate::access::identity::{self, AuthError, Credential};
 use crate::app::App;
 
 #[derive(Debug, Clone)]
@@ -59,16 +60,18 @@ pub fn router(app: Arc<App>, options: &HttpOptions, shutdown: CancellationToken)
     };
     let mcp_app = app.clone();
     let mcp = StreamableHttpService::new(
-        move || Ok(AgentCrm::new(mcp_app.clone(), Transport::Http)),
+        move || Ok(AgentCrm::http(mcp_app.clone())),
         Arc::new(LocalSessionManager::default()),
         config,
     );
+    // Outermost first: authenticate, then check the body, then rmcp.
     let mcp = axum::Router::new()
         .fallback_service(mcp)
         .layer(middleware::from_fn_with_state(
             options.max_body_bytes,
             reject_malformed_json,
-        ));
+        ))
+        .layer(middleware::from_fn_with_state(app.clone(), authenticate));
     axum::Router::new()
         .route("/healthz", get(healthz))
         .nest("/mcp", mcp)
@@ -143,4 +146,92 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+/// Resolves the caller from `X-Api-Key` or `Authorization: Bearer`, and hands the principal
+/// to the MCP handler in the request's extensions. Without credentials, only the embedded
+/// default's local owner (loopback listeners) gets through.
+async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let credential = match (api_key, bearer) {
+        (Some(key), _) => Some(Credential::ApiKey(key.trim())),
+        (None, Some(token)) => {
+            Some(Credential::from_bearer(token).unwrap_or(Credential::ApiKey("")))
+        }
+        (None, None) => None,
+    };
+    let outcome = match credential {
+        Some(credential) => identity::authenticate(app.store.pool(), credential).await,
+        None => app.local_owner.clone().ok_or(AuthError::Missing),
+    };
+    match outcome {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(error) => {
+            let resource_metadata = resource_metadata_url(request.headers());
+            if !matches!(error, AuthError::Missing) {
+                let mut event = AuditEvent::anonymous("auth", "auth.refused", "refused");
+                event.transport = Some("http");
+                event.error_code = Some(match error {
+                    AuthError::Store(_) => "internal".into(),
+                    _ => "invalid_credentials".into(),
+                });
+                app.audit.record(event).await;
+            }
+            unauthorized(&error, &resource_metadata)
+        }
+    }
+}
+
+/// RFC 9728 protected-resource metadata of this server, as the caller addressed it.
+fn resource_metadata_url(headers: &axum::http::HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}/.well-known/oauth-protected-resource")
+}
+
+fn unauthorized(error: &AuthError, resource_metadata: &str) -> Response {
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let (status, challenge, description) = match error {
+        AuthError::Missing => (
+            StatusCode::UNAUTHORIZED,
+            format!("Bearer resource_metadata=\"{resource_metadata}\""),
+            "Authentication required: send `Authorization: Bearer <access token or API key>` or `X-Api-Key: <key>`.".to_owned(),
+        ),
+        AuthError::Invalid => (
+            StatusCode::UNAUTHORIZED,
+            format!("Bearer error=\"invalid_token\", resource_metadata=\"{resource_metadata}\""),
+            "The credentials are invalid, expired, revoked or disabled.".to_owned(),
+        ),
+        AuthError::Store(store) => {
+            tracing::error!(%store, request_id, "authentication failed on the database");
+            let body = json!({
+                "error": "internal",
+                "error_description": format!("The server could not check credentials. Retry later; if it persists, report request id {request_id}."),
+                "request_id": request_id,
+            });
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        }
+    };
+    let body = json!({ "error": "unauthorized", "error_description": description, "request_id": request_id });
+    let mut response = (status, Json(body)).into_response();
+    if let Ok(value) = challenge.parse() {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
 }

@@ -14,10 +14,13 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use tracing::Instrument;
 
-use super::catalog::Toolset;
-use super::context::{Principal, ToolCtx, Transport};
-use super::filter::{ToolFilter, parse_toolsets, visible};
+use super::catalog::{RegisteredTool, Toolset};
+use super::context::{ToolCtx, Transport};
+use super::filter::{ToolFilter, parse_toolsets, permits, visible};
+use crate::access::audit::{AuditEvent, redact};
+use crate::access::{Principal, Scopes};
 use crate::app::App;
+use crate::error::{ErrorCode as ToolErrorCode, ToolError};
 
 /// Every protocol version rmcp negotiates: `initialize`-based generations with HTTP
 /// sessions, and the stateless 2026-07-28.
@@ -35,11 +38,25 @@ pub const HEADER_READ_ONLY: &str = "x-mcp-readonly";
 pub struct AgentCrm {
     app: Arc<App>,
     transport: Transport,
+    /// Set for stdio (one identity per process); HTTP requests carry their own.
+    principal: Option<Principal>,
 }
 
 impl AgentCrm {
-    pub fn new(app: Arc<App>, transport: Transport) -> AgentCrm {
-        AgentCrm { app, transport }
+    pub fn stdio(app: Arc<App>, principal: Principal) -> AgentCrm {
+        AgentCrm {
+            app,
+            transport: Transport::Stdio,
+            principal: Some(principal),
+        }
+    }
+
+    pub fn http(app: Arc<App>) -> AgentCrm {
+        AgentCrm {
+            app,
+            transport: Transport::Http,
+            principal: None,
+        }
     }
 
     fn http_parts<'a>(
@@ -99,10 +116,17 @@ impl AgentCrm {
             .map(str::to_owned)
     }
 
-    fn principal(&self) -> Principal {
-        Principal::LocalOwner {
-            tenant_id: self.app.local_tenant.id,
+    /// The caller: fixed for a stdio process, set per request by the HTTP auth layer.
+    fn principal(&self, ctx: &RequestContext<RoleServer>) -> Result<Principal, McpError> {
+        if let Some(principal) = &self.principal {
+            return Ok(principal.clone());
         }
+        self.http_parts(ctx)
+            .and_then(|parts| parts.extensions.get::<Principal>())
+            .cloned()
+            .ok_or_else(|| {
+                McpError::internal_error("request reached the server unauthenticated", None)
+            })
     }
 }
 
@@ -137,7 +161,8 @@ impl ServerHandler for AgentCrm {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let filter = self.request_filter(&ctx)?;
-        let tools = visible(self.app.catalog, &filter)
+        let principal = self.principal(&ctx)?;
+        let tools = visible(self.app.catalog, &filter, &principal)
             .map(|t| t.tool.clone())
             .collect();
         Ok(ListToolsResult::with_all_items(tools))
@@ -178,53 +203,109 @@ impl ServerHandler for AgentCrm {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let filter = self.request_filter(&ctx)?;
-        let name = request.name.as_ref();
-        let Some(tool) = self.app.catalog.get(name).filter(|t| filter.allows(&t.def)) else {
-            return Err(unknown_tool(name));
-        };
+        let principal = self.principal(&ctx)?;
         let request_id = uuid::Uuid::now_v7().to_string();
-        let tool_ctx = ToolCtx {
-            app: self.app.clone(),
-            transport: self.transport,
-            principal: self.principal(),
-            request_id: request_id.clone(),
-            session_id: self.session_id(&ctx),
-            filter,
+        let session_id = self.session_id(&ctx);
+        let name = request.name.as_ref();
+        let args = request.arguments.unwrap_or_default();
+        let mut audit = AuditEvent::by(&principal, "tool", name, "ok");
+        audit.arguments = Some(redact(&serde_json::Value::Object(args.clone())));
+        audit.transport = Some(self.transport.as_str());
+        audit.session_id = session_id.clone();
+        audit.request_id = Some(request_id.clone());
+
+        let Some(tool) = self.app.catalog.get(name).filter(|t| filter.allows(&t.def)) else {
+            audit.outcome = "refused";
+            audit.error_code = Some("unknown_tool".into());
+            self.app.audit.record(audit).await;
+            return Err(unknown_tool(name));
         };
         let span = tracing::info_span!(
             "tool",
             tool = tool.def.name,
             request_id = %request_id,
-            transport = ?self.transport,
+            transport = self.transport.as_str(),
+            principal = %principal.name,
         );
         let started = Instant::now();
-        let args = request.arguments.unwrap_or_default();
-        let outcome = tool.call(tool_ctx, args).instrument(span.clone()).await;
+        let outcome = if permits(&principal, tool) {
+            let tool_ctx = ToolCtx {
+                app: self.app.clone(),
+                transport: self.transport,
+                principal: principal.clone(),
+                request_id: request_id.clone(),
+                session_id,
+                filter,
+            };
+            tool.call(tool_ctx, args).instrument(span.clone()).await
+        } else {
+            Err(refusal(&principal, tool))
+        };
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let _enter = span.enter();
-        let mut result = match outcome {
-            Ok(value) => {
-                tracing::info!(elapsed_ms, "tool call succeeded");
-                CallToolResult::structured(value)
-            }
-            Err(error) => {
-                let body = error.to_body(&request_id);
-                match body.error {
-                    crate::error::ErrorCode::Internal => {
-                        tracing::error!(elapsed_ms, %error, "tool call failed")
-                    }
-                    code => tracing::info!(elapsed_ms, ?code, "tool call refused"),
+        audit.duration_ms = Some(elapsed_ms);
+        let mut result = {
+            let _enter = span.enter();
+            match outcome {
+                Ok(value) => {
+                    tracing::info!(elapsed_ms, "tool call succeeded");
+                    CallToolResult::structured(value)
                 }
-                let value = serde_json::to_value(&body)
-                    .map_err(|e| McpError::internal_error(e.to_string(), None))?;
-                CallToolResult::structured_error(value)
+                Err(error) => {
+                    let body = error.to_body(&request_id);
+                    match body.error {
+                        ToolErrorCode::Internal => {
+                            tracing::error!(elapsed_ms, %error, "tool call failed")
+                        }
+                        code => tracing::info!(elapsed_ms, ?code, "tool call refused"),
+                    }
+                    audit.outcome = if body.error == ToolErrorCode::Internal {
+                        "error"
+                    } else {
+                        "refused"
+                    };
+                    audit.error_code = serde_json::to_value(body.error)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned));
+                    let value = serde_json::to_value(&body)
+                        .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+                    CallToolResult::structured_error(value)
+                }
             }
         };
+        // The answer waits for its audit record: none is lost once the caller has it.
+        self.app.audit.record(audit).await;
         let mut meta = rmcp::model::JsonObject::new();
         meta.insert("agentcrm/request_id".into(), request_id.into());
         result.meta = Some(rmcp::model::MetaObject(meta));
         Ok(result.into())
     }
+}
+
+/// Why `principal` may not use `tool`, in words it can act on.
+fn refusal(principal: &Principal, tool: &RegisteredTool) -> ToolError {
+    if tool.humans_only && principal.is_agent() {
+        return ToolError::Forbidden(format!(
+            "`{}` is reserved for human administrators; agents cannot use it",
+            tool.def.name
+        ));
+    }
+    let missing: Vec<&str> = tool
+        .def
+        .scopes
+        .iter()
+        .copied()
+        .filter(|s| {
+            !principal
+                .scopes
+                .contains(Scopes::parse(&[*s]).unwrap_or_default())
+        })
+        .collect();
+    ToolError::Forbidden(format!(
+        "`{}` needs the scope(s) {}, which {} does not hold",
+        tool.def.name,
+        missing.join(", "),
+        principal.name
+    ))
 }
 
 /// Toolsets named for the log line at start-up.

@@ -5,16 +5,17 @@ use std::sync::Arc;
 use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
-use super::context::Transport;
 use super::server::AgentCrm;
+use crate::access::Principal;
 use crate::app::App;
 
 /// Serves one client until it closes stdin or `shutdown` is cancelled.
 pub async fn serve(
     app: Arc<App>,
+    principal: Principal,
     shutdown: CancellationToken,
 ) -> Result<(), rmcp::service::ServerInitializeError> {
-    let server = AgentCrm::new(app, Transport::Stdio);
+    let server = AgentCrm::stdio(app, principal);
     let running = tokio::select! {
         running = server.serve(rmcp::transport::io::stdio_pipes()) => running?,
         _ = shutdown.cancelled() => return Ok(()),

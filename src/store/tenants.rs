@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::StoreError;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct Tenant {
     pub id: Uuid,
     pub slug: String,
@@ -38,5 +38,37 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Tenant>, StoreError> 
             .bind(id)
             .fetch_optional(pool)
             .await?;
+    Ok(tenant)
+}
+
+pub async fn find_by_slug(pool: &PgPool, slug: &str) -> Result<Option<Tenant>, StoreError> {
+    let tenant = sqlx::query_as::<_, Tenant>(
+        "SELECT id, slug, name, created_at FROM tenants WHERE slug = $1",
+    )
+    .bind(slug)
+    .fetch_optional(pool)
+    .await?;
+    Ok(tenant)
+}
+
+pub async fn list(pool: &PgPool) -> Result<Vec<Tenant>, StoreError> {
+    let tenants = sqlx::query_as::<_, Tenant>(
+        "SELECT id, slug, name, created_at FROM tenants ORDER BY created_at, id",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(tenants)
+}
+
+/// Creates a tenant; `None` when the slug is taken.
+pub async fn create(pool: &PgPool, slug: &str, name: &str) -> Result<Option<Tenant>, StoreError> {
+    let tenant = sqlx::query_as::<_, Tenant>(
+        "INSERT INTO tenants (slug, name) VALUES ($1, $2) ON CONFLICT (slug) DO NOTHING
+         RETURNING id, slug, name, created_at",
+    )
+    .bind(slug)
+    .bind(name)
+    .fetch_optional(pool)
+    .await?;
     Ok(tenant)
 }

@@ -48,7 +48,7 @@ fn assert_report(report: &Value, transport: &str, version: &str) {
         .collect();
     assert_eq!(tools, ["whoami", "server_info"], "{report}");
     assert_eq!(report["whoami"]["transport"], transport);
-    assert_eq!(report["whoami"]["principal"]["kind"], "local_owner");
+    assert_eq!(report["whoami"]["principal"]["kind"], "api_key");
     assert_eq!(report["server_info"]["database"], "external");
     assert!(
         report["unknown_tool_error"]
@@ -66,6 +66,7 @@ async fn python_sdk_client_over_stdio() {
             .arg(script())
             .args(["--mode", mode, "stdio", "--", BIN, "stdio"])
             .env("DATABASE_URL", &db.url)
+            .env("AGENTCRM_API_KEY", &db.admin_key)
             .env("RUST_LOG", "warn"));
         assert_report(&report, "stdio", version);
     }
@@ -74,15 +75,16 @@ async fn python_sdk_client_over_stdio() {
 #[tokio::test]
 async fn python_sdk_client_over_http() {
     let db = TestDb::new().await;
-    let mut command = agentcrm(&["http"]);
-    command.env("DATABASE_URL", &db.url);
-    let server = HttpServer::start(command);
+    let server = HttpServer::start(db.command(&["http"]));
     for (mode, version) in MODES {
+        let header = format!("X-Api-Key: {}", db.admin_key);
         let report = run(Command::new(python()).arg(script()).args([
             "--mode",
             mode,
             "http",
             &server.mcp_url(),
+            "--header",
+            &header,
         ]));
         assert_report(&report, "http", version);
         let session = &report["whoami"]["session_id"];

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig, ProtocolVersion};
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RoleClient, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
@@ -22,10 +23,13 @@ fn admin_url() -> String {
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// A fresh, empty database on the shared server, dropped when the test ends.
+/// A fresh database on the shared server, dropped when the test ends, provisioned through
+/// `agentcrm admin` with tenant `acme`, an admin user and an API key for that user.
 pub struct TestDb {
     pub url: String,
     name: String,
+    /// An API key of `owner@acme.test`, an admin of tenant `acme`.
+    pub admin_key: String,
 }
 
 impl TestDb {
@@ -43,10 +47,56 @@ impl TestDb {
         let (server, _) = base
             .rsplit_once('/')
             .expect("DATABASE_URL names a database");
-        TestDb {
+        let mut db = TestDb {
             url: format!("{server}/{name}"),
             name,
-        }
+            admin_key: String::new(),
+        };
+        db.admin(&["create-tenant", "--slug", "acme", "--name", "Acme Ltd"]);
+        db.admin(&[
+            "create-user",
+            "--tenant",
+            "acme",
+            "--email",
+            "owner@acme.test",
+            "--name",
+            "Owner",
+            "--role",
+            "admin",
+        ]);
+        let key = db.admin(&[
+            "create-api-key",
+            "--tenant",
+            "acme",
+            "--user",
+            "owner@acme.test",
+            "--name",
+            "tests",
+        ]);
+        db.admin_key = key["key"]
+            .as_str()
+            .expect("the key is printed once")
+            .to_owned();
+        db
+    }
+
+    /// Runs `agentcrm admin ... --json` against this database.
+    pub fn admin(&self, args: &[&str]) -> Value {
+        let mut all = vec!["admin"];
+        all.extend_from_slice(args);
+        all.push("--json");
+        let stdout = run_ok(agentcrm(&all).env("DATABASE_URL", &self.url));
+        serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|_| panic!("admin printed JSON: {stdout}"))
+    }
+
+    /// `agentcrm <args>` on this database, as the tenant admin (by API key).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = agentcrm(args);
+        command
+            .env("DATABASE_URL", &self.url)
+            .env("AGENTCRM_API_KEY", &self.admin_key);
+        command
     }
 }
 
@@ -123,9 +173,11 @@ pub async fn stdio_client(command: Command, generation: Generation) -> Client {
         .expect("MCP handshake over stdio")
 }
 
-/// An rmcp client for a running HTTP server.
-pub async fn http_client(url: &str, generation: Generation) -> Client {
-    let transport = StreamableHttpClientTransport::from_uri(url.to_owned());
+/// An rmcp client for a running HTTP server, sending `key` as a bearer credential.
+pub async fn http_client(url: &str, key: &str, generation: Generation) -> Client {
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(key.to_owned()),
+    );
     client_config()
         .serve_with_lifecycle(transport, lifecycle(generation))
         .await

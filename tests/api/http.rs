@@ -8,9 +8,7 @@ use crate::helpers::*;
 fn server(db: &TestDb, extra: &[&str]) -> HttpServer {
     let mut args = vec!["http"];
     args.extend_from_slice(extra);
-    let mut command = agentcrm(&args);
-    command.env("DATABASE_URL", &db.url);
-    HttpServer::start(command)
+    HttpServer::start(db.command(&args))
 }
 
 #[tokio::test]
@@ -18,7 +16,7 @@ async fn http_serves_both_protocol_generations() {
     let db = TestDb::new().await;
     let server = server(&db, &[]);
     for generation in [Generation::Sessions, Generation::Stateless] {
-        let client = http_client(&server.mcp_url(), generation).await;
+        let client = http_client(&server.mcp_url(), &db.admin_key, generation).await;
         let tools = client.list_all_tools().await.expect("tools/list");
         assert_eq!(tools.len(), 2);
         for tool in &tools {
@@ -52,6 +50,7 @@ async fn http_serves_both_protocol_generations() {
 /// One stateless (2026-07-28) JSON-RPC request, with extra headers; returns (status, body).
 async fn stateless(
     url: &str,
+    key: &str,
     method: &str,
     mut params: Value,
     headers: &[(&str, &str)],
@@ -67,6 +66,9 @@ async fn stateless(
         .header("Accept", "application/json, text/event-stream")
         .header("MCP-Protocol-Version", "2026-07-28")
         .header("Mcp-Method", method);
+    if !key.is_empty() {
+        request = request.header("X-Api-Key", key.to_owned());
+    }
     if let Some(name) = params.get("name").and_then(Value::as_str) {
         request = request.header("Mcp-Name", name.to_owned());
     }
@@ -115,14 +117,22 @@ async fn http_request_headers_narrow_but_never_widen() {
     let narrow = server(&db, &[]);
     let url = narrow.mcp_url();
 
-    let (status, all) = stateless(&url, "tools/list", json!({}), &[]).await;
+    let (status, all) = stateless(&url, &db.admin_key, "tools/list", json!({}), &[]).await;
     assert_eq!(status, 200);
     assert_eq!(tool_names(&all), ["whoami", "server_info"]);
 
-    let (_, only) = stateless(&url, "tools/list", json!({}), &[("X-MCP-Tools", "whoami")]).await;
+    let (_, only) = stateless(
+        &url,
+        &db.admin_key,
+        "tools/list",
+        json!({}),
+        &[("X-MCP-Tools", "whoami")],
+    )
+    .await;
     assert_eq!(tool_names(&only), ["whoami"]);
     let (_, hidden) = stateless(
         &url,
+        &db.admin_key,
         "tools/call",
         json!({ "name": "server_info", "arguments": {} }),
         &[("X-MCP-Tools", "whoami")],
@@ -133,10 +143,18 @@ async fn http_request_headers_narrow_but_never_widen() {
         "{hidden}"
     );
 
-    let (_, none) = stateless(&url, "tools/list", json!({}), &[("X-MCP-Toolsets", "crm")]).await;
+    let (_, none) = stateless(
+        &url,
+        &db.admin_key,
+        "tools/list",
+        json!({}),
+        &[("X-MCP-Toolsets", "crm")],
+    )
+    .await;
     assert_eq!(tool_names(&none), Vec::<String>::new());
     let (_, bad) = stateless(
         &url,
+        &db.admin_key,
         "tools/list",
         json!({}),
         &[("X-MCP-Toolsets", "nonsense")],
@@ -154,6 +172,7 @@ async fn http_request_headers_narrow_but_never_widen() {
     let configured = server(&db, &["--tools", "whoami"]);
     let (_, widened) = stateless(
         &configured.mcp_url(),
+        &db.admin_key,
         "tools/list",
         json!({}),
         &[("X-MCP-Tools", "whoami,server_info")],
@@ -164,6 +183,7 @@ async fn http_request_headers_narrow_but_never_widen() {
     // server_info reports what this request sees.
     let (_, info) = stateless(
         &url,
+        &db.admin_key,
         "tools/call",
         json!({ "name": "server_info", "arguments": {} }),
         &[("X-MCP-Exclude-Tools", "whoami")],
@@ -181,10 +201,18 @@ async fn http_refuses_rebinding_oversized_and_malformed_requests() {
     let server = server(&db, &["--max-body-bytes", "4096"]);
     let url = server.mcp_url();
 
-    let (status, _) = stateless(&url, "tools/list", json!({}), &[("Host", "evil.example")]).await;
+    let (status, _) = stateless(
+        &url,
+        &db.admin_key,
+        "tools/list",
+        json!({}),
+        &[("Host", "evil.example")],
+    )
+    .await;
     assert_eq!(status, 403, "a foreign Host header is refused");
     let (status, _) = stateless(
         &url,
+        &db.admin_key,
         "tools/list",
         json!({}),
         &[("Origin", "https://evil.example")],
@@ -193,6 +221,7 @@ async fn http_refuses_rebinding_oversized_and_malformed_requests() {
     assert_eq!(status, 403, "a foreign Origin is refused");
     let (status, ok) = stateless(
         &url,
+        &db.admin_key,
         "tools/list",
         json!({}),
         &[("Origin", "http://localhost:6274")],
@@ -202,6 +231,7 @@ async fn http_refuses_rebinding_oversized_and_malformed_requests() {
 
     let (status, _) = stateless(
         &url,
+        &db.admin_key,
         "tools/call",
         json!({ "name": "whoami", "arguments": { "pad": "x".repeat(10_000) } }),
         &[],
@@ -211,6 +241,7 @@ async fn http_refuses_rebinding_oversized_and_malformed_requests() {
 
     let response = reqwest::Client::new()
         .post(&url)
+        .header("X-Api-Key", &db.admin_key)
         .header("Content-Type", "application/json")
         .header("Accept", "application/json, text/event-stream")
         .body("{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": ")
@@ -227,12 +258,13 @@ async fn http_refuses_rebinding_oversized_and_malformed_requests() {
     // Nothing of this reached the tenants table: the server still answers as before.
     let (_, me) = stateless(
         &url,
+        &db.admin_key,
         "tools/call",
         json!({ "name": "whoami", "arguments": {} }),
         &[],
     )
     .await;
-    assert_eq!(me["result"]["structuredContent"]["tenant"]["slug"], "local");
+    assert_eq!(me["result"]["structuredContent"]["tenant"]["slug"], "acme");
 }
 
 #[tokio::test]
@@ -250,16 +282,18 @@ async fn http_allowed_hosts_are_configurable_for_proxies() {
     let url = server.mcp_url();
     let (status, _) = stateless(
         &url,
+        &db.admin_key,
         "tools/list",
         json!({}),
         &[("Host", "crm.example.com")],
     )
     .await;
     assert_eq!(status, 200);
-    let (status, _) = stateless(&url, "tools/list", json!({}), &[]).await;
+    let (status, _) = stateless(&url, &db.admin_key, "tools/list", json!({}), &[]).await;
     assert_eq!(status, 403, "127.0.0.1 is no longer an allowed host");
     let (status, _) = stateless(
         &url,
+        &db.admin_key,
         "tools/list",
         json!({}),
         &[
@@ -287,6 +321,7 @@ async fn http_sessions_end_with_delete_and_shutdown_is_graceful() {
 
     let init = http
         .post(&url)
+        .header("X-Api-Key", &db.admin_key)
         .header("Accept", "application/json, text/event-stream")
         .json(&initialize_request(1))
         .send()
@@ -303,6 +338,7 @@ async fn http_sessions_end_with_delete_and_shutdown_is_graceful() {
     let _ = read_message(init).await;
     let deleted = http
         .delete(&url)
+        .header("X-Api-Key", &db.admin_key)
         .header("Mcp-Session-Id", &session)
         .header("MCP-Protocol-Version", "2025-11-25")
         .send()
@@ -315,6 +351,7 @@ async fn http_sessions_end_with_delete_and_shutdown_is_graceful() {
     );
     let after = http
         .post(&url)
+        .header("X-Api-Key", &db.admin_key)
         .header("Accept", "application/json, text/event-stream")
         .header("Mcp-Session-Id", &session)
         .header("MCP-Protocol-Version", "2025-11-25")
@@ -334,4 +371,70 @@ async fn http_sessions_end_with_delete_and_shutdown_is_graceful() {
             .iter()
             .any(|l| l.contains("SIGTERM received"))
     );
+}
+
+#[tokio::test]
+async fn http_without_valid_credentials_gets_401_with_a_challenge() {
+    let db = TestDb::new().await;
+    let server = server(&db, &[]);
+    let url = server.mcp_url();
+
+    let (status, body) = stateless(&url, "", "tools/list", json!({}), &[]).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"], "unauthorized");
+    let response = reqwest::Client::new()
+        .post(&url)
+        .json(&initialize_request(1))
+        .send()
+        .await
+        .unwrap();
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        challenge.starts_with("Bearer resource_metadata=\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("/.well-known/oauth-protected-resource"),
+        "{challenge}"
+    );
+
+    for bad in ["acrm_forged", "'; DROP TABLE api_keys; --", ""] {
+        let (status, body) = stateless(
+            &url,
+            "",
+            "tools/list",
+            json!({}),
+            &[("Authorization", &format!("Bearer {bad}"))],
+        )
+        .await;
+        assert_eq!(status, 401, "{bad}: {body}");
+    }
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("X-Api-Key", "acrm_forged")
+        .json(&initialize_request(1))
+        .send()
+        .await
+        .unwrap();
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+
+    // The valid key still works, over both the header and the bearer form.
+    let (status, _) = stateless(&url, &db.admin_key, "tools/list", json!({}), &[]).await;
+    assert_eq!(status, 200);
+    let (status, _) = stateless(
+        &url,
+        "",
+        "tools/list",
+        json!({}),
+        &[("Authorization", &format!("Bearer {}", db.admin_key))],
+    )
+    .await;
+    assert_eq!(status, 200);
 }

@@ -12,9 +12,7 @@ use crate::helpers::*;
 async fn stdio_lists_and_calls_tools_in_both_protocol_generations() {
     let db = TestDb::new().await;
     for generation in [Generation::Sessions, Generation::Stateless] {
-        let mut command = agentcrm(&["stdio"]);
-        command.env("DATABASE_URL", &db.url);
-        let client = stdio_client(command, generation).await;
+        let client = stdio_client(db.command(&["stdio"]), generation).await;
 
         let info = client.peer_info().expect("server info");
         let expected = match generation {
@@ -28,13 +26,22 @@ async fn stdio_lists_and_calls_tools_in_both_protocol_generations() {
         assert_eq!(names, ["whoami", "server_info"]);
 
         let me = call_ok(&client, "whoami", json!({})).await;
-        assert_eq!(me["principal"]["kind"], "local_owner");
-        assert_eq!(me["tenant"]["slug"], "local");
+        assert_eq!(me["principal"]["kind"], "api_key", "{me}");
+        assert_eq!(me["principal"]["role"], "admin");
+        assert_eq!(me["tenant"]["slug"], "acme");
         assert_eq!(me["transport"], "stdio");
+        assert_eq!(
+            me["scopes"].as_array().unwrap().len(),
+            24,
+            "an admin's key inherits every scope"
+        );
 
         let server = call_ok(&client, "server_info", json!({})).await;
         assert_eq!(server["database"], "external");
-        assert_eq!(server["migration_version"], 1);
+        assert_eq!(
+            server["migration_version"],
+            json!(agentcrm::store::latest_migration())
+        );
         assert_eq!(server["toolsets"], json!(["account"]));
         assert!(
             server["protocol_versions"]
@@ -57,8 +64,8 @@ impl RawStdio {
     fn start(db: &TestDb, extra: &[&str]) -> RawStdio {
         let mut args = vec!["stdio"];
         args.extend_from_slice(extra);
-        let mut child = agentcrm(&args)
-            .env("DATABASE_URL", &db.url)
+        let mut child = db
+            .command(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -176,7 +183,7 @@ async fn stdio_answers_bad_input_with_clear_errors() {
     );
     assert_eq!(
         after["result"]["structuredContent"]["tenant"]["slug"],
-        "local"
+        "acme"
     );
 
     let unknown_method = raw.request(6, "customers/drop", json!({}));
@@ -228,4 +235,38 @@ fn stdio_reports_an_unreachable_database() {
         agentcrm(&["stdio"]).env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nothing"),
     );
     assert!(stderr.contains("error: database error"), "{stderr}");
+}
+
+#[tokio::test]
+async fn stdio_on_a_shared_database_needs_a_credential() {
+    let db = TestDb::new().await;
+    let stderr = start_failure(agentcrm(&["stdio"]).env("DATABASE_URL", &db.url));
+    assert!(
+        stderr.contains("stdio needs a credential") && stderr.contains("AGENTCRM_API_KEY"),
+        "{stderr}"
+    );
+
+    let stderr = start_failure(
+        agentcrm(&["stdio"])
+            .env("DATABASE_URL", &db.url)
+            .env("AGENTCRM_API_KEY", "acrm_not-a-real-key"),
+    );
+    assert!(
+        stderr.contains("AGENTCRM_API_KEY is invalid, revoked or disabled"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("acrm_not-a-real-key"),
+        "the secret is not echoed: {stderr}"
+    );
+
+    let stderr = start_failure(
+        agentcrm(&["stdio"])
+            .env("DATABASE_URL", &db.url)
+            .env("AGENTCRM_CLIENT_ID", "agt_123"),
+    );
+    assert!(
+        stderr.contains("set both AGENTCRM_CLIENT_ID and AGENTCRM_CLIENT_SECRET"),
+        "{stderr}"
+    );
 }

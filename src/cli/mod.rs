@@ -1,6 +1,8 @@
 //! Command line: `stdio`, `http`, `migrate` and `catalog`. Every flag has an `AGENTCRM_*`
 //! environment variable (and `DATABASE_URL`), so desktop clients can configure it either way.
 
+mod admin;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,12 +11,15 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Principal;
+use crate::access::audit::{AuditEvent, AuditLog};
+use crate::access::identity::{self, AuthError, Credential};
 use crate::app::App;
 use crate::mcp::catalog::Catalog;
 use crate::mcp::filter::ToolFilter;
 use crate::mcp::http::{DEFAULT_ALLOWED_HOSTS, DEFAULT_ALLOWED_ORIGINS, HttpOptions};
 use crate::store::tenants::{self, LOCAL_TENANT_SLUG};
-use crate::store::{Store, embedded};
+use crate::store::{DatabaseKind, Store, embedded};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,10 +42,12 @@ enum Command {
     Migrate(DbArgs),
     /// Write the generated tool catalog (schemas/ and tools/), or check it is up to date
     Catalog(CatalogArgs),
+    /// Bootstrap tenants, users, agents and API keys without any tool
+    Admin(admin::AdminArgs),
 }
 
 #[derive(Debug, Args)]
-struct DbArgs {
+pub(crate) struct DbArgs {
     /// PostgreSQL URL of a shared server; without it, a private embedded server is started
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
@@ -105,7 +112,11 @@ struct CatalogArgs {
 
 /// Startup failures, reported as one line on stderr.
 #[derive(Debug, thiserror::Error)]
-enum CliError {
+pub(crate) enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Credentials(String),
     #[error(transparent)]
     Filter(#[from] crate::mcp::filter::FilterError),
     #[error(transparent)]
@@ -132,6 +143,7 @@ pub async fn main() -> ExitCode {
         Command::Http(args) => run_http(args).await,
         Command::Migrate(args) => run_migrate(args).await,
         Command::Catalog(args) => run_catalog(args),
+        Command::Admin(args) => admin::run(args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -176,7 +188,7 @@ fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
-async fn open_store(db: &DbArgs) -> Result<Store, CliError> {
+pub(crate) async fn open_store(db: &DbArgs) -> Result<Store, CliError> {
     let url = db.database_url.as_deref().filter(|u| !u.trim().is_empty());
     let data_dir = db
         .data_dir
@@ -186,7 +198,13 @@ async fn open_store(db: &DbArgs) -> Result<Store, CliError> {
 }
 
 /// Opens the store and builds the shared state; on error the store is closed again.
-async fn start(db: &DbArgs, tools: &ToolArgs) -> Result<Arc<App>, CliError> {
+/// `local_owner_allowed`: callers without credentials may act as the local owner when the
+/// database is the embedded default (stdio, or HTTP on a loopback address).
+async fn start(
+    db: &DbArgs,
+    tools: &ToolArgs,
+    local_owner_allowed: bool,
+) -> Result<Arc<App>, CliError> {
     let catalog = Catalog::builtin();
     let filter = ToolFilter::from_lists(
         catalog,
@@ -196,30 +214,108 @@ async fn start(db: &DbArgs, tools: &ToolArgs) -> Result<Arc<App>, CliError> {
         &tools.exclude_tools,
     )?;
     let store = open_store(db).await?;
-    let local_tenant = match tenants::ensure(store.pool(), LOCAL_TENANT_SLUG, "Local").await {
-        Ok(tenant) => tenant,
-        Err(error) => {
-            store.close().await;
-            return Err(error.into());
+    let local_owner = if store.kind() == DatabaseKind::Embedded {
+        match tenants::ensure(store.pool(), LOCAL_TENANT_SLUG, "Local").await {
+            Ok(tenant) => local_owner_allowed.then(|| Principal::local_owner(tenant.id)),
+            Err(error) => {
+                store.close().await;
+                return Err(error.into());
+            }
         }
+    } else {
+        None
     };
     tracing::info!(
         database = ?store.kind(),
         toolsets = %crate::mcp::server::describe_toolsets(&filter.enabled_toolsets(catalog)),
         "agentcrm ready"
     );
+    let audit = AuditLog::start(store.pool().clone());
     Ok(Arc::new(App {
         store,
         catalog,
         filter: Arc::new(filter),
-        local_tenant,
+        audit,
+        local_owner,
     }))
+}
+
+/// The stdio caller, from `AGENTCRM_API_KEY` or `AGENTCRM_CLIENT_ID` + `AGENTCRM_CLIENT_SECRET`
+/// (read from the environment only: secrets on a command line show up in `ps`).
+async fn stdio_principal(app: &App) -> Result<Principal, CliError> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let credential = match (
+        var("AGENTCRM_API_KEY"),
+        var("AGENTCRM_CLIENT_ID"),
+        var("AGENTCRM_CLIENT_SECRET"),
+    ) {
+        (Some(key), _, _) => Some(("AGENTCRM_API_KEY", StdioCredential::ApiKey(key))),
+        (None, Some(id), Some(secret)) => Some((
+            "AGENTCRM_CLIENT_ID/AGENTCRM_CLIENT_SECRET",
+            StdioCredential::Client(id, secret),
+        )),
+        (None, Some(_), None) | (None, None, Some(_)) => {
+            return Err(CliError::Credentials(
+                "set both AGENTCRM_CLIENT_ID and AGENTCRM_CLIENT_SECRET (or AGENTCRM_API_KEY)"
+                    .into(),
+            ));
+        }
+        (None, None, None) => None,
+    };
+    let Some((source, credential)) = credential else {
+        return app.local_owner.clone().ok_or_else(|| {
+            CliError::Credentials(
+                "with DATABASE_URL set, stdio needs a credential: set AGENTCRM_API_KEY (see \
+                 `agentcrm admin create-api-key`) or AGENTCRM_CLIENT_ID and \
+                 AGENTCRM_CLIENT_SECRET (see `agentcrm admin create-agent`)"
+                    .into(),
+            )
+        });
+    };
+    let outcome = match &credential {
+        StdioCredential::ApiKey(key) => {
+            identity::authenticate(app.store.pool(), Credential::ApiKey(key)).await
+        }
+        StdioCredential::Client(id, secret) => {
+            identity::authenticate(app.store.pool(), Credential::Client { id, secret }).await
+        }
+    };
+    match outcome {
+        Ok(principal) => {
+            let mut event = AuditEvent::by(&principal, "auth", "auth.stdio", "ok");
+            event.transport = Some("stdio");
+            app.audit.record(event).await;
+            Ok(principal)
+        }
+        Err(AuthError::Store(error)) => Err(error.into()),
+        Err(_) => {
+            let mut event = AuditEvent::anonymous("auth", "auth.refused", "refused");
+            event.transport = Some("stdio");
+            event.error_code = Some("invalid_credentials".into());
+            app.audit.record(event).await;
+            Err(CliError::Credentials(format!(
+                "the credential in {source} is invalid, revoked or disabled"
+            )))
+        }
+    }
+}
+
+enum StdioCredential {
+    ApiKey(String),
+    Client(String, String),
 }
 
 async fn run_stdio(args: StdioArgs) -> Result<(), CliError> {
     let shutdown = shutdown_on_signals();
-    let app = start(&args.db, &args.tools).await?;
-    let outcome = crate::mcp::stdio::serve(app.clone(), shutdown).await;
+    let app = start(&args.db, &args.tools, true).await?;
+    let principal = match stdio_principal(&app).await {
+        Ok(principal) => principal,
+        Err(error) => {
+            app.store.close().await;
+            return Err(error);
+        }
+    };
+    let outcome = crate::mcp::stdio::serve(app.clone(), principal, shutdown).await;
     app.store.close().await;
     outcome.map_err(|e| CliError::Stdio(Box::new(e)))
 }
@@ -232,7 +328,8 @@ async fn run_http(args: HttpArgs) -> Result<(), CliError> {
         allowed_origins: defaulted(args.allowed_origins, &DEFAULT_ALLOWED_ORIGINS),
         max_body_bytes: args.max_body_bytes,
     };
-    let app = start(&args.db, &args.tools).await?;
+    // The credential-free local owner is for this machine only.
+    let app = start(&args.db, &args.tools, args.listen.ip().is_loopback()).await?;
     let listener = match tokio::net::TcpListener::bind(options.listen).await {
         Ok(listener) => listener,
         Err(error) => {

@@ -1,0 +1,12 @@
+//! The access layer: principals, credentials, scopes and the audit trail. Every tool call
+//! passes through it; no toolset has auth code of its own.
+
+pub mod audit;
+pub mod identity;
+pub mod principal;
+pub mod scopes;
+pub mod secrets;
+pub mod store;
+
+pub use principal::{Principal, PrincipalKind, Role};
+pub use scopes::Scopes;

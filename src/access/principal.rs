@@ -1,0 +1,86 @@
+//! Who is calling: resolved once per request (HTTP) or per process (stdio) and handed to
+//! every tool the same way.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::scopes::Scopes;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalKind {
+    /// The owner of the embedded local default: a human admin of the local tenant.
+    LocalOwner,
+    /// A human user of the tenant.
+    User,
+    /// An AI agent with its own identity and credentials.
+    Agent,
+    /// An API key, acting for the user who owns it.
+    ApiKey,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+    Member,
+}
+
+impl Role {
+    pub fn parse(role: &str) -> Option<Role> {
+        match role {
+            "admin" => Some(Role::Admin),
+            "member" => Some(Role::Member),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub tenant_id: Uuid,
+    pub kind: PrincipalKind,
+    /// The user, agent or API key id; none for the local owner.
+    pub id: Option<Uuid>,
+    pub name: String,
+    /// For humans (and API keys, their owner's role).
+    pub role: Option<Role>,
+    /// The user an API key acts for.
+    pub on_behalf_of: Option<Uuid>,
+    /// Effective scopes: what this principal may do, already intersected with its owner's.
+    pub scopes: Scopes,
+}
+
+impl Principal {
+    pub fn local_owner(tenant_id: Uuid) -> Principal {
+        Principal {
+            tenant_id,
+            kind: PrincipalKind::LocalOwner,
+            id: None,
+            name: "local owner".into(),
+            role: Some(Role::Admin),
+            on_behalf_of: None,
+            scopes: Scopes::EVERY,
+        }
+    }
+
+    pub fn is_agent(&self) -> bool {
+        self.kind == PrincipalKind::Agent
+    }
+
+    /// Scopes a human of `role` holds: admins every scope, members those granted.
+    pub fn human_scopes(role: Role, granted: Scopes) -> Scopes {
+        match role {
+            Role::Admin => Scopes::EVERY,
+            Role::Member => granted,
+        }
+    }
+}

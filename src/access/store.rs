@@ -1,0 +1,280 @@
+//! Queries for users, agents and API keys. Every query is scoped by tenant except the two
+//! credential lookups, which find the tenant from the credential itself.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::principal::{Principal, PrincipalKind, Role};
+use super::scopes::Scopes;
+use super::secrets;
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
+pub struct User {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub role: String,
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
+pub struct Agent {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub client_id: String,
+    pub kind: String,
+    pub enabled: bool,
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub owner_user_id: Uuid,
+    pub name: String,
+    /// The key's first characters, to tell keys apart; the key itself is never stored.
+    pub prefix: String,
+    /// Empty: the owner's permissions.
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+const USER_COLUMNS: &str = "id, tenant_id, email, name, role, scopes, created_at";
+const AGENT_COLUMNS: &str =
+    "id, tenant_id, name, description, client_id, kind, enabled, scopes, created_at";
+const API_KEY_COLUMNS: &str =
+    "id, tenant_id, owner_user_id, name, prefix, scopes, created_at, last_used_at, revoked_at";
+
+pub async fn create_user(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    email: &str,
+    name: &str,
+    role: Role,
+    scopes: Scopes,
+) -> Result<User, StoreError> {
+    let user = sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO users (tenant_id, email, name, role, scopes) VALUES ($1, $2, $3, $4, $5)
+         RETURNING {USER_COLUMNS}"
+    )))
+    .bind(tenant_id)
+    .bind(email)
+    .bind(name)
+    .bind(role.as_str())
+    .bind(scopes.to_strings())
+    .fetch_one(pool)
+    .await?;
+    Ok(user)
+}
+
+pub async fn list_users(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<User>, StoreError> {
+    let users = sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 ORDER BY created_at, id"
+    )))
+    .bind(tenant_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(users)
+}
+
+pub async fn find_user_by_email(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    email: &str,
+) -> Result<Option<User>, StoreError> {
+    let user = sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND email = $2"
+    )))
+    .bind(tenant_id)
+    .bind(email)
+    .fetch_optional(pool)
+    .await?;
+    Ok(user)
+}
+
+/// Registers an agent; returns it with its client secret, which is not stored.
+pub async fn create_agent(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    name: &str,
+    description: &str,
+    internal: bool,
+    scopes: Scopes,
+    created_by: Option<Uuid>,
+) -> Result<(Agent, String), StoreError> {
+    let (secret, secret_hash) = secrets::new_client_secret();
+    let agent = sqlx::query_as::<_, Agent>(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO agents (tenant_id, name, description, client_id, secret_hash, kind, scopes, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         RETURNING {AGENT_COLUMNS}"
+    )))
+    .bind(tenant_id)
+    .bind(name)
+    .bind(description)
+    .bind(secrets::new_client_id())
+    .bind(secret_hash)
+    .bind(if internal { "internal" } else { "external" })
+    .bind(scopes.to_strings())
+    .bind(created_by)
+    .fetch_one(pool)
+    .await?;
+    Ok((agent, secret))
+}
+
+pub async fn list_agents(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<Agent>, StoreError> {
+    let agents = sqlx::query_as::<_, Agent>(sqlx::AssertSqlSafe(format!(
+        "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 ORDER BY created_at, id"
+    )))
+    .bind(tenant_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(agents)
+}
+
+/// Creates an API key for `owner`; returns it with the key, which is not stored.
+pub async fn create_api_key(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    owner_user_id: Uuid,
+    name: &str,
+    scopes: Scopes,
+) -> Result<(ApiKey, String), StoreError> {
+    let (key, prefix, hash) = secrets::new_api_key();
+    let api_key = sqlx::query_as::<_, ApiKey>(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO api_keys (tenant_id, owner_user_id, name, prefix, key_hash, scopes)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING {API_KEY_COLUMNS}"
+    )))
+    .bind(tenant_id)
+    .bind(owner_user_id)
+    .bind(name)
+    .bind(prefix)
+    .bind(hash)
+    .bind(scopes.to_strings())
+    .fetch_one(pool)
+    .await?;
+    Ok((api_key, key))
+}
+
+pub async fn list_api_keys(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<ApiKey>, StoreError> {
+    let keys = sqlx::query_as::<_, ApiKey>(sqlx::AssertSqlSafe(format!(
+        "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id"
+    )))
+    .bind(tenant_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(keys)
+}
+
+#[derive(sqlx::FromRow)]
+struct ApiKeyOwner {
+    id: Uuid,
+    tenant_id: Uuid,
+    name: String,
+    scopes: Vec<String>,
+    owner_id: Uuid,
+    owner_role: String,
+    owner_scopes: Vec<String>,
+}
+
+/// The principal an API key stands for, or `None` when no live key matches.
+pub async fn principal_for_api_key(
+    pool: &PgPool,
+    key: &str,
+) -> Result<Option<Principal>, StoreError> {
+    let row = sqlx::query_as::<_, ApiKeyOwner>(
+        "SELECT k.id, k.tenant_id, k.name, k.scopes, u.id AS owner_id, u.role AS owner_role,
+                u.scopes AS owner_scopes
+         FROM api_keys k JOIN users u ON u.tenant_id = k.tenant_id AND u.id = k.owner_user_id
+         WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+    )
+    .bind(secrets::digest(key))
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    // Stored scopes were validated on write; a name this build does not know grants nothing.
+    let known = |names: &[String]| Scopes::parse(names).unwrap_or(Scopes::NONE);
+    let role = Role::parse(&row.owner_role).unwrap_or(Role::Member);
+    let owner = Principal::human_scopes(role, known(&row.owner_scopes));
+    let scopes = if row.scopes.is_empty() {
+        owner
+    } else {
+        known(&row.scopes).intersect(owner)
+    };
+    Ok(Some(Principal {
+        tenant_id: row.tenant_id,
+        kind: PrincipalKind::ApiKey,
+        id: Some(row.id),
+        name: row.name,
+        role: Some(role),
+        on_behalf_of: Some(row.owner_id),
+        scopes,
+    }))
+}
+
+#[derive(sqlx::FromRow)]
+struct AgentCredential {
+    id: Uuid,
+    tenant_id: Uuid,
+    name: String,
+    secret_hash: String,
+    enabled: bool,
+    scopes: Vec<String>,
+}
+
+/// Why client credentials were refused; the caller only ever learns "invalid client".
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientRefusal {
+    UnknownClient,
+    WrongSecret,
+    Disabled,
+}
+
+/// Checks an agent's client credentials (argon2: deliberately slow) and returns its principal.
+pub async fn principal_for_client(
+    pool: &PgPool,
+    client_id: &str,
+    secret: &str,
+) -> Result<Result<Principal, ClientRefusal>, StoreError> {
+    let row = sqlx::query_as::<_, AgentCredential>(
+        "SELECT id, tenant_id, name, secret_hash, enabled, scopes FROM agents WHERE client_id = $1",
+    )
+    .bind(client_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else {
+        return Ok(Err(ClientRefusal::UnknownClient));
+    };
+    let (secret, hash) = (secret.to_owned(), row.secret_hash.clone());
+    let matches =
+        tokio::task::spawn_blocking(move || secrets::verify_client_secret(&secret, &hash))
+            .await
+            .unwrap_or(false);
+    if !matches {
+        return Ok(Err(ClientRefusal::WrongSecret));
+    }
+    if !row.enabled {
+        return Ok(Err(ClientRefusal::Disabled));
+    }
+    Ok(Ok(Principal {
+        tenant_id: row.tenant_id,
+        kind: PrincipalKind::Agent,
+        id: Some(row.id),
+        name: row.name,
+        role: None,
+        on_behalf_of: None,
+        scopes: Scopes::parse(&row.scopes).unwrap_or(Scopes::NONE),
+    }))
+}

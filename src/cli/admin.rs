@@ -1,0 +1,281 @@
+//! `agentcrm admin`: bootstrap tenants, users, agents and API keys without any tool.
+//! Secrets are printed once, here, and never again.
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+
+use super::{CliError, DbArgs, open_store};
+use crate::access::store as access;
+use crate::access::{Role, Scopes};
+use crate::store::tenants::{self, LOCAL_TENANT_SLUG};
+use crate::store::{DatabaseKind, Store, Tenant};
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Print JSON instead of text (for scripts)
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create a tenant (a business; every row belongs to one)
+    CreateTenant {
+        /// Short name: lowercase letters, digits and dashes
+        #[arg(long)]
+        slug: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Create a human user
+    CreateUser {
+        #[command(flatten)]
+        tenant: TenantArg,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum, default_value = "member")]
+        role: RoleArg,
+        /// Scopes of a member (comma-separated); admins hold every scope
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+    },
+    /// Register an agent; prints its client id and secret once
+    CreateAgent {
+        #[command(flatten)]
+        tenant: TenantArg,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// An agent run by this organisation (default: external)
+        #[arg(long)]
+        internal: bool,
+        /// Scopes granted (comma-separated), e.g. customers:read,search
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+    },
+    /// Create an API key for a user; prints the key once
+    CreateApiKey {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// Email of the user the key acts for
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        name: String,
+        /// A subset of the user's scopes (comma-separated); empty inherits the user's
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+    },
+    /// List tenants, or a tenant's users, agents or API keys
+    List {
+        what: Listing,
+        #[command(flatten)]
+        tenant: TenantArg,
+    },
+}
+
+#[derive(Debug, Args)]
+struct TenantArg {
+    /// Tenant slug [default: local, the embedded default's tenant]
+    #[arg(long, default_value = LOCAL_TENANT_SLUG)]
+    tenant: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Admin,
+    Member,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Listing {
+    Tenants,
+    Users,
+    Agents,
+    ApiKeys,
+}
+
+pub async fn run(args: AdminArgs) -> Result<(), CliError> {
+    let store = open_store(&args.db).await?;
+    let outcome = execute(&store, args.command, args.json).await;
+    store.close().await;
+    outcome
+}
+
+fn scopes(names: &[String]) -> Result<Scopes, CliError> {
+    Scopes::parse(names).map_err(|e| CliError::Usage(e.to_string()))
+}
+
+async fn tenant(store: &Store, slug: &str) -> Result<Tenant, CliError> {
+    if store.kind() == DatabaseKind::Embedded && slug == LOCAL_TENANT_SLUG {
+        return Ok(tenants::ensure(store.pool(), LOCAL_TENANT_SLUG, "Local").await?);
+    }
+    tenants::find_by_slug(store.pool(), slug)
+        .await?
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "no tenant `{slug}`; create it with `agentcrm admin create-tenant`"
+            ))
+        })
+}
+
+/// A unique-constraint violation, said in words.
+fn conflict(error: crate::store::StoreError, what: &str) -> CliError {
+    if let crate::store::StoreError::Database(sqlx::Error::Database(db)) = &error {
+        if db.is_unique_violation() {
+            return CliError::Usage(format!("{what} already exists"));
+        }
+        if db.is_check_violation() {
+            return CliError::Usage(format!(
+                "{what}: a value is out of range (check lengths and the slug pattern)"
+            ));
+        }
+    }
+    error.into()
+}
+
+fn print(json: bool, value: serde_json::Value, text: String) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{text}");
+    }
+}
+
+async fn execute(store: &Store, command: AdminCommand, json: bool) -> Result<(), CliError> {
+    let pool = store.pool();
+    match command {
+        AdminCommand::CreateTenant { slug, name } => {
+            let tenant = tenants::create(pool, &slug, &name)
+                .await
+                .map_err(|e| conflict(e, "that tenant"))?
+                .ok_or_else(|| CliError::Usage(format!("tenant `{slug}` already exists")))?;
+            print(
+                json,
+                json!(tenant),
+                format!("created tenant {} ({})", tenant.slug, tenant.id),
+            );
+        }
+        AdminCommand::CreateUser {
+            tenant: t,
+            email,
+            name,
+            role,
+            scopes: names,
+        } => {
+            let tenant = tenant(store, &t.tenant).await?;
+            let role = match role {
+                RoleArg::Admin => Role::Admin,
+                RoleArg::Member => Role::Member,
+            };
+            let user = access::create_user(pool, tenant.id, &email, &name, role, scopes(&names)?)
+                .await
+                .map_err(|e| conflict(e, &format!("a user with email {email}")))?;
+            print(
+                json,
+                json!(user),
+                format!("created {} user {} ({})", user.role, user.email, user.id),
+            );
+        }
+        AdminCommand::CreateAgent {
+            tenant: t,
+            name,
+            description,
+            internal,
+            scopes: names,
+        } => {
+            let tenant = tenant(store, &t.tenant).await?;
+            let (agent, secret) = access::create_agent(
+                pool,
+                tenant.id,
+                &name,
+                &description,
+                internal,
+                scopes(&names)?,
+                None,
+            )
+            .await
+            .map_err(|e| conflict(e, &format!("an agent named {name}")))?;
+            print(
+                json,
+                json!({ "agent": agent, "client_id": agent.client_id, "client_secret": secret }),
+                format!(
+                    "registered agent {} ({})\nclient_id:     {}\nclient_secret: {secret}\n\
+                     The secret is shown this once; store it now.",
+                    agent.name, agent.id, agent.client_id
+                ),
+            );
+        }
+        AdminCommand::CreateApiKey {
+            tenant: t,
+            user,
+            name,
+            scopes: names,
+        } => {
+            let tenant = tenant(store, &t.tenant).await?;
+            let owner = access::find_user_by_email(pool, tenant.id, &user)
+                .await?
+                .ok_or_else(|| {
+                    CliError::Usage(format!("no user {user} in tenant {}", tenant.slug))
+                })?;
+            let requested = scopes(&names)?;
+            let role = Role::parse(&owner.role).unwrap_or(Role::Member);
+            let owned = crate::access::Principal::human_scopes(
+                role,
+                Scopes::parse(&owner.scopes).unwrap_or_default(),
+            );
+            if !owned.contains(requested) {
+                return Err(CliError::Usage(format!(
+                    "an API key's scopes must be a subset of its owner's; {user} lacks {:?}",
+                    requested
+                        .names()
+                        .into_iter()
+                        .filter(|s| !owned.contains(Scopes::parse(&[*s]).unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                )));
+            }
+            let (api_key, key) =
+                access::create_api_key(pool, tenant.id, owner.id, &name, requested).await?;
+            print(
+                json,
+                json!({ "api_key": api_key, "key": key }),
+                format!(
+                    "created API key {} ({}) for {user}\nkey: {key}\nThe key is shown this once; store it now.",
+                    api_key.name, api_key.prefix
+                ),
+            );
+        }
+        AdminCommand::List { what, tenant: t } => {
+            let value = match what {
+                Listing::Tenants => json!(tenants::list(pool).await?),
+                Listing::Users => {
+                    json!(access::list_users(pool, tenant(store, &t.tenant).await?.id).await?)
+                }
+                Listing::Agents => {
+                    json!(access::list_agents(pool, tenant(store, &t.tenant).await?.id).await?)
+                }
+                Listing::ApiKeys => {
+                    json!(access::list_api_keys(pool, tenant(store, &t.tenant).await?.id).await?)
+                }
+            };
+            let text = value
+                .as_array()
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| r.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .unwrap_or_default();
+            print(json, value, text);
+        }
+    }
+    Ok(())
+}

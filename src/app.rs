@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::access::Principal;
 use crate::access::audit::AuditLog;
+use crate::access::tokens::TokenKeys;
 use crate::mcp::catalog::Catalog;
 use crate::mcp::filter::ToolFilter;
 use crate::store::Store;
@@ -17,4 +18,6 @@ pub struct App {
     /// On the embedded default, callers without credentials act as the local owner (on
     /// stdio, and on HTTP bound to loopback). `None` everywhere else.
     pub local_owner: Option<Principal>,
+    /// Signing keys for OAuth access tokens (HTTP only; `None` when not configured).
+    pub tokens: Option<TokenKeys>,
 }

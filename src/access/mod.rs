@@ -3,10 +3,12 @@
 
 pub mod audit;
 pub mod identity;
+pub mod oauth;
 pub mod principal;
 pub mod scopes;
 pub mod secrets;
 pub mod store;
+pub mod tokens;
 
 pub use principal::{Principal, PrincipalKind, Role};
 pub use scopes::Scopes;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::Principal;
 use crate::access::audit::{AuditEvent, AuditLog};
 use crate::access::identity::{self, AuthError, Credential};
+use crate::access::tokens::{TokenKeys, load_secret};
 use crate::app::App;
 use crate::mcp::catalog::Catalog;
 use crate::mcp::filter::ToolFilter;
@@ -95,6 +96,9 @@ struct HttpArgs {
     /// Accepted browser Origins, comma-separated, e.g. https://app.example.com:443 (`*` for any) [default: loopback origins]
     #[arg(long, env = "AGENTCRM_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
+    /// Base URL clients reach this server at (token issuer; audience is <url>/mcp) [default: http://<listen address>]
+    #[arg(long, env = "AGENTCRM_PUBLIC_URL")]
+    public_url: Option<String>,
     /// Largest accepted request body in bytes
     #[arg(long, env = "AGENTCRM_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -200,10 +204,12 @@ pub(crate) async fn open_store(db: &DbArgs) -> Result<Store, CliError> {
 /// Opens the store and builds the shared state; on error the store is closed again.
 /// `local_owner_allowed`: callers without credentials may act as the local owner when the
 /// database is the embedded default (stdio, or HTTP on a loopback address).
+/// `public_url`: for HTTP, the base URL tokens are issued for (issuer; audience `<url>/mcp`).
 async fn start(
     db: &DbArgs,
     tools: &ToolArgs,
     local_owner_allowed: bool,
+    public_url: Option<&str>,
 ) -> Result<Arc<App>, CliError> {
     let catalog = Catalog::builtin();
     let filter = ToolFilter::from_lists(
@@ -214,6 +220,30 @@ async fn start(
         &tools.exclude_tools,
     )?;
     let store = open_store(db).await?;
+    let tokens = match public_url {
+        Some(url) => {
+            let embedded_dir = (store.kind() == DatabaseKind::Embedded).then(|| {
+                db.data_dir
+                    .clone()
+                    .unwrap_or_else(embedded::default_data_dir)
+            });
+            let configured = std::env::var("AGENTCRM_JWT_SECRET").ok();
+            match load_secret(configured.as_deref(), embedded_dir.as_deref()) {
+                Ok(Some(secret)) => Some(TokenKeys::new(&secret, url)),
+                Ok(None) => {
+                    tracing::warn!(
+                        "AGENTCRM_JWT_SECRET is not set: /oauth/token will not issue tokens"
+                    );
+                    None
+                }
+                Err(error) => {
+                    store.close().await;
+                    return Err(CliError::Usage(error.to_string()));
+                }
+            }
+        }
+        None => None,
+    };
     let local_owner = if store.kind() == DatabaseKind::Embedded {
         match tenants::ensure(store.pool(), LOCAL_TENANT_SLUG, "Local").await {
             Ok(tenant) => local_owner_allowed.then(|| Principal::local_owner(tenant.id)),
@@ -237,6 +267,7 @@ async fn start(
         filter: Arc::new(filter),
         audit,
         local_owner,
+        tokens,
     }))
 }
 
@@ -307,7 +338,7 @@ enum StdioCredential {
 
 async fn run_stdio(args: StdioArgs) -> Result<(), CliError> {
     let shutdown = shutdown_on_signals();
-    let app = start(&args.db, &args.tools, true).await?;
+    let app = start(&args.db, &args.tools, true, None).await?;
     let principal = match stdio_principal(&app).await {
         Ok(principal) => principal,
         Err(error) => {
@@ -328,16 +359,21 @@ async fn run_http(args: HttpArgs) -> Result<(), CliError> {
         allowed_origins: defaulted(args.allowed_origins, &DEFAULT_ALLOWED_ORIGINS),
         max_body_bytes: args.max_body_bytes,
     };
-    // The credential-free local owner is for this machine only.
-    let app = start(&args.db, &args.tools, args.listen.ip().is_loopback()).await?;
-    let listener = match tokio::net::TcpListener::bind(options.listen).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            app.store.close().await;
-            return Err(CliError::Listen(options.listen, error));
-        }
-    };
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|error| CliError::Listen(options.listen, error))?;
     let address = listener.local_addr().unwrap_or(options.listen);
+    let public_url = args
+        .public_url
+        .unwrap_or_else(|| format!("http://{address}"));
+    // The credential-free local owner is for this machine only.
+    let app = start(
+        &args.db,
+        &args.tools,
+        args.listen.ip().is_loopback(),
+        Some(&public_url),
+    )
+    .await?;
     tracing::info!("listening on http://{address}/mcp");
     let outcome = crate::mcp::http::serve(app.clone(), listener, &options, shutdown).await;
     app.store.close().await;

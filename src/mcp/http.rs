@@ -9,7 +9,7 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::server::AgentCrm;
 use crate::access::audit::AuditEvent;
 use crate::access::identity::{self, AuthError, Credential};
+use crate::access::oauth;
 use crate::app::App;
 
 #[derive(Debug, Clone)]
@@ -74,6 +75,21 @@ pub fn router(app: Arc<App>, options: &HttpOptions, shutdown: CancellationToken)
         .layer(middleware::from_fn_with_state(app.clone(), authenticate));
     axum::Router::new()
         .route("/healthz", get(healthz))
+        .route("/oauth/token", post(oauth::token))
+        .route("/oauth/revoke", post(oauth::revoke))
+        .route("/oauth/introspect", post(oauth::introspect))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth::authorization_server_metadata),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(oauth::protected_resource_metadata),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(oauth::protected_resource_metadata),
+        )
         .nest("/mcp", mcp)
         .with_state(app)
 }
@@ -162,16 +178,15 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    let credential = match (api_key, bearer) {
-        (Some(key), _) => Some(Credential::ApiKey(key.trim())),
-        (None, Some(token)) => {
-            Some(Credential::from_bearer(token).unwrap_or(Credential::ApiKey("")))
+    let outcome = match (api_key, bearer) {
+        (Some(key), _) => {
+            identity::authenticate(app.store.pool(), Credential::ApiKey(key.trim())).await
         }
-        (None, None) => None,
-    };
-    let outcome = match credential {
-        Some(credential) => identity::authenticate(app.store.pool(), credential).await,
-        None => app.local_owner.clone().ok_or(AuthError::Missing),
+        (None, Some(token)) => match Credential::from_bearer(token) {
+            Some(credential) => identity::authenticate(app.store.pool(), credential).await,
+            None => oauth::principal_for_jwt(&app, token).await,
+        },
+        (None, None) => app.local_owner.clone().ok_or(AuthError::Missing),
     };
     match outcome {
         Ok(principal) => {
@@ -179,7 +194,10 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
             next.run(request).await
         }
         Err(error) => {
-            let resource_metadata = resource_metadata_url(request.headers());
+            let resource_metadata = format!(
+                "{}/.well-known/oauth-protected-resource",
+                oauth::base_url(&app, request.headers())
+            );
             if !matches!(error, AuthError::Missing) {
                 let mut event = AuditEvent::anonymous("auth", "auth.refused", "refused");
                 event.transport = Some("http");
@@ -192,15 +210,6 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
             unauthorized(&error, &resource_metadata)
         }
     }
-}
-
-/// RFC 9728 protected-resource metadata of this server, as the caller addressed it.
-fn resource_metadata_url(headers: &axum::http::HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost");
-    format!("http://{host}/.well-known/oauth-protected-resource")
 }
 
 fn unauthorized(error: &AuthError, resource_metadata: &str) -> Response {

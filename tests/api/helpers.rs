@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_agentcrm");
+/// The token signing secret every test server gets.
+pub const JWT_SECRET: &str = "test-signing-secret-0123456789-abcdefghijklmnop";
 
 /// The admin connection used to create per-test databases: the machine's server.
 fn admin_url() -> String {
@@ -95,7 +97,8 @@ impl TestDb {
         let mut command = agentcrm(args);
         command
             .env("DATABASE_URL", &self.url)
-            .env("AGENTCRM_API_KEY", &self.admin_key);
+            .env("AGENTCRM_API_KEY", &self.admin_key)
+            .env("AGENTCRM_JWT_SECRET", JWT_SECRET);
         command
     }
 }

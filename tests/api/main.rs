@@ -7,5 +7,6 @@ mod clients;
 mod embedded;
 mod helpers;
 mod http;
+mod oauth;
 mod stdio;
 mod store;

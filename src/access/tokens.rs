@@ -1,0 +1,320 @@
+//! OAuth2 tokens: HS256 JWT access tokens (one hour), opaque refresh tokens that rotate on
+//! use, and revocation shared by every process through PostgreSQL.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::Utc;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::principal::{Principal, PrincipalKind};
+use super::scopes::Scopes;
+use super::secrets;
+use crate::store::StoreError;
+
+pub const ACCESS_TOKEN_TTL: Duration = Duration::from_secs(3600);
+const REFRESH_TOKEN_DAYS: i64 = 30;
+pub const REFRESH_TOKEN_PREFIX: &str = "acrt_";
+/// Shorter secrets are refused: HS256 is only as strong as its key.
+const MIN_SECRET_LEN: usize = 32;
+
+/// JWT claims of an access token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    /// The agent.
+    pub sub: Uuid,
+    /// The agent's tenant.
+    pub tid: Uuid,
+    /// Space-separated scopes granted to this token.
+    pub scope: String,
+    pub client_id: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: Uuid,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("AGENTCRM_JWT_SECRET must be at least {MIN_SECRET_LEN} characters")]
+    TooShort,
+    #[error("could not read or create the token signing key {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The signing key: `AGENTCRM_JWT_SECRET`, or on the embedded default a key generated once
+/// and kept in the data directory (mode 0600). `None`: tokens cannot be issued.
+pub fn load_secret(
+    configured: Option<&str>,
+    data_dir: Option<&Path>,
+) -> Result<Option<Vec<u8>>, KeyError> {
+    if let Some(secret) = configured.filter(|s| !s.is_empty()) {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(KeyError::TooShort);
+        }
+        return Ok(Some(secret.as_bytes().to_vec()));
+    }
+    let Some(dir) = data_dir else { return Ok(None) };
+    let path = dir.join("jwt-secret");
+    let io = |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim().len() >= MIN_SECRET_LEN => {
+            return Ok(Some(text.trim().as_bytes().to_vec()));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (secret, _, _) = secrets::new_api_key();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    file.write_all(secret.as_bytes()).map_err(io)?;
+    Ok(Some(secret.into_bytes()))
+}
+
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    /// This server's base URL (the authorization server).
+    pub issuer: String,
+    /// The protected resource: `<issuer>/mcp`.
+    pub audience: String,
+}
+
+impl TokenKeys {
+    pub fn new(secret: &[u8], public_url: &str) -> TokenKeys {
+        let issuer = public_url.trim_end_matches('/').to_owned();
+        let audience = format!("{issuer}/mcp");
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[&issuer]);
+        validation.set_audience(&[&audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 5;
+        TokenKeys {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            issuer,
+            audience,
+        }
+    }
+
+    /// A signed access token for `agent` carrying `scopes`.
+    pub fn mint(
+        &self,
+        agent: &Principal,
+        client_id: &str,
+        scopes: Scopes,
+    ) -> Result<(String, Claims), jsonwebtoken::errors::Error> {
+        let now = Utc::now().timestamp();
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: agent.id.unwrap_or_default(),
+            tid: agent.tenant_id,
+            scope: scopes.names().join(" "),
+            client_id: client_id.to_owned(),
+            iat: now,
+            exp: now + ACCESS_TOKEN_TTL.as_secs() as i64,
+            jti: Uuid::now_v7(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
+        Ok((token, claims))
+    }
+
+    /// Signature, issuer, audience and expiry all checked.
+    pub fn verify(&self, token: &str) -> Option<Claims> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .ok()
+    }
+
+    /// Signature checked, expiry not: for revoking a token that may have just expired.
+    pub fn verify_ignoring_expiry(&self, token: &str) -> Option<Claims> {
+        let mut validation = self.validation.clone();
+        validation.validate_exp = false;
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .map(|data| data.claims)
+            .ok()
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AgentRow {
+    name: String,
+    enabled: bool,
+    scopes: Vec<String>,
+    client_id: String,
+}
+
+/// The agent a token stands for, as it is now: disabled agents, revoked tokens and a
+/// tenant that does not match are refused; scopes are the token's within the agent's
+/// current ones. One round trip.
+pub async fn principal_for_token(
+    pool: &PgPool,
+    claims: &Claims,
+) -> Result<Option<Principal>, StoreError> {
+    let row: Option<(String, bool, Vec<String>, bool)> = sqlx::query_as(
+        "SELECT a.name, a.enabled, a.scopes,
+                EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.jti = $3) AS revoked
+         FROM agents a WHERE a.id = $1 AND a.tenant_id = $2",
+    )
+    .bind(claims.sub)
+    .bind(claims.tid)
+    .bind(claims.jti)
+    .fetch_optional(pool)
+    .await?;
+    let Some((name, enabled, scopes, revoked)) = row else {
+        return Ok(None);
+    };
+    if !enabled || revoked {
+        return Ok(None);
+    }
+    let granted: Vec<&str> = claims.scope.split_whitespace().collect();
+    let scopes = Scopes::parse(&granted)
+        .unwrap_or_default()
+        .intersect(Scopes::parse(&scopes).unwrap_or_default());
+    Ok(Some(agent_principal(claims.sub, claims.tid, name, scopes)))
+}
+
+fn agent_principal(id: Uuid, tenant_id: Uuid, name: String, scopes: Scopes) -> Principal {
+    Principal {
+        tenant_id,
+        kind: PrincipalKind::Agent,
+        id: Some(id),
+        name,
+        role: None,
+        on_behalf_of: None,
+        scopes,
+    }
+}
+
+/// A new refresh token for `agent`, valid 30 days, stored only as a digest.
+pub async fn issue_refresh_token(
+    pool: &PgPool,
+    agent: &Principal,
+    scopes: Scopes,
+) -> Result<String, StoreError> {
+    let (key, _, _) = secrets::new_api_key();
+    let token = format!(
+        "{REFRESH_TOKEN_PREFIX}{}",
+        &key[secrets::API_KEY_PREFIX.len()..]
+    );
+    sqlx::query(
+        "INSERT INTO refresh_tokens (tenant_id, agent_id, token_hash, scopes, expires_at)
+         VALUES ($1, $2, $3, $4, now() + make_interval(days => $5))",
+    )
+    .bind(agent.tenant_id)
+    .bind(agent.id)
+    .bind(secrets::digest(&token))
+    .bind(scopes.to_strings())
+    .bind(REFRESH_TOKEN_DAYS as i32)
+    .execute(pool)
+    .await?;
+    Ok(token)
+}
+
+/// Uses up a refresh token (each works once) and returns the agent it was issued to,
+/// with the token's scopes within the agent's current ones; `None` for an unknown,
+/// used, revoked or expired token, or a disabled agent.
+pub async fn redeem_refresh_token(
+    pool: &PgPool,
+    token: &str,
+) -> Result<Option<(Principal, String)>, StoreError> {
+    let row: Option<(Uuid, Uuid, Vec<String>)> = sqlx::query_as(
+        "UPDATE refresh_tokens SET used_at = now()
+         WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > now()
+         RETURNING agent_id, tenant_id, scopes",
+    )
+    .bind(secrets::digest(token))
+    .fetch_optional(pool)
+    .await?;
+    let Some((agent_id, tenant_id, granted)) = row else {
+        return Ok(None);
+    };
+    let agent = sqlx::query_as::<_, AgentRow>(
+        "SELECT name, enabled, scopes, client_id FROM agents WHERE id = $1 AND tenant_id = $2",
+    )
+    .bind(agent_id)
+    .bind(tenant_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(agent) = agent.filter(|a| a.enabled) else {
+        return Ok(None);
+    };
+    let scopes = Scopes::parse(&granted)
+        .unwrap_or_default()
+        .intersect(Scopes::parse(&agent.scopes).unwrap_or_default());
+    Ok(Some((
+        agent_principal(agent_id, tenant_id, agent.name, scopes),
+        agent.client_id,
+    )))
+}
+
+/// Revokes whatever `token` is (access or refresh). Returns the tenant it belonged to.
+pub async fn revoke(
+    pool: &PgPool,
+    keys: Option<&TokenKeys>,
+    token: &str,
+) -> Result<Option<Uuid>, StoreError> {
+    if token.starts_with(REFRESH_TOKEN_PREFIX) {
+        let tenant: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE refresh_tokens SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL
+             RETURNING tenant_id",
+        )
+        .bind(secrets::digest(token))
+        .fetch_optional(pool)
+        .await?;
+        return Ok(tenant);
+    }
+    let Some(claims) = keys.and_then(|k| k.verify_ignoring_expiry(token)) else {
+        return Ok(None);
+    };
+    sqlx::query(
+        "INSERT INTO revoked_tokens (jti, tenant_id, expires_at) VALUES ($1, $2, to_timestamp($3))
+         ON CONFLICT (jti) DO NOTHING",
+    )
+    .bind(claims.jti)
+    .bind(claims.tid)
+    .bind(claims.exp as f64)
+    .execute(pool)
+    .await?;
+    Ok(Some(claims.tid))
+}
+
+/// Token issues and refreshes by `agent` in the last hour, and when the oldest of them
+/// leaves the window (seconds from now).
+pub async fn recent_issues(
+    pool: &PgPool,
+    agent_id: Uuid,
+) -> Result<(i64, Option<f64>), StoreError> {
+    let (count, retry): (i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*),
+                extract(epoch FROM (min(at) + interval '1 hour' - now()))::float8
+         FROM audit_events
+         WHERE principal_id = $1 AND action IN ('token.issued', 'token.refreshed')
+           AND outcome = 'ok' AND at > now() - interval '1 hour'",
+    )
+    .bind(agent_id)
+    .fetch_one(pool)
+    .await?;
+    Ok((count, retry))
+}

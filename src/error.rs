@@ -48,6 +48,12 @@ pub enum ToolError {
     Internal(String),
 }
 
+impl From<crate::store::page::PageError> for ToolError {
+    fn from(error: crate::store::page::PageError) -> ToolError {
+        ToolError::InvalidRequest(error.to_string())
+    }
+}
+
 impl ToolError {
     pub fn code(&self) -> ErrorCode {
         match self {

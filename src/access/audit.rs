@@ -210,3 +210,89 @@ mod tests {
         assert!(redacted.contains("\"name\":\"x\""));
     }
 }
+
+/// Filters of `list_audit_log`, applied in this order.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only events by this user, agent or API key.
+    pub principal_id: Option<Uuid>,
+    /// Only this tool or auth event (e.g. `whoami`, `token.issued`).
+    pub action: Option<String>,
+    /// `ok`, `refused` or `error`.
+    pub outcome: Option<String>,
+    /// Only events of this MCP session.
+    pub session_id: Option<String>,
+    /// Events at or after this time (RFC 3339).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Events before this time (RFC 3339).
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema, sqlx::FromRow)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// `tool` or `auth`.
+    pub kind: String,
+    pub action: String,
+    pub principal_kind: Option<String>,
+    pub principal_id: Option<Uuid>,
+    pub principal_name: Option<String>,
+    pub on_behalf_of: Option<Uuid>,
+    /// The call's arguments, secrets redacted.
+    pub arguments: Option<Value>,
+    pub outcome: String,
+    pub error_code: Option<String>,
+    pub duration_ms: Option<f64>,
+    pub transport: Option<String>,
+    pub session_id: Option<String>,
+    pub request_id: Option<String>,
+}
+
+fn push_filters(query: &mut QueryBuilder<sqlx::Postgres>, tenant_id: Uuid, filter: &AuditFilter) {
+    query.push(" WHERE tenant_id = ").push_bind(tenant_id);
+    if let Some(id) = filter.principal_id {
+        query.push(" AND principal_id = ").push_bind(id);
+    }
+    if let Some(action) = &filter.action {
+        query.push(" AND action = ").push_bind(action.clone());
+    }
+    if let Some(outcome) = &filter.outcome {
+        query.push(" AND outcome = ").push_bind(outcome.clone());
+    }
+    if let Some(session) = &filter.session_id {
+        query.push(" AND session_id = ").push_bind(session.clone());
+    }
+    if let Some(since) = filter.since {
+        query.push(" AND at >= ").push_bind(since);
+    }
+    if let Some(until) = filter.until {
+        query.push(" AND at < ").push_bind(until);
+    }
+}
+
+/// A tenant's audit events, newest first.
+pub async fn list(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    filter: &AuditFilter,
+    page: crate::store::page::Page,
+) -> Result<(Vec<AuditRecord>, i64), sqlx::Error> {
+    let mut query = QueryBuilder::new(
+        "SELECT id, at, kind, action, principal_kind, principal_id, principal_name, on_behalf_of, \
+         arguments, outcome, error_code, duration_ms, transport, session_id, request_id FROM audit_events",
+    );
+    push_filters(&mut query, tenant_id, filter);
+    query
+        .push(" ORDER BY at DESC, id DESC LIMIT ")
+        .push_bind(page.limit);
+    query.push(" OFFSET ").push_bind(page.offset);
+    let records = query
+        .build_query_as::<AuditRecord>()
+        .fetch_all(pool)
+        .await?;
+    let mut count = QueryBuilder::new("SELECT count(*) FROM audit_events");
+    push_filters(&mut count, tenant_id, filter);
+    let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
+    Ok((records, total))
+}

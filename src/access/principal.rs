@@ -48,7 +48,7 @@ impl Role {
 pub struct Principal {
     pub tenant_id: Uuid,
     pub kind: PrincipalKind,
-    /// The user, agent or API key id; none for the local owner.
+    /// The user, agent or API key id (the local owner's user row for the local owner).
     pub id: Option<Uuid>,
     pub name: String,
     /// For humans (and API keys, their owner's role).
@@ -60,11 +60,12 @@ pub struct Principal {
 }
 
 impl Principal {
-    pub fn local_owner(tenant_id: Uuid) -> Principal {
+    /// The embedded default's owner, backed by the local tenant's admin user `user_id`.
+    pub fn local_owner(tenant_id: Uuid, user_id: Uuid) -> Principal {
         Principal {
             tenant_id,
             kind: PrincipalKind::LocalOwner,
-            id: None,
+            id: Some(user_id),
             name: "local owner".into(),
             role: Some(Role::Admin),
             on_behalf_of: None,

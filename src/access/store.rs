@@ -11,6 +11,7 @@ use super::principal::{Principal, PrincipalKind, Role};
 use super::scopes::Scopes;
 use super::secrets;
 use crate::store::StoreError;
+use crate::store::page::Page;
 
 #[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
 pub struct User {
@@ -277,4 +278,192 @@ pub async fn principal_for_client(
         on_behalf_of: None,
         scopes: Scopes::parse(&row.scopes).unwrap_or(Scopes::NONE),
     }))
+}
+
+/// Returns the user with `email`, creating it when absent (the embedded default's owner).
+pub async fn ensure_user(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    email: &str,
+    name: &str,
+    role: Role,
+) -> Result<User, StoreError> {
+    let user = sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO users (tenant_id, email, name, role) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (tenant_id, email) DO UPDATE SET email = EXCLUDED.email
+         RETURNING {USER_COLUMNS}"
+    )))
+    .bind(tenant_id)
+    .bind(email)
+    .bind(name)
+    .bind(role.as_str())
+    .fetch_one(pool)
+    .await?;
+    Ok(user)
+}
+
+pub async fn get_user(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Result<Option<User>, StoreError> {
+    let user = sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2"
+    )))
+    .bind(tenant_id)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(user)
+}
+
+pub async fn get_agent(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Result<Option<Agent>, StoreError> {
+    let agent = sqlx::query_as::<_, Agent>(sqlx::AssertSqlSafe(format!(
+        "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND id = $2"
+    )))
+    .bind(tenant_id)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(agent)
+}
+
+pub async fn page_agents(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    page: Page,
+) -> Result<(Vec<Agent>, i64), StoreError> {
+    let agents = sqlx::query_as::<_, Agent>(sqlx::AssertSqlSafe(format!(
+        "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 ORDER BY created_at, id LIMIT $2 OFFSET $3"
+    )))
+    .bind(tenant_id)
+    .bind(page.limit)
+    .bind(page.offset)
+    .fetch_all(pool)
+    .await?;
+    let total = sqlx::query_scalar("SELECT count(*) FROM agents WHERE tenant_id = $1")
+        .bind(tenant_id)
+        .fetch_one(pool)
+        .await?;
+    Ok((agents, total))
+}
+
+pub async fn set_agent_scopes(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    id: Uuid,
+    scopes: Scopes,
+) -> Result<Option<Agent>, StoreError> {
+    let agent = sqlx::query_as::<_, Agent>(sqlx::AssertSqlSafe(format!(
+        "UPDATE agents SET scopes = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2
+         RETURNING {AGENT_COLUMNS}"
+    )))
+    .bind(tenant_id)
+    .bind(id)
+    .bind(scopes.to_strings())
+    .fetch_optional(pool)
+    .await?;
+    Ok(agent)
+}
+
+/// Enables or disables an agent; disabling also ends its refresh tokens (access tokens
+/// stop working at once because every request checks `enabled`).
+pub async fn set_agent_enabled(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    id: Uuid,
+    enabled: bool,
+) -> Result<Option<Agent>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let agent = sqlx::query_as::<_, Agent>(sqlx::AssertSqlSafe(format!(
+        "UPDATE agents SET enabled = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2
+         RETURNING {AGENT_COLUMNS}"
+    )))
+    .bind(tenant_id)
+    .bind(id)
+    .bind(enabled)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if agent.is_some() && !enabled {
+        revoke_refresh_tokens(&mut tx, id).await?;
+    }
+    tx.commit().await?;
+    Ok(agent)
+}
+
+async fn revoke_refresh_tokens(
+    tx: &mut sqlx::PgConnection,
+    agent_id: Uuid,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE agent_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(agent_id)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// A new client secret for the agent (the old one stops working; refresh tokens end).
+pub async fn rotate_agent_secret(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Result<Option<(Agent, String)>, StoreError> {
+    let (secret, hash) = secrets::new_client_secret();
+    let mut tx = pool.begin().await?;
+    let agent = sqlx::query_as::<_, Agent>(sqlx::AssertSqlSafe(format!(
+        "UPDATE agents SET secret_hash = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2
+         RETURNING {AGENT_COLUMNS}"
+    )))
+    .bind(tenant_id)
+    .bind(id)
+    .bind(hash)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if agent.is_some() {
+        revoke_refresh_tokens(&mut tx, id).await?;
+    }
+    tx.commit().await?;
+    Ok(agent.map(|a| (a, secret)))
+}
+
+pub async fn page_api_keys(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    page: Page,
+) -> Result<(Vec<ApiKey>, i64), StoreError> {
+    let keys = sqlx::query_as::<_, ApiKey>(sqlx::AssertSqlSafe(format!(
+        "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id LIMIT $2 OFFSET $3"
+    )))
+    .bind(tenant_id)
+    .bind(page.limit)
+    .bind(page.offset)
+    .fetch_all(pool)
+    .await?;
+    let total = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE tenant_id = $1")
+        .bind(tenant_id)
+        .fetch_one(pool)
+        .await?;
+    Ok((keys, total))
+}
+
+pub async fn revoke_api_key(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Result<Option<ApiKey>, StoreError> {
+    let key = sqlx::query_as::<_, ApiKey>(sqlx::AssertSqlSafe(format!(
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE tenant_id = $1 AND id = $2
+         RETURNING {API_KEY_COLUMNS}"
+    )))
+    .bind(tenant_id)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(key)
 }

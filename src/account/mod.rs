@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::access::{PrincipalKind, Role};
+use crate::access::{PrincipalKind, Role, Scopes};
 use crate::error::ToolError;
 use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
 use crate::mcp::context::{ToolCtx, Transport};
@@ -41,7 +41,139 @@ pub fn tools() -> Vec<RegisteredTool> {
             },
             server_info,
         ),
+        tool(
+            ToolDef {
+                name: "list_my_permissions",
+                title: "List my permissions",
+                description: "List what the caller may do: its effective scopes, the tools it can                     call, and for every other tool why it cannot (a missing scope, reserved for                     humans, or disabled on this server).",
+                toolset: Toolset::Account,
+                scopes: &[],
+                hints: Hints::READ,
+            },
+            list_my_permissions,
+        ),
+        tool(
+            ToolDef {
+                name: "check_permission",
+                title: "Check a permission",
+                description: "Check whether the caller may call a tool (`tool`) or holds a scope                     (`scope`), with the reason when it may not. Use it before planning a step.",
+                toolset: Toolset::Account,
+                scopes: &[],
+                hints: Hints::READ,
+            },
+            check_permission,
+        ),
     ]
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ToolAccess {
+    pub name: &'static str,
+    pub toolset: Toolset,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ToolRefusal {
+    pub name: &'static str,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PermissionsOut {
+    pub kind: PrincipalKind,
+    pub scopes: Vec<&'static str>,
+    /// Tools the caller can call now.
+    pub tools: Vec<ToolAccess>,
+    /// Every other tool, with the reason.
+    pub unavailable: Vec<ToolRefusal>,
+}
+
+/// Why the caller cannot call `tool`, or `None` when it can.
+fn refusal_reason(ctx: &ToolCtx, tool: &RegisteredTool) -> Option<String> {
+    if !ctx.filter.allows(&tool.def) {
+        return Some("disabled on this server or for this request".into());
+    }
+    if tool.humans_only && ctx.principal.is_agent() {
+        return Some("reserved for human administrators".into());
+    }
+    let missing: Vec<&str> = tool
+        .def
+        .scopes
+        .iter()
+        .copied()
+        .filter(|s| {
+            !ctx.principal
+                .scopes
+                .contains(Scopes::parse(&[*s]).unwrap_or_default())
+        })
+        .collect();
+    (!missing.is_empty()).then(|| format!("needs scope(s) {}", missing.join(", ")))
+}
+
+async fn list_my_permissions(ctx: ToolCtx, _: NoArgs) -> Result<PermissionsOut, ToolError> {
+    let mut tools = Vec::new();
+    let mut unavailable = Vec::new();
+    for tool in ctx.app.catalog.iter() {
+        match refusal_reason(&ctx, tool) {
+            None => tools.push(ToolAccess {
+                name: tool.def.name,
+                toolset: tool.def.toolset,
+            }),
+            Some(reason) => unavailable.push(ToolRefusal {
+                name: tool.def.name,
+                reason,
+            }),
+        }
+    }
+    Ok(PermissionsOut {
+        kind: ctx.principal.kind,
+        scopes: ctx.principal.scopes.names(),
+        tools,
+        unavailable,
+    })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckArgs {
+    /// A tool name, e.g. `list_customers`.
+    pub tool: Option<String>,
+    /// A scope, e.g. `customers:write`.
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CheckOut {
+    pub allowed: bool,
+    /// Why not, when not allowed.
+    pub reason: Option<String>,
+}
+
+async fn check_permission(ctx: ToolCtx, args: CheckArgs) -> Result<CheckOut, ToolError> {
+    let reason = match (&args.tool, &args.scope) {
+        (Some(name), None) => {
+            let tool =
+                ctx.app.catalog.get(name).ok_or_else(|| {
+                    ToolError::NotFound(format!("there is no tool named `{name}`"))
+                })?;
+            refusal_reason(&ctx, tool)
+        }
+        (None, Some(scope)) => {
+            let wanted =
+                Scopes::parse(&[scope]).map_err(|e| ToolError::InvalidRequest(e.to_string()))?;
+            (!ctx.principal.scopes.contains(wanted))
+                .then(|| format!("the caller does not hold `{scope}`"))
+        }
+        _ => {
+            return Err(ToolError::InvalidRequest(
+                "give exactly one of `tool` or `scope`".into(),
+            ));
+        }
+    };
+    Ok(CheckOut {
+        allowed: reason.is_none(),
+        reason,
+    })
 }
 
 /// Takes no arguments.
@@ -52,7 +184,7 @@ pub struct NoArgs {}
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct PrincipalOut {
     pub kind: PrincipalKind,
-    /// The user, agent or API key id (none for the local owner).
+    /// The user, agent or API key id (the local owner's user row for the local owner).
     pub id: Option<Uuid>,
     pub name: String,
     /// For humans and API keys (the owner's role).

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::access::Principal;
 use crate::access::audit::{AuditEvent, AuditLog};
 use crate::access::identity::{self, AuthError, Credential};
 use crate::access::tokens::{TokenKeys, load_secret};
+use crate::access::{Principal, Role};
 use crate::app::App;
 use crate::mcp::catalog::Catalog;
 use crate::mcp::filter::ToolFilter;
@@ -245,8 +245,8 @@ async fn start(
         None => None,
     };
     let local_owner = if store.kind() == DatabaseKind::Embedded {
-        match tenants::ensure(store.pool(), LOCAL_TENANT_SLUG, "Local").await {
-            Ok(tenant) => local_owner_allowed.then(|| Principal::local_owner(tenant.id)),
+        match local_owner(&store).await {
+            Ok(owner) => local_owner_allowed.then_some(owner),
             Err(error) => {
                 store.close().await;
                 return Err(error.into());
@@ -270,6 +270,23 @@ async fn start(
         tokens,
     }))
 }
+
+/// The local tenant and its owner, an admin user, created on first start.
+async fn local_owner(store: &Store) -> Result<Principal, crate::store::StoreError> {
+    let tenant = tenants::ensure(store.pool(), LOCAL_TENANT_SLUG, "Local").await?;
+    let user = crate::access::store::ensure_user(
+        store.pool(),
+        tenant.id,
+        LOCAL_OWNER_EMAIL,
+        "Local owner",
+        Role::Admin,
+    )
+    .await?;
+    Ok(Principal::local_owner(tenant.id, user.id))
+}
+
+/// The email of the embedded default's owner (a user row, so API keys can act for it).
+pub const LOCAL_OWNER_EMAIL: &str = "owner@localhost";
 
 /// The stdio caller, from `AGENTCRM_API_KEY` or `AGENTCRM_CLIENT_ID` + `AGENTCRM_CLIENT_SECRET`
 /// (read from the environment only: secrets on a command line show up in `ps`).

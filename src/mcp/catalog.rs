@@ -199,7 +199,11 @@ impl Catalog {
     /// The built-in catalog, built once per process.
     pub fn builtin() -> &'static Catalog {
         static CATALOG: OnceLock<Catalog> = OnceLock::new();
-        CATALOG.get_or_init(|| Catalog::new(crate::account::tools()))
+        CATALOG.get_or_init(|| {
+            let mut tools = crate::account::tools();
+            tools.extend(crate::admin::tools());
+            Catalog::new(tools)
+        })
     }
 
     pub fn new(tools: Vec<RegisteredTool>) -> Catalog {

@@ -2,6 +2,7 @@
 //! embedded server used when no `DATABASE_URL` is given.
 
 pub mod embedded;
+pub mod page;
 pub mod tenants;
 
 use std::path::Path;

@@ -46,7 +46,7 @@ fn assert_report(report: &Value, transport: &str, version: &str) {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert_eq!(tools, ["whoami", "server_info"], "{report}");
+    assert_eq!(tools, all_tool_names(), "{report}");
     assert_eq!(report["whoami"]["transport"], transport);
     assert_eq!(report["whoami"]["principal"]["kind"], "api_key");
     assert_eq!(report["server_info"]["database"], "external");

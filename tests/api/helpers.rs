@@ -314,3 +314,11 @@ pub fn run_ok(command: &mut Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Every tool of the catalog, in order: what a caller holding every scope is offered.
+pub fn all_tool_names() -> Vec<String> {
+    agentcrm::mcp::catalog::Catalog::builtin()
+        .iter()
+        .map(|t| t.def.name.to_owned())
+        .collect()
+}

@@ -23,7 +23,7 @@ async fn stdio_lists_and_calls_tools_in_both_protocol_generations() {
 
         let tools = client.list_all_tools().await.expect("tools/list");
         let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
-        assert_eq!(names, ["whoami", "server_info"]);
+        assert_eq!(names, all_tool_names());
 
         let me = call_ok(&client, "whoami", json!({})).await;
         assert_eq!(me["principal"]["kind"], "api_key", "{me}");
@@ -42,7 +42,7 @@ async fn stdio_lists_and_calls_tools_in_both_protocol_generations() {
             server["migration_version"],
             json!(agentcrm::store::latest_migration())
         );
-        assert_eq!(server["toolsets"], json!(["account"]));
+        assert_eq!(server["toolsets"], json!(["account", "admin"]));
         assert!(
             server["protocol_versions"]
                 .as_array()
@@ -190,18 +190,27 @@ async fn stdio_answers_bad_input_with_clear_errors() {
     assert_eq!(unknown_method["error"]["code"], -32601);
 }
 
-#[tokio::test]
-async fn stdio_filters_tools_by_configuration() {
-    let db = TestDb::new().await;
-    let mut raw = RawStdio::start(&db, &["--exclude-tools", "server_info"]);
+fn listed(raw: &mut RawStdio) -> Vec<String> {
     let list = raw.request(1, "tools/list", json!({}));
-    let names: Vec<&str> = list["result"]["tools"]
+    list["result"]["tools"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["whoami"]);
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn stdio_filters_tools_by_configuration() {
+    let db = TestDb::new().await;
+    let mut raw = RawStdio::start(
+        &db,
+        &["--toolsets", "account", "--exclude-tools", "server_info"],
+    );
+    assert_eq!(
+        listed(&mut raw),
+        ["whoami", "list_my_permissions", "check_permission"]
+    );
     // A tool the configuration hides gets exactly the answer of a tool that does not exist.
     let hidden = raw.request(
         2,
@@ -212,10 +221,31 @@ async fn stdio_filters_tools_by_configuration() {
         hidden["error"],
         json!({ "code": -32602, "message": "Unknown tool: server_info" })
     );
+    let hidden = raw.request(
+        3,
+        "tools/call",
+        json!({ "name": "register_agent", "arguments": {} }),
+    );
+    assert_eq!(hidden["error"]["message"], "Unknown tool: register_agent");
+
+    let mut only = RawStdio::start(&db, &["--tools", "whoami,list_agents"]);
+    assert_eq!(listed(&mut only), ["whoami", "list_agents"]);
+
+    let mut read_only = RawStdio::start(&db, &["--read-only"]);
+    let names = listed(&mut read_only);
+    for name in all_tool_names() {
+        let tool = agentcrm::mcp::catalog::Catalog::builtin()
+            .get(&name)
+            .unwrap();
+        assert_eq!(
+            names.contains(&name),
+            tool.def.hints.read_only,
+            "{name} under --read-only"
+        );
+    }
 
     let mut only_crm = RawStdio::start(&db, &["--toolsets", "crm"]);
-    let list = only_crm.request(1, "tools/list", json!({}));
-    assert_eq!(list["result"]["tools"], json!([]));
+    assert_eq!(listed(&mut only_crm), Vec::<String>::new());
 }
 
 #[test]

@@ -1,0 +1,483 @@
+//! The `admin` toolset: agents, API keys and the audit trail of a tenant. Human admins
+//! only: the catalog never offers these tools to agents, whatever their scopes.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::access::audit::{self, AuditFilter, AuditRecord};
+use crate::access::store::{self as access, Agent, ApiKey};
+use crate::access::{Principal, PrincipalKind, Role, Scopes};
+use crate::error::ToolError;
+use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
+use crate::mcp::context::ToolCtx;
+use crate::store::page::{PageArgs, PageInfo};
+
+const ADMIN: &[&str] = &["admin"];
+const AUDIT: &[&str] = &["admin", "audit:read"];
+
+/// Creates something new each call.
+const CREATE: Hints = Hints {
+    read_only: false,
+    destructive: false,
+    idempotent: false,
+    open_world: false,
+};
+/// Sets state to a given value: repeating it changes nothing more.
+const SET: Hints = Hints {
+    read_only: false,
+    destructive: false,
+    idempotent: true,
+    open_world: false,
+};
+/// Takes something away (access, a credential).
+const REMOVE: Hints = Hints {
+    read_only: false,
+    destructive: true,
+    idempotent: true,
+    open_world: false,
+};
+
+pub fn tools() -> Vec<RegisteredTool> {
+    let def = |name, title, description, scopes, hints| ToolDef {
+        name,
+        title,
+        description,
+        toolset: Toolset::Admin,
+        scopes,
+        hints,
+    };
+    vec![
+        tool(
+            def(
+                "register_agent",
+                "Register an agent",
+                "Register a new AI agent in this tenant with the scopes it may use. Returns its \
+                 client_id and client_secret; the secret is shown only in this answer, so hand it \
+                 to the agent's operator now.",
+                ADMIN,
+                CREATE,
+            ),
+            register_agent,
+        ),
+        tool(
+            def(
+                "list_agents",
+                "List agents",
+                "List the agents of this tenant, with their scopes and whether they are enabled.",
+                ADMIN,
+                Hints::READ,
+            ),
+            list_agents,
+        ),
+        tool(
+            def(
+                "get_agent",
+                "Get an agent",
+                "Get one agent of this tenant by id: name, client_id, kind, scopes, enabled.",
+                ADMIN,
+                Hints::READ,
+            ),
+            get_agent,
+        ),
+        tool(
+            def(
+                "update_agent_permissions",
+                "Update an agent's permissions",
+                "Replace the scopes an agent holds. Takes effect on the agent's next request, \
+                 including requests with tokens issued before the change.",
+                ADMIN,
+                SET,
+            ),
+            update_agent_permissions,
+        ),
+        tool(
+            def(
+                "rotate_agent_secret",
+                "Rotate an agent's secret",
+                "Give an agent a new client secret; the old one stops working at once and its \
+                 refresh tokens end. The new secret is shown only in this answer.",
+                ADMIN,
+                Hints {
+                    idempotent: false,
+                    ..REMOVE
+                },
+            ),
+            rotate_agent_secret,
+        ),
+        tool(
+            def(
+                "disable_agent",
+                "Disable an agent",
+                "Disable an agent: its tokens stop working at once, its refresh tokens end and it \
+                 cannot get new ones until enabled again.",
+                ADMIN,
+                REMOVE,
+            ),
+            disable_agent,
+        ),
+        tool(
+            def(
+                "enable_agent",
+                "Enable an agent",
+                "Enable a disabled agent so it can get tokens again.",
+                ADMIN,
+                SET,
+            ),
+            enable_agent,
+        ),
+        tool(
+            def(
+                "create_api_key",
+                "Create an API key",
+                "Create an API key acting for a user of this tenant (by default, the caller). Its \
+                 scopes must be a subset of the user's; none means the user's own permissions. \
+                 The key is shown only in this answer.",
+                ADMIN,
+                CREATE,
+            ),
+            create_api_key,
+        ),
+        tool(
+            def(
+                "list_api_keys",
+                "List API keys",
+                "List the API keys of this tenant: name, prefix, owner, scopes, last use and revocation. Keys themselves are never shown again.",
+                ADMIN,
+                Hints::READ,
+            ),
+            list_api_keys,
+        ),
+        tool(
+            def(
+                "revoke_api_key",
+                "Revoke an API key",
+                "Revoke an API key; requests with it are refused from now on.",
+                ADMIN,
+                REMOVE,
+            ),
+            revoke_api_key,
+        ),
+        tool(
+            def(
+                "list_audit_log",
+                "List the audit log",
+                "List this tenant's audit trail, newest first: every tool call and auth event with \
+                 who, what (arguments with secrets redacted), outcome, duration, transport, MCP \
+                 session and request id. Filter by principal, action, outcome, session and time range.",
+                AUDIT,
+                Hints::READ,
+            ),
+            list_audit_log,
+        ),
+    ]
+}
+
+fn not_found(what: &str, id: Uuid) -> ToolError {
+    // Another tenant's id gets exactly this answer too.
+    ToolError::NotFound(format!("no {what} with id {id} in this tenant"))
+}
+
+fn scopes(names: &[String]) -> Result<Scopes, ToolError> {
+    Scopes::parse(names).map_err(|e| ToolError::InvalidRequest(e.to_string()))
+}
+
+/// A unique-constraint violation becomes a `conflict` a person can act on.
+fn conflict(error: crate::store::StoreError, message: String) -> ToolError {
+    if let crate::store::StoreError::Database(sqlx::Error::Database(db)) = &error {
+        if db.is_unique_violation() {
+            return ToolError::Conflict(message);
+        }
+        if db.is_check_violation() {
+            return ToolError::InvalidRequest("a value is empty or too long".into());
+        }
+    }
+    error.into()
+}
+
+/// The user a human principal is (or acts for).
+fn acting_user(principal: &Principal) -> Option<Uuid> {
+    match principal.kind {
+        PrincipalKind::User | PrincipalKind::LocalOwner => principal.id,
+        PrincipalKind::ApiKey => principal.on_behalf_of,
+        PrincipalKind::Agent => None,
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterAgentArgs {
+    /// Unique within the tenant, 1 to 200 characters.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Run by this organisation (default: an external agent).
+    #[serde(default)]
+    pub internal: bool,
+    /// Scopes granted, e.g. `["customers:read", "search"]`.
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RegisteredAgent {
+    pub agent: Agent,
+    pub client_id: String,
+    /// Shown only here: store it now.
+    pub client_secret: String,
+}
+
+async fn register_agent(
+    ctx: ToolCtx,
+    args: RegisterAgentArgs,
+) -> Result<RegisteredAgent, ToolError> {
+    let scopes = scopes(&args.scopes)?;
+    let p = &ctx.principal;
+    let (agent, client_secret) = access::create_agent(
+        ctx.app.store.pool(),
+        p.tenant_id,
+        &args.name,
+        &args.description,
+        args.internal,
+        scopes,
+        acting_user(p),
+    )
+    .await
+    .map_err(|e| conflict(e, format!("an agent named `{}` already exists", args.name)))?;
+    Ok(RegisteredAgent {
+        client_id: agent.client_id.clone(),
+        agent,
+        client_secret,
+    })
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AgentList {
+    pub agents: Vec<Agent>,
+    #[serde(flatten)]
+    pub page: PageInfo,
+}
+
+async fn list_agents(ctx: ToolCtx, args: PageArgs) -> Result<AgentList, ToolError> {
+    let page = args.page()?;
+    let (agents, total) =
+        access::page_agents(ctx.app.store.pool(), ctx.principal.tenant_id, page).await?;
+    Ok(AgentList {
+        agents,
+        page: page.info(total),
+    })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentIdArgs {
+    pub agent_id: Uuid,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AgentOut {
+    pub agent: Agent,
+}
+
+async fn get_agent(ctx: ToolCtx, args: AgentIdArgs) -> Result<AgentOut, ToolError> {
+    let agent = access::get_agent(ctx.app.store.pool(), ctx.principal.tenant_id, args.agent_id)
+        .await?
+        .ok_or_else(|| not_found("agent", args.agent_id))?;
+    Ok(AgentOut { agent })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatePermissionsArgs {
+    pub agent_id: Uuid,
+    /// The agent's new scopes (replacing the old ones).
+    pub scopes: Vec<String>,
+}
+
+async fn update_agent_permissions(
+    ctx: ToolCtx,
+    args: UpdatePermissionsArgs,
+) -> Result<AgentOut, ToolError> {
+    let scopes = scopes(&args.scopes)?;
+    let agent = access::set_agent_scopes(
+        ctx.app.store.pool(),
+        ctx.principal.tenant_id,
+        args.agent_id,
+        scopes,
+    )
+    .await?
+    .ok_or_else(|| not_found("agent", args.agent_id))?;
+    Ok(AgentOut { agent })
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RotatedSecret {
+    pub agent: Agent,
+    /// Shown only here: store it now.
+    pub client_secret: String,
+}
+
+async fn rotate_agent_secret(ctx: ToolCtx, args: AgentIdArgs) -> Result<RotatedSecret, ToolError> {
+    let (agent, client_secret) =
+        access::rotate_agent_secret(ctx.app.store.pool(), ctx.principal.tenant_id, args.agent_id)
+            .await?
+            .ok_or_else(|| not_found("agent", args.agent_id))?;
+    Ok(RotatedSecret {
+        agent,
+        client_secret,
+    })
+}
+
+async fn disable_agent(ctx: ToolCtx, args: AgentIdArgs) -> Result<AgentOut, ToolError> {
+    set_enabled(ctx, args.agent_id, false).await
+}
+
+async fn enable_agent(ctx: ToolCtx, args: AgentIdArgs) -> Result<AgentOut, ToolError> {
+    set_enabled(ctx, args.agent_id, true).await
+}
+
+async fn set_enabled(ctx: ToolCtx, agent_id: Uuid, enabled: bool) -> Result<AgentOut, ToolError> {
+    let agent = access::set_agent_enabled(
+        ctx.app.store.pool(),
+        ctx.principal.tenant_id,
+        agent_id,
+        enabled,
+    )
+    .await?
+    .ok_or_else(|| not_found("agent", agent_id))?;
+    Ok(AgentOut { agent })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKeyArgs {
+    /// A name to recognise the key by, 1 to 200 characters.
+    pub name: String,
+    /// The user the key acts for (default: the caller).
+    pub user_id: Option<Uuid>,
+    /// A subset of the user's scopes; empty or absent: the user's own permissions.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CreatedApiKey {
+    pub api_key: ApiKey,
+    /// Shown only here: store it now.
+    pub key: String,
+}
+
+async fn create_api_key(ctx: ToolCtx, args: CreateApiKeyArgs) -> Result<CreatedApiKey, ToolError> {
+    let p = &ctx.principal;
+    let pool = ctx.app.store.pool();
+    let user_id = args
+        .user_id
+        .or_else(|| acting_user(p))
+        .ok_or_else(|| ToolError::InvalidRequest("user_id is required".into()))?;
+    let owner = access::get_user(pool, p.tenant_id, user_id)
+        .await?
+        .ok_or_else(|| not_found("user", user_id))?;
+    let requested = scopes(&args.scopes)?;
+    let role = Role::parse(&owner.role).unwrap_or(Role::Member);
+    let owned = Principal::human_scopes(role, Scopes::parse(&owner.scopes).unwrap_or_default());
+    if !owned.contains(requested) {
+        return Err(ToolError::InvalidRequest(format!(
+            "an API key's scopes must be a subset of its owner's; {} holds {:?}",
+            owner.email,
+            owned.names()
+        )));
+    }
+    let (api_key, key) = access::create_api_key(pool, p.tenant_id, owner.id, &args.name, requested)
+        .await
+        .map_err(|e| conflict(e, "that API key already exists".into()))?;
+    Ok(CreatedApiKey { api_key, key })
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ApiKeyList {
+    pub api_keys: Vec<ApiKey>,
+    #[serde(flatten)]
+    pub page: PageInfo,
+}
+
+async fn list_api_keys(ctx: ToolCtx, args: PageArgs) -> Result<ApiKeyList, ToolError> {
+    let page = args.page()?;
+    let (api_keys, total) =
+        access::page_api_keys(ctx.app.store.pool(), ctx.principal.tenant_id, page).await?;
+    Ok(ApiKeyList {
+        api_keys,
+        page: page.info(total),
+    })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyIdArgs {
+    pub api_key_id: Uuid,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ApiKeyOut {
+    pub api_key: ApiKey,
+}
+
+async fn revoke_api_key(ctx: ToolCtx, args: ApiKeyIdArgs) -> Result<ApiKeyOut, ToolError> {
+    let api_key = access::revoke_api_key(
+        ctx.app.store.pool(),
+        ctx.principal.tenant_id,
+        args.api_key_id,
+    )
+    .await?
+    .ok_or_else(|| not_found("API key", args.api_key_id))?;
+    Ok(ApiKeyOut { api_key })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditArgs {
+    /// Only events by this user, agent or API key.
+    pub principal_id: Option<Uuid>,
+    /// Only this tool or auth event (e.g. `whoami`, `token.issued`).
+    pub action: Option<String>,
+    /// `ok`, `refused` or `error`.
+    pub outcome: Option<String>,
+    /// Only events of this MCP session.
+    pub session_id: Option<String>,
+    /// Events at or after this time (RFC 3339).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Events before this time (RFC 3339).
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Items per page, 1 to 100 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AuditList {
+    pub events: Vec<AuditRecord>,
+    #[serde(flatten)]
+    pub page: PageInfo,
+}
+
+async fn list_audit_log(ctx: ToolCtx, args: AuditArgs) -> Result<AuditList, ToolError> {
+    let page = PageArgs {
+        limit: args.limit,
+        cursor: args.cursor,
+    }
+    .page()?;
+    let filter = AuditFilter {
+        principal_id: args.principal_id,
+        action: args.action,
+        outcome: args.outcome,
+        session_id: args.session_id,
+        since: args.since,
+        until: args.until,
+    };
+    let (events, total) = audit::list(ctx.app.store.pool(), ctx.principal.tenant_id, &filter, page)
+        .await
+        .map_err(crate::store::StoreError::from)?;
+    Ok(AuditList {
+        events,
+        page: page.info(total),
+    })
+}

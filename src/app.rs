@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::access::Principal;
 use crate::access::audit::AuditLog;
+use crate::access::ratelimit::RateLimiter;
 use crate::access::tokens::TokenKeys;
 use crate::mcp::catalog::Catalog;
 use crate::mcp::filter::ToolFilter;
@@ -15,6 +16,7 @@ pub struct App {
     /// The tools configuration enables; requests can only narrow it.
     pub filter: Arc<ToolFilter>,
     pub audit: AuditLog,
+    pub limiter: RateLimiter,
     /// On the embedded default, callers without credentials act as the local owner (on
     /// stdio, and on HTTP bound to loopback). `None` everywhere else.
     pub local_owner: Option<Principal>,

@@ -42,6 +42,9 @@ pub enum ToolError {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    /// A rate limit: the message, and seconds until a retry can succeed.
+    #[error("{0}")]
+    RateLimited(String, u64),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -61,6 +64,7 @@ impl ToolError {
             ToolError::NotFound(_) => ErrorCode::NotFound,
             ToolError::Forbidden(_) => ErrorCode::Forbidden,
             ToolError::Conflict(_) => ErrorCode::Conflict,
+            ToolError::RateLimited(..) => ErrorCode::RateLimited,
             ToolError::Store(_) | ToolError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -77,7 +81,10 @@ impl ToolError {
             error: self.code(),
             error_description,
             request_id: request_id.to_owned(),
-            retry_after: None,
+            retry_after: match self {
+                ToolError::RateLimited(_, seconds) => Some(*seconds),
+                _ => None,
+            },
         }
     }
 }

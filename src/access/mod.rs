@@ -5,6 +5,7 @@ pub mod audit;
 pub mod identity;
 pub mod oauth;
 pub mod principal;
+pub mod ratelimit;
 pub mod scopes;
 pub mod secrets;
 pub mod store;

@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::access::ratelimit::Standing;
 use crate::access::{PrincipalKind, Role, Scopes};
 use crate::error::ToolError;
 use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
@@ -206,6 +207,8 @@ pub struct WhoamiOut {
     pub tenant: TenantOut,
     /// Effective scopes: every tool whose scopes are all here is available.
     pub scopes: Vec<&'static str>,
+    /// Where the caller stands against each rate limit.
+    pub rate_limits: Vec<Standing>,
     pub transport: Transport,
     /// The MCP session id, on HTTP connections that use sessions.
     pub session_id: Option<String>,
@@ -232,6 +235,7 @@ async fn whoami(ctx: ToolCtx, _: NoArgs) -> Result<WhoamiOut, ToolError> {
             name: tenant.name,
         },
         scopes: ctx.principal.scopes.names(),
+        rate_limits: ctx.app.limiter.standing(&ctx.principal).await?,
         transport: ctx.transport,
         session_id: ctx.session_id,
     })

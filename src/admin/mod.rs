@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::access::audit::{self, AuditFilter, AuditRecord};
+use crate::access::ratelimit::{self, Class, Limit};
 use crate::access::store::{self as access, Agent, ApiKey};
 use crate::access::{Principal, PrincipalKind, Role, Scopes};
 use crate::error::ToolError;
@@ -84,8 +85,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "update_agent_permissions",
                 "Update an agent's permissions",
-                "Replace the scopes an agent holds. Takes effect on the agent's next request, \
-                 including requests with tokens issued before the change.",
+                "Replace the scopes an agent holds and set its rate-limit overrides per class \
+                 (calls, search, bulk). Takes effect on the agent's next request, including \
+                 requests with tokens issued before the change (rate limits within seconds).",
                 ADMIN,
                 SET,
             ),
@@ -289,23 +291,58 @@ async fn get_agent(ctx: ToolCtx, args: AgentIdArgs) -> Result<AgentOut, ToolErro
 #[serde(deny_unknown_fields)]
 pub struct UpdatePermissionsArgs {
     pub agent_id: Uuid,
-    /// The agent's new scopes (replacing the old ones).
-    pub scopes: Vec<String>,
+    /// The agent's new scopes (replacing the old ones); absent: unchanged.
+    pub scopes: Option<Vec<String>>,
+    /// Rate-limit overrides for this agent, per class; `max: null` returns a class to the
+    /// tenant's (or the default) limit.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitArg>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitArg {
+    pub class: Class,
+    /// Calls allowed per window; null removes the override.
+    pub max: Option<i64>,
+    /// Window length, 1 to 86400 seconds (default 3600).
+    pub window_seconds: Option<i64>,
 }
 
 async fn update_agent_permissions(
     ctx: ToolCtx,
     args: UpdatePermissionsArgs,
 ) -> Result<AgentOut, ToolError> {
-    let scopes = scopes(&args.scopes)?;
-    let agent = access::set_agent_scopes(
-        ctx.app.store.pool(),
-        ctx.principal.tenant_id,
-        args.agent_id,
-        scopes,
-    )
-    .await?
-    .ok_or_else(|| not_found("agent", args.agent_id))?;
+    let pool = ctx.app.store.pool();
+    let tenant = ctx.principal.tenant_id;
+    let mut agent = access::get_agent(pool, tenant, args.agent_id)
+        .await?
+        .ok_or_else(|| not_found("agent", args.agent_id))?;
+    let mut limits = Vec::new();
+    for arg in &args.rate_limits {
+        let window_seconds = arg.window_seconds.unwrap_or(3600);
+        let limit = match arg.max {
+            Some(max) if max < 0 || !(1..=86_400).contains(&window_seconds) => {
+                return Err(ToolError::InvalidRequest(
+                    "rate limits need max >= 0 and window_seconds between 1 and 86400".into(),
+                ));
+            }
+            Some(max) => Some(Limit {
+                max,
+                window_seconds,
+            }),
+            None => None,
+        };
+        limits.push((arg.class, limit));
+    }
+    if let Some(names) = &args.scopes {
+        agent = access::set_agent_scopes(pool, tenant, args.agent_id, scopes(names)?)
+            .await?
+            .ok_or_else(|| not_found("agent", args.agent_id))?;
+    }
+    for (class, limit) in limits {
+        ratelimit::set_limit(pool, tenant, Some(args.agent_id), class, limit).await?;
+    }
     Ok(AgentOut { agent })
 }
 

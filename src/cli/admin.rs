@@ -5,6 +5,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
 use super::{CliError, DbArgs, open_store};
+use crate::access::ratelimit::{self, Class, Limit};
 use crate::access::store as access;
 use crate::access::{Role, Scopes};
 use crate::store::tenants::{self, LOCAL_TENANT_SLUG};
@@ -73,6 +74,24 @@ enum AdminCommand {
         #[arg(long, value_delimiter = ',')]
         scopes: Vec<String>,
     },
+    /// Override a rate limit for a tenant, or for one of its agents
+    SetRateLimit {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// Name of the agent (default: the whole tenant)
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long, value_enum)]
+        class: ClassArg,
+        /// Calls allowed per window
+        #[arg(long, required_unless_present = "clear")]
+        max: Option<i64>,
+        #[arg(long, default_value_t = 3600)]
+        window_seconds: i64,
+        /// Remove the override (back to the tenant's limit or the default)
+        #[arg(long)]
+        clear: bool,
+    },
     /// List tenants, or a tenant's users, agents or API keys
     List {
         what: Listing,
@@ -92,6 +111,13 @@ struct TenantArg {
 enum RoleArg {
     Admin,
     Member,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ClassArg {
+    Calls,
+    Search,
+    Bulk,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -250,6 +276,63 @@ async fn execute(store: &Store, command: AdminCommand, json: bool) -> Result<(),
                     "created API key {} ({}) for {user}\nkey: {key}\nThe key is shown this once; store it now.",
                     api_key.name, api_key.prefix
                 ),
+            );
+        }
+        AdminCommand::SetRateLimit {
+            tenant: t,
+            agent,
+            class,
+            max,
+            window_seconds,
+            clear,
+        } => {
+            let tenant = tenant(store, &t.tenant).await?;
+            let agent_id = match &agent {
+                None => None,
+                Some(name) => Some(
+                    access::list_agents(pool, tenant.id)
+                        .await?
+                        .into_iter()
+                        .find(|a| &a.name == name)
+                        .ok_or_else(|| {
+                            CliError::Usage(format!("no agent `{name}` in tenant {}", tenant.slug))
+                        })?
+                        .id,
+                ),
+            };
+            let class = match class {
+                ClassArg::Calls => Class::Calls,
+                ClassArg::Search => Class::Search,
+                ClassArg::Bulk => Class::Bulk,
+            };
+            let limit = match (clear, max) {
+                (true, _) => None,
+                (false, Some(max)) if max >= 0 && (1..=86_400).contains(&window_seconds) => {
+                    Some(Limit {
+                        max,
+                        window_seconds,
+                    })
+                }
+                _ => {
+                    return Err(CliError::Usage(
+                        "--max must be >= 0 and --window-seconds 1 to 86400".into(),
+                    ));
+                }
+            };
+            ratelimit::set_limit(pool, tenant.id, agent_id, class, limit).await?;
+            let target = agent.unwrap_or_else(|| format!("tenant {}", tenant.slug));
+            print(
+                json,
+                json!({ "tenant": tenant.slug, "agent_id": agent_id, "class": class, "limit": limit }),
+                match limit {
+                    Some(l) => format!(
+                        "{target}: at most {} {} calls per {} s",
+                        l.max,
+                        class.name(),
+                        l.window_seconds
+                    ),
+                    None => format!("{target}: {} limit back to the default", class.name()),
+                },
             );
         }
         AdminCommand::List { what, tenant: t } => {

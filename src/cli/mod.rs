@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::audit::{AuditEvent, AuditLog};
 use crate::access::identity::{self, AuthError, Credential};
+use crate::access::ratelimit::RateLimiter;
 use crate::access::tokens::{TokenKeys, load_secret};
 use crate::access::{Principal, Role};
 use crate::app::App;
@@ -261,11 +262,13 @@ async fn start(
         "agentcrm ready"
     );
     let audit = AuditLog::start(store.pool().clone());
+    let limiter = RateLimiter::start(store.pool().clone());
     Ok(Arc::new(App {
         store,
         catalog,
         filter: Arc::new(filter),
         audit,
+        limiter,
         local_owner,
         tokens,
     }))
@@ -364,7 +367,7 @@ async fn run_stdio(args: StdioArgs) -> Result<(), CliError> {
         }
     };
     let outcome = crate::mcp::stdio::serve(app.clone(), principal, shutdown).await;
-    app.store.close().await;
+    shut_down(&app).await;
     outcome.map_err(|e| CliError::Stdio(Box::new(e)))
 }
 
@@ -393,8 +396,16 @@ async fn run_http(args: HttpArgs) -> Result<(), CliError> {
     .await?;
     tracing::info!("listening on http://{address}/mcp");
     let outcome = crate::mcp::http::serve(app.clone(), listener, &options, shutdown).await;
-    app.store.close().await;
+    shut_down(&app).await;
     outcome.map_err(CliError::Serve)
+}
+
+/// Hands this process's rate-limit counts to the others, then closes the store.
+async fn shut_down(app: &App) {
+    if let Err(error) = app.limiter.flush().await {
+        tracing::warn!(%error, "could not write the last rate-limit counts");
+    }
+    app.store.close().await;
 }
 
 fn defaulted(values: Vec<String>, default: &[&str]) -> Vec<String> {

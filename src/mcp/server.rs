@@ -18,6 +18,7 @@ use super::catalog::{RegisteredTool, Toolset};
 use super::context::{ToolCtx, Transport};
 use super::filter::{ToolFilter, parse_toolsets, permits, visible};
 use crate::access::audit::{AuditEvent, redact};
+use crate::access::ratelimit::Class;
 use crate::access::{Principal, Scopes};
 use crate::app::App;
 use crate::error::{ErrorCode as ToolErrorCode, ToolError};
@@ -114,6 +115,32 @@ impl AgentCrm {
             .to_str()
             .ok()
             .map(str::to_owned)
+    }
+
+    /// Counts the call against the caller's rate limits: every call, plus the search and
+    /// bulk classes for tools that need those scopes.
+    async fn admit(&self, principal: &Principal, tool: &RegisteredTool) -> Result<(), ToolError> {
+        let mut classes = vec![Class::Calls];
+        for (scope, class) in [("search", Class::Search), ("bulk", Class::Bulk)] {
+            if tool.def.scopes.contains(&scope) {
+                classes.push(class);
+            }
+        }
+        match self.app.limiter.check(principal, &classes).await? {
+            Ok(()) => Ok(()),
+            Err(limited) => Err(ToolError::RateLimited(
+                format!(
+                    "Rate limit reached ({} class): {} may make at most {} calls per {} s. \
+                     Retry in {} s.",
+                    limited.class.name(),
+                    principal.name,
+                    limited.limit.max,
+                    limited.limit.window_seconds,
+                    limited.retry_after
+                ),
+                limited.retry_after,
+            )),
+        }
     }
 
     /// The caller: fixed for a stdio process, set per request by the HTTP auth layer.
@@ -228,7 +255,11 @@ impl ServerHandler for AgentCrm {
             principal = %principal.name,
         );
         let started = Instant::now();
-        let outcome = if permits(&principal, tool) {
+        let outcome = if !permits(&principal, tool) {
+            Err(refusal(&principal, tool))
+        } else if let Err(error) = self.admit(&principal, tool).await {
+            Err(error)
+        } else {
             let tool_ctx = ToolCtx {
                 app: self.app.clone(),
                 transport: self.transport,
@@ -238,8 +269,6 @@ impl ServerHandler for AgentCrm {
                 filter,
             };
             tool.call(tool_ctx, args).instrument(span.clone()).await
-        } else {
-            Err(refusal(&principal, tool))
         };
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         audit.duration_ms = Some(elapsed_ms);

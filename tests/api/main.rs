@@ -9,5 +9,6 @@ mod embedded;
 mod helpers;
 mod http;
 mod oauth;
+mod ratelimit;
 mod stdio;
 mod store;

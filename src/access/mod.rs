@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod identity;
 pub mod oauth;
+pub mod policy;
 pub mod principal;
 pub mod ratelimit;
 pub mod scopes;

@@ -1,11 +1,12 @@
 //! The `account` toolset: who the caller is and what this server is.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::access::policy::{Condition, Grant};
 use crate::access::ratelimit::Standing;
 use crate::access::{PrincipalKind, Role, Scopes};
 use crate::error::ToolError;
@@ -83,6 +84,8 @@ pub struct ToolRefusal {
 pub struct PermissionsOut {
     pub kind: PrincipalKind,
     pub scopes: Vec<&'static str>,
+    /// Explicit grants, with their object exceptions.
+    pub grants: Vec<Grant>,
     /// Tools the caller can call now.
     pub tools: Vec<ToolAccess>,
     /// Every other tool, with the reason.
@@ -126,7 +129,9 @@ async fn list_my_permissions(ctx: ToolCtx, _: NoArgs) -> Result<PermissionsOut, 
             }),
         }
     }
+    let grants = ctx.policy().await?.grants;
     Ok(PermissionsOut {
+        grants,
         kind: ctx.principal.kind,
         scopes: ctx.principal.scopes.names(),
         tools,
@@ -209,6 +214,10 @@ pub struct WhoamiOut {
     pub scopes: Vec<&'static str>,
     /// Where the caller stands against each rate limit.
     pub rate_limits: Vec<Standing>,
+    /// Resource -> the only fields the caller may see and write (absent: all).
+    pub field_rules: BTreeMap<String, BTreeSet<String>>,
+    /// Resource -> conditions every row the caller reads or writes must match.
+    pub conditions: BTreeMap<String, Vec<Condition>>,
     pub transport: Transport,
     /// The MCP session id, on HTTP connections that use sessions.
     pub session_id: Option<String>,
@@ -219,6 +228,7 @@ async fn whoami(ctx: ToolCtx, _: NoArgs) -> Result<WhoamiOut, ToolError> {
     let tenant = tenants::get(ctx.app.store.pool(), ctx.principal.tenant_id)
         .await?
         .ok_or_else(|| ToolError::NotFound("the caller's tenant no longer exists".into()))?;
+    let policy = ctx.policy().await?;
     let p = &ctx.principal;
     let principal = PrincipalOut {
         kind: p.kind,
@@ -236,6 +246,8 @@ async fn whoami(ctx: ToolCtx, _: NoArgs) -> Result<WhoamiOut, ToolError> {
         },
         scopes: ctx.principal.scopes.names(),
         rate_limits: ctx.app.limiter.standing(&ctx.principal).await?,
+        field_rules: policy.field_rules,
+        conditions: policy.conditions,
         transport: ctx.transport,
         session_id: ctx.session_id,
     })

@@ -1,11 +1,14 @@
 //! The `admin` toolset: agents, API keys and the audit trail of a tenant. Human admins
 //! only: the catalog never offers these tools to agents, whatever their scopes.
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::access::audit::{self, AuditFilter, AuditRecord};
+use crate::access::policy::{self, Condition, Grant};
 use crate::access::ratelimit::{self, Class, Limit};
 use crate::access::store::{self as access, Agent, ApiKey};
 use crate::access::{Principal, PrincipalKind, Role, Scopes};
@@ -297,6 +300,15 @@ pub struct UpdatePermissionsArgs {
     /// tenant's (or the default) limit.
     #[serde(default)]
     pub rate_limits: Vec<RateLimitArg>,
+    /// Resource -> the only fields the agent may see and write, e.g.
+    /// `{"customers": ["first_name", "email", "phone"]}`; replaces all field rules; `{}` clears.
+    pub field_rules: Option<BTreeMap<String, Vec<String>>>,
+    /// Resource -> conditions every row the agent reads or writes must match, e.g.
+    /// `{"customers": [{"field": "status", "op": "eq", "value": "hot_lead"}]}`; replaces all.
+    pub conditions: Option<BTreeMap<String, Vec<Condition>>>,
+    /// Explicit grants (needed for `customers:delete` and `customers:export`), with object
+    /// exceptions; replaces all.
+    pub grants: Option<Vec<Grant>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -315,9 +327,8 @@ async fn update_agent_permissions(
 ) -> Result<AgentOut, ToolError> {
     let pool = ctx.app.store.pool();
     let tenant = ctx.principal.tenant_id;
-    let mut agent = access::get_agent(pool, tenant, args.agent_id)
-        .await?
-        .ok_or_else(|| not_found("agent", args.agent_id))?;
+    // Everything is validated before anything is written: bad input changes nothing.
+    let new_scopes = args.scopes.as_deref().map(scopes).transpose()?;
     let mut limits = Vec::new();
     for arg in &args.rate_limits {
         let window_seconds = arg.window_seconds.unwrap_or(3600);
@@ -335,14 +346,45 @@ async fn update_agent_permissions(
         };
         limits.push((arg.class, limit));
     }
-    if let Some(names) = &args.scopes {
-        agent = access::set_agent_scopes(pool, tenant, args.agent_id, scopes(names)?)
+    for grant in args.grants.iter().flatten() {
+        scopes(std::slice::from_ref(&grant.scope))?;
+    }
+    let name_ok = |name: &String| !name.trim().is_empty() && name.len() <= 100;
+    let rules_ok = args
+        .field_rules
+        .iter()
+        .flatten()
+        .all(|(resource, fields)| name_ok(resource) && fields.iter().all(name_ok));
+    let conditions_ok = args
+        .conditions
+        .iter()
+        .flatten()
+        .all(|(resource, list)| name_ok(resource) && list.iter().all(|c| name_ok(&c.field)));
+    if !rules_ok || !conditions_ok {
+        return Err(ToolError::InvalidRequest(
+            "resource and field names must be 1 to 100 characters".into(),
+        ));
+    }
+    let mut agent = access::get_agent(pool, tenant, args.agent_id)
+        .await?
+        .ok_or_else(|| not_found("agent", args.agent_id))?;
+    if let Some(scopes) = new_scopes {
+        agent = access::set_agent_scopes(pool, tenant, args.agent_id, scopes)
             .await?
             .ok_or_else(|| not_found("agent", args.agent_id))?;
     }
     for (class, limit) in limits {
         ratelimit::set_limit(pool, tenant, Some(args.agent_id), class, limit).await?;
     }
+    policy::set_agent_policy(
+        pool,
+        tenant,
+        args.agent_id,
+        args.field_rules.as_ref(),
+        args.conditions.as_ref(),
+        args.grants.as_deref(),
+    )
+    .await?;
     Ok(AgentOut { agent })
 }
 

@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use super::filter::ToolFilter;
 use crate::access::Principal;
+use crate::access::policy::Policy;
 use crate::app::App;
+use crate::error::ToolError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -22,6 +24,13 @@ impl Transport {
             Transport::Stdio => "stdio",
             Transport::Http => "http",
         }
+    }
+}
+
+impl ToolCtx {
+    /// The caller's field rules, row conditions and grants, for the policy API.
+    pub async fn policy(&self) -> Result<Policy, ToolError> {
+        Ok(Policy::load(self.app.store.pool(), &self.principal).await?)
     }
 }
 

@@ -9,6 +9,7 @@ mod embedded;
 mod helpers;
 mod http;
 mod oauth;
+mod policy;
 mod ratelimit;
 mod stdio;
 mod store;

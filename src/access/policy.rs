@@ -1,0 +1,427 @@
+//! The policy API every domain toolset calls instead of writing its own: tenant scoping,
+//! field rules, row conditions, object exceptions, explicit grants and the approval hook.
+//!
+//! A toolset describes each resource once (`Resource`: its table's filterable fields and
+//! their columns) and then, for every query, asks the policy to add its predicates, to
+//! strip restricted fields from what it returns, and to refuse writes to them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::principal::Principal;
+use crate::error::ToolError;
+use crate::store::StoreError;
+
+/// A resource as the policy sees it: a name and the fields that map to columns.
+pub struct Resource {
+    pub name: &'static str,
+    /// (field, SQL column), for row conditions. Only these fields can be conditioned on.
+    pub columns: &'static [(&'static str, &'static str)],
+    /// Fields every reader may see whatever the field rules (e.g. `id`).
+    pub always_visible: &'static [&'static str],
+}
+
+impl Resource {
+    fn column(&self, field: &str) -> Option<&'static str> {
+        self.columns
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, c)| *c)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Eq,
+    Ne,
+    /// `value` is a list.
+    In,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    pub field: String,
+    pub op: Op,
+    /// A string, number or boolean (a list of them for `in`).
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// The scope this grant makes explicit, e.g. `customers:delete`.
+    pub scope: String,
+    /// Only these objects (absent: every object).
+    #[serde(default)]
+    pub only_ids: Option<Vec<Uuid>>,
+    /// Never these objects.
+    #[serde(default)]
+    pub except_ids: Vec<Uuid>,
+}
+
+/// What the approval hook decides about an operation (the handoff toolset fills it in).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Approval {
+    Proceed,
+    /// Held for a human: the pending action's id.
+    Held(Uuid),
+}
+
+/// The restrictions that apply to one principal. Humans have none beyond their scopes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
+pub struct Policy {
+    /// Resource -> the only fields visible and writable.
+    pub field_rules: BTreeMap<String, BTreeSet<String>>,
+    /// Resource -> conditions every row read or written must match.
+    pub conditions: BTreeMap<String, Vec<Condition>>,
+    pub grants: Vec<Grant>,
+    #[serde(skip)]
+    tenant_id: Uuid,
+    #[serde(skip)]
+    is_agent: bool,
+}
+
+/// Scopes an agent may use only with an explicit grant, whatever its scopes (SPEC §1).
+pub const EXPLICIT_GRANT_SCOPES: [&str; 2] = ["customers:delete", "customers:export"];
+
+impl Policy {
+    /// Loads the policy of `principal` (three small queries for agents, none for humans).
+    pub async fn load(pool: &PgPool, principal: &Principal) -> Result<Policy, StoreError> {
+        let mut policy = Policy {
+            tenant_id: principal.tenant_id,
+            is_agent: principal.is_agent(),
+            ..Policy::default()
+        };
+        let Some(agent_id) = principal.is_agent().then_some(principal.id).flatten() else {
+            return Ok(policy);
+        };
+        let fields: Vec<(String, Vec<String>)> =
+            sqlx::query_as("SELECT resource, allowed_fields FROM field_rules WHERE tenant_id = $1 AND agent_id = $2")
+                .bind(principal.tenant_id)
+                .bind(agent_id)
+                .fetch_all(pool)
+                .await?;
+        policy.field_rules = fields
+            .into_iter()
+            .map(|(r, f)| (r, f.into_iter().collect()))
+            .collect();
+        let conditions: Vec<(String, String, String, Value)> = sqlx::query_as(
+            "SELECT resource, field, op, value FROM row_conditions WHERE tenant_id = $1 AND agent_id = $2 ORDER BY id",
+        )
+        .bind(principal.tenant_id)
+        .bind(agent_id)
+        .fetch_all(pool)
+        .await?;
+        for (resource, field, op, value) in conditions {
+            let op = match op.as_str() {
+                "eq" => Op::Eq,
+                "ne" => Op::Ne,
+                _ => Op::In,
+            };
+            policy
+                .conditions
+                .entry(resource)
+                .or_default()
+                .push(Condition { field, op, value });
+        }
+        let grants: Vec<(String, Option<Vec<Uuid>>, Vec<Uuid>)> = sqlx::query_as(
+            "SELECT scope, only_ids, except_ids FROM grants WHERE tenant_id = $1 AND agent_id = $2 ORDER BY scope",
+        )
+        .bind(principal.tenant_id)
+        .bind(agent_id)
+        .fetch_all(pool)
+        .await?;
+        policy.grants = grants
+            .into_iter()
+            .map(|(scope, only_ids, except_ids)| Grant {
+                scope,
+                only_ids,
+                except_ids,
+            })
+            .collect();
+        Ok(policy)
+    }
+
+    /// May this field of `resource` be read or written?
+    pub fn field_allowed(&self, resource: &Resource, field: &str) -> bool {
+        resource.always_visible.contains(&field)
+            || self
+                .field_rules
+                .get(resource.name)
+                .is_none_or(|allowed| allowed.contains(field))
+    }
+
+    /// Removes restricted fields from an object, or from every object of an array.
+    pub fn redact(&self, resource: &Resource, value: &mut Value) {
+        if !self.field_rules.contains_key(resource.name) {
+            return;
+        }
+        match value {
+            Value::Object(map) => map.retain(|field, _| self.field_allowed(resource, field)),
+            Value::Array(items) => items
+                .iter_mut()
+                .for_each(|item| self.redact(resource, item)),
+            _ => {}
+        }
+    }
+
+    /// Refuses a write that touches a restricted field, naming it.
+    pub fn check_write<'a>(
+        &self,
+        resource: &Resource,
+        fields: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), ToolError> {
+        let denied: Vec<&str> = fields
+            .into_iter()
+            .filter(|f| !self.field_allowed(resource, f))
+            .collect();
+        if denied.is_empty() {
+            return Ok(());
+        }
+        Err(ToolError::Forbidden(format!(
+            "this caller may not write the {} field(s) {}",
+            resource.name,
+            denied.join(", ")
+        )))
+    }
+
+    /// Adds ` AND <tenant> AND <conditions>` to a query over `resource` (whose tenant column
+    /// is `tenant_id`, qualified by `alias` when given). Values are bound, never spliced; a
+    /// condition on a field the resource does not declare matches nothing (fail closed).
+    pub fn push_predicates(
+        &self,
+        resource: &Resource,
+        alias: Option<&str>,
+        query: &mut QueryBuilder<Postgres>,
+    ) {
+        let qualified = |column: &str| match alias {
+            Some(alias) => format!("{alias}.{column}"),
+            None => column.to_owned(),
+        };
+        query
+            .push(" AND ")
+            .push(qualified("tenant_id"))
+            .push(" = ")
+            .push_bind(self.tenant_id);
+        for condition in self.conditions.get(resource.name).into_iter().flatten() {
+            let Some(column) = resource.column(&condition.field) else {
+                query.push(" AND false");
+                continue;
+            };
+            let column = qualified(column);
+            // Columns are compared as text so one binding type serves every column.
+            match (condition.op, &condition.value) {
+                (Op::Eq, value) => {
+                    query
+                        .push(" AND ")
+                        .push(column)
+                        .push("::text = ")
+                        .push_bind(as_text(value));
+                }
+                (Op::Ne, value) => {
+                    query
+                        .push(" AND ")
+                        .push(column.clone())
+                        .push(" IS NOT NULL AND ")
+                        .push(column)
+                        .push("::text <> ")
+                        .push_bind(as_text(value));
+                }
+                (Op::In, Value::Array(values)) => {
+                    let values: Vec<String> = values.iter().map(as_text).collect();
+                    query
+                        .push(" AND ")
+                        .push(column)
+                        .push("::text = ANY(")
+                        .push_bind(values)
+                        .push(")");
+                }
+                (Op::In, value) => {
+                    query
+                        .push(" AND ")
+                        .push(column)
+                        .push("::text = ")
+                        .push_bind(as_text(value));
+                }
+            }
+        }
+    }
+
+    /// Does a row (as JSON) satisfy the row conditions? For checking a write's result
+    /// before it is committed, and a create's input.
+    pub fn row_allowed(&self, resource: &Resource, row: &Value) -> bool {
+        self.conditions
+            .get(resource.name)
+            .into_iter()
+            .flatten()
+            .all(|c| {
+                let Some(actual) = row
+                    .get(&c.field)
+                    .filter(|_| resource.column(&c.field).is_some())
+                else {
+                    return false;
+                };
+                let actual = as_text(actual);
+                match (&c.op, &c.value) {
+                    (Op::Eq, v) => actual == as_text(v),
+                    (Op::Ne, v) => !actual.is_empty() && actual != as_text(v),
+                    (Op::In, Value::Array(vs)) => vs.iter().any(|v| as_text(v) == actual),
+                    (Op::In, v) => actual == as_text(v),
+                }
+            })
+    }
+
+    /// Object exceptions: may the caller use `scope` on object `id`? For agents, scopes in
+    /// [`EXPLICIT_GRANT_SCOPES`] also need a grant.
+    pub fn object_allowed(&self, scope: &str, id: Uuid) -> bool {
+        match self.grants.iter().find(|g| g.scope == scope) {
+            Some(grant) => {
+                !grant.except_ids.contains(&id)
+                    && grant
+                        .only_ids
+                        .as_ref()
+                        .is_none_or(|only| only.contains(&id))
+            }
+            None => !(self.is_agent && EXPLICIT_GRANT_SCOPES.contains(&scope)),
+        }
+    }
+
+    /// Refuses `scope` on `id` with a clear error (not found would hide why).
+    pub fn check_object(&self, scope: &str, id: Uuid) -> Result<(), ToolError> {
+        if self.object_allowed(scope, id) {
+            return Ok(());
+        }
+        Err(ToolError::Forbidden(format!(
+            "`{scope}` on {id} needs an explicit grant that covers this object"
+        )))
+    }
+
+    /// Adds object exceptions of `scope` to a list query (`id` column, qualified by `alias`).
+    pub fn push_object_filter(
+        &self,
+        scope: &str,
+        alias: Option<&str>,
+        query: &mut QueryBuilder<Postgres>,
+    ) {
+        let id = alias.map_or_else(|| "id".to_owned(), |a| format!("{a}.id"));
+        match self.grants.iter().find(|g| g.scope == scope) {
+            Some(grant) => {
+                if !grant.except_ids.is_empty() {
+                    query
+                        .push(" AND NOT (")
+                        .push(id.clone())
+                        .push(" = ANY(")
+                        .push_bind(grant.except_ids.clone())
+                        .push("))");
+                }
+                if let Some(only) = &grant.only_ids {
+                    query
+                        .push(" AND ")
+                        .push(id)
+                        .push(" = ANY(")
+                        .push_bind(only.clone())
+                        .push(")");
+                }
+            }
+            None if self.is_agent && EXPLICIT_GRANT_SCOPES.contains(&scope) => {
+                query.push(" AND false");
+            }
+            None => {}
+        }
+    }
+
+    /// The approval hook: called before an operation runs. Everything proceeds until the
+    /// handoff toolset adds approval policies.
+    pub async fn approval(&self, _tool: &str, _arguments: &Value) -> Result<Approval, ToolError> {
+        Ok(Approval::Proceed)
+    }
+}
+
+fn as_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Replaces an agent's field rules, conditions or grants (each only when given).
+pub async fn set_agent_policy(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    agent_id: Uuid,
+    field_rules: Option<&BTreeMap<String, Vec<String>>>,
+    conditions: Option<&BTreeMap<String, Vec<Condition>>>,
+    grants: Option<&[Grant]>,
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    if let Some(rules) = field_rules {
+        sqlx::query("DELETE FROM field_rules WHERE tenant_id = $1 AND agent_id = $2")
+            .bind(tenant_id)
+            .bind(agent_id)
+            .execute(&mut *tx)
+            .await?;
+        for (resource, fields) in rules {
+            sqlx::query("INSERT INTO field_rules (tenant_id, agent_id, resource, allowed_fields) VALUES ($1, $2, $3, $4)")
+                .bind(tenant_id)
+                .bind(agent_id)
+                .bind(resource)
+                .bind(fields)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    if let Some(conditions) = conditions {
+        sqlx::query("DELETE FROM row_conditions WHERE tenant_id = $1 AND agent_id = $2")
+            .bind(tenant_id)
+            .bind(agent_id)
+            .execute(&mut *tx)
+            .await?;
+        for (resource, list) in conditions {
+            for c in list {
+                let op = match c.op {
+                    Op::Eq => "eq",
+                    Op::Ne => "ne",
+                    Op::In => "in",
+                };
+                sqlx::query(
+                    "INSERT INTO row_conditions (tenant_id, agent_id, resource, field, op, value) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(tenant_id)
+                .bind(agent_id)
+                .bind(resource)
+                .bind(&c.field)
+                .bind(op)
+                .bind(&c.value)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    if let Some(grants) = grants {
+        sqlx::query("DELETE FROM grants WHERE tenant_id = $1 AND agent_id = $2")
+            .bind(tenant_id)
+            .bind(agent_id)
+            .execute(&mut *tx)
+            .await?;
+        for g in grants {
+            sqlx::query("INSERT INTO grants (tenant_id, agent_id, scope, only_ids, except_ids) VALUES ($1, $2, $3, $4, $5)")
+                .bind(tenant_id)
+                .bind(agent_id)
+                .bind(&g.scope)
+                .bind(&g.only_ids)
+                .bind(&g.except_ids)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}

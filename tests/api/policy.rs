@@ -1,0 +1,300 @@
+//! The policy API on a real table: tenant scoping, row conditions in SQL, field rules on
+//! output and writes, object exceptions and explicit grants; and its administration.
+
+use agentcrm::access::policy::{Condition, Grant, Op, Policy, Resource, set_agent_policy};
+use agentcrm::access::store::principal_for_client;
+use serde_json::{Value, json};
+use sqlx::{PgPool, QueryBuilder, Row};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+const WIDGETS: Resource = Resource {
+    name: "widgets",
+    columns: &[("name", "name"), ("status", "status"), ("owner", "owner")],
+    always_visible: &["id"],
+};
+
+async fn visible_ids(pool: &PgPool, policy: &Policy, scope: Option<&str>) -> Vec<String> {
+    let mut query = QueryBuilder::new("SELECT w.name FROM widgets w WHERE true");
+    policy.push_predicates(&WIDGETS, Some("w"), &mut query);
+    if let Some(scope) = scope {
+        policy.push_object_filter(scope, Some("w"), &mut query);
+    }
+    query.push(" ORDER BY w.name");
+    query
+        .build()
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<String, _>(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn policies_filter_rows_strip_fields_and_guard_objects() {
+    let db = TestDb::new().await;
+    db.admin(&["create-tenant", "--slug", "globex", "--name", "Globex"]);
+    let agent = db.admin(&[
+        "create-agent",
+        "--tenant",
+        "acme",
+        "--name",
+        "sales-bot",
+        "--scopes",
+        "customers:read",
+    ]);
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    let tenant = |slug: &str| {
+        let pool = pool.clone();
+        let slug = slug.to_owned();
+        async move {
+            sqlx::query_scalar::<_, Uuid>("SELECT id FROM tenants WHERE slug = $1")
+                .bind(slug)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let (acme, globex) = (tenant("acme").await, tenant("globex").await);
+    sqlx::query(
+        "CREATE TABLE widgets (id uuid PRIMARY KEY, tenant_id uuid NOT NULL, name text NOT NULL,
+         status text, owner text, internal_note text)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut ids = std::collections::HashMap::new();
+    for (name, t, status, owner) in [
+        ("w1", acme, "hot_lead", "sales_team"),
+        ("w2", acme, "cold", "sales_team"),
+        ("w3", acme, "hot_lead", "support"),
+        ("w4", globex, "hot_lead", "sales_team"),
+    ] {
+        let id = Uuid::new_v4();
+        ids.insert(name, id);
+        sqlx::query("INSERT INTO widgets VALUES ($1, $2, $3, $4, $5, 'vip notes')")
+            .bind(id)
+            .bind(t)
+            .bind(name)
+            .bind(status)
+            .bind(owner)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+
+    let agent_id: Uuid = agent["agent"]["id"].as_str().unwrap().parse().unwrap();
+    let conditions = [(
+        "widgets".to_owned(),
+        vec![
+            Condition {
+                field: "status".into(),
+                op: Op::Eq,
+                value: json!("hot_lead"),
+            },
+            Condition {
+                field: "owner".into(),
+                op: Op::In,
+                value: json!(["sales_team", "x' OR '1'='1"]),
+            },
+        ],
+    )]
+    .into_iter()
+    .collect();
+    let fields = [(
+        "widgets".to_owned(),
+        vec!["name".to_owned(), "status".to_owned()],
+    )]
+    .into_iter()
+    .collect();
+    let grants = vec![
+        Grant {
+            scope: "customers:delete".into(),
+            only_ids: None,
+            except_ids: vec![ids["w1"]],
+        },
+        Grant {
+            scope: "customers:export".into(),
+            only_ids: Some(vec![ids["w2"]]),
+            except_ids: vec![],
+        },
+    ];
+    set_agent_policy(
+        &pool,
+        acme,
+        agent_id,
+        Some(&fields),
+        Some(&conditions),
+        Some(&grants),
+    )
+    .await
+    .unwrap();
+
+    let principal = principal_for_client(
+        &pool,
+        agent["client_id"].as_str().unwrap(),
+        agent["client_secret"].as_str().unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let policy = Policy::load(&pool, &principal).await.unwrap();
+
+    // Rows: own tenant, and only those matching every condition (the SQL-looking value is data).
+    assert_eq!(visible_ids(&pool, &policy, None).await, ["w1"]);
+    // Object exceptions narrow lists too.
+    assert_eq!(
+        visible_ids(&pool, &policy, Some("customers:delete")).await,
+        Vec::<String>::new()
+    );
+    assert!(!policy.object_allowed("customers:delete", ids["w1"]));
+    assert!(policy.object_allowed("customers:delete", ids["w3"]));
+    assert!(policy.object_allowed("customers:export", ids["w2"]));
+    assert!(!policy.object_allowed("customers:export", ids["w3"]));
+    assert!(policy.check_object("customers:export", ids["w3"]).is_err());
+
+    // Fields: restricted ones never leave, and cannot be written.
+    let mut row = json!({ "id": ids["w1"], "name": "w1", "status": "hot_lead", "owner": "sales_team", "internal_note": "vip notes" });
+    policy.redact(&WIDGETS, &mut row);
+    assert_eq!(
+        row.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["id", "name", "status"]
+    );
+    let mut rows = json!([{ "id": 1, "internal_note": "x" }, { "id": 2, "owner": "y" }]);
+    policy.redact(&WIDGETS, &mut rows);
+    assert_eq!(rows, json!([{ "id": 1 }, { "id": 2 }]));
+    assert!(policy.check_write(&WIDGETS, ["name", "status"]).is_ok());
+    let refused = policy
+        .check_write(&WIDGETS, ["name", "internal_note"])
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("internal_note"), "{refused}");
+    assert!(policy.row_allowed(
+        &WIDGETS,
+        &json!({ "status": "hot_lead", "owner": "sales_team" })
+    ));
+    assert!(!policy.row_allowed(
+        &WIDGETS,
+        &json!({ "status": "cold", "owner": "sales_team" })
+    ));
+    assert!(!policy.row_allowed(&WIDGETS, &json!({ "owner": "sales_team" })));
+
+    // A condition on a field the resource does not declare matches nothing (fail closed).
+    let odd = [(
+        "widgets".to_owned(),
+        vec![Condition {
+            field: "internal_note".into(),
+            op: Op::Eq,
+            value: json!("vip notes"),
+        }],
+    )]
+    .into_iter()
+    .collect();
+    set_agent_policy(&pool, acme, agent_id, None, Some(&odd), Some(&[]))
+        .await
+        .unwrap();
+    let policy = Policy::load(&pool, &principal).await.unwrap();
+    assert!(visible_ids(&pool, &policy, None).await.is_empty());
+    // Without a grant, an agent may not delete or export at all.
+    assert!(!policy.object_allowed("customers:delete", ids["w3"]));
+    assert_eq!(
+        visible_ids(
+            &pool,
+            &Policy::load(&pool, &principal).await.unwrap(),
+            Some("customers:export")
+        )
+        .await,
+        Vec::<String>::new()
+    );
+
+    // Humans: their tenant, nothing else restricted.
+    let owner = agentcrm::access::store::principal_for_api_key(&pool, &db.admin_key)
+        .await
+        .unwrap()
+        .unwrap();
+    let human = Policy::load(&pool, &owner).await.unwrap();
+    assert_eq!(
+        visible_ids(&pool, &human, Some("customers:delete")).await,
+        ["w1", "w2", "w3"]
+    );
+}
+
+#[tokio::test]
+async fn admins_set_policies_and_agents_see_them() {
+    let db = TestDb::new().await;
+    let agent = db.admin(&[
+        "create-agent",
+        "--tenant",
+        "acme",
+        "--name",
+        "scoped",
+        "--scopes",
+        "customers:read",
+    ]);
+    let agent_id = agent["agent"]["id"].as_str().unwrap();
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let policy = json!({
+        "agent_id": agent_id,
+        "field_rules": { "customers": ["first_name", "email", "phone"] },
+        "conditions": { "customers": [{ "field": "status", "op": "eq", "value": "hot_lead" }] },
+        "grants": [{ "scope": "customers:delete", "except_ids": [agent_id] }],
+    });
+    call_ok(&admin, "update_agent_permissions", policy).await;
+
+    // Bad input of any part changes nothing.
+    let bad = call(
+        &admin,
+        "update_agent_permissions",
+        json!({
+            "agent_id": agent_id,
+            "scopes": ["search"],
+            "field_rules": {},
+            "grants": [{ "scope": "customers:obliterate" }],
+        }),
+    )
+    .await;
+    assert_eq!(bad.is_error, Some(true));
+    let bad_op = call(
+        &admin,
+        "update_agent_permissions",
+        json!({
+            "agent_id": agent_id,
+            "conditions": { "customers": [{ "field": "status", "op": "like", "value": "%" }] },
+        }),
+    )
+    .await;
+    assert_eq!(bad_op.is_error, Some(true));
+    admin.cancel().await.unwrap();
+
+    let mut command = agentcrm(&["stdio"]);
+    command
+        .env("DATABASE_URL", &db.url)
+        .env("AGENTCRM_CLIENT_ID", agent["client_id"].as_str().unwrap())
+        .env(
+            "AGENTCRM_CLIENT_SECRET",
+            agent["client_secret"].as_str().unwrap(),
+        );
+    let client = stdio_client(command, Generation::Stateless).await;
+    let me = call_ok(&client, "whoami", json!({})).await;
+    assert_eq!(
+        me["scopes"],
+        json!(["customers:read"]),
+        "the refused update left scopes alone"
+    );
+    assert_eq!(
+        me["field_rules"],
+        json!({ "customers": ["email", "first_name", "phone"] })
+    );
+    assert_eq!(
+        me["conditions"]["customers"][0],
+        json!({ "field": "status", "op": "eq", "value": "hot_lead" })
+    );
+    let mine: Value = call_ok(&client, "list_my_permissions", json!({})).await;
+    assert_eq!(
+        mine["grants"],
+        json!([{ "scope": "customers:delete", "only_ids": null, "except_ids": [agent_id] }])
+    );
+    client.cancel().await.unwrap();
+}

@@ -16,7 +16,10 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::catalog::RegisteredTool;
+use super::filter::permits;
 use super::server::AgentCrm;
+use crate::access::Principal;
 use crate::access::audit::AuditEvent;
 use crate::access::identity::{self, AuthError, Credential};
 use crate::access::oauth;
@@ -69,8 +72,8 @@ pub fn router(app: Arc<App>, options: &HttpOptions, shutdown: CancellationToken)
     let mcp = axum::Router::new()
         .fallback_service(mcp)
         .layer(middleware::from_fn_with_state(
-            options.max_body_bytes,
-            reject_malformed_json,
+            (options.max_body_bytes, app.clone()),
+            inspect_body,
         ))
         .layer(middleware::from_fn_with_state(app.clone(), authenticate));
     axum::Router::new()
@@ -94,11 +97,12 @@ pub fn router(app: Arc<App>, options: &HttpOptions, shutdown: CancellationToken)
         .with_state(app)
 }
 
-/// rmcp answers an unparsable JSON body with 415 and plain text; JSON-RPC wants a parse
-/// error (-32700) the client can read, so bodies are checked (without building values)
-/// before they reach it.
-async fn reject_malformed_json(
-    State(limit): State<usize>,
+/// Reads a POST body once before rmcp does, to answer two things in HTTP terms:
+/// - unparsable JSON: rmcp says 415 in plain text; JSON-RPC wants a parse error (-32700);
+/// - a `tools/call` of a tool whose scopes the caller lacks: 403 with an
+///   `insufficient_scope` challenge naming the scopes (MCP's step-up authorization).
+async fn inspect_body(
+    State((limit, app)): State<(usize, Arc<App>)>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -128,8 +132,84 @@ async fn reject_malformed_json(
             format!("Parse error: {error}"),
         );
     }
+    if let Some(principal) = parts.extensions.get::<Principal>()
+        && let Some(name) = called_tool(&bytes)
+        && let Some(tool) = app.catalog.get(&name).filter(|t| app.filter.allows(&t.def))
+        && !permits(principal, tool)
+    {
+        return insufficient_scope(&app, &parts, principal, tool).await;
+    }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+/// The tool a `tools/call` body names, if it is one.
+fn called_tool(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Call {
+        method: String,
+        params: Option<Params>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params {
+        name: String,
+    }
+    let call: Call = serde_json::from_slice(body).ok()?;
+    (call.method == "tools/call").then_some(call.params?.name)
+}
+
+async fn insufficient_scope(
+    app: &App,
+    parts: &axum::http::request::Parts,
+    principal: &Principal,
+    tool: &RegisteredTool,
+) -> Response {
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let mut event = AuditEvent::by(principal, "tool", tool.def.name, "refused");
+    event.error_code = Some("forbidden".into());
+    event.transport = Some("http");
+    event.request_id = Some(request_id.clone());
+    event.session_id = parts
+        .headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    app.audit.record(event).await;
+    let (description, challenge) = if tool.humans_only && principal.is_agent() {
+        (
+            format!(
+                "`{}` is reserved for human administrators; agents cannot use it",
+                tool.def.name
+            ),
+            None,
+        )
+    } else {
+        let needed = tool.def.scopes.join(" ");
+        let metadata = format!(
+            "{}/.well-known/oauth-protected-resource",
+            oauth::base_url(app, &parts.headers)
+        );
+        (
+            format!(
+                "`{}` needs the scope(s) {}, which {} does not hold",
+                tool.def.name,
+                tool.def.scopes.join(", "),
+                principal.name
+            ),
+            Some(format!(
+                "Bearer error=\"insufficient_scope\", scope=\"{needed}\", resource_metadata=\"{metadata}\""
+            )),
+        )
+    };
+    let body =
+        json!({ "error": "forbidden", "error_description": description, "request_id": request_id });
+    let mut response = (StatusCode::FORBIDDEN, Json(body)).into_response();
+    if let Some(challenge) = challenge.and_then(|c| c.parse().ok()) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, challenge);
+    }
+    response
 }
 
 fn jsonrpc_error(status: StatusCode, code: i32, message: String) -> Response {

@@ -378,3 +378,93 @@ async fn permissions_can_be_listed_and_checked() {
     assert_eq!(error_code(&both), "invalid_request");
     client.cancel().await.unwrap();
 }
+
+/// One raw stateless `tools/call` over HTTP: (status, WWW-Authenticate, body).
+async fn http_call(url: &str, key: &str, tool: &str) -> (u16, Option<String>, Value) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("X-Api-Key", key)
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2026-07-28")
+        .header("Mcp-Method", "tools/call")
+        .header("Mcp-Name", tool)
+        .json(
+            &json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+            "name": tool, "arguments": {},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": { "name": "t", "version": "1" },
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }
+        } }),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, challenge, body)
+}
+
+#[tokio::test]
+async fn http_refusals_are_403_with_a_scope_challenge() {
+    let db = TestDb::new().await;
+    db.admin(&[
+        "create-user",
+        "--tenant",
+        "acme",
+        "--email",
+        "rep@acme.test",
+        "--name",
+        "Rep",
+        "--scopes",
+        "customers:read",
+    ]);
+    let member = db.admin(&[
+        "create-api-key",
+        "--tenant",
+        "acme",
+        "--user",
+        "rep@acme.test",
+        "--name",
+        "rep-key",
+    ]);
+    let member_key = member["key"].as_str().unwrap();
+    let server = HttpServer::start(db.command(&["http"]));
+    let url = server.mcp_url();
+
+    let (status, challenge, body) = http_call(&url, member_key, "list_agents").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "forbidden");
+    let challenge = challenge.expect("a WWW-Authenticate challenge");
+    assert!(
+        challenge.contains("error=\"insufficient_scope\"") && challenge.contains("scope=\"admin\""),
+        "{challenge}"
+    );
+    assert!(challenge.contains("resource_metadata=\""), "{challenge}");
+
+    // Tools the key may use, and unknown tools, keep their MCP answers.
+    let (status, _, body) = http_call(&url, member_key, "whoami").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _) = http_call(&url, member_key, "no_such_tool").await;
+    assert_eq!(
+        status, 200,
+        "an unknown tool is a JSON-RPC error, not an HTTP one"
+    );
+    let (status, _, _) = http_call(&url, &db.admin_key, "list_agents").await;
+    assert_eq!(status, 200);
+
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let log = call_ok(
+        &admin,
+        "list_audit_log",
+        json!({ "action": "list_agents", "outcome": "refused" }),
+    )
+    .await;
+    assert_eq!(log["total"], 1, "the 403 is audited: {log}");
+    admin.cancel().await.unwrap();
+}

@@ -15,6 +15,7 @@ use agentcrm::mcp::catalog::Catalog;
 use agentcrm::mcp::context::{ToolCtx, Transport};
 use agentcrm::mcp::filter::ToolFilter;
 use agentcrm::store::Store;
+use axum::serve::ListenerExt;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ListToolsResult,
     PaginatedRequestParams, ServerCapabilities, ServerConfig,
@@ -112,5 +113,8 @@ async fn main() {
         .await
         .expect("listen");
     eprintln!("bare server on http://{listen}/mcp");
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router).await.expect("serve");
 }

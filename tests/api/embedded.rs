@@ -186,3 +186,51 @@ fn killing_agentcrm_stops_its_postgres() {
     assert!(ok, "{log}");
     assert_eq!(me["tenant"]["slug"], "local");
 }
+
+#[test]
+fn the_embedded_default_issues_tokens_with_a_key_of_its_own() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_tmp, dir) = data_dir();
+    let out = run_ok(
+        agentcrm(&[
+            "admin",
+            "create-agent",
+            "--name",
+            "local-bot",
+            "--scopes",
+            "search",
+            "--json",
+        ])
+        .env("AGENTCRM_DATA_DIR", &dir),
+    );
+    let agent: Value = serde_json::from_str(out.trim()).unwrap();
+    let mut command = agentcrm(&["http"]);
+    command.env("AGENTCRM_DATA_DIR", &dir);
+    let mut server = HttpServer::start(command);
+    let issued: Value = std::thread::spawn({
+        let url = format!("{}/oauth/token", server.base);
+        move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
+                ::reqwest::Client::new()
+                    .post(url)
+                    .json(&json!({ "grant_type": "client_credentials", "client_id": agent["client_id"], "client_secret": agent["client_secret"] }))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap()
+            })
+        }
+    })
+    .join()
+    .unwrap();
+    assert!(issued["access_token"].as_str().is_some(), "{issued}");
+    let key = dir.join("jwt-secret");
+    let mode = std::fs::metadata(&key)
+        .expect("a key in the data directory")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the signing key is private");
+    assert!(server.stop().success());
+}

@@ -384,3 +384,54 @@ async fn revocation_and_the_token_limit_hold_across_processes() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn metadata_documents_describe_the_server() {
+    let db = TestDb::new().await;
+    let server =
+        HttpServer::start(db.command(&["http", "--public-url", "https://crm.example.com"]));
+    let get = |path: &str| {
+        let url = format!("{}{path}", server.base);
+        async move {
+            reqwest::get(url)
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let authorization = get("/.well-known/oauth-authorization-server").await;
+    assert_eq!(authorization["issuer"], "https://crm.example.com");
+    assert_eq!(
+        authorization["token_endpoint"],
+        "https://crm.example.com/oauth/token"
+    );
+    assert_eq!(
+        authorization["grant_types_supported"],
+        json!(["client_credentials", "refresh_token"])
+    );
+    for path in [
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-protected-resource/mcp",
+    ] {
+        let resource = get(path).await;
+        assert_eq!(resource["resource"], "https://crm.example.com/mcp");
+        assert_eq!(
+            resource["authorization_servers"],
+            json!(["https://crm.example.com"])
+        );
+    }
+    // Tokens carry that audience.
+    let agent = register(&db, "acme", "meta-bot", "search");
+    let (_, issued) = token(&server.base, &agent).await;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_audience(&["https://crm.example.com/mcp"]);
+    validation.set_issuer(&["https://crm.example.com"]);
+    let claims = jsonwebtoken::decode::<Claims>(
+        issued["access_token"].as_str().unwrap(),
+        &jsonwebtoken::DecodingKey::from_secret(JWT_SECRET.as_bytes()),
+        &validation,
+    );
+    assert!(claims.is_ok(), "{claims:?}");
+}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use agentcrm::access::Principal;
 use agentcrm::access::audit::AuditLog;
+use agentcrm::access::cache::AuthCache;
 use agentcrm::access::ratelimit::RateLimiter;
 use agentcrm::access::store::principal_for_api_key;
 use agentcrm::app::App;
@@ -92,6 +93,7 @@ async fn main() {
     let app = Arc::new(App {
         audit: AuditLog::start(store.pool().clone()),
         limiter: RateLimiter::start(store.pool().clone()),
+        auth_cache: AuthCache::default(),
         store,
         catalog: Catalog::builtin(),
         filter: Arc::new(ToolFilter::default()),

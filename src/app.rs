@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::access::Principal;
 use crate::access::audit::AuditLog;
+use crate::access::cache::AuthCache;
 use crate::access::ratelimit::RateLimiter;
 use crate::access::tokens::TokenKeys;
 use crate::mcp::catalog::Catalog;
@@ -17,6 +18,8 @@ pub struct App {
     pub filter: Arc<ToolFilter>,
     pub audit: AuditLog,
     pub limiter: RateLimiter,
+    /// Resolved credentials, emptied whenever any process changes one.
+    pub auth_cache: AuthCache,
     /// On the embedded default, callers without credentials act as the local owner (on
     /// stdio, and on HTTP bound to loopback). `None` everywhere else.
     pub local_owner: Option<Principal>,

@@ -2,6 +2,7 @@
 //! passes through it; no toolset has auth code of its own.
 
 pub mod audit;
+pub mod cache;
 pub mod identity;
 pub mod oauth;
 pub mod policy;

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::audit::AuditEvent;
+use super::cache::CacheKey;
 use super::identity::{self, AuthError, Credential};
 use super::scopes::{self, Scopes};
 use super::tokens::{self, ACCESS_TOKEN_TTL};
@@ -323,6 +324,7 @@ pub async fn revoke(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
     };
     match tokens::revoke(app.store.pool(), app.tokens.as_ref(), &token).await {
         Ok(tenant) => {
+            app.auth_cache.invalidate();
             if tenant.is_some() {
                 let mut event = AuditEvent::anonymous("auth", "token.revoked", "ok");
                 event.tenant_id = tenant;
@@ -441,9 +443,21 @@ pub async fn principal_for_jwt(app: &App, token: &str) -> Result<Principal, Auth
         .as_ref()
         .and_then(|keys| keys.verify(token))
         .ok_or(AuthError::Invalid)?;
+    let cache_key = CacheKey::Token {
+        jti: claims.jti,
+        sub: claims.sub,
+        tid: claims.tid,
+        scope: claims.scope.clone(),
+    };
+    if let Some(principal) = app.auth_cache.get(&cache_key) {
+        return Ok(principal);
+    }
+    let generation = app.auth_cache.generation();
     let principal = tokens::principal_for_token(app.store.pool(), &claims)
         .await?
         .ok_or(AuthError::Invalid)?;
     debug_assert_eq!(principal.kind, PrincipalKind::Agent);
+    app.auth_cache
+        .insert(cache_key, principal.clone(), generation);
     Ok(principal)
 }

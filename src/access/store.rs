@@ -358,6 +358,7 @@ pub async fn set_agent_scopes(
     id: Uuid,
     scopes: Scopes,
 ) -> Result<Option<Agent>, StoreError> {
+    let mut tx = pool.begin().await?;
     let agent = sqlx::query_as::<_, Agent>(sqlx::AssertSqlSafe(format!(
         "UPDATE agents SET scopes = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2
          RETURNING {AGENT_COLUMNS}"
@@ -365,8 +366,9 @@ pub async fn set_agent_scopes(
     .bind(tenant_id)
     .bind(id)
     .bind(scopes.to_strings())
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(agent)
 }
 
@@ -457,13 +459,15 @@ pub async fn revoke_api_key(
     tenant_id: Uuid,
     id: Uuid,
 ) -> Result<Option<ApiKey>, StoreError> {
+    let mut tx = pool.begin().await?;
     let key = sqlx::query_as::<_, ApiKey>(sqlx::AssertSqlSafe(format!(
         "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE tenant_id = $1 AND id = $2
          RETURNING {API_KEY_COLUMNS}"
     )))
     .bind(tenant_id)
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(key)
 }

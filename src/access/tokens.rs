@@ -288,6 +288,7 @@ pub async fn revoke(
     let Some(claims) = keys.and_then(|k| k.verify_ignoring_expiry(token)) else {
         return Ok(None);
     };
+    let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO revoked_tokens (jti, tenant_id, expires_at) VALUES ($1, $2, to_timestamp($3))
          ON CONFLICT (jti) DO NOTHING",
@@ -295,8 +296,9 @@ pub async fn revoke(
     .bind(claims.jti)
     .bind(claims.tid)
     .bind(claims.exp as f64)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(Some(claims.tid))
 }
 

@@ -385,6 +385,8 @@ async fn update_agent_permissions(
         args.grants.as_deref(),
     )
     .await?;
+    // Other processes hear of it through NOTIFY; this one forgets at once.
+    ctx.app.auth_cache.invalidate();
     Ok(AgentOut { agent })
 }
 
@@ -400,6 +402,8 @@ async fn rotate_agent_secret(ctx: ToolCtx, args: AgentIdArgs) -> Result<RotatedS
         access::rotate_agent_secret(ctx.app.store.pool(), ctx.principal.tenant_id, args.agent_id)
             .await?
             .ok_or_else(|| not_found("agent", args.agent_id))?;
+    // Other processes hear of it through NOTIFY; this one forgets at once.
+    ctx.app.auth_cache.invalidate();
     Ok(RotatedSecret {
         agent,
         client_secret,
@@ -423,6 +427,8 @@ async fn set_enabled(ctx: ToolCtx, agent_id: Uuid, enabled: bool) -> Result<Agen
     )
     .await?
     .ok_or_else(|| not_found("agent", agent_id))?;
+    // Other processes hear of it through NOTIFY; this one forgets at once.
+    ctx.app.auth_cache.invalidate();
     Ok(AgentOut { agent })
 }
 
@@ -507,6 +513,8 @@ async fn revoke_api_key(ctx: ToolCtx, args: ApiKeyIdArgs) -> Result<ApiKeyOut, T
     )
     .await?
     .ok_or_else(|| not_found("API key", args.api_key_id))?;
+    // Other processes hear of it through NOTIFY; this one forgets at once.
+    ctx.app.auth_cache.invalidate();
     Ok(ApiKeyOut { api_key })
 }
 

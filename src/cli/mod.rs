@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::audit::{AuditEvent, AuditLog};
+use crate::access::cache::AuthCache;
 use crate::access::identity::{self, AuthError, Credential};
 use crate::access::ratelimit::RateLimiter;
 use crate::access::tokens::{TokenKeys, load_secret};
@@ -261,14 +262,20 @@ async fn start(
         toolsets = %crate::mcp::server::describe_toolsets(&filter.enabled_toolsets(catalog)),
         "agentcrm ready"
     );
-    let audit = AuditLog::start(store.pool().clone());
+    let audit = AuditLog::start(store.audit_pool().clone());
     let limiter = RateLimiter::start(store.pool().clone());
+    // Only HTTP resolves credentials per request; stdio resolves once.
+    let auth_cache = match public_url {
+        Some(_) => AuthCache::start(store.pool().clone()),
+        None => AuthCache::default(),
+    };
     Ok(Arc::new(App {
         store,
         catalog,
         filter: Arc::new(filter),
         audit,
         limiter,
+        auth_cache,
         local_owner,
         tokens,
     }))

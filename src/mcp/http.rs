@@ -22,8 +22,10 @@ use super::filter::permits;
 use super::server::AgentCrm;
 use crate::access::Principal;
 use crate::access::audit::AuditEvent;
+use crate::access::cache::CacheKey;
 use crate::access::identity::{self, AuthError, Credential};
 use crate::access::oauth;
+use crate::access::secrets::{API_KEY_PREFIX, digest};
 use crate::app::App;
 
 #[derive(Debug, Clone)]
@@ -267,13 +269,11 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
         })
         .map(str::trim);
     let outcome = match (api_key, bearer) {
-        (Some(key), _) => {
-            identity::authenticate(app.store.pool(), Credential::ApiKey(key.trim())).await
+        (Some(key), _) => api_key_principal(&app, key.trim()).await,
+        (None, Some(token)) if token.starts_with(API_KEY_PREFIX) => {
+            api_key_principal(&app, token).await
         }
-        (None, Some(token)) => match Credential::from_bearer(token) {
-            Some(credential) => identity::authenticate(app.store.pool(), credential).await,
-            None => oauth::principal_for_jwt(&app, token).await,
-        },
+        (None, Some(token)) => oauth::principal_for_jwt(&app, token).await,
         (None, None) => app.local_owner.clone().ok_or(AuthError::Missing),
     };
     match outcome {
@@ -298,6 +298,19 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
             unauthorized(&error, &resource_metadata)
         }
     }
+}
+
+/// An API key's principal, from the auth cache when nothing changed since it was read.
+async fn api_key_principal(app: &App, key: &str) -> Result<Principal, AuthError> {
+    let cache_key = CacheKey::ApiKey(digest(key));
+    if let Some(principal) = app.auth_cache.get(&cache_key) {
+        return Ok(principal);
+    }
+    let generation = app.auth_cache.generation();
+    let principal = identity::authenticate(app.store.pool(), Credential::ApiKey(key)).await?;
+    app.auth_cache
+        .insert(cache_key, principal.clone(), generation);
+    Ok(principal)
 }
 
 fn unauthorized(error: &AuthError, resource_metadata: &str) -> Response {

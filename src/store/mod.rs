@@ -39,6 +39,10 @@ pub enum DatabaseKind {
 
 pub struct Store {
     pool: PgPool,
+    /// For the audit writer: commits without waiting for the WAL flush. An audit record
+    /// must survive agentcrm being killed, which a commit acknowledged by the server
+    /// guarantees; only a crash of PostgreSQL itself could lose the last few.
+    audit_pool: PgPool,
     kind: DatabaseKind,
     embedded: Mutex<Option<EmbeddedPostgres>>,
 }
@@ -64,8 +68,13 @@ impl Store {
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options.clone());
+        let audit_pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
         let store = Store {
             pool,
+            audit_pool,
             kind,
             embedded: Mutex::new(embedded),
         };
@@ -92,6 +101,10 @@ impl Store {
         &self.pool
     }
 
+    pub fn audit_pool(&self) -> &PgPool {
+        &self.audit_pool
+    }
+
     pub fn kind(&self) -> DatabaseKind {
         self.kind
     }
@@ -107,6 +120,7 @@ impl Store {
 
     /// Closes the pool and stops the embedded server, if this process started one.
     pub async fn close(&self) {
+        self.audit_pool.close().await;
         self.pool.close().await;
         let embedded = match self.embedded.lock() {
             Ok(mut guard) => guard.take(),

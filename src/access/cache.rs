@@ -1,0 +1,144 @@
+//! A per-process cache of resolved credentials (API keys, access tokens), so a request
+//! costs no authentication query when nothing changed.
+//!
+//! Every change to agents, API keys, users or revoked tokens fires `NOTIFY agentcrm_auth`
+//! from a trigger (migration 0006), however it was made; every process LISTENs and empties
+//! its cache when one arrives, which PostgreSQL delivers at commit, before the changing
+//! request has even answered. While the LISTEN connection is down the cache is not used.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use uuid::Uuid;
+
+use super::principal::Principal;
+
+pub const CHANNEL: &str = "agentcrm_auth";
+/// Even unchanged, an entry is re-read after this long.
+const TTL: Duration = Duration::from_secs(60);
+const MAX_ENTRIES: usize = 100_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CacheKey {
+    /// SHA-256 of an API key.
+    ApiKey(Vec<u8>),
+    /// An access token: every claim the resolved principal depends on (id, agent, tenant,
+    /// scope), not the id alone.
+    Token {
+        jti: Uuid,
+        sub: Uuid,
+        tid: Uuid,
+        scope: String,
+    },
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: Mutex<HashMap<CacheKey, (Principal, Instant)>>,
+    /// Bumped by every invalidation: a lookup that raced one is not cached.
+    generation: AtomicU64,
+    listening: AtomicBool,
+}
+
+#[derive(Clone, Default)]
+pub struct AuthCache {
+    inner: Arc<Inner>,
+}
+
+impl AuthCache {
+    /// Starts listening for changes; until the LISTEN is up, nothing is cached.
+    pub fn start(pool: PgPool) -> AuthCache {
+        let cache = AuthCache::default();
+        let weak = Arc::downgrade(&cache.inner);
+        tokio::spawn(async move {
+            loop {
+                let listener = async {
+                    let mut listener = PgListener::connect_with(&pool).await?;
+                    listener.listen(CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(listener)
+                }
+                .await;
+                let Some(inner) = weak.upgrade() else { return };
+                let mut listener = match listener {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::warn!(%error, "auth cache: cannot LISTEN; authenticating every request");
+                        drop(inner);
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        continue;
+                    }
+                };
+                inner.invalidate();
+                inner.listening.store(true, Ordering::SeqCst);
+                drop(inner);
+                loop {
+                    let received =
+                        tokio::time::timeout(Duration::from_secs(5), listener.try_recv()).await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    match received {
+                        // Nothing for a while: loop to notice when the cache is gone.
+                        Err(_) => continue,
+                        Ok(Ok(Some(_))) => inner.invalidate(),
+                        Ok(Ok(None)) | Ok(Err(_)) => {
+                            // The connection dropped: notifications may have been missed.
+                            inner.listening.store(false, Ordering::SeqCst);
+                            inner.invalidate();
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        cache
+    }
+
+    /// The generation to pass back to [`AuthCache::insert`] after a lookup.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::SeqCst)
+    }
+
+    pub fn get(&self, key: &CacheKey) -> Option<Principal> {
+        if !self.inner.listening.load(Ordering::SeqCst) {
+            return None;
+        }
+        let entries = self.inner.entries.lock().ok()?;
+        entries
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < TTL)
+            .map(|(principal, _)| principal.clone())
+    }
+
+    /// Caches a lookup begun at `generation`, unless an invalidation came in between.
+    pub fn insert(&self, key: CacheKey, principal: Principal, generation: u64) {
+        if !self.inner.listening.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Ok(mut entries) = self.inner.entries.lock() {
+            if self.inner.generation.load(Ordering::SeqCst) != generation {
+                return;
+            }
+            if entries.len() >= MAX_ENTRIES {
+                entries.clear();
+            }
+            entries.insert(key, (principal, Instant::now()));
+        }
+    }
+
+    /// Forgets everything (also called by the process that made a change, at once).
+    pub fn invalidate(&self) {
+        self.inner.invalidate();
+    }
+}
+
+impl Inner {
+    fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.clear();
+        }
+    }
+}

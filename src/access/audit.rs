@@ -211,8 +211,9 @@ mod tests {
     }
 }
 
-/// Filters of `list_audit_log`, applied in this order.
-#[derive(Debug, Clone, Default)]
+/// The input of `list_audit_log`: filters (applied in this order) and paging.
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AuditFilter {
     /// Only events by this user, agent or API key.
     pub principal_id: Option<Uuid>,
@@ -226,6 +227,10 @@ pub struct AuditFilter {
     pub since: Option<chrono::DateTime<chrono::Utc>>,
     /// Events before this time (RFC 3339).
     pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Items per page, 1 to 100 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page; omit for the first page.
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema, sqlx::FromRow)]

@@ -12,7 +12,7 @@ use crate::access::{PrincipalKind, Role, Scopes};
 use crate::error::ToolError;
 use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
 use crate::mcp::context::{ToolCtx, Transport};
-use crate::mcp::filter::visible;
+use crate::mcp::filter::{Denial, denial, visible};
 use crate::store::{DatabaseKind, tenants};
 
 pub fn tools() -> Vec<RegisteredTool> {
@@ -97,21 +97,10 @@ fn refusal_reason(ctx: &ToolCtx, tool: &RegisteredTool) -> Option<String> {
     if !ctx.filter.allows(&tool.def) {
         return Some("disabled on this server or for this request".into());
     }
-    if tool.humans_only && ctx.principal.is_agent() {
-        return Some("reserved for human administrators".into());
-    }
-    let missing: Vec<&str> = tool
-        .def
-        .scopes
-        .iter()
-        .copied()
-        .filter(|s| {
-            !ctx.principal
-                .scopes
-                .contains(Scopes::parse(&[*s]).unwrap_or_default())
-        })
-        .collect();
-    (!missing.is_empty()).then(|| format!("needs scope(s) {}", missing.join(", ")))
+    denial(&ctx.principal, tool).map(|d| match d {
+        Denial::HumansOnly => "reserved for human administrators".into(),
+        Denial::MissingScopes(missing) => format!("needs scope(s) {}", missing.join(", ")),
+    })
 }
 
 async fn list_my_permissions(ctx: ToolCtx, _: NoArgs) -> Result<PermissionsOut, ToolError> {

@@ -518,27 +518,6 @@ async fn revoke_api_key(ctx: ToolCtx, args: ApiKeyIdArgs) -> Result<ApiKeyOut, T
     Ok(ApiKeyOut { api_key })
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AuditArgs {
-    /// Only events by this user, agent or API key.
-    pub principal_id: Option<Uuid>,
-    /// Only this tool or auth event (e.g. `whoami`, `token.issued`).
-    pub action: Option<String>,
-    /// `ok`, `refused` or `error`.
-    pub outcome: Option<String>,
-    /// Only events of this MCP session.
-    pub session_id: Option<String>,
-    /// Events at or after this time (RFC 3339).
-    pub since: Option<chrono::DateTime<chrono::Utc>>,
-    /// Events before this time (RFC 3339).
-    pub until: Option<chrono::DateTime<chrono::Utc>>,
-    /// Items per page, 1 to 100 (default 50).
-    pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-}
-
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct AuditList {
     pub events: Vec<AuditRecord>,
@@ -546,21 +525,13 @@ pub struct AuditList {
     pub page: PageInfo,
 }
 
-async fn list_audit_log(ctx: ToolCtx, args: AuditArgs) -> Result<AuditList, ToolError> {
+async fn list_audit_log(ctx: ToolCtx, args: AuditFilter) -> Result<AuditList, ToolError> {
     let page = PageArgs {
         limit: args.limit,
-        cursor: args.cursor,
+        cursor: args.cursor.clone(),
     }
     .page()?;
-    let filter = AuditFilter {
-        principal_id: args.principal_id,
-        action: args.action,
-        outcome: args.outcome,
-        session_id: args.session_id,
-        since: args.since,
-        until: args.until,
-    };
-    let (events, total) = audit::list(ctx.app.store.pool(), ctx.principal.tenant_id, &filter, page)
+    let (events, total) = audit::list(ctx.app.store.pool(), ctx.principal.tenant_id, &args, page)
         .await
         .map_err(crate::store::StoreError::from)?;
     Ok(AuditList {

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use super::catalog::{Catalog, RegisteredTool, ToolDef, Toolset};
-use crate::access::Principal;
+use crate::access::{Principal, Scopes};
 
 /// Restrictions from configuration, optionally narrowed per request. Every field only
 /// ever removes tools.
@@ -123,6 +123,51 @@ pub fn parse_toolsets(names: &[String]) -> Result<Option<BTreeSet<Toolset>>, Fil
 /// get tools reserved for humans.
 pub fn permits(principal: &Principal, tool: &RegisteredTool) -> bool {
     principal.scopes.contains(tool.required) && !(tool.humans_only && principal.is_agent())
+}
+
+/// Why a principal may not use a tool (`None` when [`permits`] holds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// Reserved for human administrators; no scope changes that for an agent.
+    HumansOnly,
+    /// The declared scopes the principal lacks.
+    MissingScopes(Vec<&'static str>),
+}
+
+pub fn denial(principal: &Principal, tool: &RegisteredTool) -> Option<Denial> {
+    if tool.humans_only && principal.is_agent() {
+        return Some(Denial::HumansOnly);
+    }
+    if principal.scopes.contains(tool.required) {
+        return None;
+    }
+    let missing = tool
+        .def
+        .scopes
+        .iter()
+        .copied()
+        .filter(|s| {
+            !principal
+                .scopes
+                .contains(Scopes::parse(&[*s]).unwrap_or_default())
+        })
+        .collect();
+    Some(Denial::MissingScopes(missing))
+}
+
+impl Denial {
+    /// A sentence naming the tool and what is missing.
+    pub fn describe(&self, tool: &str, principal: &str) -> String {
+        match self {
+            Denial::HumansOnly => {
+                format!("`{tool}` is reserved for human administrators; agents cannot use it")
+            }
+            Denial::MissingScopes(missing) => format!(
+                "`{tool}` needs the scope(s) {}, which {principal} does not hold",
+                missing.join(", ")
+            ),
+        }
+    }
 }
 
 /// The tools `filter` lets through, in catalog order (configuration and headers only).

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::RegisteredTool;
-use super::filter::permits;
+use super::filter::{Denial, denial, permits};
 use super::server::AgentCrm;
 use crate::access::Principal;
 use crate::access::audit::AuditEvent;
@@ -178,32 +178,20 @@ async fn insufficient_scope(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     app.audit.record(event).await;
-    let (description, challenge) = if tool.humans_only && principal.is_agent() {
-        (
-            format!(
-                "`{}` is reserved for human administrators; agents cannot use it",
-                tool.def.name
-            ),
-            None,
-        )
-    } else {
-        let needed = tool.def.scopes.join(" ");
-        let metadata = format!(
-            "{}/.well-known/oauth-protected-resource",
+    let denied = denial(principal, tool);
+    let description = denied.as_ref().map_or_else(
+        || format!("`{}` is not available", tool.def.name),
+        |d| d.describe(tool.def.name, &principal.name),
+    );
+    // A scope challenge only where more scope would help (MCP step-up authorization);
+    // it names every scope the tool needs, as RFC 6750 asks.
+    let challenge = matches!(denied, Some(Denial::MissingScopes(_))).then(|| {
+        format!(
+            "Bearer error=\"insufficient_scope\", scope=\"{}\", resource_metadata=\"{}/.well-known/oauth-protected-resource\"",
+            tool.def.scopes.join(" "),
             oauth::base_url(app, &parts.headers)
-        );
-        (
-            format!(
-                "`{}` needs the scope(s) {}, which {} does not hold",
-                tool.def.name,
-                tool.def.scopes.join(", "),
-                principal.name
-            ),
-            Some(format!(
-                "Bearer error=\"insufficient_scope\", scope=\"{needed}\", resource_metadata=\"{metadata}\""
-            )),
         )
-    };
+    });
     let body =
         json!({ "error": "forbidden", "error_description": description, "request_id": request_id });
     let mut response = (StatusCode::FORBIDDEN, Json(body)).into_response();

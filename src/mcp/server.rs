@@ -16,10 +16,10 @@ use tracing::Instrument;
 
 use super::catalog::{RegisteredTool, Toolset};
 use super::context::{ToolCtx, Transport};
-use super::filter::{ToolFilter, parse_toolsets, permits, visible};
+use super::filter::{ToolFilter, denial, parse_toolsets, permits, visible};
+use crate::access::Principal;
 use crate::access::audit::{AuditEvent, redact};
 use crate::access::ratelimit::Class;
-use crate::access::{Principal, Scopes};
 use crate::app::App;
 use crate::error::{ErrorCode as ToolErrorCode, ToolError};
 
@@ -312,29 +312,11 @@ impl ServerHandler for AgentCrm {
 
 /// Why `principal` may not use `tool`, in words it can act on.
 fn refusal(principal: &Principal, tool: &RegisteredTool) -> ToolError {
-    if tool.humans_only && principal.is_agent() {
-        return ToolError::Forbidden(format!(
-            "`{}` is reserved for human administrators; agents cannot use it",
-            tool.def.name
-        ));
-    }
-    let missing: Vec<&str> = tool
-        .def
-        .scopes
-        .iter()
-        .copied()
-        .filter(|s| {
-            !principal
-                .scopes
-                .contains(Scopes::parse(&[*s]).unwrap_or_default())
-        })
-        .collect();
-    ToolError::Forbidden(format!(
-        "`{}` needs the scope(s) {}, which {} does not hold",
-        tool.def.name,
-        missing.join(", "),
-        principal.name
-    ))
+    let reason = denial(principal, tool).map_or_else(
+        || format!("`{}` is not available", tool.def.name),
+        |d| d.describe(tool.def.name, &principal.name),
+    );
+    ToolError::Forbidden(reason)
 }
 
 /// Toolsets named for the log line at start-up.

@@ -8,12 +8,11 @@ use crate::helpers::*;
 
 /// Starts `agentcrm stdio` as an agent with client credentials.
 async fn as_agent(db: &TestDb, client_id: &str, secret: &str) -> Client {
-    let mut command = agentcrm(&["stdio"]);
-    command
-        .env("DATABASE_URL", &db.url)
-        .env("AGENTCRM_CLIENT_ID", client_id)
-        .env("AGENTCRM_CLIENT_SECRET", secret);
-    stdio_client(command, Generation::Stateless).await
+    agent_client(
+        db,
+        &json!({ "client_id": client_id, "client_secret": secret }),
+    )
+    .await
 }
 
 fn error_code(result: &rmcp::model::CallToolResult) -> String {

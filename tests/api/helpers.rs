@@ -322,3 +322,20 @@ pub fn all_tool_names() -> Vec<String> {
         .map(|t| t.def.name.to_owned())
         .collect()
 }
+
+/// An rmcp client over stdio acting as the agent whose credentials `agent` holds (the
+/// JSON of `admin create-agent` or of the `register_agent` tool).
+pub async fn agent_client(db: &TestDb, agent: &Value) -> Client {
+    let mut command = agentcrm(&["stdio"]);
+    command
+        .env("DATABASE_URL", &db.url)
+        .env(
+            "AGENTCRM_CLIENT_ID",
+            agent["client_id"].as_str().expect("client_id"),
+        )
+        .env(
+            "AGENTCRM_CLIENT_SECRET",
+            agent["client_secret"].as_str().expect("client_secret"),
+        );
+    stdio_client(command, Generation::Stateless).await
+}

@@ -268,15 +268,7 @@ async fn admins_set_policies_and_agents_see_them() {
     assert_eq!(bad_op.is_error, Some(true));
     admin.cancel().await.unwrap();
 
-    let mut command = agentcrm(&["stdio"]);
-    command
-        .env("DATABASE_URL", &db.url)
-        .env("AGENTCRM_CLIENT_ID", agent["client_id"].as_str().unwrap())
-        .env(
-            "AGENTCRM_CLIENT_SECRET",
-            agent["client_secret"].as_str().unwrap(),
-        );
-    let client = stdio_client(command, Generation::Stateless).await;
+    let client = agent_client(&db, &agent).await;
     let me = call_ok(&client, "whoami", json!({})).await;
     assert_eq!(
         me["scopes"],

@@ -5,18 +5,6 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-async fn as_agent(db: &TestDb, agent: &serde_json::Value) -> Client {
-    let mut command = agentcrm(&["stdio"]);
-    command
-        .env("DATABASE_URL", &db.url)
-        .env("AGENTCRM_CLIENT_ID", agent["client_id"].as_str().unwrap())
-        .env(
-            "AGENTCRM_CLIENT_SECRET",
-            agent["client_secret"].as_str().unwrap(),
-        );
-    stdio_client(command, Generation::Stateless).await
-}
-
 #[tokio::test]
 async fn a_rate_limit_is_shared_by_processes_and_says_when_to_retry() {
     let db = TestDb::new().await;
@@ -34,8 +22,8 @@ async fn a_rate_limit_is_shared_by_processes_and_says_when_to_retry() {
     ]);
     assert_eq!(set["limit"], json!({ "max": 6, "window_seconds": 3600 }));
 
-    let a = as_agent(&db, &agent).await;
-    let b = as_agent(&db, &agent).await;
+    let a = agent_client(&db, &agent).await;
+    let b = agent_client(&db, &agent).await;
     for _ in 0..3 {
         call_ok(&a, "check_permission", json!({ "scope": "search" })).await;
     }
@@ -114,7 +102,7 @@ async fn a_rate_limit_is_shared_by_processes_and_says_when_to_retry() {
     .await;
     assert_eq!(bad.is_error, Some(true));
     admin.cancel().await.unwrap();
-    let again = as_agent(&db, &agent).await;
+    let again = agent_client(&db, &agent).await;
     call_ok(&again, "whoami", json!({})).await;
     again.cancel().await.unwrap();
 }

@@ -63,6 +63,9 @@ impl AuthCache {
                 }
                 .await;
                 let Some(inner) = weak.upgrade() else { return };
+                if pool.is_closed() {
+                    return;
+                }
                 let mut listener = match listener {
                     Ok(listener) => listener,
                     Err(error) => {

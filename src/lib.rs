@@ -6,6 +6,7 @@ pub mod account;
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod crm;
 pub mod error;
 pub mod mcp;
 pub mod store;

@@ -425,3 +425,40 @@ pub async fn set_agent_policy(
     tx.commit().await?;
     Ok(())
 }
+
+/// A record after the policy shaped it (restricted fields removed), documented by the
+/// schema of `T`, whose optional fields may be absent.
+#[derive(Debug, Clone)]
+pub struct Shaped<T> {
+    value: Value,
+    _record: std::marker::PhantomData<T>,
+}
+
+impl<T> Shaped<T> {
+    pub fn new(value: Value) -> Shaped<T> {
+        Shaped {
+            value,
+            _record: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T> Serialize for Shaped<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(serializer)
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for Shaped<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        T::schema_id()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(generator)
+    }
+}

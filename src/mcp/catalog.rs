@@ -202,6 +202,7 @@ impl Catalog {
         CATALOG.get_or_init(|| {
             let mut tools = crate::account::tools();
             tools.extend(crate::admin::tools());
+            tools.extend(crate::crm::tools());
             Catalog::new(tools)
         })
     }

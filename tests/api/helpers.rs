@@ -339,3 +339,12 @@ pub async fn agent_client(db: &TestDb, agent: &Value) -> Client {
         );
     stdio_client(command, Generation::Stateless).await
 }
+
+/// The tools of one toolset, in catalog order.
+pub fn toolset_tool_names(toolset: agentcrm::mcp::catalog::Toolset) -> Vec<String> {
+    agentcrm::mcp::catalog::Catalog::builtin()
+        .iter()
+        .filter(|t| t.def.toolset == toolset)
+        .map(|t| t.def.name.to_owned())
+        .collect()
+}

@@ -5,6 +5,7 @@ mod access;
 mod catalog;
 mod cli;
 mod clients;
+mod crm;
 mod embedded;
 mod helpers;
 mod http;

@@ -42,7 +42,7 @@ async fn stdio_lists_and_calls_tools_in_both_protocol_generations() {
             server["migration_version"],
             json!(agentcrm::store::latest_migration())
         );
-        assert_eq!(server["toolsets"], json!(["account", "admin"]));
+        assert_eq!(server["toolsets"], json!(["account", "admin", "crm"]));
         assert!(
             server["protocol_versions"]
                 .as_array()
@@ -245,7 +245,10 @@ async fn stdio_filters_tools_by_configuration() {
     }
 
     let mut only_crm = RawStdio::start(&db, &["--toolsets", "crm"]);
-    assert_eq!(listed(&mut only_crm), Vec::<String>::new());
+    assert_eq!(
+        listed(&mut only_crm),
+        toolset_tool_names(agentcrm::mcp::catalog::Toolset::Crm)
+    );
 }
 
 #[test]

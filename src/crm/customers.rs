@@ -1,0 +1,635 @@
+//! Customers: list, get, create, update (optimistic concurrency) and delete, every query
+//! shaped by the caller's policy (tenant, row conditions, field rules, grants).
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::access::policy::{Approval, Policy, Resource, Shaped};
+use crate::error::ToolError;
+use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
+use crate::mcp::context::ToolCtx;
+use crate::store::page::{PageArgs, PageInfo};
+
+/// Customers as the policy sees them. Conditions may name these fields.
+pub const CUSTOMERS: Resource = Resource {
+    name: "customers",
+    columns: &[
+        ("first_name", "first_name"),
+        ("last_name", "last_name"),
+        ("email", "email"),
+        ("phone", "phone"),
+        ("company", "company"),
+        ("status", "status"),
+        ("assigned_to", "assigned_to"),
+    ],
+    always_visible: &["id", "version", "created_at", "updated_at"],
+};
+
+const COLUMNS: &str = "c.id, c.first_name, c.last_name, c.email, c.phone, c.company, c.status, \
+    c.assigned_to, c.tags, c.custom_fields, c.version, c.created_at, c.updated_at";
+
+const WRITE: Hints = Hints {
+    read_only: false,
+    destructive: false,
+    idempotent: false,
+    open_world: false,
+};
+
+pub fn tools() -> Vec<RegisteredTool> {
+    let def = |name, title, description, scopes, hints| ToolDef {
+        name,
+        title,
+        description,
+        toolset: Toolset::Crm,
+        scopes,
+        hints,
+    };
+    vec![
+        tool(
+            def(
+                "list_customers",
+                "List customers",
+                "List customers, newest first by default. Filter by status, company, assignee, \
+                 tag and creation time; sort with `order_by`; trim each record to `fields`. \
+                 Paginated: pass `next_cursor` back as `cursor`.",
+                &["customers:read"],
+                Hints::READ,
+            ),
+            list_customers,
+        ),
+        tool(
+            def(
+                "get_customer",
+                "Get a customer",
+                "Get one customer by id, with every field the caller may see (or only `fields`).",
+                &["customers:read"],
+                Hints::READ,
+            ),
+            get_customer,
+        ),
+        tool(
+            def(
+                "create_customer",
+                "Create a customer",
+                "Create a customer. Emails are unique within the tenant (a duplicate is refused \
+                 with `conflict`). Returns the new record with its `version`.",
+                &["customers:write"],
+                WRITE,
+            ),
+            create_customer,
+        ),
+        tool(
+            def(
+                "update_customer",
+                "Update a customer",
+                "Change some fields of a customer. Pass the `version` you read: if the record \
+                 changed since, nothing is written and the answer is `conflict` with the current \
+                 version. Only the fields given change.",
+                &["customers:write"],
+                WRITE,
+            ),
+            update_customer,
+        ),
+        tool(
+            def(
+                "delete_customer",
+                "Delete a customer",
+                "Delete a customer and everything recorded about it. Agents need an explicit \
+                 grant, and the tenant's approval policy may hold the deletion for a human.",
+                &["customers:delete"],
+                Hints {
+                    read_only: false,
+                    destructive: true,
+                    idempotent: true,
+                    open_world: false,
+                },
+            ),
+            delete_customer,
+        ),
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Lead,
+    Prospect,
+    HotLead,
+    Customer,
+    Inactive,
+    Churned,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Lead => "lead",
+            Status::Prospect => "prospect",
+            Status::HotLead => "hot_lead",
+            Status::Customer => "customer",
+            Status::Inactive => "inactive",
+            Status::Churned => "churned",
+        }
+    }
+}
+
+/// A customer record. Fields the caller may not see, or did not ask for with `fields`,
+/// are left out, and so are empty optional ones.
+#[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
+pub struct Customer {
+    pub id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub company: Option<String>,
+    /// `lead`, `prospect`, `hot_lead`, `customer`, `inactive` or `churned`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Who owns the relationship (a person or team name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assigned_to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// Free-form JSON object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custom_fields: Option<Value>,
+    /// Increases with every update; pass it to `update_customer`.
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Field names a caller can list in `fields`, filter on or sort by.
+const FIELDS: [&str; 13] = [
+    "id",
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "company",
+    "status",
+    "assigned_to",
+    "tags",
+    "custom_fields",
+    "version",
+    "created_at",
+    "updated_at",
+];
+
+/// The record as this caller may see it, trimmed to `fields` when given.
+fn shape(
+    policy: &Policy,
+    customer: &Customer,
+    fields: Option<&[String]>,
+) -> Result<Shaped<Customer>, ToolError> {
+    let mut value =
+        serde_json::to_value(customer).map_err(|e| ToolError::Internal(e.to_string()))?;
+    policy.redact(&CUSTOMERS, &mut value);
+    if let (Some(fields), Value::Object(map)) = (fields, &mut value) {
+        map.retain(|key, _| key == "id" || fields.iter().any(|f| f == key));
+    }
+    Ok(Shaped::new(value))
+}
+
+fn check_fields(fields: Option<&[String]>) -> Result<(), ToolError> {
+    for field in fields.into_iter().flatten() {
+        if !FIELDS.contains(&field.as_str()) {
+            return Err(ToolError::InvalidRequest(format!(
+                "unknown field `{field}`; known fields: {}",
+                FIELDS.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderBy {
+    /// Newest first (the default).
+    #[default]
+    CreatedDesc,
+    CreatedAsc,
+    UpdatedDesc,
+    LastNameAsc,
+    CompanyAsc,
+}
+
+impl OrderBy {
+    /// The SQL of each order: a fixed whitelist, never the caller's text.
+    fn sql(self) -> (&'static str, &'static str) {
+        match self {
+            OrderBy::CreatedDesc => ("created_at", " ORDER BY c.created_at DESC, c.id DESC"),
+            OrderBy::CreatedAsc => ("created_at", " ORDER BY c.created_at, c.id"),
+            OrderBy::UpdatedDesc => ("updated_at", " ORDER BY c.updated_at DESC, c.id DESC"),
+            OrderBy::LastNameAsc => ("last_name", " ORDER BY lower(c.last_name), c.id"),
+            OrderBy::CompanyAsc => ("company", " ORDER BY lower(c.company) NULLS LAST, c.id"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListArgs {
+    pub status: Option<Status>,
+    /// Exact company name (case-insensitive).
+    pub company: Option<String>,
+    pub assigned_to: Option<String>,
+    /// Customers carrying this tag.
+    pub tag: Option<String>,
+    /// Created at or after this time (RFC 3339).
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before this time (RFC 3339).
+    pub created_before: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub order_by: OrderBy,
+    /// Only these fields of each record (plus `id`).
+    pub fields: Option<Vec<String>>,
+    /// Items per page, 1 to 100 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CustomerList {
+    pub customers: Vec<Shaped<Customer>>,
+    #[serde(flatten)]
+    pub page: PageInfo,
+}
+
+/// Filters in one fixed order; a filter on a field the caller may not see is refused, or
+/// its answers would reveal the field.
+fn push_filters(
+    args: &ListArgs,
+    policy: &Policy,
+    query: &mut QueryBuilder<Postgres>,
+) -> Result<(), ToolError> {
+    policy.push_predicates(&CUSTOMERS, Some("c"), query);
+    let mut used = Vec::new();
+    if let Some(status) = args.status {
+        used.push("status");
+        query.push(" AND c.status = ").push_bind(status.as_str());
+    }
+    if let Some(company) = &args.company {
+        used.push("company");
+        query
+            .push(" AND lower(c.company) = lower(")
+            .push_bind(company.clone())
+            .push(")");
+    }
+    if let Some(assignee) = &args.assigned_to {
+        used.push("assigned_to");
+        query
+            .push(" AND c.assigned_to = ")
+            .push_bind(assignee.clone());
+    }
+    if let Some(tag) = &args.tag {
+        used.push("tags");
+        query
+            .push(" AND ")
+            .push_bind(tag.clone())
+            .push(" = ANY(c.tags)");
+    }
+    if let Some(after) = args.created_after {
+        query.push(" AND c.created_at >= ").push_bind(after);
+    }
+    if let Some(before) = args.created_before {
+        query.push(" AND c.created_at < ").push_bind(before);
+    }
+    used.push(args.order_by.sql().0);
+    policy
+        .check_write(&CUSTOMERS, used.iter().copied())
+        .map_err(|_| {
+            ToolError::Forbidden(
+                "this caller may not filter or sort on a field it cannot see".into(),
+            )
+        })
+}
+
+async fn list_customers(ctx: ToolCtx, args: ListArgs) -> Result<CustomerList, ToolError> {
+    let page = PageArgs {
+        limit: args.limit,
+        cursor: args.cursor.clone(),
+    }
+    .page()?;
+    check_fields(args.fields.as_deref())?;
+    let policy = ctx.policy().await?;
+    let pool = ctx.app.store.pool();
+
+    let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM customers c WHERE true"));
+    push_filters(&args, &policy, &mut query)?;
+    query.push(args.order_by.sql().1);
+    query
+        .push(" LIMIT ")
+        .push_bind(page.limit)
+        .push(" OFFSET ")
+        .push_bind(page.offset);
+    let rows: Vec<Customer> = query
+        .build_query_as()
+        .fetch_all(pool)
+        .await
+        .map_err(crate::store::StoreError::from)?;
+
+    let mut count = QueryBuilder::new("SELECT count(*) FROM customers c WHERE true");
+    push_filters(&args, &policy, &mut count)?;
+    let total: i64 = count
+        .build_query_scalar()
+        .fetch_one(pool)
+        .await
+        .map_err(crate::store::StoreError::from)?;
+    let customers = rows
+        .iter()
+        .map(|c| shape(&policy, c, args.fields.as_deref()))
+        .collect::<Result<_, _>>()?;
+    Ok(CustomerList {
+        customers,
+        page: page.info(total),
+    })
+}
+
+/// One customer the caller may see (its tenant, its conditions), optionally locked.
+async fn find<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    policy: &Policy,
+    id: Uuid,
+    for_update: bool,
+) -> Result<Customer, ToolError> {
+    let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM customers c WHERE c.id = "));
+    query.push_bind(id);
+    policy.push_predicates(&CUSTOMERS, Some("c"), &mut query);
+    if for_update {
+        query.push(" FOR UPDATE");
+    }
+    query
+        .build_query_as()
+        .fetch_optional(executor)
+        .await
+        .map_err(crate::store::StoreError::from)?
+        .ok_or_else(|| not_found(id))
+}
+
+fn not_found(id: Uuid) -> ToolError {
+    ToolError::NotFound(format!("no customer {id} that this caller can see"))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetArgs {
+    pub customer_id: Uuid,
+    /// Only these fields (plus `id`).
+    pub fields: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CustomerOut {
+    pub customer: Shaped<Customer>,
+}
+
+async fn get_customer(ctx: ToolCtx, args: GetArgs) -> Result<CustomerOut, ToolError> {
+    check_fields(args.fields.as_deref())?;
+    let policy = ctx.policy().await?;
+    let customer = find(ctx.app.store.pool(), &policy, args.customer_id, false).await?;
+    Ok(CustomerOut {
+        customer: shape(&policy, &customer, args.fields.as_deref())?,
+    })
+}
+
+/// Writable fields, shared by create and update.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerFields {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub company: Option<String>,
+    pub status: Option<Status>,
+    pub assigned_to: Option<String>,
+    pub tags: Option<Vec<String>>,
+    /// A JSON object of your own fields.
+    pub custom_fields: Option<serde_json::Map<String, Value>>,
+}
+
+impl CustomerFields {
+    /// (field, bound value) for every field given, in a fixed order.
+    fn given(&self) -> Vec<(&'static str, Value)> {
+        let mut out = Vec::new();
+        let mut put = |name, value: Option<Value>| {
+            if let Some(v) = value {
+                out.push((name, v));
+            }
+        };
+        put("first_name", self.first_name.clone().map(Value::String));
+        put("last_name", self.last_name.clone().map(Value::String));
+        put(
+            "email",
+            self.email
+                .clone()
+                .map(|e| Value::String(e.trim().to_owned())),
+        );
+        put("phone", self.phone.clone().map(Value::String));
+        put("company", self.company.clone().map(Value::String));
+        put(
+            "status",
+            self.status.map(|s| Value::String(s.as_str().into())),
+        );
+        put("assigned_to", self.assigned_to.clone().map(Value::String));
+        put(
+            "tags",
+            self.tags
+                .clone()
+                .map(|t| t.into_iter().map(Value::String).collect()),
+        );
+        put(
+            "custom_fields",
+            self.custom_fields.clone().map(Value::Object),
+        );
+        out
+    }
+}
+
+fn push_value(query: &mut QueryBuilder<Postgres>, value: Value) {
+    match value {
+        Value::String(s) => query.push_bind(s),
+        Value::Array(items) => query.push_bind(
+            items
+                .into_iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect::<Vec<String>>(),
+        ),
+        other => query.push_bind(other),
+    };
+}
+
+/// Database refusals a caller can act on.
+fn write_error(error: sqlx::Error, email: Option<&str>) -> ToolError {
+    if let sqlx::Error::Database(db) = &error {
+        if db.is_unique_violation() {
+            return ToolError::Conflict(format!(
+                "a customer with email {} already exists in this tenant",
+                email.unwrap_or("that address")
+            ));
+        }
+        if db.is_check_violation() {
+            return ToolError::InvalidRequest(
+                "a value is out of range: names and company up to 200 characters, email 3 to 320, phone up to 50".into(),
+            );
+        }
+    }
+    crate::store::StoreError::from(error).into()
+}
+
+async fn create_customer(ctx: ToolCtx, args: CustomerFields) -> Result<CustomerOut, ToolError> {
+    let policy = ctx.policy().await?;
+    let given = args.given();
+    policy.check_write(&CUSTOMERS, given.iter().map(|(f, _)| *f))?;
+    let mut row: serde_json::Map<String, Value> = given
+        .iter()
+        .cloned()
+        .map(|(f, v)| (f.to_owned(), v))
+        .collect();
+    row.entry("status")
+        .or_insert_with(|| Value::String("lead".into()));
+    if !policy.row_allowed(&CUSTOMERS, &Value::Object(row)) {
+        return Err(ToolError::Forbidden(
+            "this caller may only create customers matching its row conditions".into(),
+        ));
+    }
+    let mut query = QueryBuilder::new("INSERT INTO customers (tenant_id");
+    for (field, _) in &given {
+        query.push(", ").push(*field);
+    }
+    query.push(") VALUES (").push_bind(ctx.principal.tenant_id);
+    for (_, value) in given {
+        query.push(", ");
+        push_value(&mut query, value);
+    }
+    query.push(format!(") RETURNING {}", COLUMNS.replace("c.", "")));
+    let customer: Customer = query
+        .build_query_as()
+        .fetch_one(ctx.app.store.pool())
+        .await
+        .map_err(|e| write_error(e, args.email.as_deref()))?;
+    Ok(CustomerOut {
+        customer: shape(&policy, &customer, None)?,
+    })
+}
+
+// No `deny_unknown_fields` here: serde cannot combine it with `flatten`; the flattened
+// `CustomerFields` refuses unknown fields itself.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct UpdateArgs {
+    pub customer_id: Uuid,
+    /// The `version` you read; the update is refused if the record changed since.
+    pub version: i32,
+    #[serde(flatten)]
+    pub fields: CustomerFields,
+}
+
+async fn update_customer(ctx: ToolCtx, args: UpdateArgs) -> Result<CustomerOut, ToolError> {
+    let policy = ctx.policy().await?;
+    let given = args.fields.given();
+    if given.is_empty() {
+        return Err(ToolError::InvalidRequest(
+            "give at least one field to change".into(),
+        ));
+    }
+    policy.check_write(&CUSTOMERS, given.iter().map(|(f, _)| *f))?;
+    let mut tx = ctx
+        .app
+        .store
+        .pool()
+        .begin()
+        .await
+        .map_err(crate::store::StoreError::from)?;
+    let current = find(&mut *tx, &policy, args.customer_id, true).await?;
+    if current.version != args.version {
+        return Err(ToolError::Conflict(format!(
+            "customer {} changed since version {} (now version {}); read it again and retry",
+            args.customer_id, args.version, current.version
+        )));
+    }
+    let mut after =
+        serde_json::to_value(&current).map_err(|e| ToolError::Internal(e.to_string()))?;
+    if let Value::Object(map) = &mut after {
+        for (field, value) in &given {
+            map.insert((*field).to_owned(), value.clone());
+        }
+    }
+    if !policy.row_allowed(&CUSTOMERS, &after) {
+        return Err(ToolError::Forbidden(
+            "this change would move the customer outside this caller's row conditions".into(),
+        ));
+    }
+    let mut query =
+        QueryBuilder::new("UPDATE customers SET version = version + 1, updated_at = now()");
+    for (field, value) in given {
+        query.push(", ").push(field).push(" = ");
+        push_value(&mut query, value);
+    }
+    query
+        .push(" WHERE tenant_id = ")
+        .push_bind(ctx.principal.tenant_id)
+        .push(" AND id = ")
+        .push_bind(args.customer_id);
+    query.push(format!(" RETURNING {}", COLUMNS.replace("c.", "")));
+    let customer: Customer = query
+        .build_query_as()
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| write_error(e, args.fields.email.as_deref()))?;
+    tx.commit().await.map_err(crate::store::StoreError::from)?;
+    Ok(CustomerOut {
+        customer: shape(&policy, &customer, None)?,
+    })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteArgs {
+    pub customer_id: Uuid,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Deleted {
+    pub customer_id: Uuid,
+    pub deleted: bool,
+}
+
+async fn delete_customer(ctx: ToolCtx, args: DeleteArgs) -> Result<Deleted, ToolError> {
+    let policy = ctx.policy().await?;
+    policy.check_object("customers:delete", args.customer_id)?;
+    let arguments = serde_json::json!({ "customer_id": args.customer_id });
+    if let Approval::Held(action) = policy.approval("delete_customer", &arguments).await? {
+        return Err(ToolError::Forbidden(format!(
+            "held for approval as action {action}"
+        )));
+    }
+    let mut query = QueryBuilder::new("DELETE FROM customers c WHERE c.id = ");
+    query.push_bind(args.customer_id);
+    policy.push_predicates(&CUSTOMERS, Some("c"), &mut query);
+    query.push(" RETURNING c.id");
+    let deleted: Option<Uuid> = query
+        .build_query_scalar()
+        .fetch_optional(ctx.app.store.pool())
+        .await
+        .map_err(crate::store::StoreError::from)?;
+    match deleted {
+        Some(customer_id) => Ok(Deleted {
+            customer_id,
+            deleted: true,
+        }),
+        None => Err(not_found(args.customer_id)),
+    }
+}

@@ -1,0 +1,381 @@
+//! The crm toolset over MCP: customers with tenancy, versions, filters, and an agent's
+//! field rules, row conditions and grants.
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+fn error_code(result: &rmcp::model::CallToolResult) -> String {
+    assert_eq!(result.is_error, Some(true), "{result:?}");
+    result.structured_content.as_ref().unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn create(client: &Client, fields: Value) -> Value {
+    call_ok(client, "create_customer", fields).await["customer"].clone()
+}
+
+#[tokio::test]
+async fn customers_are_created_read_updated_and_deleted() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+
+    let ana = create(&admin, json!({ "first_name": "Ana", "last_name": "Lima", "email": "ana@lima.test", "company": "Lima SA", "status": "hot_lead", "tags": ["vip"], "custom_fields": { "tier": 2 } })).await;
+    assert_eq!(ana["version"], 1);
+    assert_eq!(ana["status"], "hot_lead");
+    assert_eq!(ana["custom_fields"], json!({ "tier": 2 }));
+    let id = ana["id"].as_str().unwrap().to_owned();
+    create(
+        &admin,
+        json!({ "first_name": "Bo", "last_name": "Berg", "company": "lima sa" }),
+    )
+    .await;
+    create(&admin, json!({ "first_name": "Cy", "last_name": "Cole", "status": "customer", "tags": ["vip", "eu"] })).await;
+
+    let duplicate = call(
+        &admin,
+        "create_customer",
+        json!({ "first_name": "X", "email": "ANA@lima.test" }),
+    )
+    .await;
+    assert_eq!(
+        error_code(&duplicate),
+        "conflict",
+        "emails are unique per tenant, whatever the case"
+    );
+    let bad_status = call(
+        &admin,
+        "create_customer",
+        json!({ "first_name": "X", "status": "vip" }),
+    )
+    .await;
+    assert_eq!(error_code(&bad_status), "invalid_request");
+    let too_long = call(
+        &admin,
+        "create_customer",
+        json!({ "first_name": "x".repeat(500) }),
+    )
+    .await;
+    assert_eq!(error_code(&too_long), "invalid_request");
+
+    let got = call_ok(
+        &admin,
+        "get_customer",
+        json!({ "customer_id": id, "fields": ["email"] }),
+    )
+    .await;
+    assert_eq!(
+        got["customer"],
+        json!({ "id": id, "email": "ana@lima.test" })
+    );
+    let unknown_field = call(
+        &admin,
+        "get_customer",
+        json!({ "customer_id": id, "fields": ["password"] }),
+    )
+    .await;
+    assert_eq!(error_code(&unknown_field), "invalid_request");
+    let missing = call(
+        &admin,
+        "get_customer",
+        json!({ "customer_id": uuid::Uuid::new_v4() }),
+    )
+    .await;
+    assert_eq!(error_code(&missing), "not_found");
+
+    let all = call_ok(&admin, "list_customers", json!({})).await;
+    assert_eq!(all["total"], 3);
+    assert_eq!(all["customers"][0]["first_name"], "Cy", "newest first");
+    let lima = call_ok(
+        &admin,
+        "list_customers",
+        json!({ "company": "LIMA SA", "order_by": "last_name_asc" }),
+    )
+    .await;
+    let names: Vec<&str> = lima["customers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["last_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Berg", "Lima"]);
+    let vip = call_ok(
+        &admin,
+        "list_customers",
+        json!({ "tag": "vip", "status": "customer" }),
+    )
+    .await;
+    assert_eq!(vip["total"], 1);
+    let paged = call_ok(&admin, "list_customers", json!({ "limit": 2 })).await;
+    assert_eq!(
+        (
+            paged["has_more"].as_bool(),
+            paged["customers"].as_array().unwrap().len()
+        ),
+        (Some(true), 2)
+    );
+    let rest = call_ok(
+        &admin,
+        "list_customers",
+        json!({ "limit": 2, "cursor": paged["next_cursor"] }),
+    )
+    .await;
+    assert_eq!(
+        (
+            rest["has_more"].as_bool(),
+            rest["customers"].as_array().unwrap().len()
+        ),
+        (Some(false), 1)
+    );
+    for bad in [
+        json!({ "limit": 101 }),
+        json!({ "order_by": "email; DROP TABLE customers" }),
+        json!({ "status": "nope" }),
+        json!({ "cursor": "bad" }),
+    ] {
+        let refused = call(&admin, "list_customers", bad.clone()).await;
+        assert_eq!(error_code(&refused), "invalid_request", "{bad}");
+    }
+
+    let updated = call_ok(
+        &admin,
+        "update_customer",
+        json!({ "customer_id": id, "version": 1, "status": "customer", "phone": "+351 1" }),
+    )
+    .await;
+    assert_eq!(updated["customer"]["version"], 2);
+    assert_eq!(updated["customer"]["phone"], "+351 1");
+    let stale = call(
+        &admin,
+        "update_customer",
+        json!({ "customer_id": id, "version": 1, "status": "churned" }),
+    )
+    .await;
+    assert_eq!(error_code(&stale), "conflict");
+    assert!(
+        stale.structured_content.unwrap()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("now version 2")
+    );
+    let typo = call(
+        &admin,
+        "update_customer",
+        json!({ "customer_id": id, "version": 2, "stauts": "churned" }),
+    )
+    .await;
+    assert_eq!(
+        error_code(&typo),
+        "invalid_request",
+        "unknown fields are refused"
+    );
+    let nothing = call(
+        &admin,
+        "update_customer",
+        json!({ "customer_id": id, "version": 2 }),
+    )
+    .await;
+    assert_eq!(error_code(&nothing), "invalid_request");
+    let after = call_ok(&admin, "get_customer", json!({ "customer_id": id })).await;
+    assert_eq!(
+        after["customer"]["status"], "customer",
+        "refused updates changed nothing"
+    );
+
+    let deleted = call_ok(&admin, "delete_customer", json!({ "customer_id": id })).await;
+    assert_eq!(deleted["deleted"], true);
+    let again = call(&admin, "delete_customer", json!({ "customer_id": id })).await;
+    assert_eq!(error_code(&again), "not_found");
+    admin.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn other_tenants_customers_do_not_exist() {
+    let db = TestDb::new().await;
+    db.admin(&["create-tenant", "--slug", "globex", "--name", "Globex"]);
+    db.admin(&[
+        "create-user",
+        "--tenant",
+        "globex",
+        "--email",
+        "g@globex.test",
+        "--name",
+        "G",
+        "--role",
+        "admin",
+    ]);
+    let key = db.admin(&[
+        "create-api-key",
+        "--tenant",
+        "globex",
+        "--user",
+        "g@globex.test",
+        "--name",
+        "k",
+    ]);
+    let mut command = agentcrm(&["stdio"]);
+    command
+        .env("DATABASE_URL", &db.url)
+        .env("AGENTCRM_API_KEY", key["key"].as_str().unwrap());
+    let globex = stdio_client(command, Generation::Stateless).await;
+    let theirs = create(
+        &globex,
+        json!({ "first_name": "Their", "email": "same@mail.test" }),
+    )
+    .await;
+    let their_id = theirs["id"].as_str().unwrap();
+
+    let acme = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    create(
+        &acme,
+        json!({ "first_name": "Ours", "email": "same@mail.test" }),
+    )
+    .await;
+    for (tool, args) in [
+        ("get_customer", json!({ "customer_id": their_id })),
+        (
+            "update_customer",
+            json!({ "customer_id": their_id, "version": 1, "first_name": "Mine" }),
+        ),
+        ("delete_customer", json!({ "customer_id": their_id })),
+    ] {
+        assert_eq!(
+            error_code(&call(&acme, tool, args).await),
+            "not_found",
+            "{tool}"
+        );
+    }
+    assert_eq!(
+        call_ok(&acme, "list_customers", json!({})).await["total"],
+        1
+    );
+    let still = call_ok(&globex, "get_customer", json!({ "customer_id": their_id })).await;
+    assert_eq!(
+        (
+            still["customer"]["first_name"].as_str(),
+            still["customer"]["version"].as_i64()
+        ),
+        (Some("Their"), Some(1))
+    );
+    acme.cancel().await.unwrap();
+    globex.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_agents_policy_shapes_every_customer_tool() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let hot = create(&admin, json!({ "first_name": "Hot", "email": "hot@x.test", "phone": "1", "status": "hot_lead", "assigned_to": "sales_team", "custom_fields": { "vip": true } })).await;
+    let cold = create(
+        &admin,
+        json!({ "first_name": "Cold", "status": "lead", "assigned_to": "sales_team" }),
+    )
+    .await;
+    let agent = call_ok(&admin, "register_agent", json!({ "name": "sales-bot", "scopes": ["customers:read", "customers:write", "customers:delete"] })).await;
+    call_ok(&admin, "update_agent_permissions", json!({
+        "agent_id": agent["agent"]["id"],
+        "field_rules": { "customers": ["first_name", "email", "phone", "status", "assigned_to"] },
+        "conditions": { "customers": [{ "field": "status", "op": "eq", "value": "hot_lead" }] },
+    }))
+    .await;
+    let bot = agent_client(&db, &agent).await;
+
+    let listed = call_ok(&bot, "list_customers", json!({})).await;
+    assert_eq!(
+        listed["total"], 1,
+        "only rows matching the conditions: {listed}"
+    );
+    let seen = &listed["customers"][0];
+    assert_eq!(seen["first_name"], "Hot");
+    assert!(
+        seen.get("custom_fields").is_none() && seen.get("tags").is_none(),
+        "restricted fields never appear: {seen}"
+    );
+    let cold_id = cold["id"].as_str().unwrap();
+    assert_eq!(
+        error_code(&call(&bot, "get_customer", json!({ "customer_id": cold_id })).await),
+        "not_found"
+    );
+    let by_tag = call(&bot, "list_customers", json!({ "tag": "vip" })).await;
+    assert_eq!(
+        error_code(&by_tag),
+        "forbidden",
+        "filtering on a hidden field would reveal it"
+    );
+
+    let hot_id = hot["id"].as_str().unwrap();
+    let restricted = call(
+        &bot,
+        "update_customer",
+        json!({ "customer_id": hot_id, "version": 1, "custom_fields": { "vip": false } }),
+    )
+    .await;
+    assert_eq!(error_code(&restricted), "forbidden");
+    let escape = call(
+        &bot,
+        "update_customer",
+        json!({ "customer_id": hot_id, "version": 1, "status": "churned" }),
+    )
+    .await;
+    assert_eq!(
+        error_code(&escape),
+        "forbidden",
+        "a write cannot move a row outside the conditions"
+    );
+    let ok = call_ok(
+        &bot,
+        "update_customer",
+        json!({ "customer_id": hot_id, "version": 1, "phone": "2" }),
+    )
+    .await;
+    assert_eq!(ok["customer"]["phone"], "2");
+    let outside = call(
+        &bot,
+        "create_customer",
+        json!({ "first_name": "New", "status": "lead", "assigned_to": "x" }),
+    )
+    .await;
+    assert_eq!(error_code(&outside), "forbidden");
+    create(&bot, json!({ "first_name": "New", "status": "hot_lead" })).await;
+
+    // Deleting needs an explicit grant, whose exceptions hold.
+    assert_eq!(
+        error_code(&call(&bot, "delete_customer", json!({ "customer_id": hot_id })).await),
+        "forbidden"
+    );
+    call_ok(
+        &admin,
+        "update_agent_permissions",
+        json!({
+            "agent_id": agent["agent"]["id"],
+            "grants": [{ "scope": "customers:delete", "except_ids": [hot_id] }],
+        }),
+    )
+    .await;
+    assert_eq!(
+        error_code(&call(&bot, "delete_customer", json!({ "customer_id": hot_id })).await),
+        "forbidden"
+    );
+    let newest = call_ok(
+        &bot,
+        "list_customers",
+        json!({ "order_by": "created_desc", "limit": 1 }),
+    )
+    .await;
+    let new_id = newest["customers"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call_ok(&bot, "delete_customer", json!({ "customer_id": new_id })).await["deleted"],
+        true
+    );
+
+    let admin_view = call_ok(&admin, "get_customer", json!({ "customer_id": hot_id })).await;
+    assert_eq!(
+        admin_view["customer"]["custom_fields"],
+        json!({ "vip": true }),
+        "the refused write changed nothing"
+    );
+    bot.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}

@@ -4,14 +4,16 @@
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
+use super::events;
 use crate::access::policy::{Approval, Policy, Resource, Shaped};
 use crate::error::ToolError;
 use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
 use crate::mcp::context::ToolCtx;
+use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo};
 
 /// Customers as the policy sees them. Conditions may name these fields.
@@ -339,7 +341,7 @@ async fn list_customers(ctx: ToolCtx, args: ListArgs) -> Result<CustomerList, To
         .build_query_as()
         .fetch_all(pool)
         .await
-        .map_err(crate::store::StoreError::from)?;
+        .map_err(StoreError::from)?;
 
     let mut count = QueryBuilder::new("SELECT count(*) FROM customers c WHERE true");
     push_filters(&args, &policy, &mut count)?;
@@ -347,7 +349,7 @@ async fn list_customers(ctx: ToolCtx, args: ListArgs) -> Result<CustomerList, To
         .build_query_scalar()
         .fetch_one(pool)
         .await
-        .map_err(crate::store::StoreError::from)?;
+        .map_err(StoreError::from)?;
     let customers = rows
         .iter()
         .map(|c| shape(&policy, c, args.fields.as_deref()))
@@ -359,7 +361,7 @@ async fn list_customers(ctx: ToolCtx, args: ListArgs) -> Result<CustomerList, To
 }
 
 /// One customer the caller may see (its tenant, its conditions), optionally locked.
-async fn find<'c>(
+pub(crate) async fn find<'c>(
     executor: impl sqlx::PgExecutor<'c>,
     policy: &Policy,
     id: Uuid,
@@ -375,7 +377,7 @@ async fn find<'c>(
         .build_query_as()
         .fetch_optional(executor)
         .await
-        .map_err(crate::store::StoreError::from)?
+        .map_err(StoreError::from)?
         .ok_or_else(|| not_found(id))
 }
 
@@ -487,7 +489,7 @@ fn write_error(error: sqlx::Error, email: Option<&str>) -> ToolError {
             );
         }
     }
-    crate::store::StoreError::from(error).into()
+    StoreError::from(error).into()
 }
 
 async fn create_customer(ctx: ToolCtx, args: CustomerFields) -> Result<CustomerOut, ToolError> {
@@ -516,11 +518,28 @@ async fn create_customer(ctx: ToolCtx, args: CustomerFields) -> Result<CustomerO
         push_value(&mut query, value);
     }
     query.push(format!(") RETURNING {}", COLUMNS.replace("c.", "")));
+    let mut tx = ctx
+        .app
+        .store
+        .pool()
+        .begin()
+        .await
+        .map_err(StoreError::from)?;
     let customer: Customer = query
         .build_query_as()
-        .fetch_one(ctx.app.store.pool())
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| write_error(e, args.email.as_deref()))?;
+    let payload = json!({ "customer": customer });
+    events::emit(
+        &mut tx,
+        &ctx.principal,
+        "customer.created",
+        customer.id,
+        payload,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
     Ok(CustomerOut {
         customer: shape(&policy, &customer, None)?,
     })
@@ -552,7 +571,7 @@ async fn update_customer(ctx: ToolCtx, args: UpdateArgs) -> Result<CustomerOut, 
         .pool()
         .begin()
         .await
-        .map_err(crate::store::StoreError::from)?;
+        .map_err(StoreError::from)?;
     let current = find(&mut *tx, &policy, args.customer_id, true).await?;
     if current.version != args.version {
         return Err(ToolError::Conflict(format!(
@@ -572,6 +591,7 @@ async fn update_customer(ctx: ToolCtx, args: UpdateArgs) -> Result<CustomerOut, 
             "this change would move the customer outside this caller's row conditions".into(),
         ));
     }
+    let changed: Vec<&str> = given.iter().map(|(f, _)| *f).collect();
     let mut query =
         QueryBuilder::new("UPDATE customers SET version = version + 1, updated_at = now()");
     for (field, value) in given {
@@ -589,7 +609,16 @@ async fn update_customer(ctx: ToolCtx, args: UpdateArgs) -> Result<CustomerOut, 
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| write_error(e, args.fields.email.as_deref()))?;
-    tx.commit().await.map_err(crate::store::StoreError::from)?;
+    let payload = json!({ "customer": customer, "changed": changed });
+    events::emit(
+        &mut tx,
+        &ctx.principal,
+        "customer.updated",
+        customer.id,
+        payload,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
     Ok(CustomerOut {
         customer: shape(&policy, &customer, None)?,
     })
@@ -620,16 +649,31 @@ async fn delete_customer(ctx: ToolCtx, args: DeleteArgs) -> Result<Deleted, Tool
     query.push_bind(args.customer_id);
     policy.push_predicates(&CUSTOMERS, Some("c"), &mut query);
     query.push(" RETURNING c.id");
+    let mut tx = ctx
+        .app
+        .store
+        .pool()
+        .begin()
+        .await
+        .map_err(StoreError::from)?;
     let deleted: Option<Uuid> = query
         .build_query_scalar()
-        .fetch_optional(ctx.app.store.pool())
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(crate::store::StoreError::from)?;
-    match deleted {
-        Some(customer_id) => Ok(Deleted {
-            customer_id,
-            deleted: true,
-        }),
-        None => Err(not_found(args.customer_id)),
-    }
+        .map_err(StoreError::from)?;
+    let customer_id = deleted.ok_or_else(|| not_found(args.customer_id))?;
+    let payload = json!({ "customer_id": customer_id });
+    events::emit(
+        &mut tx,
+        &ctx.principal,
+        "customer.deleted",
+        customer_id,
+        payload,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(Deleted {
+        customer_id,
+        deleted: true,
+    })
 }

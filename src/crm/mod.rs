@@ -1,9 +1,14 @@
-//! The `crm` toolset: customers (interactions, search, invoices and the rest follow).
+//! The `crm` toolset: customers, interactions and annotations (search, bulk, reports,
+//! products, invoices, quotes and webhooks follow).
 
 pub mod customers;
+pub mod events;
+pub mod interactions;
 
 use crate::mcp::catalog::RegisteredTool;
 
 pub fn tools() -> Vec<RegisteredTool> {
-    customers::tools()
+    let mut tools = customers::tools();
+    tools.extend(interactions::tools());
+    tools
 }

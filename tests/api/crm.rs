@@ -379,3 +379,158 @@ async fn an_agents_policy_shapes_every_customer_tool() {
     bot.cancel().await.unwrap();
     admin.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn interactions_and_annotations_follow_their_customer() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let hot = create(&admin, json!({ "first_name": "Hot", "status": "hot_lead" })).await;
+    let cold = create(&admin, json!({ "first_name": "Cold", "status": "lead" })).await;
+    let (hot_id, cold_id) = (hot["id"].as_str().unwrap(), cold["id"].as_str().unwrap());
+
+    let logged = call_ok(&admin, "log_interaction", json!({
+        "customer_id": hot_id, "type": "call", "direction": "inbound", "subject": "Pricing",
+        "notes": "Asked for a quote", "metadata": { "sentiment": "positive", "duration_seconds": 300 },
+    }))
+    .await;
+    assert_eq!(logged["interaction"]["type"], "call");
+    assert_eq!(logged["interaction"]["metadata"]["sentiment"], "positive");
+    call_ok(&admin, "log_interaction", json!({ "customer_id": hot_id, "type": "email", "direction": "outbound", "occurred_at": "2026-01-01T10:00:00Z" })).await;
+    call_ok(
+        &admin,
+        "log_interaction",
+        json!({ "customer_id": cold_id, "type": "note", "notes": "cold" }),
+    )
+    .await;
+    let bad = call(
+        &admin,
+        "log_interaction",
+        json!({ "customer_id": hot_id, "type": "fax" }),
+    )
+    .await;
+    assert_eq!(error_code(&bad), "invalid_request");
+    let nobody = call(
+        &admin,
+        "log_interaction",
+        json!({ "customer_id": uuid::Uuid::new_v4(), "type": "note" }),
+    )
+    .await;
+    assert_eq!(error_code(&nobody), "not_found");
+
+    let hot_calls = call_ok(
+        &admin,
+        "list_interactions",
+        json!({ "customer_id": hot_id }),
+    )
+    .await;
+    assert_eq!(hot_calls["total"], 2);
+    assert_eq!(
+        hot_calls["interactions"][0]["type"], "call",
+        "most recent first"
+    );
+    let emails = call_ok(&admin, "list_interactions", json!({ "type": "email", "since": "2025-12-31T00:00:00Z", "until": "2026-01-02T00:00:00Z" })).await;
+    assert_eq!(emails["total"], 1);
+    assert_eq!(
+        call_ok(&admin, "list_interactions", json!({})).await["total"],
+        3
+    );
+
+    let note = call_ok(
+        &admin,
+        "add_annotation",
+        json!({ "customer_id": hot_id, "text": "Prefers calls", "tags": ["channel"] }),
+    )
+    .await;
+    assert_eq!(note["annotation"]["created_by_name"], "tests");
+    assert_eq!(
+        error_code(
+            &call(
+                &admin,
+                "add_annotation",
+                json!({ "customer_id": hot_id, "text": "  " })
+            )
+            .await
+        ),
+        "invalid_request"
+    );
+    let notes = call_ok(&admin, "list_annotations", json!({ "customer_id": hot_id })).await;
+    assert_eq!(notes["total"], 1);
+
+    // An agent limited to hot leads sees their interactions only.
+    let agent = call_ok(
+        &admin,
+        "register_agent",
+        json!({ "name": "hot-only", "scopes": ["interactions:read", "interactions:write"] }),
+    )
+    .await;
+    call_ok(
+        &admin,
+        "update_agent_permissions",
+        json!({
+            "agent_id": agent["agent"]["id"],
+            "conditions": { "customers": [{ "field": "status", "op": "eq", "value": "hot_lead" }] },
+        }),
+    )
+    .await;
+    let bot = agent_client(&db, &agent).await;
+    assert_eq!(
+        call_ok(&bot, "list_interactions", json!({})).await["total"],
+        2
+    );
+    assert_eq!(
+        error_code(&call(&bot, "list_interactions", json!({ "customer_id": cold_id })).await),
+        "not_found"
+    );
+    assert_eq!(
+        error_code(
+            &call(
+                &bot,
+                "log_interaction",
+                json!({ "customer_id": cold_id, "type": "note" })
+            )
+            .await
+        ),
+        "not_found"
+    );
+    assert_eq!(
+        error_code(&call(&bot, "list_annotations", json!({ "customer_id": cold_id })).await),
+        "not_found"
+    );
+    bot.cancel().await.unwrap();
+
+    // Every change left its event in the outbox, in order.
+    call_ok(
+        &admin,
+        "update_customer",
+        json!({ "customer_id": cold_id, "version": 1, "status": "prospect" }),
+    )
+    .await;
+    call_ok(&admin, "delete_customer", json!({ "customer_id": cold_id })).await;
+    admin.cancel().await.unwrap();
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let events: Vec<(String, Value)> =
+        sqlx::query_as("SELECT type, payload FROM events ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "customer.created",
+            "customer.created",
+            "interaction.created",
+            "interaction.created",
+            "interaction.created",
+            "customer.updated",
+            "customer.deleted"
+        ]
+    );
+    assert_eq!(events[5].1["changed"], json!(["status"]));
+    assert_eq!(events[5].1["customer"]["status"], "prospect");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM interactions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 2, "a deleted customer's interactions go with it");
+}

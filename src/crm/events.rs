@@ -1,0 +1,33 @@
+//! Change events (SPEC §3), appended to the outbox inside the transaction of the change,
+//! so an event exists exactly when its change committed.
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::access::Principal;
+use crate::store::StoreError;
+
+pub async fn emit(
+    tx: &mut sqlx::PgConnection,
+    principal: &Principal,
+    event_type: &'static str,
+    subject_id: Uuid,
+    payload: Value,
+) -> Result<(), StoreError> {
+    let kind = serde_json::to_value(principal.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned));
+    sqlx::query(
+        "INSERT INTO events (tenant_id, type, subject_id, payload, principal_kind, principal_id)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(principal.tenant_id)
+    .bind(event_type)
+    .bind(subject_id)
+    .bind(payload)
+    .bind(kind)
+    .bind(principal.id)
+    .execute(tx)
+    .await?;
+    Ok(())
+}

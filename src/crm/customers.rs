@@ -189,7 +189,7 @@ const FIELDS: [&str; 13] = [
 ];
 
 /// The record as this caller may see it, trimmed to `fields` when given.
-fn shape(
+pub(crate) fn shape(
     policy: &Policy,
     customer: &Customer,
     fields: Option<&[String]>,

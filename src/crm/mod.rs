@@ -4,11 +4,13 @@
 pub mod customers;
 pub mod events;
 pub mod interactions;
+pub mod search;
 
 use crate::mcp::catalog::RegisteredTool;
 
 pub fn tools() -> Vec<RegisteredTool> {
     let mut tools = customers::tools();
     tools.extend(interactions::tools());
+    tools.extend(search::tools());
     tools
 }

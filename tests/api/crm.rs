@@ -534,3 +534,145 @@ async fn interactions_and_annotations_follow_their_customer() {
         .unwrap();
     assert_eq!(left, 2, "a deleted customer's interactions go with it");
 }
+
+#[tokio::test]
+async fn search_ranks_highlights_tolerates_typos_and_respects_field_rules() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let ana = create(&admin, json!({ "first_name": "Ana", "last_name": "Lima", "email": "zeta@hidden.example", "company": "Lima SA", "status": "hot_lead" })).await;
+    create(&admin, json!({ "first_name": "Bruno", "last_name": "Souza", "email": "bruno@souza.test", "status": "hot_lead" })).await;
+    create(
+        &admin,
+        json!({ "first_name": "Carla", "last_name": "Mendes", "company": "Lima Partners" }),
+    )
+    .await;
+    call_ok(&admin, "log_interaction", json!({ "customer_id": ana["id"], "type": "meeting", "subject": "Quarterly pricing review", "notes": "They want volume pricing for 2027" })).await;
+    call_ok(
+        &admin,
+        "log_interaction",
+        json!({ "customer_id": ana["id"], "type": "note", "notes": "Birthday in May" }),
+    )
+    .await;
+
+    let results = |v: &Value| v["results"].as_array().unwrap().clone();
+    let lima = call_ok(
+        &admin,
+        "search",
+        json!({ "query": "lima", "types": ["customer"] }),
+    )
+    .await;
+    let hits = results(&lima);
+    assert_eq!(hits.len(), 2, "{lima}");
+    assert_eq!(
+        hits[0]["customer"]["first_name"], "Ana",
+        "the name match ranks first: {lima}"
+    );
+    assert!(hits[0]["score"].as_f64().unwrap() >= hits[1]["score"].as_f64().unwrap());
+    assert!(
+        hits[0]["highlight"].as_str().unwrap().contains("<<Lima>>"),
+        "{lima}"
+    );
+
+    for (query, name) in [
+        ("Brunno", "Bruno"),
+        ("brun", "Bruno"),
+        ("bruno@souza", "Bruno"),
+    ] {
+        let found = call_ok(
+            &admin,
+            "search",
+            json!({ "query": query, "types": ["customer"] }),
+        )
+        .await;
+        assert_eq!(
+            results(&found)
+                .first()
+                .map(|h| h["customer"]["first_name"].clone()),
+            Some(json!(name)),
+            "{query}: {found}"
+        );
+    }
+
+    let pricing = call_ok(&admin, "search", json!({ "query": "pricing" })).await;
+    let hits = results(&pricing);
+    assert_eq!(hits.len(), 1, "{pricing}");
+    assert_eq!(hits[0]["type"], "interaction");
+    assert_eq!(hits[0]["customer_id"], ana["id"]);
+    assert!(
+        hits[0]["highlight"]
+            .as_str()
+            .unwrap()
+            .contains("<<pricing>>"),
+        "{pricing}"
+    );
+    let excluded = call_ok(&admin, "search", json!({ "query": "pricing -volume" })).await;
+    assert!(
+        results(&excluded).is_empty(),
+        "web-search syntax: {excluded}"
+    );
+
+    for bad in [
+        json!({ "query": "  " }),
+        json!({ "query": "x", "limit": 51 }),
+        json!({ "query": "x", "types": ["invoice"] }),
+    ] {
+        assert_eq!(
+            error_code(&call(&admin, "search", bad.clone()).await),
+            "invalid_request",
+            "{bad}"
+        );
+    }
+    let odd = call_ok(
+        &admin,
+        "search",
+        json!({ "query": "'; DROP TABLE customers; --" }),
+    )
+    .await;
+    assert!(results(&odd).is_empty());
+    assert_eq!(
+        call_ok(&admin, "list_customers", json!({})).await["total"],
+        3
+    );
+
+    // An agent that may not see emails cannot find customers by them, nor see them highlighted.
+    let agent = call_ok(
+        &admin,
+        "register_agent",
+        json!({ "name": "searcher", "scopes": ["search", "customers:read"] }),
+    )
+    .await;
+    call_ok(
+        &admin,
+        "update_agent_permissions",
+        json!({
+            "agent_id": agent["agent"]["id"],
+            "field_rules": { "customers": ["first_name", "last_name", "status"] },
+            "conditions": { "customers": [{ "field": "status", "op": "eq", "value": "hot_lead" }] },
+        }),
+    )
+    .await;
+    let bot = agent_client(&db, &agent).await;
+    let admin_by_email = call_ok(&admin, "search", json!({ "query": "zeta@hidden.example" })).await;
+    assert_eq!(results(&admin_by_email).len(), 1, "{admin_by_email}");
+    let by_email = call_ok(&bot, "search", json!({ "query": "zeta@hidden.example" })).await;
+    assert!(
+        results(&by_email).is_empty(),
+        "no match on a restricted field: {by_email}"
+    );
+    let by_name = call_ok(&bot, "search", json!({ "query": "Ana" })).await;
+    let hits = results(&by_name);
+    assert_eq!(hits.len(), 1, "{by_name}");
+    assert!(
+        !by_name.to_string().contains("hidden.example"),
+        "no restricted field in results or highlights: {by_name}"
+    );
+    let carla = call_ok(&bot, "search", json!({ "query": "Carla" })).await;
+    assert!(results(&carla).is_empty(), "row conditions apply to search");
+    let notes = call_ok(&bot, "search", json!({ "query": "pricing" })).await;
+    assert!(
+        results(&notes).is_empty(),
+        "no interactions without interactions:read"
+    );
+    bot.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}

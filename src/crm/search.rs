@@ -1,0 +1,230 @@
+//! `search`: PostgreSQL full text over customers and interactions (generated tsvectors,
+//! GIN indexes, `websearch_to_tsquery`), plus typo- and prefix-tolerant matching of names
+//! and emails with pg_trgm; ranked, with a highlight.
+//!
+//! A caller with field rules on customers is matched and highlighted on its allowed fields
+//! only: the text searched is then built from those fields at query time (the indexed
+//! column covers every field, so it would match on hidden ones).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sqlx::{Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::customers::{CUSTOMERS, Customer, shape};
+use super::interactions::Interaction;
+use crate::access::Scopes;
+use crate::access::policy::{Policy, Shaped};
+use crate::error::ToolError;
+use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
+use crate::mcp::context::ToolCtx;
+use crate::store::StoreError;
+
+const MAX_RESULTS: u32 = 50;
+
+pub fn tools() -> Vec<RegisteredTool> {
+    vec![tool(
+        ToolDef {
+            name: "search",
+            title: "Search customers and interactions",
+            description: "Search customers (names, email, company, phone, assignee) and interactions \
+                (subject, notes) by words, phrases (\"…\"), alternatives (or) and exclusions (-word); \
+                names and emails also match by prefix and with typos. Results are ranked by `score` \
+                and carry a `highlight` with matches in <<…>>.",
+            toolset: Toolset::Crm,
+            scopes: &["search"],
+            hints: Hints::READ,
+        },
+        search,
+    )]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Customer,
+    Interaction,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchArgs {
+    /// 1 to 200 characters, in web-search syntax.
+    pub query: String,
+    /// What to search (default: both, within the caller's read scopes).
+    pub types: Option<Vec<Kind>>,
+    /// Results, 1 to 50 (default 20).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Hit {
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    /// Higher is better; comparable within one answer.
+    pub score: f32,
+    /// The matching text with matches in <<…>>.
+    pub highlight: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer: Option<Shaped<Customer>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interaction: Option<Interaction>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SearchResults {
+    pub results: Vec<Hit>,
+}
+
+/// The customer fields whose text is searched, in a fixed order.
+const SEARCHED: [&str; 7] = [
+    "first_name",
+    "last_name",
+    "email",
+    "company",
+    "phone",
+    "assigned_to",
+    "status",
+];
+
+/// The SQL text of the allowed searched fields, e.g. `coalesce(c.email, '') || ' ' || …`.
+fn allowed_text(policy: &Policy, fields: &[&str]) -> Option<String> {
+    let parts: Vec<String> = fields
+        .iter()
+        .filter(|f| policy.field_allowed(&CUSTOMERS, f))
+        .map(|f| format!("coalesce(c.{f}, '')"))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" || ' ' || "))
+}
+
+async fn search(ctx: ToolCtx, args: SearchArgs) -> Result<SearchResults, ToolError> {
+    let query = args.query.trim();
+    if query.is_empty() || query.chars().count() > 200 {
+        return Err(ToolError::InvalidRequest(
+            "query must be 1 to 200 characters".into(),
+        ));
+    }
+    let limit = args.limit.unwrap_or(20);
+    if !(1..=MAX_RESULTS).contains(&limit) {
+        return Err(ToolError::InvalidRequest(format!(
+            "limit must be between 1 and {MAX_RESULTS}"
+        )));
+    }
+    let wanted = |kind| args.types.as_ref().is_none_or(|t| t.contains(&kind));
+    let may = |scope: &str| {
+        ctx.principal
+            .scopes
+            .contains(Scopes::parse(&[scope]).unwrap_or_default())
+    };
+    let policy = ctx.policy().await?;
+    let pool = ctx.app.store.pool();
+    let mut results = Vec::new();
+
+    if wanted(Kind::Customer) && may("customers:read") {
+        let restricted = policy.field_rules.contains_key(CUSTOMERS.name);
+        // The text matched and highlighted: every searched field, or only the allowed ones.
+        let (vector, names, headline) = if restricted {
+            let all = allowed_text(&policy, &SEARCHED).unwrap_or_else(|| "''".into());
+            let names = allowed_text(&policy, &["first_name", "last_name", "email"])
+                .unwrap_or_else(|| "''".into());
+            (
+                format!("to_tsvector('simple', {all})"),
+                format!("lower({names})"),
+                all,
+            )
+        } else {
+            (
+                "c.search".to_owned(),
+                "lower(c.first_name || ' ' || c.last_name || ' ' || coalesce(c.email, ''))".to_owned(),
+                "c.first_name || ' ' || c.last_name || ' ' || coalesce(c.email, '') || ' ' || coalesce(c.company, '')"
+                    .to_owned(),
+            )
+        };
+        let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(
+            "SELECT c.id, c.first_name, c.last_name, c.email, c.phone, c.company, \
+             c.status, c.assigned_to, c.tags, c.custom_fields, c.version, c.created_at, c.updated_at, ",
+        );
+        sql.push(format!(
+            "greatest(ts_rank_cd({vector}, q.fts), word_similarity(q.raw, {names}))::float4 AS score, \
+             ts_headline('simple', {headline}, q.fts, 'StartSel=<<, StopSel=>>, MaxFragments=2, HighlightAll=false') AS highlight \
+             FROM customers c, (SELECT websearch_to_tsquery('simple', "
+        ));
+        sql.push_bind(query.to_owned())
+            .push(") AS fts, lower(")
+            .push_bind(query.to_owned())
+            .push(") AS raw) q WHERE true");
+        policy.push_predicates(&CUSTOMERS, Some("c"), &mut sql);
+        sql.push(format!(" AND ({vector} @@ q.fts OR q.raw <% {names})"));
+        sql.push(" ORDER BY score DESC, c.id LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows: Vec<CustomerHit> = sql
+            .build_query_as()
+            .fetch_all(pool)
+            .await
+            .map_err(StoreError::from)?;
+        for row in rows {
+            results.push(Hit {
+                kind: Kind::Customer,
+                id: row.customer.id,
+                customer_id: row.customer.id,
+                score: row.score,
+                highlight: row.highlight,
+                customer: Some(shape(&policy, &row.customer, None)?),
+                interaction: None,
+            });
+        }
+    }
+
+    if wanted(Kind::Interaction) && may("interactions:read") {
+        let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(
+            "SELECT i.id, i.customer_id, i.type, i.direction, i.subject, i.notes, i.occurred_at, i.metadata, i.created_at, \
+             ts_rank_cd(i.search, q.fts)::float4 AS score, \
+             ts_headline('english', i.subject || ' ' || i.notes, q.fts, 'StartSel=<<, StopSel=>>, MaxFragments=2') AS highlight \
+             FROM interactions i JOIN customers c ON c.tenant_id = i.tenant_id AND c.id = i.customer_id, \
+             (SELECT websearch_to_tsquery('english', ",
+        );
+        sql.push_bind(query.to_owned())
+            .push(") AS fts) q WHERE i.search @@ q.fts");
+        policy.push_predicates(&CUSTOMERS, Some("c"), &mut sql);
+        sql.push(" ORDER BY score DESC, i.id LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows: Vec<InteractionHit> = sql
+            .build_query_as()
+            .fetch_all(pool)
+            .await
+            .map_err(StoreError::from)?;
+        for row in rows {
+            results.push(Hit {
+                kind: Kind::Interaction,
+                id: row.interaction.id,
+                customer_id: row.interaction.customer_id,
+                score: row.score,
+                highlight: row.highlight,
+                customer: None,
+                interaction: Some(row.interaction),
+            });
+        }
+    }
+
+    results.sort_by(|a, b| b.score.total_cmp(&a.score));
+    results.truncate(limit as usize);
+    Ok(SearchResults { results })
+}
+
+#[derive(sqlx::FromRow)]
+struct CustomerHit {
+    #[sqlx(flatten)]
+    customer: Customer,
+    score: f32,
+    highlight: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct InteractionHit {
+    #[sqlx(flatten)]
+    interaction: Interaction,
+    score: f32,
+    highlight: String,
+}

@@ -660,7 +660,13 @@ async fn delete_customer(ctx: ToolCtx, args: DeleteArgs) -> Result<Deleted, Tool
         .build_query_scalar()
         .fetch_optional(&mut *tx)
         .await
-        .map_err(StoreError::from)?;
+        .map_err(|error| match &error {
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => ToolError::Conflict(
+                "this customer has invoices, which are kept: void them, but the customer stays"
+                    .into(),
+            ),
+            _ => StoreError::from(error).into(),
+        })?;
     let customer_id = deleted.ok_or_else(|| not_found(args.customer_id))?;
     let payload = json!({ "customer_id": customer_id });
     events::emit(

@@ -4,6 +4,7 @@
 pub mod customers;
 pub mod events;
 pub mod interactions;
+pub mod invoices;
 pub mod search;
 
 use crate::mcp::catalog::RegisteredTool;
@@ -12,5 +13,6 @@ pub fn tools() -> Vec<RegisteredTool> {
     let mut tools = customers::tools();
     tools.extend(interactions::tools());
     tools.extend(search::tools());
+    tools.extend(invoices::tools());
     tools
 }

@@ -676,3 +676,159 @@ async fn search_ranks_highlights_tolerates_typos_and_respects_field_rules() {
     bot.cancel().await.unwrap();
     admin.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn invoices_compute_totals_and_follow_their_status_flow() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let customer = create(
+        &admin,
+        json!({ "first_name": "Ines", "status": "customer" }),
+    )
+    .await;
+    let product = call_ok(
+        &admin,
+        "create_product",
+        json!({ "name": "Seat licence", "sku": "SEAT", "unit_price": 1999, "currency": "eur" }),
+    )
+    .await;
+    assert_eq!(product["product"]["currency"], "EUR");
+    let duplicate = call(
+        &admin,
+        "create_product",
+        json!({ "name": "Other", "sku": "SEAT", "unit_price": 1, "currency": "EUR" }),
+    )
+    .await;
+    assert_eq!(error_code(&duplicate), "conflict");
+    assert_eq!(
+        error_code(
+            &call(
+                &admin,
+                "create_product",
+                json!({ "name": "X", "unit_price": 1, "currency": "EURO" })
+            )
+            .await
+        ),
+        "invalid_request"
+    );
+
+    let invoice = call_ok(&admin, "create_invoice", json!({
+        "customer_id": customer["id"], "currency": "EUR", "discount_percent": 12.5, "due_date": "2026-12-31",
+        "lines": [
+            { "product_id": product["product"]["id"], "quantity": 3 },
+            { "description": "Onboarding", "unit_price": 10000 },
+        ],
+    }))
+    .await["invoice"]
+        .clone();
+    assert_eq!(invoice["status"], "draft");
+    assert_eq!(invoice["subtotal"], 3 * 1999 + 10000);
+    assert_eq!(
+        invoice["discount"], 2000,
+        "12.5 % of 15997 = 1999.625, rounded"
+    );
+    assert_eq!(invoice["total"], 15997 - 2000);
+    assert_eq!(invoice["lines"][0]["description"], "Seat licence");
+    assert_eq!(invoice["lines"][0]["amount"], 5997);
+    let id = invoice["id"].as_str().unwrap().to_owned();
+
+    for bad in [
+        json!({ "customer_id": customer["id"], "currency": "EUR", "lines": [] }),
+        json!({ "customer_id": customer["id"], "currency": "EUR", "lines": [{ "description": "x" }] }),
+        json!({ "customer_id": customer["id"], "currency": "EUR", "lines": [{ "description": "x", "unit_price": 1, "quantity": 0 }] }),
+        json!({ "customer_id": customer["id"], "currency": "EUR", "discount_percent": 101, "lines": [{ "description": "x", "unit_price": 1 }] }),
+        json!({ "customer_id": customer["id"], "currency": "USD", "lines": [{ "product_id": product["product"]["id"] }] }),
+        json!({ "customer_id": customer["id"], "currency": "EUR", "lines": [{ "description": "x", "unit_price": 1 }], "total": 1 }),
+    ] {
+        assert_eq!(
+            error_code(&call(&admin, "create_invoice", bad.clone()).await),
+            "invalid_request",
+            "{bad}"
+        );
+    }
+    let nobody = call(&admin, "create_invoice", json!({ "customer_id": uuid::Uuid::new_v4(), "currency": "EUR", "lines": [{ "description": "x", "unit_price": 1 }] })).await;
+    assert_eq!(error_code(&nobody), "not_found");
+    assert_eq!(
+        call_ok(&admin, "list_invoices", json!({})).await["total"],
+        1,
+        "refused invoices left nothing behind"
+    );
+
+    let paid_early = call(
+        &admin,
+        "update_invoice_status",
+        json!({ "invoice_id": id, "status": "paid" }),
+    )
+    .await;
+    assert_eq!(
+        error_code(&paid_early),
+        "conflict",
+        "draft cannot jump to paid"
+    );
+    let sent = call_ok(
+        &admin,
+        "update_invoice_status",
+        json!({ "invoice_id": id, "status": "sent" }),
+    )
+    .await;
+    assert!(sent["invoice"]["sent_at"].is_string());
+    let paid = call_ok(
+        &admin,
+        "update_invoice_status",
+        json!({ "invoice_id": id, "status": "paid" }),
+    )
+    .await;
+    assert_eq!(paid["invoice"]["status"], "paid");
+    for status in ["draft", "void", "sent"] {
+        let refused = call(
+            &admin,
+            "update_invoice_status",
+            json!({ "invoice_id": id, "status": status }),
+        )
+        .await;
+        assert_eq!(error_code(&refused), "conflict", "paid → {status}");
+    }
+    assert_eq!(
+        call_ok(&admin, "list_invoices", json!({ "status": "paid" })).await["total"],
+        1
+    );
+    let got = call_ok(&admin, "get_invoice", json!({ "invoice_id": id })).await;
+    assert_eq!(got["invoice"]["lines"].as_array().unwrap().len(), 2);
+
+    let keep = call(
+        &admin,
+        "delete_customer",
+        json!({ "customer_id": customer["id"] }),
+    )
+    .await;
+    assert_eq!(
+        error_code(&keep),
+        "conflict",
+        "a customer with invoices is kept"
+    );
+    let updated = call_ok(
+        &admin,
+        "update_product",
+        json!({ "product_id": product["product"]["id"], "unit_price": 2499, "active": false }),
+    )
+    .await;
+    assert_eq!(
+        (
+            updated["product"]["unit_price"].as_i64(),
+            updated["product"]["active"].as_bool()
+        ),
+        (Some(2499), Some(false))
+    );
+    admin.cancel().await.unwrap();
+
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let events: Vec<String> =
+        sqlx::query_scalar("SELECT type FROM events WHERE type LIKE 'invoice.%' ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        events,
+        ["invoice.created", "invoice.updated", "invoice.updated"]
+    );
+}

@@ -117,7 +117,7 @@ pub fn tools() -> Vec<RegisteredTool> {
     ]
 }
 
-fn currency(code: &str) -> Result<String, ToolError> {
+pub(crate) fn currency(code: &str) -> Result<String, ToolError> {
     let code = code.trim().to_ascii_uppercase();
     if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) {
         Ok(code)
@@ -128,7 +128,7 @@ fn currency(code: &str) -> Result<String, ToolError> {
     }
 }
 
-fn db_error(error: sqlx::Error, what: &str) -> ToolError {
+pub(crate) fn db_error(error: sqlx::Error, what: &str) -> ToolError {
     if let sqlx::Error::Database(db) = &error {
         if db.is_unique_violation() {
             return ToolError::Conflict(format!("{what} already exists"));
@@ -359,7 +359,7 @@ pub struct InvoiceOut {
 }
 
 /// Invoices are reachable through customers the caller may see.
-async fn load_invoice(
+pub(crate) async fn load_invoice(
     conn: &mut sqlx::PgConnection,
     policy: &Policy,
     id: Uuid,
@@ -393,22 +393,7 @@ async fn load_invoice(
 
 async fn create_invoice(ctx: ToolCtx, args: CreateInvoiceArgs) -> Result<InvoiceOut, ToolError> {
     let currency = currency(&args.currency)?;
-    if args.lines.is_empty() || args.lines.len() > 100 {
-        return Err(ToolError::InvalidRequest(
-            "an invoice has 1 to 100 lines".into(),
-        ));
-    }
-    let discount_bps = match args.discount_percent {
-        None => 0,
-        Some(p) if (0.0..=100.0).contains(&p) && ((p * 100.0).round() - p * 100.0).abs() < 1e-6 => {
-            (p * 100.0).round() as i64
-        }
-        Some(_) => {
-            return Err(ToolError::InvalidRequest(
-                "discount_percent is 0 to 100 with at most two decimals".into(),
-            ));
-        }
-    };
+    let discount_bps = discount_bps(args.discount_percent)?;
     let policy = ctx.policy().await?;
     let arguments = json!({ "customer_id": args.customer_id, "discount_bps": discount_bps });
     if let Approval::Held(action) = policy.approval("create_invoice", &arguments).await? {
@@ -416,7 +401,6 @@ async fn create_invoice(ctx: ToolCtx, args: CreateInvoiceArgs) -> Result<Invoice
             "held for approval as action {action}"
         )));
     }
-    let tenant = ctx.principal.tenant_id;
     let mut tx = ctx
         .app
         .store
@@ -425,10 +409,65 @@ async fn create_invoice(ctx: ToolCtx, args: CreateInvoiceArgs) -> Result<Invoice
         .await
         .map_err(StoreError::from)?;
     let customer = find(&mut *tx, &policy, args.customer_id, true).await?;
+    let lines = resolve_lines(&mut tx, ctx.principal.tenant_id, &currency, &args.lines).await?;
+    let draft = Draft {
+        customer_id: customer.id,
+        currency,
+        lines,
+        discount_bps,
+        due_date: args.due_date,
+        notes: args.notes,
+    };
+    let id = insert_invoice(&mut tx, ctx.principal.tenant_id, &draft).await?;
+    let invoice = load_invoice(&mut tx, &policy, id, false).await?;
+    events::emit(
+        &mut tx,
+        &ctx.principal,
+        "invoice.created",
+        id,
+        json!({ "invoice": invoice }),
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(InvoiceOut { invoice })
+}
 
-    // Resolve every line before writing anything.
-    let mut lines = Vec::with_capacity(args.lines.len());
-    for (index, line) in args.lines.iter().enumerate() {
+/// `discount_percent` (0 to 100, two decimals at most) as basis points.
+pub(crate) fn discount_bps(percent: Option<f64>) -> Result<i64, ToolError> {
+    match percent {
+        None => Ok(0),
+        Some(p) if (0.0..=100.0).contains(&p) && ((p * 100.0).round() - p * 100.0).abs() < 1e-6 => {
+            Ok((p * 100.0).round() as i64)
+        }
+        Some(_) => Err(ToolError::InvalidRequest(
+            "discount_percent is 0 to 100 with at most two decimals".into(),
+        )),
+    }
+}
+
+/// A resolved line item: amounts computed, product looked up.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct Line {
+    pub position: i32,
+    pub product_id: Option<Uuid>,
+    pub description: String,
+    pub quantity: i32,
+    pub unit_price: i64,
+    pub amount: i64,
+}
+
+/// Resolves line arguments against the tenant's products, before anything is written.
+pub(crate) async fn resolve_lines(
+    tx: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    currency: &str,
+    args: &[LineArgs],
+) -> Result<Vec<Line>, ToolError> {
+    if args.is_empty() || args.len() > 100 {
+        return Err(ToolError::InvalidRequest("give 1 to 100 lines".into()));
+    }
+    let mut lines = Vec::with_capacity(args.len());
+    for (index, line) in args.iter().enumerate() {
         let position = index as i32 + 1;
         let quantity = line.quantity.unwrap_or(1);
         if !(1..=1_000_000).contains(&quantity) {
@@ -452,7 +491,7 @@ async fn create_invoice(ctx: ToolCtx, args: CreateInvoiceArgs) -> Result<Invoice
                 })?;
                 if product_currency != currency && line.unit_price.is_none() {
                     return Err(ToolError::InvalidRequest(format!(
-                        "line {position}: the product is priced in {product_currency}, the invoice in {currency}"
+                        "line {position}: the product is priced in {product_currency}, not {currency}"
                     )));
                 }
                 (
@@ -474,68 +513,97 @@ async fn create_invoice(ctx: ToolCtx, args: CreateInvoiceArgs) -> Result<Invoice
                 "line {position}: unit_price is out of range"
             )));
         }
-        lines.push((
+        lines.push(Line {
             position,
-            line.product_id,
+            product_id: line.product_id,
             description,
             quantity,
             unit_price,
-            unit_price * i64::from(quantity),
-        ));
+            amount: unit_price * i64::from(quantity),
+        });
     }
-    let subtotal: i64 = lines.iter().map(|l| l.5).sum();
-    // Rounded half up, in minor units.
-    let discount = (subtotal * discount_bps + 5_000) / 10_000;
-    let total = subtotal - discount;
+    Ok(lines)
+}
 
-    let id: Uuid = sqlx::query_scalar(
-        "INSERT INTO invoices (tenant_id, customer_id, currency, subtotal, discount_bps, discount, total, due_date, notes)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-    )
-    .bind(tenant)
-    .bind(customer.id)
-    .bind(&currency)
-    .bind(subtotal)
-    .bind(discount_bps as i32)
-    .bind(discount)
-    .bind(total)
-    .bind(args.due_date)
-    .bind(&args.notes)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(|e| db_error(e, "that invoice"))?;
-    let mut insert: QueryBuilder<Postgres> = QueryBuilder::new(
-        "INSERT INTO invoice_lines (tenant_id, invoice_id, position, product_id, description, quantity, unit_price, amount) ",
-    );
-    insert.push_values(
-        &lines,
-        |mut row, (position, product, description, quantity, price, amount)| {
-            row.push_bind(tenant)
-                .push_bind(id)
-                .push_bind(*position)
-                .push_bind(*product)
-                .push_bind(description.clone())
-                .push_bind(*quantity)
-                .push_bind(*price)
-                .push_bind(*amount);
-        },
-    );
+/// (subtotal, discount, total) in minor units; the discount is rounded half up.
+pub(crate) fn totals(lines: &[Line], discount_bps: i64) -> (i64, i64, i64) {
+    let subtotal: i64 = lines.iter().map(|l| l.amount).sum();
+    let discount = (subtotal * discount_bps + 5_000) / 10_000;
+    (subtotal, discount, subtotal - discount)
+}
+
+/// Where line items live: one fixed statement per table.
+#[derive(Clone, Copy)]
+pub(crate) enum LineTable {
+    Invoice,
+    Quote,
+}
+
+pub(crate) async fn insert_lines(
+    tx: &mut sqlx::PgConnection,
+    table: LineTable,
+    tenant: Uuid,
+    parent: Uuid,
+    lines: &[Line],
+) -> Result<(), ToolError> {
+    let mut insert: QueryBuilder<Postgres> = QueryBuilder::new(match table {
+        LineTable::Invoice => "INSERT INTO invoice_lines (tenant_id, invoice_id, ",
+        LineTable::Quote => "INSERT INTO quote_lines (tenant_id, quote_id, ",
+    });
+    insert.push("position, product_id, description, quantity, unit_price, amount) ");
+    insert.push_values(lines, |mut row, line| {
+        row.push_bind(tenant)
+            .push_bind(parent)
+            .push_bind(line.position)
+            .push_bind(line.product_id)
+            .push_bind(line.description.clone())
+            .push_bind(line.quantity)
+            .push_bind(line.unit_price)
+            .push_bind(line.amount);
+    });
     insert
         .build()
         .execute(&mut *tx)
         .await
         .map_err(|e| db_error(e, "that line"))?;
-    let invoice = load_invoice(&mut tx, &policy, id, false).await?;
-    events::emit(
-        &mut tx,
-        &ctx.principal,
-        "invoice.created",
-        id,
-        json!({ "invoice": invoice }),
+    Ok(())
+}
+
+/// What an invoice is made of (from arguments, or from an accepted quote).
+pub(crate) struct Draft {
+    pub customer_id: Uuid,
+    pub currency: String,
+    pub lines: Vec<Line>,
+    pub discount_bps: i64,
+    pub due_date: Option<NaiveDate>,
+    pub notes: String,
+}
+
+/// Writes a draft invoice and its lines; returns its id.
+pub(crate) async fn insert_invoice(
+    tx: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    draft: &Draft,
+) -> Result<Uuid, ToolError> {
+    let (subtotal, discount, total) = totals(&draft.lines, draft.discount_bps);
+    let id: Uuid = sqlx::query_scalar(
+        "INSERT INTO invoices (tenant_id, customer_id, currency, subtotal, discount_bps, discount, total, due_date, notes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
     )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(InvoiceOut { invoice })
+    .bind(tenant)
+    .bind(draft.customer_id)
+    .bind(&draft.currency)
+    .bind(subtotal)
+    .bind(draft.discount_bps as i32)
+    .bind(discount)
+    .bind(total)
+    .bind(draft.due_date)
+    .bind(&draft.notes)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| db_error(e, "that invoice"))?;
+    insert_lines(tx, LineTable::Invoice, tenant, id, &draft.lines).await?;
+    Ok(id)
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

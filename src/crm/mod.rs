@@ -5,6 +5,7 @@ pub mod customers;
 pub mod events;
 pub mod interactions;
 pub mod invoices;
+pub mod quotes;
 pub mod search;
 
 use crate::mcp::catalog::RegisteredTool;
@@ -14,5 +15,6 @@ pub fn tools() -> Vec<RegisteredTool> {
     tools.extend(interactions::tools());
     tools.extend(search::tools());
     tools.extend(invoices::tools());
+    tools.extend(quotes::tools());
     tools
 }

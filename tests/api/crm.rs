@@ -832,3 +832,128 @@ async fn invoices_compute_totals_and_follow_their_status_flow() {
         ["invoice.created", "invoice.updated", "invoice.updated"]
     );
 }
+
+#[tokio::test]
+async fn quotes_are_edited_as_drafts_and_convert_once() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let customer = create(&admin, json!({ "first_name": "Quinn" })).await;
+    let quote = call_ok(
+        &admin,
+        "create_quote",
+        json!({
+            "customer_id": customer["id"], "currency": "EUR", "valid_until": "2027-01-31",
+            "lines": [{ "description": "Consulting day", "unit_price": 80000, "quantity": 2 }],
+        }),
+    )
+    .await["quote"]
+        .clone();
+    let id = quote["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (quote["status"].as_str(), quote["total"].as_i64()),
+        (Some("draft"), Some(160000))
+    );
+
+    let repriced = call_ok(
+        &admin,
+        "update_quote",
+        json!({ "quote_id": id, "discount_percent": 10, "lines": [
+        { "description": "Consulting day", "unit_price": 80000, "quantity": 3 },
+    ] }),
+    )
+    .await;
+    assert_eq!(repriced["quote"]["total"], 240000 - 24000);
+    assert_eq!(repriced["quote"]["lines"].as_array().unwrap().len(), 1);
+
+    let early = call(
+        &admin,
+        "convert_quote_to_invoice",
+        json!({ "quote_id": id }),
+    )
+    .await;
+    assert_eq!(
+        error_code(&early),
+        "conflict",
+        "only accepted quotes convert"
+    );
+    let skip = call(
+        &admin,
+        "update_quote",
+        json!({ "quote_id": id, "status": "accepted" }),
+    )
+    .await;
+    assert_eq!(
+        error_code(&skip),
+        "conflict",
+        "draft cannot jump to accepted"
+    );
+    call_ok(
+        &admin,
+        "update_quote",
+        json!({ "quote_id": id, "status": "sent" }),
+    )
+    .await;
+    let frozen = call(
+        &admin,
+        "update_quote",
+        json!({ "quote_id": id, "discount_percent": 50 }),
+    )
+    .await;
+    assert_eq!(
+        error_code(&frozen),
+        "conflict",
+        "a sent quote's price is fixed"
+    );
+    call_ok(
+        &admin,
+        "update_quote",
+        json!({ "quote_id": id, "status": "accepted" }),
+    )
+    .await;
+
+    let invoice = call_ok(
+        &admin,
+        "convert_quote_to_invoice",
+        json!({ "quote_id": id, "due_date": "2027-02-28" }),
+    )
+    .await;
+    assert_eq!(invoice["invoice"]["total"], 216000);
+    assert_eq!(invoice["invoice"]["discount_bps"], 1000);
+    assert_eq!(invoice["invoice"]["status"], "draft");
+    let again = call(
+        &admin,
+        "convert_quote_to_invoice",
+        json!({ "quote_id": id }),
+    )
+    .await;
+    assert_eq!(error_code(&again), "conflict");
+    let text = again.structured_content.unwrap()["error_description"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        text.contains(invoice["invoice"]["id"].as_str().unwrap()),
+        "names the invoice: {text}"
+    );
+    let converted = call_ok(&admin, "get_quote", json!({ "quote_id": id })).await;
+    assert_eq!(converted["quote"]["status"], "converted");
+    assert_eq!(converted["quote"]["invoice_id"], invoice["invoice"]["id"]);
+    assert_eq!(
+        call_ok(&admin, "list_quotes", json!({ "status": "converted" })).await["total"],
+        1
+    );
+    assert_eq!(
+        error_code(&call(&admin, "list_quotes", json!({ "status": "won" })).await),
+        "invalid_request"
+    );
+    assert_eq!(
+        call_ok(
+            &admin,
+            "list_invoices",
+            json!({ "customer_id": customer["id"] })
+        )
+        .await["total"],
+        1
+    );
+    admin.cancel().await.unwrap();
+}

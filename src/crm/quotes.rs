@@ -1,0 +1,502 @@
+//! Quotes: priced like invoices (same lines, totals and discount rules), edited while a
+//! draft, sent, accepted or rejected, and converted into exactly one invoice.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::{Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::customers::{CUSTOMERS, find};
+use super::events;
+use super::invoices::{
+    Draft, InvoiceLine, InvoiceOut, Line, LineArgs, LineTable, currency, db_error, discount_bps,
+    insert_invoice, insert_lines, load_invoice, resolve_lines, totals,
+};
+use crate::access::policy::{Approval, Policy};
+use crate::error::ToolError;
+use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
+use crate::mcp::context::ToolCtx;
+use crate::store::StoreError;
+use crate::store::page::{PageArgs, PageInfo};
+
+pub fn tools() -> Vec<RegisteredTool> {
+    let def = |name, title, description, scopes, hints| ToolDef {
+        name,
+        title,
+        description,
+        toolset: Toolset::Crm,
+        scopes,
+        hints,
+    };
+    let write = |idempotent| Hints {
+        read_only: false,
+        destructive: false,
+        idempotent,
+        open_world: false,
+    };
+    vec![
+        tool(
+            def(
+                "create_quote",
+                "Create a quote",
+                "Create a draft quote for a customer from line items, with an optional discount percentage and validity date; priced like an invoice.",
+                &["invoices:write"],
+                write(false),
+            ),
+            create_quote,
+        ),
+        tool(
+            def(
+                "list_quotes",
+                "List quotes",
+                "List quotes, newest first; filter by customer and status.",
+                &["invoices:read"],
+                Hints::READ,
+            ),
+            list_quotes,
+        ),
+        tool(
+            def(
+                "get_quote",
+                "Get a quote",
+                "Get one quote with its line items and totals.",
+                &["invoices:read"],
+                Hints::READ,
+            ),
+            get_quote,
+        ),
+        tool(
+            def(
+                "update_quote",
+                "Update a quote",
+                "Change a draft quote's lines, discount, validity or notes, or move it along \
+                 draft → sent → accepted or rejected (a draft may be rejected too).",
+                &["invoices:write"],
+                write(true),
+            ),
+            update_quote,
+        ),
+        tool(
+            def(
+                "convert_quote_to_invoice",
+                "Convert a quote to an invoice",
+                "Turn an accepted quote into a draft invoice with the same lines and discount. A \
+                 quote converts once; converting again is refused and names the invoice.",
+                &["invoices:write"],
+                write(false),
+            ),
+            convert_quote_to_invoice,
+        ),
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QuoteStatus {
+    Draft,
+    Sent,
+    Accepted,
+    Rejected,
+}
+
+impl QuoteStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            QuoteStatus::Draft => "draft",
+            QuoteStatus::Sent => "sent",
+            QuoteStatus::Accepted => "accepted",
+            QuoteStatus::Rejected => "rejected",
+        }
+    }
+
+    fn may_become(from: &str, to: QuoteStatus) -> bool {
+        matches!(
+            (from, to),
+            ("draft", QuoteStatus::Sent)
+                | ("sent", QuoteStatus::Accepted)
+                | ("draft" | "sent", QuoteStatus::Rejected)
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
+pub struct Quote {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    /// `draft`, `sent`, `accepted`, `rejected` or `converted`.
+    pub status: String,
+    pub currency: String,
+    pub subtotal: i64,
+    pub discount_bps: i32,
+    pub discount: i64,
+    pub total: i64,
+    pub valid_until: Option<NaiveDate>,
+    pub notes: String,
+    /// The invoice it became, once converted.
+    pub invoice_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[sqlx(skip)]
+    pub lines: Vec<InvoiceLine>,
+}
+
+const QUOTE_COLUMNS: &str = "q.id, q.customer_id, q.status, q.currency, q.subtotal, q.discount_bps, q.discount, \
+    q.total, q.valid_until, q.notes, q.invoice_id, q.created_at, q.updated_at";
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct QuoteOut {
+    pub quote: Quote,
+}
+
+async fn load_quote(
+    conn: &mut sqlx::PgConnection,
+    policy: &Policy,
+    id: Uuid,
+    for_update: bool,
+) -> Result<Quote, ToolError> {
+    let mut query = QueryBuilder::new(format!(
+        "SELECT {QUOTE_COLUMNS} FROM quotes q JOIN customers c ON c.tenant_id = q.tenant_id AND c.id = q.customer_id \
+         WHERE q.id = "
+    ));
+    query.push_bind(id);
+    policy.push_predicates(&CUSTOMERS, Some("c"), &mut query);
+    if for_update {
+        query.push(" FOR UPDATE OF q");
+    }
+    let mut quote: Quote = query
+        .build_query_as()
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(StoreError::from)?
+        .ok_or_else(|| ToolError::NotFound(format!("no quote {id} that this caller can see")))?;
+    quote.lines = sqlx::query_as(
+        "SELECT position, product_id, description, quantity, unit_price, amount FROM quote_lines
+         WHERE quote_id = $1 ORDER BY position",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(StoreError::from)?;
+    Ok(quote)
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateQuoteArgs {
+    pub customer_id: Uuid,
+    /// ISO 4217.
+    pub currency: String,
+    /// 1 to 100 lines.
+    pub lines: Vec<LineArgs>,
+    /// 0 to 100, at most two decimals.
+    pub discount_percent: Option<f64>,
+    pub valid_until: Option<NaiveDate>,
+    #[serde(default)]
+    pub notes: String,
+}
+
+async fn create_quote(ctx: ToolCtx, args: CreateQuoteArgs) -> Result<QuoteOut, ToolError> {
+    let currency = currency(&args.currency)?;
+    let bps = discount_bps(args.discount_percent)?;
+    let policy = ctx.policy().await?;
+    let tenant = ctx.principal.tenant_id;
+    let mut tx = ctx
+        .app
+        .store
+        .pool()
+        .begin()
+        .await
+        .map_err(StoreError::from)?;
+    let customer = find(&mut *tx, &policy, args.customer_id, true).await?;
+    let lines = resolve_lines(&mut tx, tenant, &currency, &args.lines).await?;
+    let (subtotal, discount, total) = totals(&lines, bps);
+    let id: Uuid = sqlx::query_scalar(
+        "INSERT INTO quotes (tenant_id, customer_id, currency, subtotal, discount_bps, discount, total, valid_until, notes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+    )
+    .bind(tenant)
+    .bind(customer.id)
+    .bind(&currency)
+    .bind(subtotal)
+    .bind(bps as i32)
+    .bind(discount)
+    .bind(total)
+    .bind(args.valid_until)
+    .bind(&args.notes)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| db_error(e, "that quote"))?;
+    insert_lines(&mut tx, LineTable::Quote, tenant, id, &lines).await?;
+    let quote = load_quote(&mut tx, &policy, id, false).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(QuoteOut { quote })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuotesArgs {
+    pub customer_id: Option<Uuid>,
+    /// `draft`, `sent`, `accepted`, `rejected` or `converted`.
+    pub status: Option<String>,
+    /// Items per page, 1 to 100 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct QuoteList {
+    /// Without line items (see `get_quote`).
+    pub quotes: Vec<Quote>,
+    #[serde(flatten)]
+    pub page: PageInfo,
+}
+
+fn push_quote_filters(args: &ListQuotesArgs, policy: &Policy, query: &mut QueryBuilder<Postgres>) {
+    query.push(" FROM quotes q JOIN customers c ON c.tenant_id = q.tenant_id AND c.id = q.customer_id WHERE true");
+    policy.push_predicates(&CUSTOMERS, Some("c"), query);
+    if let Some(customer) = args.customer_id {
+        query.push(" AND q.customer_id = ").push_bind(customer);
+    }
+    if let Some(status) = &args.status {
+        query.push(" AND q.status = ").push_bind(status.clone());
+    }
+}
+
+async fn list_quotes(ctx: ToolCtx, args: ListQuotesArgs) -> Result<QuoteList, ToolError> {
+    if let Some(status) = &args.status
+        && !["draft", "sent", "accepted", "rejected", "converted"].contains(&status.as_str())
+    {
+        return Err(ToolError::InvalidRequest(format!(
+            "unknown quote status `{status}`"
+        )));
+    }
+    let page = PageArgs {
+        limit: args.limit,
+        cursor: args.cursor.clone(),
+    }
+    .page()?;
+    let policy = ctx.policy().await?;
+    let pool = ctx.app.store.pool();
+    let mut query = QueryBuilder::new(format!("SELECT {QUOTE_COLUMNS}"));
+    push_quote_filters(&args, &policy, &mut query);
+    query
+        .push(" ORDER BY q.created_at DESC, q.id DESC LIMIT ")
+        .push_bind(page.limit);
+    query.push(" OFFSET ").push_bind(page.offset);
+    let quotes = query
+        .build_query_as()
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::from)?;
+    let mut count = QueryBuilder::new("SELECT count(*)");
+    push_quote_filters(&args, &policy, &mut count);
+    let total: i64 = count
+        .build_query_scalar()
+        .fetch_one(pool)
+        .await
+        .map_err(StoreError::from)?;
+    Ok(QuoteList {
+        quotes,
+        page: page.info(total),
+    })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuoteIdArgs {
+    pub quote_id: Uuid,
+}
+
+async fn get_quote(ctx: ToolCtx, args: QuoteIdArgs) -> Result<QuoteOut, ToolError> {
+    let policy = ctx.policy().await?;
+    let mut conn = ctx
+        .app
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(StoreError::from)?;
+    let quote = load_quote(&mut conn, &policy, args.quote_id, false).await?;
+    Ok(QuoteOut { quote })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateQuoteArgs {
+    pub quote_id: Uuid,
+    pub status: Option<QuoteStatus>,
+    /// Replaces every line (drafts only).
+    pub lines: Option<Vec<LineArgs>>,
+    /// Drafts only.
+    pub discount_percent: Option<f64>,
+    pub valid_until: Option<NaiveDate>,
+    pub notes: Option<String>,
+}
+
+async fn update_quote(ctx: ToolCtx, args: UpdateQuoteArgs) -> Result<QuoteOut, ToolError> {
+    let policy = ctx.policy().await?;
+    let tenant = ctx.principal.tenant_id;
+    let mut tx = ctx
+        .app
+        .store
+        .pool()
+        .begin()
+        .await
+        .map_err(StoreError::from)?;
+    let current = load_quote(&mut tx, &policy, args.quote_id, true).await?;
+    let repricing = args.lines.is_some() || args.discount_percent.is_some();
+    if repricing && current.status != "draft" {
+        return Err(ToolError::Conflict(format!(
+            "the quote is {}; only a draft's lines and discount can change",
+            current.status
+        )));
+    }
+    if let Some(status) = args.status
+        && status.as_str() != current.status
+        && !QuoteStatus::may_become(&current.status, status)
+    {
+        return Err(ToolError::Conflict(format!(
+            "a quote cannot go from {} to {} (draft → sent → accepted or rejected)",
+            current.status,
+            status.as_str()
+        )));
+    }
+    if repricing {
+        let bps = match args.discount_percent {
+            Some(p) => discount_bps(Some(p))?,
+            None => i64::from(current.discount_bps),
+        };
+        let lines: Vec<Line> = match &args.lines {
+            Some(lines) => resolve_lines(&mut tx, tenant, &current.currency, lines).await?,
+            None => sqlx::query_as(
+                "SELECT position, product_id, description, quantity, unit_price, amount FROM quote_lines
+                 WHERE quote_id = $1 ORDER BY position",
+            )
+            .bind(current.id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::from)?,
+        };
+        if args.lines.is_some() {
+            sqlx::query("DELETE FROM quote_lines WHERE tenant_id = $1 AND quote_id = $2")
+                .bind(tenant)
+                .bind(current.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+            insert_lines(&mut tx, LineTable::Quote, tenant, current.id, &lines).await?;
+        }
+        let (subtotal, discount, total) = totals(&lines, bps);
+        sqlx::query("UPDATE quotes SET subtotal = $3, discount_bps = $4, discount = $5, total = $6 WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant)
+            .bind(current.id)
+            .bind(subtotal)
+            .bind(bps as i32)
+            .bind(discount)
+            .bind(total)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+    }
+    sqlx::query(
+        "UPDATE quotes SET status = coalesce($3, status), valid_until = coalesce($4, valid_until),
+                notes = coalesce($5, notes), updated_at = now()
+         WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant)
+    .bind(current.id)
+    .bind(args.status.map(QuoteStatus::as_str))
+    .bind(args.valid_until)
+    .bind(&args.notes)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| db_error(e, "that quote"))?;
+    let quote = load_quote(&mut tx, &policy, current.id, false).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(QuoteOut { quote })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConvertArgs {
+    pub quote_id: Uuid,
+    pub due_date: Option<NaiveDate>,
+}
+
+async fn convert_quote_to_invoice(
+    ctx: ToolCtx,
+    args: ConvertArgs,
+) -> Result<InvoiceOut, ToolError> {
+    let policy = ctx.policy().await?;
+    let tenant = ctx.principal.tenant_id;
+    let mut tx = ctx
+        .app
+        .store
+        .pool()
+        .begin()
+        .await
+        .map_err(StoreError::from)?;
+    // Locked: two conversions at once make one invoice, and the second is told which.
+    let quote = load_quote(&mut tx, &policy, args.quote_id, true).await?;
+    match (quote.status.as_str(), quote.invoice_id) {
+        ("accepted", None) => {}
+        (_, Some(invoice)) => {
+            return Err(ToolError::Conflict(format!(
+                "the quote was already converted into invoice {invoice}"
+            )));
+        }
+        (status, None) => {
+            return Err(ToolError::Conflict(format!(
+                "only an accepted quote converts; this one is {status}"
+            )));
+        }
+    }
+    let arguments = json!({ "quote_id": quote.id, "discount_bps": quote.discount_bps });
+    if let Approval::Held(action) = policy
+        .approval("convert_quote_to_invoice", &arguments)
+        .await?
+    {
+        return Err(ToolError::Forbidden(format!(
+            "held for approval as action {action}"
+        )));
+    }
+    let lines: Vec<Line> = sqlx::query_as(
+        "SELECT position, product_id, description, quantity, unit_price, amount FROM quote_lines
+         WHERE quote_id = $1 ORDER BY position",
+    )
+    .bind(quote.id)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    let draft = Draft {
+        customer_id: quote.customer_id,
+        currency: quote.currency.clone(),
+        lines,
+        discount_bps: i64::from(quote.discount_bps),
+        due_date: args.due_date,
+        notes: quote.notes.clone(),
+    };
+    let invoice_id = insert_invoice(&mut tx, tenant, &draft).await?;
+    sqlx::query("UPDATE quotes SET status = 'converted', invoice_id = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant)
+        .bind(quote.id)
+        .bind(invoice_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+    let invoice = load_invoice(&mut tx, &policy, invoice_id, false).await?;
+    let payload = json!({ "invoice": invoice, "quote_id": quote.id });
+    events::emit(
+        &mut tx,
+        &ctx.principal,
+        "invoice.created",
+        invoice_id,
+        payload,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(InvoiceOut { invoice })
+}

@@ -6,6 +6,7 @@ pub mod events;
 pub mod interactions;
 pub mod invoices;
 pub mod quotes;
+pub mod reports;
 pub mod search;
 
 use crate::mcp::catalog::RegisteredTool;
@@ -16,5 +17,6 @@ pub fn tools() -> Vec<RegisteredTool> {
     tools.extend(search::tools());
     tools.extend(invoices::tools());
     tools.extend(quotes::tools());
+    tools.extend(reports::tools());
     tools
 }

@@ -957,3 +957,118 @@ async fn quotes_are_edited_as_drafts_and_convert_once() {
     );
     admin.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn reports_aggregate_what_the_caller_may_see() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let a = create(&admin, json!({ "first_name": "A", "status": "hot_lead" })).await;
+    create(&admin, json!({ "first_name": "B", "status": "hot_lead" })).await;
+    let c = create(&admin, json!({ "first_name": "C", "status": "customer" })).await;
+    for (customer, kind, direction, sentiment) in [
+        (&a, "call", "inbound", "positive"),
+        (&a, "call", "inbound", "negative"),
+        (&c, "email", "outbound", "positive"),
+    ] {
+        call_ok(&admin, "log_interaction", json!({ "customer_id": customer["id"], "type": kind, "direction": direction, "metadata": { "sentiment": sentiment } })).await;
+    }
+    for (customer, amount, status) in [
+        (&a, 1000, Some("sent")),
+        (&c, 5000, None),
+        (&c, 700, Some("void")),
+    ] {
+        let invoice = call_ok(&admin, "create_invoice", json!({ "customer_id": customer["id"], "currency": "EUR", "lines": [{ "description": "x", "unit_price": amount }] })).await;
+        if let Some(status) = status {
+            call_ok(
+                &admin,
+                "update_invoice_status",
+                json!({ "invoice_id": invoice["invoice"]["id"], "status": status }),
+            )
+            .await;
+        }
+    }
+
+    let pipeline = call_ok(&admin, "generate_report", json!({ "report": "pipeline" })).await;
+    assert_eq!(
+        pipeline["rows"][0],
+        json!({ "labels": { "status": "hot_lead" }, "metrics": { "customers": 2 } })
+    );
+    assert_eq!(pipeline["totals"]["customers"], 3);
+    let interactions = call_ok(
+        &admin,
+        "generate_report",
+        json!({ "report": "interactions" }),
+    )
+    .await;
+    assert_eq!(interactions["totals"]["interactions"], 3);
+    assert_eq!(
+        interactions["rows"].as_array().unwrap().len(),
+        3,
+        "{interactions}"
+    );
+    let revenue = call_ok(&admin, "generate_report", json!({ "report": "revenue" })).await;
+    assert_eq!(
+        revenue["totals"],
+        json!({ "invoiced": 6000, "paid": 0, "outstanding": 1000 }),
+        "{revenue}"
+    );
+    assert_eq!(revenue["rows"][0]["labels"]["currency"], "EUR");
+    let bad = call(&admin, "generate_report", json!({ "report": "pipeline", "since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z" })).await;
+    assert_eq!(error_code(&bad), "invalid_request");
+
+    // An agent limited to hot leads counts hot leads; without audit:read it gets no activity report.
+    let agent = call_ok(
+        &admin,
+        "register_agent",
+        json!({ "name": "analyst", "scopes": ["reports", "customers:read", "interactions:read"] }),
+    )
+    .await;
+    call_ok(
+        &admin,
+        "update_agent_permissions",
+        json!({
+            "agent_id": agent["agent"]["id"],
+            "conditions": { "customers": [{ "field": "status", "op": "eq", "value": "hot_lead" }] },
+        }),
+    )
+    .await;
+    let bot = agent_client(&db, &agent).await;
+    let theirs = call_ok(&bot, "generate_report", json!({ "report": "pipeline" })).await;
+    assert_eq!(theirs["totals"]["customers"], 2);
+    let their_interactions =
+        call_ok(&bot, "generate_report", json!({ "report": "interactions" })).await;
+    assert_eq!(their_interactions["totals"]["interactions"], 2);
+    assert_eq!(
+        error_code(
+            &call(
+                &bot,
+                "generate_report",
+                json!({ "report": "agent_activity" })
+            )
+            .await
+        ),
+        "forbidden"
+    );
+    assert_eq!(
+        error_code(&call(&bot, "generate_report", json!({ "report": "revenue" })).await),
+        "forbidden"
+    );
+    bot.cancel().await.unwrap();
+
+    let activity = call_ok(
+        &admin,
+        "generate_report",
+        json!({ "report": "agent_activity" }),
+    )
+    .await;
+    let analyst = activity["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["labels"]["agent"] == "analyst")
+        .cloned()
+        .expect("the agent's row");
+    assert_eq!(analyst["metrics"]["calls"], 4, "{activity}");
+    assert_eq!(analyst["metrics"]["refused"], 2);
+    admin.cancel().await.unwrap();
+}

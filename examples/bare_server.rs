@@ -64,6 +64,7 @@ impl ServerHandler for Bare {
             request_id: String::new(),
             session_id: None,
             filter: self.app.filter.clone(),
+            progress: None,
         };
         let result = match tool.call(ctx, request.arguments.unwrap_or_default()).await {
             Ok(value) => CallToolResult::structured(value),

@@ -127,7 +127,7 @@ pub enum Status {
 }
 
 impl Status {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Status::Lead => "lead",
             Status::Prospect => "prospect",

@@ -1,6 +1,7 @@
 //! The `crm` toolset: customers, interactions and annotations (search, bulk, reports,
 //! products, invoices, quotes and webhooks follow).
 
+pub mod bulk;
 pub mod customers;
 pub mod events;
 pub mod interactions;
@@ -15,6 +16,7 @@ pub fn tools() -> Vec<RegisteredTool> {
     let mut tools = customers::tools();
     tools.extend(interactions::tools());
     tools.extend(search::tools());
+    tools.extend(bulk::tools());
     tools.extend(invoices::tools());
     tools.extend(quotes::tools());
     tools.extend(reports::tools());

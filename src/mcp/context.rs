@@ -46,4 +46,26 @@ pub struct ToolCtx {
     pub session_id: Option<String>,
     /// The filter in force for this request (configuration narrowed by request headers).
     pub filter: Arc<ToolFilter>,
+    /// Where to send progress notifications, when the client asked for them.
+    pub progress: Option<Progress>,
+}
+
+/// A client's progress token and the connection to notify it on.
+#[derive(Clone)]
+pub struct Progress {
+    pub peer: rmcp::Peer<rmcp::RoleServer>,
+    pub token: rmcp::model::ProgressToken,
+}
+
+impl Progress {
+    /// Best effort: a client that went away does not fail the work.
+    pub async fn report(&self, done: u64, total: u64, message: String) {
+        let mut param =
+            rmcp::model::ProgressNotificationParam::new(self.token.clone(), done as f64)
+                .with_total(total as f64);
+        param.message = Some(message);
+        if let Err(error) = self.peer.notify_progress(param).await {
+            tracing::debug!(%error, "progress notification not delivered");
+        }
+    }
 }

@@ -15,7 +15,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use tracing::Instrument;
 
 use super::catalog::{RegisteredTool, Toolset};
-use super::context::{ToolCtx, Transport};
+use super::context::{Progress, ToolCtx, Transport};
 use super::filter::{ToolFilter, denial, parse_toolsets, permits, visible};
 use crate::access::Principal;
 use crate::access::audit::{AuditEvent, redact};
@@ -233,6 +233,10 @@ impl ServerHandler for AgentCrm {
         let principal = self.principal(&ctx)?;
         let request_id = uuid::Uuid::now_v7().to_string();
         let session_id = self.session_id(&ctx);
+        let progress_token = ctx
+            .meta
+            .get_progress_token()
+            .or_else(|| request.meta.as_ref().and_then(|m| m.get_progress_token()));
         let name = request.name.as_ref();
         let args = request.arguments.unwrap_or_default();
         let mut audit = AuditEvent::by(&principal, "tool", name, "ok");
@@ -267,6 +271,10 @@ impl ServerHandler for AgentCrm {
                 request_id: request_id.clone(),
                 session_id,
                 filter,
+                progress: progress_token.map(|token| Progress {
+                    peer: ctx.peer.clone(),
+                    token,
+                }),
             };
             tool.call(tool_ctx, args).instrument(span.clone()).await
         };

@@ -1072,3 +1072,151 @@ async fn reports_aggregate_what_the_caller_may_see() {
     assert_eq!(analyst["metrics"]["refused"], 2);
     admin.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn bulk_updates_run_in_batches_with_progress_and_respect_policy() {
+    let db = TestDb::new().await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let acme: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE slug = 'acme'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO customers (tenant_id, first_name, last_name, status)
+         SELECT $1, 'Lead', 'No ' || n, CASE WHEN n % 10 = 0 THEN 'customer' ELSE 'lead' END FROM generate_series(1, 11000) AS n",
+    )
+    .bind(acme)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // 9,900 leads: a background task; the call waits for it and reports progress per batch.
+    let mut raw = crate::stdio::RawStdio::start(&db, &[]);
+    let (reply, notifications) = raw.request_with_notifications(
+        7,
+        "tools/call",
+        json!({ "name": "bulk_update_customers", "_meta": { "progressToken": "bulk-1" }, "arguments": {
+            "filter": { "status": "lead" }, "set": { "status": "prospect", "add_tags": ["campaign"] },
+        } }),
+    );
+    let out = &reply["result"]["structuredContent"];
+    assert_eq!(out["affected"], 9900, "{reply}");
+    assert_eq!(out["task"]["status"], "succeeded", "{reply}");
+    assert_eq!(out["task"]["done"], 9900);
+    let progress: Vec<&Value> = notifications
+        .iter()
+        .filter(|n| n["method"] == "notifications/progress")
+        .collect();
+    assert_eq!(progress.len(), 10, "one notification per batch of 1,000");
+    assert_eq!(progress.last().unwrap()["params"]["progress"], 9900.0);
+    assert_eq!(progress[0]["params"]["progressToken"], "bulk-1");
+
+    let counts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM customers GROUP BY 1 ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        counts,
+        [("customer".to_owned(), 1100), ("prospect".to_owned(), 9900)]
+    );
+    let tagged: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM customers WHERE 'campaign' = ANY(tags) AND version = 2",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tagged, 9900);
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE type = 'customer.updated'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(events, 9900, "an event per changed customer");
+
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let task = call_ok(&admin, "get_task", json!({ "task_id": out["task"]["id"] })).await;
+    assert_eq!(task["task"]["result"], json!({ "updated": 9900 }));
+    assert_eq!(
+        error_code(
+            &call(
+                &admin,
+                "get_task",
+                json!({ "task_id": uuid::Uuid::new_v4() })
+            )
+            .await
+        ),
+        "not_found"
+    );
+
+    // A few by id run inline.
+    let some: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM customers WHERE status = 'customer' LIMIT 3")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let small = call_ok(
+        &admin,
+        "bulk_update_customers",
+        json!({ "customer_ids": some, "set": { "assigned_to": "team-b", "remove_tags": ["x"] } }),
+    )
+    .await;
+    assert_eq!(
+        (small["affected"].as_i64(), small["task"]["status"].as_str()),
+        (Some(3), Some("succeeded"))
+    );
+    for bad in [
+        json!({ "set": { "status": "lead" } }),
+        json!({ "customer_ids": [], "set": { "status": "lead" } }),
+        json!({ "filter": {}, "customer_ids": some, "set": { "status": "lead" } }),
+        json!({ "filter": { "status": "lead" }, "set": {} }),
+    ] {
+        assert_eq!(
+            error_code(&call(&admin, "bulk_update_customers", bad.clone()).await),
+            "invalid_request",
+            "{bad}"
+        );
+    }
+
+    // An agent whose field rules hide tags cannot bulk-tag; its conditions bound what it changes.
+    let agent = call_ok(
+        &admin,
+        "register_agent",
+        json!({ "name": "bulk-bot", "scopes": ["customers:write", "bulk"] }),
+    )
+    .await;
+    call_ok(&admin, "update_agent_permissions", json!({
+        "agent_id": agent["agent"]["id"],
+        "field_rules": { "customers": ["status", "assigned_to"] },
+        "conditions": { "customers": [{ "field": "assigned_to", "op": "eq", "value": "team-b" }] },
+    }))
+    .await;
+    let bot = agent_client(&db, &agent).await;
+    let tags = call(
+        &bot,
+        "bulk_update_customers",
+        json!({ "filter": {}, "set": { "add_tags": ["x"] } }),
+    )
+    .await;
+    assert_eq!(error_code(&tags), "forbidden");
+    let escape = call(
+        &bot,
+        "bulk_update_customers",
+        json!({ "filter": {}, "set": { "assigned_to": "team-c" } }),
+    )
+    .await;
+    assert_eq!(
+        error_code(&escape),
+        "forbidden",
+        "cannot move rows outside its conditions"
+    );
+    let mine = call_ok(
+        &bot,
+        "bulk_update_customers",
+        json!({ "filter": {}, "set": { "status": "churned" } }),
+    )
+    .await;
+    assert_eq!(mine["affected"], 3, "only the rows its conditions allow");
+    bot.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}

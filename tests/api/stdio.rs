@@ -54,14 +54,14 @@ async fn stdio_lists_and_calls_tools_in_both_protocol_generations() {
 }
 
 /// A raw JSON-RPC conversation over the server's stdin/stdout.
-struct RawStdio {
+pub struct RawStdio {
     child: std::process::Child,
     stdin: std::process::ChildStdin,
     lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl RawStdio {
-    fn start(db: &TestDb, extra: &[&str]) -> RawStdio {
+    pub fn start(db: &TestDb, extra: &[&str]) -> RawStdio {
         let mut args = vec!["stdio"];
         args.extend_from_slice(extra);
         let mut child = db
@@ -106,6 +106,26 @@ impl RawStdio {
             .unwrap_or_else(|_| panic!("stdout carried a non-JSON line: {line}"));
         assert_eq!(value["jsonrpc"], "2.0", "{line}");
         value
+    }
+
+    /// Sends a request and reads until its reply, returning the notifications seen before it.
+    pub fn request_with_notifications(
+        &mut self,
+        id: u64,
+        method: &str,
+        params: Value,
+    ) -> (Value, Vec<Value>) {
+        self.send_line(
+            &json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }).to_string(),
+        );
+        let mut notifications = Vec::new();
+        loop {
+            let message = self.recv();
+            if message["id"] == id {
+                return (message, notifications);
+            }
+            notifications.push(message);
+        }
     }
 
     fn request(&mut self, id: u64, method: &str, params: Value) -> Value {

@@ -1,0 +1,404 @@
+//! `bulk_update_customers` and `get_task`. Targets are chosen by ids or a filter, within
+//! what the caller may see; changes run in batches, each its own transaction with its
+//! events. Past a threshold the work becomes a background task; the call then waits a
+//! while, reporting progress when the client gave a progress token.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::customers::{CUSTOMERS, Status};
+use crate::access::Principal;
+use crate::access::policy::{Approval, Policy};
+use crate::error::ToolError;
+use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
+use crate::mcp::context::{Progress, ToolCtx};
+use crate::store::StoreError;
+
+const BATCH: usize = 1_000;
+/// Up to this many targets run inside the call; more become a background task.
+const INLINE_MAX: usize = 1_000;
+const MAX_IDS: usize = 10_000;
+/// How long a call with a progress token waits for its background task.
+const WAIT_WITH_PROGRESS: Duration = Duration::from_secs(30);
+
+pub fn tools() -> Vec<RegisteredTool> {
+    vec![
+        tool(
+            ToolDef {
+                name: "bulk_update_customers",
+                title: "Update many customers",
+                description: "Set the status or assignee, or add or remove tags, of many customers at \
+                    once, chosen by `customer_ids` or by `filter`. Returns a task id and the records \
+                    affected; large changes continue as a background task (see `get_task`), with \
+                    progress notifications when the client sends a progress token.",
+                toolset: Toolset::Crm,
+                scopes: &["customers:write", "bulk"],
+                hints: Hints {
+                    read_only: false,
+                    destructive: false,
+                    idempotent: true,
+                    open_world: false,
+                },
+            },
+            bulk_update_customers,
+        ),
+        tool(
+            ToolDef {
+                name: "get_task",
+                title: "Get a task",
+                description: "Get a background task's status (`running`, `succeeded`, `failed`), progress \
+                    (`done` of `total`) and result or error.",
+                toolset: Toolset::Crm,
+                scopes: &[],
+                hints: Hints::READ,
+            },
+            get_task,
+        ),
+    ]
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkFilter {
+    pub status: Option<Status>,
+    /// Exact company name (case-insensitive).
+    pub company: Option<String>,
+    pub assigned_to: Option<String>,
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkChanges {
+    pub status: Option<Status>,
+    pub assigned_to: Option<String>,
+    #[serde(default)]
+    pub add_tags: Vec<String>,
+    #[serde(default)]
+    pub remove_tags: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkArgs {
+    /// Up to 10,000 customers by id; or use `filter`.
+    pub customer_ids: Option<Vec<Uuid>>,
+    /// Every customer matching (within what the caller may see).
+    pub filter: Option<BulkFilter>,
+    pub set: BulkChanges,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
+pub struct Task {
+    pub id: Uuid,
+    pub kind: String,
+    /// `running`, `succeeded` or `failed`.
+    pub status: String,
+    pub total: i64,
+    pub done: i64,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct BulkOut {
+    pub task: Task,
+    /// Records matched (and, once the task succeeded, changed).
+    pub affected: i64,
+}
+
+fn status_name(status: Status) -> &'static str {
+    status.as_str()
+}
+
+async fn bulk_update_customers(ctx: ToolCtx, args: BulkArgs) -> Result<BulkOut, ToolError> {
+    let changes = &args.set;
+    if changes.status.is_none()
+        && changes.assigned_to.is_none()
+        && changes.add_tags.is_empty()
+        && changes.remove_tags.is_empty()
+    {
+        return Err(ToolError::InvalidRequest(
+            "`set` changes nothing: give status, assigned_to, add_tags or remove_tags".into(),
+        ));
+    }
+    let policy = ctx.policy().await?;
+    let mut written = Vec::new();
+    if changes.status.is_some() {
+        written.push("status");
+    }
+    if changes.assigned_to.is_some() {
+        written.push("assigned_to");
+    }
+    if !changes.add_tags.is_empty() || !changes.remove_tags.is_empty() {
+        written.push("tags");
+    }
+    policy.check_write(&CUSTOMERS, written.iter().copied())?;
+    // A change may not move rows outside the caller's conditions.
+    let mut probe = serde_json::Map::new();
+    if let Some(status) = changes.status {
+        probe.insert("status".into(), json!(status_name(status)));
+    }
+    if let Some(assignee) = &changes.assigned_to {
+        probe.insert("assigned_to".into(), json!(assignee));
+    }
+    let conditioned: Vec<String> = policy
+        .conditions
+        .get(CUSTOMERS.name)
+        .into_iter()
+        .flatten()
+        .map(|c| c.field.clone())
+        .filter(|f| probe.contains_key(f))
+        .collect();
+    if !conditioned.is_empty() {
+        let only: serde_json::Map<String, Value> = probe
+            .into_iter()
+            .filter(|(k, _)| conditioned.contains(k))
+            .collect();
+        let mut limited = policy.clone();
+        if let Some(list) = limited.conditions.get_mut(CUSTOMERS.name) {
+            list.retain(|c| only.contains_key(&c.field));
+        }
+        if !limited.row_allowed(&CUSTOMERS, &Value::Object(only)) {
+            return Err(ToolError::Forbidden(
+                "this change would move customers outside this caller's row conditions".into(),
+            ));
+        }
+    }
+
+    let ids = target_ids(ctx.app.store.pool(), &policy, &args).await?;
+    let arguments = json!({ "count": ids.len(), "set": written });
+    if let Approval::Held(action) = policy.approval("bulk_update_customers", &arguments).await? {
+        return Err(ToolError::Forbidden(format!(
+            "held for approval as action {action}"
+        )));
+    }
+    let pool = ctx.app.store.pool().clone();
+    let task: Task = sqlx::query_as(
+        "INSERT INTO tasks (tenant_id, kind, status, total, principal_id) VALUES ($1, 'bulk_update_customers', 'running', $2, $3)
+         RETURNING id, kind, status, total, done, result, error, created_at, updated_at, finished_at",
+    )
+    .bind(ctx.principal.tenant_id)
+    .bind(ids.len() as i64)
+    .bind(ctx.principal.id)
+    .fetch_one(&pool)
+    .await
+    .map_err(StoreError::from)?;
+    let affected = ids.len() as i64;
+    let job = Job {
+        pool: pool.clone(),
+        principal: ctx.principal.clone(),
+        task_id: task.id,
+        ids,
+        status: changes.status.map(status_name),
+        assigned_to: changes.assigned_to.clone(),
+        add_tags: changes.add_tags.clone(),
+        remove_tags: changes.remove_tags.clone(),
+        progress: ctx.progress.clone(),
+    };
+    if affected as usize <= INLINE_MAX {
+        job.run().await;
+    } else {
+        let handle = tokio::spawn(job.run());
+        if ctx.progress.is_some() {
+            let _ = tokio::time::timeout(WAIT_WITH_PROGRESS, handle).await;
+        }
+    }
+    let task = load_task(&pool, ctx.principal.tenant_id, task.id).await?;
+    Ok(BulkOut { task, affected })
+}
+
+/// The ids to change, in id order, within the caller's tenant and conditions.
+async fn target_ids(
+    pool: &PgPool,
+    policy: &Policy,
+    args: &BulkArgs,
+) -> Result<Vec<Uuid>, ToolError> {
+    let mut query: QueryBuilder<Postgres> =
+        QueryBuilder::new("SELECT c.id FROM customers c WHERE true");
+    policy.push_predicates(&CUSTOMERS, Some("c"), &mut query);
+    match (&args.customer_ids, &args.filter) {
+        (Some(ids), None) => {
+            if ids.is_empty() || ids.len() > MAX_IDS {
+                return Err(ToolError::InvalidRequest(format!(
+                    "give 1 to {MAX_IDS} customer_ids"
+                )));
+            }
+            query
+                .push(" AND c.id = ANY(")
+                .push_bind(ids.clone())
+                .push(")");
+        }
+        (None, Some(filter)) => {
+            let mut used = Vec::new();
+            if let Some(status) = filter.status {
+                used.push("status");
+                query
+                    .push(" AND c.status = ")
+                    .push_bind(status_name(status));
+            }
+            if let Some(company) = &filter.company {
+                used.push("company");
+                query
+                    .push(" AND lower(c.company) = lower(")
+                    .push_bind(company.clone())
+                    .push(")");
+            }
+            if let Some(assignee) = &filter.assigned_to {
+                used.push("assigned_to");
+                query
+                    .push(" AND c.assigned_to = ")
+                    .push_bind(assignee.clone());
+            }
+            if let Some(tag) = &filter.tag {
+                used.push("tags");
+                query
+                    .push(" AND ")
+                    .push_bind(tag.clone())
+                    .push(" = ANY(c.tags)");
+            }
+            policy
+                .check_write(&CUSTOMERS, used.iter().copied())
+                .map_err(|_| {
+                    ToolError::Forbidden(
+                        "this caller may not filter on a field it cannot see".into(),
+                    )
+                })?;
+        }
+        _ => {
+            return Err(ToolError::InvalidRequest(
+                "give exactly one of customer_ids or filter".into(),
+            ));
+        }
+    }
+    query.push(" ORDER BY c.id");
+    Ok(query
+        .build_query_scalar()
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::from)?)
+}
+
+struct Job {
+    pool: PgPool,
+    principal: Principal,
+    task_id: Uuid,
+    ids: Vec<Uuid>,
+    status: Option<&'static str>,
+    assigned_to: Option<String>,
+    add_tags: Vec<String>,
+    remove_tags: Vec<String>,
+    progress: Option<Progress>,
+}
+
+impl Job {
+    async fn run(self) {
+        let total = self.ids.len() as u64;
+        let mut done: u64 = 0;
+        for batch in self.ids.chunks(BATCH) {
+            if let Err(error) = self.apply(batch).await {
+                tracing::error!(%error, task = %self.task_id, "bulk update failed");
+                let _ = sqlx::query(
+                    "UPDATE tasks SET status = 'failed', error = $2, updated_at = now(), finished_at = now() WHERE id = $1",
+                )
+                .bind(self.task_id)
+                .bind(format!("stopped after {done} of {total} customers: the database refused a batch"))
+                .execute(&self.pool)
+                .await;
+                return;
+            }
+            done += batch.len() as u64;
+            let _ = sqlx::query("UPDATE tasks SET done = $2, updated_at = now() WHERE id = $1")
+                .bind(self.task_id)
+                .bind(done as i64)
+                .execute(&self.pool)
+                .await;
+            if let Some(progress) = &self.progress {
+                progress
+                    .report(done, total, format!("{done} of {total} customers updated"))
+                    .await;
+            }
+        }
+        let _ = sqlx::query(
+            "UPDATE tasks SET status = 'succeeded', result = $2, updated_at = now(), finished_at = now() WHERE id = $1",
+        )
+        .bind(self.task_id)
+        .bind(json!({ "updated": done }))
+        .execute(&self.pool)
+        .await;
+    }
+
+    /// One batch in one transaction, with a `customer.updated` event per customer.
+    async fn apply(&self, batch: &[Uuid]) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let kind = serde_json::to_value(self.principal.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned));
+        sqlx::query(
+            "WITH changed AS (
+                 UPDATE customers SET
+                     status = coalesce($3, status),
+                     assigned_to = coalesce($4, assigned_to),
+                     tags = ARRAY(SELECT DISTINCT t FROM unnest(tags || $5::text[]) AS t WHERE NOT (t = ANY($6::text[])) ORDER BY t),
+                     version = version + 1, updated_at = now()
+                 WHERE tenant_id = $1 AND id = ANY($2)
+                 RETURNING id, status, assigned_to, tags, version)
+             INSERT INTO events (tenant_id, type, subject_id, payload, principal_kind, principal_id)
+             SELECT $1, 'customer.updated', id,
+                    jsonb_build_object('customer', jsonb_build_object('id', id, 'status', status, 'assigned_to', assigned_to,
+                                       'tags', tags, 'version', version), 'bulk', true),
+                    $7, $8
+             FROM changed",
+        )
+        .bind(self.principal.tenant_id)
+        .bind(batch)
+        .bind(self.status)
+        .bind(&self.assigned_to)
+        .bind(&self.add_tags)
+        .bind(&self.remove_tags)
+        .bind(kind)
+        .bind(self.principal.id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+}
+
+async fn load_task(pool: &PgPool, tenant: Uuid, id: Uuid) -> Result<Task, ToolError> {
+    sqlx::query_as(
+        "SELECT id, kind, status, total, done, result, error, created_at, updated_at, finished_at
+         FROM tasks WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant)
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(StoreError::from)?
+    .ok_or_else(|| ToolError::NotFound(format!("no task {id} in this tenant")))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskArgs {
+    pub task_id: Uuid,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TaskOut {
+    pub task: Task,
+}
+
+async fn get_task(ctx: ToolCtx, args: TaskArgs) -> Result<TaskOut, ToolError> {
+    Ok(TaskOut {
+        task: load_task(ctx.app.store.pool(), ctx.principal.tenant_id, args.task_id).await?,
+    })
+}

@@ -13,43 +13,16 @@ use crate::access::ratelimit::{self, Class, Limit};
 use crate::access::store::{self as access, Agent, ApiKey};
 use crate::access::{Principal, PrincipalKind, Role, Scopes};
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
+use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
 use crate::store::page::{PageArgs, PageInfo};
 
 const ADMIN: &[&str] = &["admin"];
 const AUDIT: &[&str] = &["admin", "audit:read"];
 
-/// Creates something new each call.
-const CREATE: Hints = Hints {
-    read_only: false,
-    destructive: false,
-    idempotent: false,
-    open_world: false,
-};
-/// Sets state to a given value: repeating it changes nothing more.
-const SET: Hints = Hints {
-    read_only: false,
-    destructive: false,
-    idempotent: true,
-    open_world: false,
-};
-/// Takes something away (access, a credential).
-const REMOVE: Hints = Hints {
-    read_only: false,
-    destructive: true,
-    idempotent: true,
-    open_world: false,
-};
-
 pub fn tools() -> Vec<RegisteredTool> {
-    let def = |name, title, description, scopes, hints| ToolDef {
-        name,
-        title,
-        description,
-        toolset: Toolset::Admin,
-        scopes,
-        hints,
+    let def = |name, title, description, scopes, hints| {
+        Toolset::Admin.def(name, title, description, scopes, hints)
     };
     vec![
         tool(
@@ -60,7 +33,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                  client_id and client_secret; the secret is shown only in this answer, so hand it \
                  to the agent's operator now.",
                 ADMIN,
-                CREATE,
+                Hints::CREATE,
             ),
             register_agent,
         ),
@@ -92,7 +65,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                  (calls, search, bulk). Takes effect on the agent's next request, including \
                  requests with tokens issued before the change (rate limits within seconds).",
                 ADMIN,
-                SET,
+                Hints::SET,
             ),
             update_agent_permissions,
         ),
@@ -105,7 +78,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                 ADMIN,
                 Hints {
                     idempotent: false,
-                    ..REMOVE
+                    ..Hints::REMOVE
                 },
             ),
             rotate_agent_secret,
@@ -117,7 +90,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                 "Disable an agent: its tokens stop working at once, its refresh tokens end and it \
                  cannot get new ones until enabled again.",
                 ADMIN,
-                REMOVE,
+                Hints::REMOVE,
             ),
             disable_agent,
         ),
@@ -127,7 +100,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                 "Enable an agent",
                 "Enable a disabled agent so it can get tokens again.",
                 ADMIN,
-                SET,
+                Hints::SET,
             ),
             enable_agent,
         ),
@@ -139,7 +112,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                  scopes must be a subset of the user's; none means the user's own permissions. \
                  The key is shown only in this answer.",
                 ADMIN,
-                CREATE,
+                Hints::CREATE,
             ),
             create_api_key,
         ),
@@ -159,7 +132,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                 "Revoke an API key",
                 "Revoke an API key; requests with it are refused from now on.",
                 ADMIN,
-                REMOVE,
+                Hints::REMOVE,
             ),
             revoke_api_key,
         ),
@@ -526,11 +499,7 @@ pub struct AuditList {
 }
 
 async fn list_audit_log(ctx: ToolCtx, args: AuditFilter) -> Result<AuditList, ToolError> {
-    let page = PageArgs {
-        limit: args.limit,
-        cursor: args.cursor.clone(),
-    }
-    .page()?;
+    let page = PageArgs::of(args.limit, &args.cursor)?;
     let (events, total) = audit::list(ctx.app.store.pool(), ctx.principal.tenant_id, &args, page)
         .await
         .map_err(crate::store::StoreError::from)?;

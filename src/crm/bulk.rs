@@ -39,12 +39,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                     progress notifications when the client sends a progress token.",
                 toolset: Toolset::Crm,
                 scopes: &["customers:write", "bulk"],
-                hints: Hints {
-                    read_only: false,
-                    destructive: false,
-                    idempotent: true,
-                    open_world: false,
-                },
+                hints: Hints::SET,
             },
             bulk_update_customers,
         ),

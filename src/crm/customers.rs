@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::events;
 use crate::access::policy::{Approval, Policy, Resource, Shaped};
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
+use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo};
@@ -34,21 +34,9 @@ pub const CUSTOMERS: Resource = Resource {
 const COLUMNS: &str = "c.id, c.first_name, c.last_name, c.email, c.phone, c.company, c.status, \
     c.assigned_to, c.tags, c.custom_fields, c.version, c.created_at, c.updated_at";
 
-const WRITE: Hints = Hints {
-    read_only: false,
-    destructive: false,
-    idempotent: false,
-    open_world: false,
-};
-
 pub fn tools() -> Vec<RegisteredTool> {
-    let def = |name, title, description, scopes, hints| ToolDef {
-        name,
-        title,
-        description,
-        toolset: Toolset::Crm,
-        scopes,
-        hints,
+    let def = |name, title, description, scopes, hints| {
+        Toolset::Crm.def(name, title, description, scopes, hints)
     };
     vec![
         tool(
@@ -80,7 +68,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                 "Create a customer. Emails are unique within the tenant (a duplicate is refused \
                  with `conflict`). Returns the new record with its `version`.",
                 &["customers:write"],
-                WRITE,
+                Hints::CREATE,
             ),
             create_customer,
         ),
@@ -92,7 +80,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                  changed since, nothing is written and the answer is `conflict` with the current \
                  version. Only the fields given change.",
                 &["customers:write"],
-                WRITE,
+                Hints::CREATE,
             ),
             update_customer,
         ),
@@ -103,12 +91,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                 "Delete a customer and everything recorded about it. Agents need an explicit \
                  grant, and the tenant's approval policy may hold the deletion for a human.",
                 &["customers:delete"],
-                Hints {
-                    read_only: false,
-                    destructive: true,
-                    idempotent: true,
-                    open_world: false,
-                },
+                Hints::REMOVE,
             ),
             delete_customer,
         ),
@@ -320,11 +303,7 @@ fn push_filters(
 }
 
 async fn list_customers(ctx: ToolCtx, args: ListArgs) -> Result<CustomerList, ToolError> {
-    let page = PageArgs {
-        limit: args.limit,
-        cursor: args.cursor.clone(),
-    }
-    .page()?;
+    let page = PageArgs::of(args.limit, &args.cursor)?;
     check_fields(args.fields.as_deref())?;
     let policy = ctx.policy().await?;
     let pool = ctx.app.store.pool();

@@ -13,26 +13,14 @@ use super::customers::{CUSTOMERS, find};
 use super::events;
 use crate::access::policy::Policy;
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
+use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;
-use crate::store::page::{PageArgs, PageInfo};
-
-const ADD: Hints = Hints {
-    read_only: false,
-    destructive: false,
-    idempotent: false,
-    open_world: false,
-};
+use crate::store::page::{PageArgs, PageInfo, fetch_page};
 
 pub fn tools() -> Vec<RegisteredTool> {
-    let def = |name, title, description, scopes, hints| ToolDef {
-        name,
-        title,
-        description,
-        toolset: Toolset::Crm,
-        scopes,
-        hints,
+    let def = |name, title, description, scopes, hints| {
+        Toolset::Crm.def(name, title, description, scopes, hints)
     };
     vec![
         tool(
@@ -43,7 +31,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                  subject, notes, when it happened, and metadata such as sentiment, duration or \
                  resolution.",
                 &["interactions:write"],
-                ADD,
+                Hints::CREATE,
             ),
             log_interaction,
         ),
@@ -64,7 +52,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                 "Annotate a customer",
                 "Pin a note to a customer, with optional tags; it records who wrote it.",
                 &["interactions:write"],
-                ADD,
+                Hints::CREATE,
             ),
             add_annotation,
         ),
@@ -277,34 +265,22 @@ async fn list_interactions(
     ctx: ToolCtx,
     args: ListInteractionsArgs,
 ) -> Result<InteractionList, ToolError> {
-    let page = PageArgs {
-        limit: args.limit,
-        cursor: args.cursor.clone(),
-    }
-    .page()?;
+    let page = PageArgs::of(args.limit, &args.cursor)?;
     let policy = ctx.policy().await?;
     let pool = ctx.app.store.pool();
     if let Some(customer) = args.customer_id {
         find(pool, &policy, customer, false).await?;
     }
-    let mut query = QueryBuilder::new(format!("SELECT {INTERACTION_COLUMNS}"));
-    push_interaction_filters(&args, &policy, &mut query);
-    query
-        .push(" ORDER BY i.occurred_at DESC, i.id DESC LIMIT ")
-        .push_bind(page.limit);
-    query.push(" OFFSET ").push_bind(page.offset);
-    let interactions: Vec<Interaction> = query
-        .build_query_as()
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::from)?;
-    let mut count = QueryBuilder::new("SELECT count(*)");
-    push_interaction_filters(&args, &policy, &mut count);
-    let total: i64 = count
-        .build_query_scalar()
-        .fetch_one(pool)
-        .await
-        .map_err(StoreError::from)?;
+    let from = |q: &mut QueryBuilder<Postgres>| push_interaction_filters(&args, &policy, q);
+    let (interactions, total) = fetch_page(
+        pool,
+        INTERACTION_COLUMNS,
+        from,
+        "i.occurred_at DESC, i.id DESC",
+        page,
+    )
+    .await
+    .map_err(StoreError::from)?;
     Ok(InteractionList {
         interactions,
         page: page.info(total),
@@ -391,11 +367,7 @@ async fn list_annotations(
     ctx: ToolCtx,
     args: ListAnnotationsArgs,
 ) -> Result<AnnotationList, ToolError> {
-    let page = PageArgs {
-        limit: args.limit,
-        cursor: args.cursor.clone(),
-    }
-    .page()?;
+    let page = PageArgs::of(args.limit, &args.cursor)?;
     let policy = ctx.policy().await?;
     let pool = ctx.app.store.pool();
     let customer = find(pool, &policy, args.customer_id, false).await?;

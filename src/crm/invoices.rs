@@ -13,32 +13,14 @@ use super::customers::{CUSTOMERS, find};
 use super::events;
 use crate::access::policy::{Approval, Policy};
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
+use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;
-use crate::store::page::{PageArgs, PageInfo};
-
-const CREATE: Hints = Hints {
-    read_only: false,
-    destructive: false,
-    idempotent: false,
-    open_world: false,
-};
-const CHANGE: Hints = Hints {
-    read_only: false,
-    destructive: false,
-    idempotent: true,
-    open_world: false,
-};
+use crate::store::page::{PageArgs, PageInfo, fetch_page};
 
 pub fn tools() -> Vec<RegisteredTool> {
-    let def = |name, title, description, scopes, hints| ToolDef {
-        name,
-        title,
-        description,
-        toolset: Toolset::Crm,
-        scopes,
-        hints,
+    let def = |name, title, description, scopes, hints| {
+        Toolset::Crm.def(name, title, description, scopes, hints)
     };
     vec![
         tool(
@@ -57,7 +39,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                 "Create a product",
                 "Add a product with a unit price in minor units (e.g. cents) and a currency; an SKU, if given, is unique.",
                 &["invoices:write"],
-                CREATE,
+                Hints::CREATE,
             ),
             create_product,
         ),
@@ -67,7 +49,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                 "Update a product",
                 "Change a product's name, description, price or whether it is active.",
                 &["invoices:write"],
-                CHANGE,
+                Hints::SET,
             ),
             update_product,
         ),
@@ -79,7 +61,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                  and unit price, with a quantity), an optional discount percentage and due date. \
                  Amounts are computed by the server in minor units, tax-free.",
                 &["invoices:write"],
-                CREATE,
+                Hints::CREATE,
             ),
             create_invoice,
         ),
@@ -110,7 +92,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                 "Move an invoice along draft → sent → paid, or void a draft or sent invoice. \
                  Other moves (e.g. a paid invoice back to draft) are refused.",
                 &["invoices:write"],
-                CHANGE,
+                Hints::SET,
             ),
             update_invoice_status,
         ),
@@ -641,31 +623,18 @@ fn push_invoice_filters(
 }
 
 async fn list_invoices(ctx: ToolCtx, args: ListInvoicesArgs) -> Result<InvoiceList, ToolError> {
-    let page = PageArgs {
-        limit: args.limit,
-        cursor: args.cursor.clone(),
-    }
-    .page()?;
+    let page = PageArgs::of(args.limit, &args.cursor)?;
     let policy = ctx.policy().await?;
-    let pool = ctx.app.store.pool();
-    let mut query = QueryBuilder::new(format!("SELECT {INVOICE_COLUMNS}"));
-    push_invoice_filters(&args, &policy, &mut query);
-    query
-        .push(" ORDER BY v.created_at DESC, v.id DESC LIMIT ")
-        .push_bind(page.limit);
-    query.push(" OFFSET ").push_bind(page.offset);
-    let invoices = query
-        .build_query_as()
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::from)?;
-    let mut count = QueryBuilder::new("SELECT count(*)");
-    push_invoice_filters(&args, &policy, &mut count);
-    let total: i64 = count
-        .build_query_scalar()
-        .fetch_one(pool)
-        .await
-        .map_err(StoreError::from)?;
+    let from = |q: &mut QueryBuilder<Postgres>| push_invoice_filters(&args, &policy, q);
+    let (invoices, total) = fetch_page(
+        ctx.app.store.pool(),
+        INVOICE_COLUMNS,
+        from,
+        "v.created_at DESC, v.id DESC",
+        page,
+    )
+    .await
+    .map_err(StoreError::from)?;
     Ok(InvoiceList {
         invoices,
         page: page.info(total),

@@ -16,25 +16,14 @@ use super::invoices::{
 };
 use crate::access::policy::{Approval, Policy};
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
+use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;
-use crate::store::page::{PageArgs, PageInfo};
+use crate::store::page::{PageArgs, PageInfo, fetch_page};
 
 pub fn tools() -> Vec<RegisteredTool> {
-    let def = |name, title, description, scopes, hints| ToolDef {
-        name,
-        title,
-        description,
-        toolset: Toolset::Crm,
-        scopes,
-        hints,
-    };
-    let write = |idempotent| Hints {
-        read_only: false,
-        destructive: false,
-        idempotent,
-        open_world: false,
+    let def = |name, title, description, scopes, hints| {
+        Toolset::Crm.def(name, title, description, scopes, hints)
     };
     vec![
         tool(
@@ -43,7 +32,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                 "Create a quote",
                 "Create a draft quote for a customer from line items, with an optional discount percentage and validity date; priced like an invoice.",
                 &["invoices:write"],
-                write(false),
+                Hints::CREATE,
             ),
             create_quote,
         ),
@@ -74,7 +63,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                 "Change a draft quote's lines, discount, validity or notes, or move it along \
                  draft → sent → accepted or rejected (a draft may be rejected too).",
                 &["invoices:write"],
-                write(true),
+                Hints::SET,
             ),
             update_quote,
         ),
@@ -85,7 +74,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                 "Turn an accepted quote into a draft invoice with the same lines and discount. A \
                  quote converts once; converting again is refused and names the invoice.",
                 &["invoices:write"],
-                write(false),
+                Hints::CREATE,
             ),
             convert_quote_to_invoice,
         ),
@@ -273,31 +262,18 @@ async fn list_quotes(ctx: ToolCtx, args: ListQuotesArgs) -> Result<QuoteList, To
             "unknown quote status `{status}`"
         )));
     }
-    let page = PageArgs {
-        limit: args.limit,
-        cursor: args.cursor.clone(),
-    }
-    .page()?;
+    let page = PageArgs::of(args.limit, &args.cursor)?;
     let policy = ctx.policy().await?;
-    let pool = ctx.app.store.pool();
-    let mut query = QueryBuilder::new(format!("SELECT {QUOTE_COLUMNS}"));
-    push_quote_filters(&args, &policy, &mut query);
-    query
-        .push(" ORDER BY q.created_at DESC, q.id DESC LIMIT ")
-        .push_bind(page.limit);
-    query.push(" OFFSET ").push_bind(page.offset);
-    let quotes = query
-        .build_query_as()
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::from)?;
-    let mut count = QueryBuilder::new("SELECT count(*)");
-    push_quote_filters(&args, &policy, &mut count);
-    let total: i64 = count
-        .build_query_scalar()
-        .fetch_one(pool)
-        .await
-        .map_err(StoreError::from)?;
+    let from = |q: &mut QueryBuilder<Postgres>| push_quote_filters(&args, &policy, q);
+    let (quotes, total) = fetch_page(
+        ctx.app.store.pool(),
+        QUOTE_COLUMNS,
+        from,
+        "q.created_at DESC, q.id DESC",
+        page,
+    )
+    .await
+    .map_err(StoreError::from)?;
     Ok(QuoteList {
         quotes,
         page: page.info(total),

@@ -78,6 +78,25 @@ impl Toolset {
     pub fn parse(name: &str) -> Option<Toolset> {
         Toolset::ALL.into_iter().find(|t| t.name() == name)
     }
+
+    /// A declaration in this toolset.
+    pub const fn def(
+        self,
+        name: &'static str,
+        title: &'static str,
+        description: &'static str,
+        scopes: &'static [&'static str],
+        hints: Hints,
+    ) -> ToolDef {
+        ToolDef {
+            name,
+            title,
+            description,
+            toolset: self,
+            scopes,
+            hints,
+        }
+    }
 }
 
 /// The four MCP annotations, all explicit: a declaration cannot leave one unset.
@@ -94,6 +113,27 @@ impl Hints {
     pub const READ: Hints = Hints {
         read_only: true,
         destructive: false,
+        idempotent: true,
+        open_world: false,
+    };
+    /// Adds something new each call.
+    pub const CREATE: Hints = Hints {
+        read_only: false,
+        destructive: false,
+        idempotent: false,
+        open_world: false,
+    };
+    /// Sets state to given values: repeating the call changes nothing more.
+    pub const SET: Hints = Hints {
+        read_only: false,
+        destructive: false,
+        idempotent: true,
+        open_world: false,
+    };
+    /// Takes something away (a record, access, a credential); repeating it changes nothing more.
+    pub const REMOVE: Hints = Hints {
+        read_only: false,
+        destructive: true,
         idempotent: true,
         open_world: false,
     };

@@ -80,6 +80,43 @@ impl Page {
     }
 }
 
+impl PageArgs {
+    /// Paging from a tool input that has its own `limit` and `cursor` fields.
+    pub fn of(limit: Option<u32>, cursor: &Option<String>) -> Result<Page, PageError> {
+        PageArgs {
+            limit,
+            cursor: cursor.clone(),
+        }
+        .page()
+    }
+}
+
+/// One page of rows and the total: `SELECT <columns>` + what `from` pushes (FROM, JOIN and
+/// WHERE, the same for the count) + `order_by`. Every list tool reads through this.
+pub async fn fetch_page<T>(
+    pool: &sqlx::PgPool,
+    columns: &str,
+    from: impl Fn(&mut sqlx::QueryBuilder<sqlx::Postgres>),
+    order_by: &str,
+    page: Page,
+) -> Result<(Vec<T>, i64), sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    let mut query = sqlx::QueryBuilder::new(format!("SELECT {columns}"));
+    from(&mut query);
+    query.push(format!(" ORDER BY {order_by} LIMIT "));
+    query
+        .push_bind(page.limit)
+        .push(" OFFSET ")
+        .push_bind(page.offset);
+    let rows = query.build_query_as().fetch_all(pool).await?;
+    let mut count = sqlx::QueryBuilder::new("SELECT count(*)");
+    from(&mut count);
+    let total = count.build_query_scalar().fetch_one(pool).await?;
+    Ok((rows, total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! environment variable (and `DATABASE_URL`), so desktop clients can configure it either way.
 
 mod admin;
+mod demo;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,8 @@ enum Command {
     Catalog(CatalogArgs),
     /// Bootstrap tenants, users, agents and API keys without any tool
     Admin(admin::AdminArgs),
+    /// Create a demo tenant with sample data, an admin, an agent and an API key
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +153,7 @@ pub async fn main() -> ExitCode {
         Command::Migrate(args) => run_migrate(args).await,
         Command::Catalog(args) => run_catalog(args),
         Command::Admin(args) => admin::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

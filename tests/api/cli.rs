@@ -51,3 +51,43 @@ async fn migrate_applies_the_schema_and_reports_its_version() {
         );
     }
 }
+
+#[tokio::test]
+async fn demo_creates_a_tenant_to_connect_to() {
+    use serde_json::json;
+    let db = TestDb::new().await;
+    let out =
+        run_ok(agentcrm(&["demo", "--customers", "120", "--json"]).env("DATABASE_URL", &db.url));
+    let demo: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(
+        (demo["tenant"].as_str(), demo["customers"].as_i64()),
+        (Some("demo"), Some(120))
+    );
+
+    let mut command = agentcrm(&["stdio"]);
+    command
+        .env("DATABASE_URL", &db.url)
+        .env("AGENTCRM_API_KEY", demo["api_key"].as_str().unwrap());
+    let admin = stdio_client(command, Generation::Stateless).await;
+    assert_eq!(
+        call_ok(&admin, "list_customers", json!({ "limit": 1 })).await["total"],
+        120
+    );
+    let revenue = call_ok(&admin, "generate_report", json!({ "report": "revenue" })).await;
+    assert!(
+        revenue["totals"]["invoiced"].as_i64().unwrap() > 0,
+        "{revenue}"
+    );
+    let found = call_ok(&admin, "search", json!({ "query": "pricing" })).await;
+    assert!(!found["results"].as_array().unwrap().is_empty());
+    admin.cancel().await.unwrap();
+    let agent = agent_client(&db, &demo["agent"]).await;
+    assert_eq!(
+        call_ok(&agent, "whoami", json!({})).await["principal"]["kind"],
+        "agent"
+    );
+    agent.cancel().await.unwrap();
+
+    let again = start_failure(agentcrm(&["demo"]).env("DATABASE_URL", &db.url));
+    assert!(again.contains("already exists"), "{again}");
+}

@@ -164,7 +164,7 @@ async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<(), sqlx::Error> {
         row.push_bind(e.tenant_id)
             .push_bind(e.kind)
             .push_bind(&e.action)
-            .push_bind(e.principal_kind.map(kind_name))
+            .push_bind(e.principal_kind.map(PrincipalKind::as_str))
             .push_bind(e.principal_id)
             .push_bind(&e.principal_name)
             .push_bind(e.on_behalf_of)
@@ -178,15 +178,6 @@ async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<(), sqlx::Error> {
     });
     query.build().execute(pool).await?;
     Ok(())
-}
-
-fn kind_name(kind: PrincipalKind) -> &'static str {
-    match kind {
-        PrincipalKind::LocalOwner => "local_owner",
-        PrincipalKind::User => "user",
-        PrincipalKind::Agent => "agent",
-        PrincipalKind::ApiKey => "api_key",
-    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,18 @@ pub enum PrincipalKind {
     ApiKey,
 }
 
+impl PrincipalKind {
+    /// The name stored in the audit trail, events and records' `created_by_kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::LocalOwner => "local_owner",
+            PrincipalKind::User => "user",
+            PrincipalKind::Agent => "agent",
+            PrincipalKind::ApiKey => "api_key",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {

@@ -111,10 +111,6 @@ pub struct BulkOut {
     pub affected: i64,
 }
 
-fn status_name(status: Status) -> &'static str {
-    status.as_str()
-}
-
 async fn bulk_update_customers(ctx: ToolCtx, args: BulkArgs) -> Result<BulkOut, ToolError> {
     let changes = &args.set;
     if changes.status.is_none()
@@ -141,7 +137,7 @@ async fn bulk_update_customers(ctx: ToolCtx, args: BulkArgs) -> Result<BulkOut, 
     // A change may not move rows outside the caller's conditions.
     let mut probe = serde_json::Map::new();
     if let Some(status) = changes.status {
-        probe.insert("status".into(), json!(status_name(status)));
+        probe.insert("status".into(), json!(status.as_str()));
     }
     if let Some(assignee) = &changes.assigned_to {
         probe.insert("assigned_to".into(), json!(assignee));
@@ -194,7 +190,7 @@ async fn bulk_update_customers(ctx: ToolCtx, args: BulkArgs) -> Result<BulkOut, 
         principal: ctx.principal.clone(),
         task_id: task.id,
         ids,
-        status: changes.status.map(status_name),
+        status: changes.status.map(Status::as_str),
         assigned_to: changes.assigned_to.clone(),
         add_tags: changes.add_tags.clone(),
         remove_tags: changes.remove_tags.clone(),
@@ -237,9 +233,7 @@ async fn target_ids(
             let mut used = Vec::new();
             if let Some(status) = filter.status {
                 used.push("status");
-                query
-                    .push(" AND c.status = ")
-                    .push_bind(status_name(status));
+                query.push(" AND c.status = ").push_bind(status.as_str());
             }
             if let Some(company) = &filter.company {
                 used.push("company");
@@ -335,9 +329,6 @@ impl Job {
     /// One batch in one transaction, with a `customer.updated` event per customer.
     async fn apply(&self, batch: &[Uuid]) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let kind = serde_json::to_value(self.principal.kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned));
         sqlx::query(
             "WITH changed AS (
                  UPDATE customers SET
@@ -360,7 +351,7 @@ impl Job {
         .bind(&self.assigned_to)
         .bind(&self.add_tags)
         .bind(&self.remove_tags)
-        .bind(kind)
+        .bind(self.principal.kind.as_str())
         .bind(self.principal.id)
         .execute(&mut *tx)
         .await?;

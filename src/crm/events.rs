@@ -14,9 +14,6 @@ pub async fn emit(
     subject_id: Uuid,
     payload: Value,
 ) -> Result<(), StoreError> {
-    let kind = serde_json::to_value(principal.kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned));
     sqlx::query(
         "INSERT INTO events (tenant_id, type, subject_id, payload, principal_kind, principal_id)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -25,7 +22,7 @@ pub async fn emit(
     .bind(event_type)
     .bind(subject_id)
     .bind(payload)
-    .bind(kind)
+    .bind(principal.kind.as_str())
     .bind(principal.id)
     .execute(tx)
     .await?;

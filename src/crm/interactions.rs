@@ -185,7 +185,7 @@ async fn log_interaction(ctx: ToolCtx, args: LogArgs) -> Result<InteractionOut, 
     .bind(&args.notes)
     .bind(args.occurred_at)
     .bind(Value::Object(args.metadata.unwrap_or_default()))
-    .bind(principal_kind(&ctx))
+    .bind(ctx.principal.kind.as_str())
     .bind(ctx.principal.id)
     .fetch_one(&mut *tx)
     .await
@@ -201,12 +201,6 @@ async fn log_interaction(ctx: ToolCtx, args: LogArgs) -> Result<InteractionOut, 
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(InteractionOut { interaction })
-}
-
-fn principal_kind(ctx: &ToolCtx) -> Option<String> {
-    serde_json::to_value(ctx.principal.kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -336,7 +330,7 @@ async fn add_annotation(ctx: ToolCtx, args: AnnotateArgs) -> Result<AnnotationOu
     .bind(customer.id)
     .bind(&args.text)
     .bind(&args.tags)
-    .bind(principal_kind(&ctx))
+    .bind(ctx.principal.kind.as_str())
     .bind(ctx.principal.id)
     .bind(&ctx.principal.name)
     .fetch_one(&mut *tx)

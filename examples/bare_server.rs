@@ -100,6 +100,11 @@ async fn main() {
         filter: Arc::new(ToolFilter::default()),
         local_owner: None,
         tokens: None,
+        vault: None,
+        outbound: agentcrm::jobs::outbound::OutboundOptions {
+            allow_private: false,
+            timeout: std::time::Duration::from_secs(10),
+        },
     });
     let service = StreamableHttpService::new(
         move || {

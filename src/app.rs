@@ -7,6 +7,8 @@ use crate::access::audit::AuditLog;
 use crate::access::cache::AuthCache;
 use crate::access::ratelimit::RateLimiter;
 use crate::access::tokens::TokenKeys;
+use crate::access::vault::Vault;
+use crate::jobs::outbound::OutboundOptions;
 use crate::mcp::catalog::Catalog;
 use crate::mcp::filter::ToolFilter;
 use crate::store::Store;
@@ -25,4 +27,8 @@ pub struct App {
     pub local_owner: Option<Principal>,
     /// Signing keys for OAuth access tokens (HTTP only; `None` when not configured).
     pub tokens: Option<TokenKeys>,
+    /// Encrypts secrets the server reads back (webhook secrets); `None` when no key is set.
+    pub vault: Option<Vault>,
+    /// What outgoing calls (webhook deliveries) may reach.
+    pub outbound: OutboundOptions,
 }

@@ -8,5 +8,6 @@ pub mod app;
 pub mod cli;
 pub mod crm;
 pub mod error;
+pub mod jobs;
 pub mod mcp;
 pub mod store;

@@ -12,6 +12,7 @@ pub mod scopes;
 pub mod secrets;
 pub mod store;
 pub mod tokens;
+pub mod vault;
 
 pub use principal::{Principal, PrincipalKind, Role};
 pub use scopes::Scopes;

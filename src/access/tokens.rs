@@ -1,7 +1,6 @@
 //! OAuth2 tokens: HS256 JWT access tokens (one hour), opaque refresh tokens that rotate on
 //! use, and revocation shared by every process through PostgreSQL.
 
-use std::path::Path;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -18,8 +17,6 @@ use crate::store::StoreError;
 pub const ACCESS_TOKEN_TTL: Duration = Duration::from_secs(3600);
 const REFRESH_TOKEN_DAYS: i64 = 30;
 pub const REFRESH_TOKEN_PREFIX: &str = "acrt_";
-/// Shorter secrets are refused: HS256 is only as strong as its key.
-const MIN_SECRET_LEN: usize = 32;
 
 /// JWT claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,57 +33,6 @@ pub struct Claims {
     pub iat: i64,
     pub exp: i64,
     pub jti: Uuid,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("AGENTCRM_JWT_SECRET must be at least {MIN_SECRET_LEN} characters")]
-    TooShort,
-    #[error("could not read or create the token signing key {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-}
-
-/// The signing key: `AGENTCRM_JWT_SECRET`, or on the embedded default a key generated once
-/// and kept in the data directory (mode 0600). `None`: tokens cannot be issued.
-pub fn load_secret(
-    configured: Option<&str>,
-    data_dir: Option<&Path>,
-) -> Result<Option<Vec<u8>>, KeyError> {
-    if let Some(secret) = configured.filter(|s| !s.is_empty()) {
-        if secret.len() < MIN_SECRET_LEN {
-            return Err(KeyError::TooShort);
-        }
-        return Ok(Some(secret.as_bytes().to_vec()));
-    }
-    let Some(dir) = data_dir else { return Ok(None) };
-    let path = dir.join("jwt-secret");
-    let io = |source| KeyError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(text) if text.trim().len() >= MIN_SECRET_LEN => {
-            return Ok(Some(text.trim().as_bytes().to_vec()));
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let (secret, _, _) = secrets::new_api_key();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io)?;
-    file.write_all(secret.as_bytes()).map_err(io)?;
-    Ok(Some(secret.into_bytes()))
 }
 
 pub struct TokenKeys {

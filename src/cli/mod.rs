@@ -16,9 +16,12 @@ use crate::access::audit::{AuditEvent, AuditLog};
 use crate::access::cache::AuthCache;
 use crate::access::identity::{self, AuthError, Credential};
 use crate::access::ratelimit::RateLimiter;
-use crate::access::tokens::{TokenKeys, load_secret};
+use crate::access::secrets::{ENCRYPTION_KEY, JWT_KEY};
+use crate::access::tokens::TokenKeys;
+use crate::access::vault::Vault;
 use crate::access::{Principal, Role};
 use crate::app::App;
+use crate::jobs::outbound::OutboundOptions;
 use crate::mcp::catalog::Catalog;
 use crate::mcp::filter::ToolFilter;
 use crate::mcp::http::{DEFAULT_ALLOWED_HOSTS, DEFAULT_ALLOWED_ORIGINS, HttpOptions};
@@ -79,11 +82,23 @@ struct ToolArgs {
 }
 
 #[derive(Debug, Args)]
+struct OutboundArgs {
+    /// Let outgoing calls (webhook deliveries) reach loopback and private networks [default: true on the embedded default, false on a shared database]
+    #[arg(long, env = "AGENTCRM_OUTBOUND_ALLOW_PRIVATE", value_parser = clap::builder::BoolishValueParser::new())]
+    outbound_allow_private: Option<bool>,
+    /// Seconds an outgoing call may take before it counts as failed
+    #[arg(long, env = "AGENTCRM_OUTBOUND_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    outbound_timeout_secs: u64,
+}
+
+#[derive(Debug, Args)]
 struct StdioArgs {
     #[command(flatten)]
     db: DbArgs,
     #[command(flatten)]
     tools: ToolArgs,
+    #[command(flatten)]
+    outbound: OutboundArgs,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +107,8 @@ struct HttpArgs {
     db: DbArgs,
     #[command(flatten)]
     tools: ToolArgs,
+    #[command(flatten)]
+    outbound: OutboundArgs,
     /// Address to listen on (port 0 picks a free port; the log says which)
     #[arg(long, env = "AGENTCRM_LISTEN", default_value = "127.0.0.1:8848")]
     listen: SocketAddr,
@@ -214,6 +231,7 @@ pub(crate) async fn open_store(db: &DbArgs) -> Result<Store, CliError> {
 async fn start(
     db: &DbArgs,
     tools: &ToolArgs,
+    outbound: &OutboundArgs,
     local_owner_allowed: bool,
     public_url: Option<&str>,
 ) -> Result<Arc<App>, CliError> {
@@ -226,29 +244,41 @@ async fn start(
         &tools.exclude_tools,
     )?;
     let store = open_store(db).await?;
-    let tokens = match public_url {
-        Some(url) => {
-            let embedded_dir = (store.kind() == DatabaseKind::Embedded).then(|| {
-                db.data_dir
-                    .clone()
-                    .unwrap_or_else(embedded::default_data_dir)
-            });
-            let configured = std::env::var("AGENTCRM_JWT_SECRET").ok();
-            match load_secret(configured.as_deref(), embedded_dir.as_deref()) {
-                Ok(Some(secret)) => Some(TokenKeys::new(&secret, url)),
-                Ok(None) => {
-                    tracing::warn!(
-                        "AGENTCRM_JWT_SECRET is not set: /oauth/token will not issue tokens"
-                    );
-                    None
-                }
-                Err(error) => {
-                    store.close().await;
-                    return Err(CliError::Usage(error.to_string()));
-                }
-            }
+    let embedded_dir = (store.kind() == DatabaseKind::Embedded).then(|| {
+        db.data_dir
+            .clone()
+            .unwrap_or_else(embedded::default_data_dir)
+    });
+    let tokens = match public_url.map(|url| (url, JWT_KEY.load(embedded_dir.as_deref()))) {
+        Some((url, Ok(Some(secret)))) => Some(TokenKeys::new(&secret, url)),
+        Some((_, Ok(None))) => {
+            tracing::warn!("AGENTCRM_JWT_SECRET is not set: /oauth/token will not issue tokens");
+            None
+        }
+        Some((_, Err(error))) => {
+            store.close().await;
+            return Err(CliError::Usage(error.to_string()));
         }
         None => None,
+    };
+    let vault = match ENCRYPTION_KEY.load(embedded_dir.as_deref()) {
+        Ok(Some(key)) => Some(Vault::new(&key)),
+        Ok(None) => {
+            tracing::warn!(
+                "AGENTCRM_ENCRYPTION_KEY is not set: this process neither creates nor delivers webhooks"
+            );
+            None
+        }
+        Err(error) => {
+            store.close().await;
+            return Err(CliError::Usage(error.to_string()));
+        }
+    };
+    let outbound = OutboundOptions {
+        allow_private: outbound
+            .outbound_allow_private
+            .unwrap_or(store.kind() == DatabaseKind::Embedded),
+        timeout: std::time::Duration::from_secs(outbound.outbound_timeout_secs),
     };
     let local_owner = if store.kind() == DatabaseKind::Embedded {
         match local_owner(&store).await {
@@ -282,7 +312,26 @@ async fn start(
         auth_cache,
         local_owner,
         tokens,
+        vault,
+        outbound,
     }))
+}
+
+/// Starts the background jobs of a serving process; they stop with `shutdown`.
+fn start_jobs(app: &App, shutdown: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut jobs = Vec::new();
+    if let Some(vault) = &app.vault {
+        match crate::jobs::webhooks::start(
+            app.store.pool().clone(),
+            vault.clone(),
+            app.outbound,
+            shutdown.clone(),
+        ) {
+            Ok(job) => jobs.push(job),
+            Err(error) => tracing::error!(%error, "webhook deliveries cannot start"),
+        }
+    }
+    jobs
 }
 
 /// The local tenant and its owner, an admin user, created on first start.
@@ -369,7 +418,7 @@ enum StdioCredential {
 
 async fn run_stdio(args: StdioArgs) -> Result<(), CliError> {
     let shutdown = shutdown_on_signals();
-    let app = start(&args.db, &args.tools, true, None).await?;
+    let app = start(&args.db, &args.tools, &args.outbound, true, None).await?;
     let principal = match stdio_principal(&app).await {
         Ok(principal) => principal,
         Err(error) => {
@@ -377,8 +426,10 @@ async fn run_stdio(args: StdioArgs) -> Result<(), CliError> {
             return Err(error);
         }
     };
-    let outcome = crate::mcp::stdio::serve(app.clone(), principal, shutdown).await;
-    shut_down(&app).await;
+    let jobs = start_jobs(&app, &shutdown);
+    let outcome = crate::mcp::stdio::serve(app.clone(), principal, shutdown.clone()).await;
+    shutdown.cancel();
+    shut_down(&app, jobs).await;
     outcome.map_err(|e| CliError::Stdio(Box::new(e)))
 }
 
@@ -401,18 +452,25 @@ async fn run_http(args: HttpArgs) -> Result<(), CliError> {
     let app = start(
         &args.db,
         &args.tools,
+        &args.outbound,
         args.listen.ip().is_loopback(),
         Some(&public_url),
     )
     .await?;
     tracing::info!("listening on http://{address}/mcp");
-    let outcome = crate::mcp::http::serve(app.clone(), listener, &options, shutdown).await;
-    shut_down(&app).await;
+    let jobs = start_jobs(&app, &shutdown);
+    let outcome = crate::mcp::http::serve(app.clone(), listener, &options, shutdown.clone()).await;
+    shutdown.cancel();
+    shut_down(&app, jobs).await;
     outcome.map_err(CliError::Serve)
 }
 
-/// Hands this process's rate-limit counts to the others, then closes the store.
-async fn shut_down(app: &App) {
+/// Lets background jobs finish what they hold, hands this process's rate-limit counts to
+/// the others, then closes the store.
+async fn shut_down(app: &App, jobs: Vec<tokio::task::JoinHandle<()>>) {
+    for job in jobs {
+        let _ = job.await;
+    }
     if let Err(error) = app.limiter.flush().await {
         tracing::warn!(%error, "could not write the last rate-limit counts");
     }

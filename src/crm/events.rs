@@ -28,3 +28,17 @@ pub async fn emit(
     .await?;
     Ok(())
 }
+
+/// Every event type (SPEC §3). Webhooks subscribe to these, or to `*`.
+pub const EVENT_TYPES: [&str; 10] = [
+    "customer.created",
+    "customer.updated",
+    "customer.deleted",
+    "interaction.created",
+    "handoff.created",
+    "handoff.decided",
+    "invoice.created",
+    "invoice.updated",
+    "workflow.execution.completed",
+    "agent.run.completed",
+];

@@ -1,5 +1,5 @@
 //! The `crm` toolset: customers, interactions and annotations (search, bulk, reports,
-//! products, invoices, quotes and webhooks follow).
+//! products, invoices, quotes and webhooks in their own modules).
 
 pub mod bulk;
 pub mod customers;
@@ -9,6 +9,7 @@ pub mod invoices;
 pub mod quotes;
 pub mod reports;
 pub mod search;
+pub mod webhooks;
 
 use crate::mcp::catalog::RegisteredTool;
 
@@ -20,5 +21,6 @@ pub fn tools() -> Vec<RegisteredTool> {
     tools.extend(invoices::tools());
     tools.extend(quotes::tools());
     tools.extend(reports::tools());
+    tools.extend(webhooks::tools());
     tools
 }

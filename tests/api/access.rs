@@ -15,14 +15,6 @@ async fn as_agent(db: &TestDb, client_id: &str, secret: &str) -> Client {
     .await
 }
 
-fn error_code(result: &rmcp::model::CallToolResult) -> String {
-    assert_eq!(result.is_error, Some(true), "{result:?}");
-    result.structured_content.as_ref().unwrap()["error"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 #[tokio::test]
 async fn admins_manage_agents_and_api_keys_through_tools() {
     let db = TestDb::new().await;

@@ -5,14 +5,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-fn error_code(result: &rmcp::model::CallToolResult) -> String {
-    assert_eq!(result.is_error, Some(true), "{result:?}");
-    result.structured_content.as_ref().unwrap()["error"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 async fn create(client: &Client, fields: Value) -> Value {
     call_ok(client, "create_customer", fields).await["customer"].clone()
 }

@@ -16,6 +16,8 @@ use sqlx::{Connection, Executor};
 pub const BIN: &str = env!("CARGO_BIN_EXE_agentcrm");
 /// The token signing secret every test server gets.
 pub const JWT_SECRET: &str = "test-signing-secret-0123456789-abcdefghijklmnop";
+/// The key every test server encrypts webhook secrets with.
+pub const ENCRYPTION_KEY: &str = "test-encryption-key-0123456789-abcdefghijklmnop";
 
 /// The admin connection used to create per-test databases: the machine's server.
 fn admin_url() -> String {
@@ -92,13 +94,22 @@ impl TestDb {
             .unwrap_or_else(|_| panic!("admin printed JSON: {stdout}"))
     }
 
-    /// `agentcrm <args>` on this database, as the tenant admin (by API key).
+    /// `agentcrm <args>` on this database, as the tenant admin (by API key), with the
+    /// server keys set and outgoing calls allowed to reach the tests' local receivers.
     pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = self.server(args);
+        command.env("AGENTCRM_API_KEY", &self.admin_key);
+        command
+    }
+
+    /// `agentcrm <args>` on this database with the server keys set, but no credential.
+    pub fn server(&self, args: &[&str]) -> Command {
         let mut command = agentcrm(args);
         command
             .env("DATABASE_URL", &self.url)
-            .env("AGENTCRM_API_KEY", &self.admin_key)
-            .env("AGENTCRM_JWT_SECRET", JWT_SECRET);
+            .env("AGENTCRM_JWT_SECRET", JWT_SECRET)
+            .env("AGENTCRM_ENCRYPTION_KEY", ENCRYPTION_KEY)
+            .env("AGENTCRM_OUTBOUND_ALLOW_PRIVATE", "true");
         command
     }
 }
@@ -176,8 +187,15 @@ pub async fn stdio_client(command: Command, generation: Generation) -> Client {
         .expect("MCP handshake over stdio")
 }
 
+/// reqwest (the tests' HTTP clients, unified with the server's features) uses rustls
+/// without a built-in crypto provider: install ring, as the server does.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// An rmcp client for a running HTTP server, sending `key` as a bearer credential.
 pub async fn http_client(url: &str, key: &str, generation: Generation) -> Client {
+    install_tls_provider();
     let transport = StreamableHttpClientTransport::from_config(
         StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(key.to_owned()),
     );
@@ -204,6 +222,15 @@ pub async fn call_ok(client: &Client, name: &str, args: Value) -> Value {
     result.structured_content.expect("structured content")
 }
 
+/// The error code of a failed call (`isError: true` with the SPEC §1 error object).
+pub fn error_code(result: &CallToolResult) -> String {
+    assert_eq!(result.is_error, Some(true), "{result:?}");
+    result.structured_content.as_ref().unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// A running `agentcrm http` process, stopped (SIGTERM) on drop.
 pub struct HttpServer {
     pub child: Child,
@@ -213,6 +240,7 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn start(mut command: Command) -> HttpServer {
+        install_tls_provider();
         command
             .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
@@ -326,9 +354,8 @@ pub fn all_tool_names() -> Vec<String> {
 /// An rmcp client over stdio acting as the agent whose credentials `agent` holds (the
 /// JSON of `admin create-agent` or of the `register_agent` tool).
 pub async fn agent_client(db: &TestDb, agent: &Value) -> Client {
-    let mut command = agentcrm(&["stdio"]);
+    let mut command = db.server(&["stdio"]);
     command
-        .env("DATABASE_URL", &db.url)
         .env(
             "AGENTCRM_CLIENT_ID",
             agent["client_id"].as_str().expect("client_id"),

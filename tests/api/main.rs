@@ -14,3 +14,4 @@ mod policy;
 mod ratelimit;
 mod stdio;
 mod store;
+mod webhooks;

@@ -3,6 +3,10 @@
 //!
 //! cargo run --release --example loadgen -- --url http://127.0.0.1:8848/mcp \
 //!     --header "X-Api-Key: acrm_..." --tool server_info --concurrency 16 --seconds 10
+//!
+//! Arguments can vary per call: in `--args`, `{{n}}` becomes a number unique to the call
+//! (e.g. fresh emails for `create_customer`) and `{{pick}}` a random line of `--pick FILE`
+//! (e.g. existing customer ids for `get_customer`, or search terms).
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +16,9 @@ struct Options {
     url: String,
     headers: Vec<(String, String)>,
     tool: String,
-    args: Value,
+    /// `--args` as JSON text, with its placeholders.
+    args: String,
+    picks: Vec<String>,
     concurrency: usize,
     seconds: u64,
     warmup: u64,
@@ -23,7 +29,8 @@ fn options() -> Result<Options, String> {
         url: "http://127.0.0.1:8848/mcp".into(),
         headers: Vec::new(),
         tool: "server_info".into(),
-        args: json!({}),
+        args: "{}".into(),
+        picks: Vec::new(),
         concurrency: 16,
         seconds: 10,
         warmup: 2,
@@ -39,19 +46,43 @@ fn options() -> Result<Options, String> {
                 o.headers.push((name.trim().into(), val.trim().into()));
             }
             "--tool" => o.tool = value()?,
-            "--args" => o.args = serde_json::from_str(&value()?).map_err(|e| e.to_string())?,
+            "--args" => o.args = value()?,
+            "--pick" => {
+                let path = value()?;
+                let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+                o.picks = text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
+            }
             "--concurrency" => o.concurrency = value()?.parse().map_err(|_| "bad --concurrency")?,
             "--seconds" => o.seconds = value()?.parse().map_err(|_| "bad --seconds")?,
             "--warmup" => o.warmup = value()?.parse().map_err(|_| "bad --warmup")?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
+    if o.args.contains("{{pick}}") && o.picks.is_empty() {
+        return Err("--args uses {{pick}}: give --pick FILE with one value per line".into());
+    }
+    o.args_for(0)?;
     Ok(o)
+}
+
+impl Options {
+    /// The arguments of call `n`, placeholders filled (JSON-escaped).
+    fn args_for(&self, n: u64) -> Result<Value, String> {
+        let mut text = self.args.replace("{{n}}", &n.to_string());
+        if !self.picks.is_empty() {
+            let mut random = [0u8; 8];
+            getrandom::fill(&mut random).map_err(|e| e.to_string())?;
+            let line = &self.picks[(u64::from_le_bytes(random) % self.picks.len() as u64) as usize];
+            let escaped = serde_json::to_string(line).map_err(|e| e.to_string())?;
+            text = text.replace("{{pick}}", &escaped[1..escaped.len() - 1]);
+        }
+        serde_json::from_str(&text).map_err(|e| format!("--args is not JSON: {e}"))
+    }
 }
 
 async fn call(client: &reqwest::Client, o: &Options, id: u64) -> Result<(), String> {
     let body = json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
-        "name": o.tool, "arguments": o.args,
+        "name": o.tool, "arguments": o.args_for(id)?,
         "_meta": {
             "io.modelcontextprotocol/protocolVersion": "2026-07-28",
             "io.modelcontextprotocol/clientInfo": { "name": "loadgen", "version": "1" },
@@ -89,6 +120,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
     if let Err(e) = call(&client, &o, 0).await {
         eprintln!("loadgen: the first call failed: {e}");

@@ -50,7 +50,11 @@ fn options() -> Result<Options, String> {
             "--pick" => {
                 let path = value()?;
                 let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-                o.picks = text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
+                o.picks = text
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(String::from)
+                    .collect();
             }
             "--concurrency" => o.concurrency = value()?.parse().map_err(|_| "bad --concurrency")?,
             "--seconds" => o.seconds = value()?.parse().map_err(|_| "bad --seconds")?,

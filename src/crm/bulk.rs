@@ -21,6 +21,7 @@ use crate::mcp::context::{Progress, ToolCtx};
 use crate::store::StoreError;
 
 const BATCH: usize = 1_000;
+const PARALLEL_BATCHES: usize = 2;
 /// Up to this many targets run inside the call; more become a background task.
 const INLINE_MAX: usize = 1_000;
 const MAX_IDS: usize = 10_000;
@@ -291,38 +292,49 @@ struct Job {
 
 impl Job {
     async fn run(self) {
-        let total = self.ids.len() as u64;
+        use futures::StreamExt;
         let mut done: u64 = 0;
-        for batch in self.ids.chunks(BATCH) {
-            if let Err(error) = self.apply(batch).await {
-                tracing::error!(%error, task = %self.task_id, "bulk update failed");
+        // Batches touch disjoint rows: two at a time keep both cores of a small server busy.
+        let total = self.ids.len() as u64;
+        let job = std::sync::Arc::new(self);
+        let chunks: Vec<Vec<Uuid>> = job.ids.chunks(BATCH).map(<[Uuid]>::to_vec).collect();
+        let mut batches = futures::stream::iter(chunks)
+            .map(|batch| {
+                let job = job.clone();
+                async move { (batch.len() as u64, job.apply(&batch).await) }
+            })
+            .buffer_unordered(PARALLEL_BATCHES);
+        while let Some((size, outcome)) = batches.next().await {
+            if let Err(error) = outcome {
+                tracing::error!(%error, task = %job.task_id, "bulk update failed");
                 let _ = sqlx::query(
                     "UPDATE tasks SET status = 'failed', error = $2, updated_at = now(), finished_at = now() WHERE id = $1",
                 )
-                .bind(self.task_id)
+                .bind(job.task_id)
                 .bind(format!("stopped after {done} of {total} customers: the database refused a batch"))
-                .execute(&self.pool)
+                .execute(&job.pool)
                 .await;
                 return;
             }
-            done += batch.len() as u64;
+            done += size;
             let _ = sqlx::query("UPDATE tasks SET done = $2, updated_at = now() WHERE id = $1")
-                .bind(self.task_id)
+                .bind(job.task_id)
                 .bind(done as i64)
-                .execute(&self.pool)
+                .execute(&job.pool)
                 .await;
-            if let Some(progress) = &self.progress {
+            if let Some(progress) = &job.progress {
                 progress
                     .report(done, total, format!("{done} of {total} customers updated"))
                     .await;
             }
         }
+        drop(batches);
         let _ = sqlx::query(
             "UPDATE tasks SET status = 'succeeded', result = $2, updated_at = now(), finished_at = now() WHERE id = $1",
         )
-        .bind(self.task_id)
+        .bind(job.task_id)
         .bind(json!({ "updated": done }))
-        .execute(&self.pool)
+        .execute(&job.pool)
         .await;
     }
 

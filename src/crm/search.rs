@@ -21,6 +21,12 @@ use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;
 
 const MAX_RESULTS: u32 = 50;
+/// Rows ranked per kind of match (full text, trigram), whatever the number matching.
+const CANDIDATES: i64 = 500;
+const CUSTOMER_COLUMNS: &str = "c.id, c.first_name, c.last_name, c.email, c.phone, c.company, \
+    c.status, c.assigned_to, c.tags, c.custom_fields, c.version, c.created_at, c.updated_at";
+/// Trigram matching covers an email's local part, not its domain (migration 0015).
+const EMAIL_LOCAL_PART: &str = "split_part(coalesce(c.email, ''), '@', 1)";
 
 pub fn tools() -> Vec<RegisteredTool> {
     vec![tool(
@@ -128,7 +134,8 @@ async fn search(ctx: ToolCtx, args: SearchArgs) -> Result<SearchResults, ToolErr
         let (vector, names, headline) = if restricted {
             let all = allowed_text(&policy, &SEARCHED).unwrap_or_else(|| "''".into());
             let names = allowed_text(&policy, &["first_name", "last_name", "email"])
-                .unwrap_or_else(|| "''".into());
+                .unwrap_or_else(|| "''".into())
+                .replace("coalesce(c.email, '')", EMAIL_LOCAL_PART);
             (
                 format!("to_tsvector('simple', {all})"),
                 format!("lower({names})"),
@@ -137,28 +144,52 @@ async fn search(ctx: ToolCtx, args: SearchArgs) -> Result<SearchResults, ToolErr
         } else {
             (
                 "c.search".to_owned(),
-                "lower(c.first_name || ' ' || c.last_name || ' ' || coalesce(c.email, ''))".to_owned(),
+                format!("lower(c.first_name || ' ' || c.last_name || ' ' || {EMAIL_LOCAL_PART})"),
                 "c.first_name || ' ' || c.last_name || ' ' || coalesce(c.email, '') || ' ' || coalesce(c.company, '')"
                     .to_owned(),
             )
         };
-        let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(
-            "SELECT c.id, c.first_name, c.last_name, c.email, c.phone, c.company, \
-             c.status, c.assigned_to, c.tags, c.custom_fields, c.version, c.created_at, c.updated_at, ",
-        );
-        sql.push(format!(
-            "greatest(ts_rank_cd({vector}, q.fts), word_similarity(q.raw, {names}))::float4 AS score, \
-             ts_headline('simple', {headline}, q.fts, 'StartSel=<<, StopSel=>>, MaxFragments=2, HighlightAll=false') AS highlight \
-             FROM customers c, (SELECT websearch_to_tsquery('simple', "
+        // Full-text matches first; trigram matches (typos, prefixes) only when full text found
+        // fewer than asked for. Each side ranks at most CANDIDATES rows: a word shared by a
+        // large part of the tenant is ranked among the first CANDIDATES rows that have it.
+        let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+            "WITH fts AS (SELECT {CUSTOMER_COLUMNS}, \
+             greatest(ts_rank_cd({vector}, websearch_to_tsquery('simple', "
         ));
         sql.push_bind(query.to_owned())
-            .push(") AS fts, lower(")
+            .push(")), word_similarity(lower(")
             .push_bind(query.to_owned())
-            .push(") AS raw) q WHERE true");
+            .push(format!(
+                "), {names}))::float4 AS score FROM customers c WHERE true"
+            ));
         policy.push_predicates(&CUSTOMERS, Some("c"), &mut sql);
-        sql.push(format!(" AND ({vector} @@ q.fts OR q.raw <% {names})"));
-        sql.push(" ORDER BY score DESC, c.id LIMIT ")
+        sql.push(format!(" AND {vector} @@ websearch_to_tsquery('simple', "))
+            .push_bind(query.to_owned())
+            .push(") LIMIT ")
+            .push_bind(CANDIDATES)
+            .push(format!(
+                "), fuzzy AS (SELECT {CUSTOMER_COLUMNS}, word_similarity(lower("
+            ))
+            .push_bind(query.to_owned())
+            .push(format!(
+                "), {names})::float4 AS score FROM customers c WHERE (SELECT count(*) FROM fts) < "
+            ))
             .push_bind(i64::from(limit));
+        policy.push_predicates(&CUSTOMERS, Some("c"), &mut sql);
+        sql.push(" AND lower(")
+            .push_bind(query.to_owned())
+            .push(format!(") <% {names} AND c.id NOT IN (SELECT id FROM fts) LIMIT "))
+            .push_bind(CANDIDATES)
+            .push(format!(
+                ") SELECT c.*, ts_headline('simple', {headline}, websearch_to_tsquery('simple', "
+            ))
+            .push_bind(query.to_owned())
+            .push(
+                "), 'StartSel=<<, StopSel=>>, MaxFragments=2, HighlightAll=false') AS highlight \
+                 FROM (SELECT * FROM fts UNION ALL SELECT * FROM fuzzy ORDER BY score DESC, id LIMIT ",
+            )
+            .push_bind(i64::from(limit))
+            .push(") c ORDER BY score DESC, id");
         let rows: Vec<CustomerHit> = sql
             .build_query_as()
             .fetch_all(pool)

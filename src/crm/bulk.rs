@@ -328,7 +328,6 @@ impl Job {
                     .await;
             }
         }
-        drop(batches);
         let _ = sqlx::query(
             "UPDATE tasks SET status = 'succeeded', result = $2, updated_at = now(), finished_at = now() WHERE id = $1",
         )

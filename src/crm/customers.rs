@@ -31,7 +31,7 @@ pub const CUSTOMERS: Resource = Resource {
     always_visible: &["id", "version", "created_at", "updated_at"],
 };
 
-const COLUMNS: &str = "c.id, c.first_name, c.last_name, c.email, c.phone, c.company, c.status, \
+pub(crate) const COLUMNS: &str = "c.id, c.first_name, c.last_name, c.email, c.phone, c.company, c.status, \
     c.assigned_to, c.tags, c.custom_fields, c.version, c.created_at, c.updated_at";
 
 pub fn tools() -> Vec<RegisteredTool> {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::customers::{CUSTOMERS, Customer, shape};
+use super::customers::{COLUMNS, CUSTOMERS, Customer, shape};
 use super::interactions::Interaction;
 use crate::access::Scopes;
 use crate::access::policy::{Policy, Shaped};
@@ -23,8 +23,6 @@ use crate::store::StoreError;
 const MAX_RESULTS: u32 = 50;
 /// Rows ranked per kind of match (full text, trigram), whatever the number matching.
 const CANDIDATES: i64 = 500;
-const CUSTOMER_COLUMNS: &str = "c.id, c.first_name, c.last_name, c.email, c.phone, c.company, \
-    c.status, c.assigned_to, c.tags, c.custom_fields, c.version, c.created_at, c.updated_at";
 /// Trigram matching covers an email's local part, not its domain (migration 0015).
 const EMAIL_LOCAL_PART: &str = "split_part(coalesce(c.email, ''), '@', 1)";
 
@@ -95,14 +93,32 @@ const SEARCHED: [&str; 7] = [
     "status",
 ];
 
-/// The SQL text of the allowed searched fields, e.g. `coalesce(c.email, '') || ' ' || …`.
-fn allowed_text(policy: &Policy, fields: &[&str]) -> Option<String> {
+/// The SQL text of the allowed searched fields, e.g. `coalesce(c.email, '') || ' ' || …`
+/// (`text_of` gives each field's text).
+fn allowed_text(policy: &Policy, fields: &[&str], text_of: fn(&str) -> String) -> String {
     let parts: Vec<String> = fields
         .iter()
         .filter(|f| policy.field_allowed(&CUSTOMERS, f))
-        .map(|f| format!("coalesce(c.{f}, '')"))
+        .map(|f| text_of(f))
         .collect();
-    (!parts.is_empty()).then(|| parts.join(" || ' ' || "))
+    if parts.is_empty() {
+        "''".into()
+    } else {
+        parts.join(" || ' ' || ")
+    }
+}
+
+fn field_text(field: &str) -> String {
+    format!("coalesce(c.{field}, '')")
+}
+
+/// What trigrams match: the field, or for the email its local part (migration 0015).
+fn trigram_text(field: &str) -> String {
+    if field == "email" {
+        EMAIL_LOCAL_PART.into()
+    } else {
+        field_text(field)
+    }
 }
 
 async fn search(ctx: ToolCtx, args: SearchArgs) -> Result<SearchResults, ToolError> {
@@ -132,10 +148,8 @@ async fn search(ctx: ToolCtx, args: SearchArgs) -> Result<SearchResults, ToolErr
         let restricted = policy.field_rules.contains_key(CUSTOMERS.name);
         // The text matched and highlighted: every searched field, or only the allowed ones.
         let (vector, names, headline) = if restricted {
-            let all = allowed_text(&policy, &SEARCHED).unwrap_or_else(|| "''".into());
-            let names = allowed_text(&policy, &["first_name", "last_name", "email"])
-                .unwrap_or_else(|| "''".into())
-                .replace("coalesce(c.email, '')", EMAIL_LOCAL_PART);
+            let all = allowed_text(&policy, &SEARCHED, field_text);
+            let names = allowed_text(&policy, &["first_name", "last_name", "email"], trigram_text);
             (
                 format!("to_tsvector('simple', {all})"),
                 format!("lower({names})"),
@@ -153,7 +167,7 @@ async fn search(ctx: ToolCtx, args: SearchArgs) -> Result<SearchResults, ToolErr
         // fewer than asked for. Each side ranks at most CANDIDATES rows: a word shared by a
         // large part of the tenant is ranked among the first CANDIDATES rows that have it.
         let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(format!(
-            "WITH fts AS (SELECT {CUSTOMER_COLUMNS}, \
+            "WITH fts AS (SELECT {COLUMNS}, \
              greatest(ts_rank_cd({vector}, websearch_to_tsquery('simple', "
         ));
         sql.push_bind(query.to_owned())
@@ -168,7 +182,7 @@ async fn search(ctx: ToolCtx, args: SearchArgs) -> Result<SearchResults, ToolErr
             .push(") LIMIT ")
             .push_bind(CANDIDATES)
             .push(format!(
-                "), fuzzy AS (SELECT {CUSTOMER_COLUMNS}, word_similarity(lower("
+                "), fuzzy AS (SELECT {COLUMNS}, word_similarity(lower("
             ))
             .push_bind(query.to_owned())
             .push(format!(

@@ -383,7 +383,16 @@ async fn webhooks_are_signed_retried_logged_and_scoped_to_their_tenant() {
     .await
     .unwrap();
     assert_eq!(leaks, 0);
-    let _ = steady_id;
+    assert_eq!(
+        call_ok(
+            &admin,
+            "list_webhook_deliveries",
+            json!({ "webhook_id": steady_id })
+        )
+        .await["total"],
+        2,
+        "one delivery per subscribed event"
+    );
 }
 
 #[tokio::test]

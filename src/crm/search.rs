@@ -22,7 +22,7 @@ use crate::store::StoreError;
 
 const MAX_RESULTS: u32 = 50;
 /// Rows ranked per kind of match (full text, trigram), whatever the number matching.
-const CANDIDATES: i64 = 500;
+const CANDIDATES: i64 = 200;
 /// Trigram matching covers an email's local part, not its domain (migration 0015).
 const EMAIL_LOCAL_PART: &str = "split_part(coalesce(c.email, ''), '@', 1)";
 
@@ -108,6 +108,21 @@ fn allowed_text(policy: &Policy, fields: &[&str], text_of: fn(&str) -> String) -
     }
 }
 
+/// The expression of the prefix index (migration 0016), compared byte-wise so that the
+/// range `[p, p || U+10FFFF)` holds exactly the full names starting with `p` in any locale.
+const FULL_NAME_PREFIX: &str = "(lower(c.first_name || ' ' || c.last_name) COLLATE \"C\")";
+
+/// The text names are matched on by prefix: a plain query (no quotes, `or` or `-word`,
+/// whose meaning a prefix match would drop), with its spaces collapsed.
+fn prefix_text(query: &str) -> Option<String> {
+    let words: Vec<&str> = query.split_whitespace().collect();
+    let plain = !query.contains('"')
+        && words
+            .iter()
+            .all(|w| !w.starts_with('-') && !w.eq_ignore_ascii_case("or"));
+    (plain && !words.is_empty()).then(|| words.join(" "))
+}
+
 fn field_text(field: &str) -> String {
     format!("coalesce(c.{field}, '')")
 }
@@ -163,36 +178,64 @@ async fn search(ctx: ToolCtx, args: SearchArgs) -> Result<SearchResults, ToolErr
                     .to_owned(),
             )
         };
-        // Full-text matches first; trigram matches (typos, prefixes) only when full text found
-        // fewer than asked for. Each side ranks at most CANDIDATES rows: a word shared by a
-        // large part of the tenant is ranked among the first CANDIDATES rows that have it.
+        // Full-text matches first; then full names starting with the query (a btree range, which
+        // stop at CANDIDATES rows however common the name); trigram matches (typos) only
+        // when both found fewer than asked for. Each side ranks at most CANDIDATES rows: a
+        // word shared by a large part of the tenant is ranked among the first rows having it.
+        let prefix = prefix_text(query).filter(|_| {
+            ["first_name", "last_name"]
+                .iter()
+                .all(|f| policy.field_allowed(&CUSTOMERS, f))
+        });
+        let similarity = |sql: &mut QueryBuilder<Postgres>| {
+            sql.push("word_similarity(lower(")
+                .push_bind(query.to_owned())
+                .push(format!("), {names})"));
+        };
         let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(format!(
             "WITH fts AS (SELECT {COLUMNS}, \
              greatest(ts_rank_cd({vector}, websearch_to_tsquery('simple', "
         ));
-        sql.push_bind(query.to_owned())
-            .push(")), word_similarity(lower(")
-            .push_bind(query.to_owned())
-            .push(format!(
-                "), {names}))::float4 AS score FROM customers c WHERE true"
-            ));
+        sql.push_bind(query.to_owned()).push(")), ");
+        similarity(&mut sql);
+        sql.push(")::float4 AS score FROM customers c WHERE true");
         policy.push_predicates(&CUSTOMERS, Some("c"), &mut sql);
         sql.push(format!(" AND {vector} @@ websearch_to_tsquery('simple', "))
             .push_bind(query.to_owned())
             .push(") LIMIT ")
             .push_bind(CANDIDATES)
-            .push(format!(
-                "), fuzzy AS (SELECT {COLUMNS}, word_similarity(lower("
-            ))
-            .push_bind(query.to_owned())
-            .push(format!(
-                "), {names})::float4 AS score FROM customers c WHERE (SELECT count(*) FROM fts) < "
-            ))
-            .push_bind(i64::from(limit));
+            .push("), pre AS (");
+        match prefix {
+            Some(prefix) => {
+                sql.push(format!("SELECT {COLUMNS}, "));
+                similarity(&mut sql);
+                sql.push("::float4 AS score FROM customers c WHERE (SELECT count(*) FROM fts) < ")
+                    .push_bind(i64::from(limit));
+                policy.push_predicates(&CUSTOMERS, Some("c"), &mut sql);
+                sql.push(format!(" AND {FULL_NAME_PREFIX} >= (lower("))
+                    .push_bind(prefix.clone())
+                    .push(format!(") COLLATE \"C\") AND {FULL_NAME_PREFIX} < (lower("))
+                    .push_bind(prefix)
+                    .push(") || chr(1114111)) COLLATE \"C\" AND c.id NOT IN (SELECT id FROM fts) LIMIT ")
+                    .push_bind(CANDIDATES);
+            }
+            None => {
+                sql.push("SELECT * FROM fts WHERE false");
+            }
+        }
+        sql.push(format!("), fuzzy AS (SELECT {COLUMNS}, "));
+        similarity(&mut sql);
+        sql.push(
+            "::float4 AS score FROM customers c \
+             WHERE (SELECT count(*) FROM fts) + (SELECT count(*) FROM pre) < ",
+        )
+        .push_bind(i64::from(limit));
         policy.push_predicates(&CUSTOMERS, Some("c"), &mut sql);
         sql.push(" AND lower(")
             .push_bind(query.to_owned())
-            .push(format!(") <% {names} AND c.id NOT IN (SELECT id FROM fts) LIMIT "))
+            .push(format!(
+                ") <% {names} AND c.id NOT IN (SELECT id FROM fts UNION ALL SELECT id FROM pre) LIMIT "
+            ))
             .push_bind(CANDIDATES)
             .push(format!(
                 ") SELECT c.*, ts_headline('simple', {headline}, websearch_to_tsquery('simple', "
@@ -200,7 +243,8 @@ async fn search(ctx: ToolCtx, args: SearchArgs) -> Result<SearchResults, ToolErr
             .push_bind(query.to_owned())
             .push(
                 "), 'StartSel=<<, StopSel=>>, MaxFragments=2, HighlightAll=false') AS highlight \
-                 FROM (SELECT * FROM fts UNION ALL SELECT * FROM fuzzy ORDER BY score DESC, id LIMIT ",
+                 FROM (SELECT * FROM fts UNION ALL SELECT * FROM pre UNION ALL SELECT * FROM fuzzy \
+                 ORDER BY score DESC, id LIMIT ",
             )
             .push_bind(i64::from(limit))
             .push(") c ORDER BY score DESC, id");

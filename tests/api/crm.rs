@@ -568,6 +568,10 @@ async fn search_ranks_highlights_tolerates_typos_and_respects_field_rules() {
     for (query, name) in [
         ("Brunno", "Bruno"),
         ("brun", "Bruno"),
+        ("SOUZ", "Bruno"),
+        // One letter: too short for trigrams, a prefix still.
+        ("c", "Carla"),
+        ("bruno  so", "Bruno"),
         ("bruno@souza", "Bruno"),
     ] {
         let found = call_ok(
@@ -658,8 +662,15 @@ async fn search_ranks_highlights_tolerates_typos_and_respects_field_rules() {
         !by_name.to_string().contains("hidden.example"),
         "no restricted field in results or highlights: {by_name}"
     );
-    let carla = call_ok(&bot, "search", json!({ "query": "Carla" })).await;
-    assert!(results(&carla).is_empty(), "row conditions apply to search");
+    for query in ["Carla", "carl", "Mend"] {
+        let carla = call_ok(&bot, "search", json!({ "query": query })).await;
+        assert!(
+            results(&carla).is_empty(),
+            "row conditions apply to every kind of match ({query}): {carla}"
+        );
+    }
+    let by_prefix = call_ok(&bot, "search", json!({ "query": "ana li" })).await;
+    assert_eq!(results(&by_prefix).len(), 1, "{by_prefix}");
     let notes = call_ok(&bot, "search", json!({ "query": "pricing" })).await;
     assert!(
         results(&notes).is_empty(),

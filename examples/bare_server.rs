@@ -65,6 +65,9 @@ impl ServerHandler for Bare {
             session_id: None,
             filter: self.app.filter.clone(),
             progress: None,
+            tool: tool.def.name,
+            arguments: Default::default(),
+            approved_action: None,
         };
         let result = match tool.call(ctx, request.arguments.unwrap_or_default()).await {
             Ok(value) => CallToolResult::structured(value),
@@ -105,6 +108,7 @@ async fn main() {
             allow_private: false,
             timeout: std::time::Duration::from_secs(10),
         },
+        subscriptions: Default::default(),
     });
     let service = StreamableHttpService::new(
         move || {

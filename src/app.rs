@@ -31,4 +31,6 @@ pub struct App {
     pub vault: Option<Vault>,
     /// What outgoing calls (webhook deliveries) may reach.
     pub outbound: OutboundOptions,
+    /// Clients subscribed to resources (pending actions, handoff tickets) in this process.
+    pub subscriptions: crate::handoff::resources::Subscriptions,
 }

@@ -28,6 +28,9 @@ pub struct ErrorBody {
     pub request_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// With `pending_approval`: the held action, for `get_pending_action`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action_id: Option<uuid::Uuid>,
 }
 
 /// Errors raised by tool handlers. Mapped to [`ErrorBody`] in exactly one place
@@ -45,6 +48,12 @@ pub enum ToolError {
     /// A rate limit: the message, and seconds until a retry can succeed.
     #[error("{0}")]
     RateLimited(String, u64),
+    /// Held by the tenant's approval policy: nothing changed; a person decides the action.
+    #[error("{message}")]
+    PendingApproval {
+        action_id: uuid::Uuid,
+        message: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -65,6 +74,7 @@ impl ToolError {
             ToolError::Forbidden(_) => ErrorCode::Forbidden,
             ToolError::Conflict(_) => ErrorCode::Conflict,
             ToolError::RateLimited(..) => ErrorCode::RateLimited,
+            ToolError::PendingApproval { .. } => ErrorCode::PendingApproval,
             ToolError::Store(_) | ToolError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -83,6 +93,10 @@ impl ToolError {
             request_id: request_id.to_owned(),
             retry_after: match self {
                 ToolError::RateLimited(_, seconds) => Some(*seconds),
+                _ => None,
+            },
+            action_id: match self {
+                ToolError::PendingApproval { action_id, .. } => Some(*action_id),
                 _ => None,
             },
         }

@@ -8,6 +8,7 @@ pub mod app;
 pub mod cli;
 pub mod crm;
 pub mod error;
+pub mod handoff;
 pub mod jobs;
 pub mod mcp;
 pub mod store;

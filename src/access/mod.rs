@@ -1,6 +1,7 @@
 //! The access layer: principals, credentials, scopes and the audit trail. Every tool call
 //! passes through it; no toolset has auth code of its own.
 
+pub mod approval;
 pub mod audit;
 pub mod cache;
 pub mod identity;

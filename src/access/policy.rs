@@ -66,14 +66,6 @@ pub struct Grant {
     pub except_ids: Vec<Uuid>,
 }
 
-/// What the approval hook decides about an operation (the handoff toolset fills it in).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Approval {
-    Proceed,
-    /// Held for a human: the pending action's id.
-    Held(Uuid),
-}
-
 /// The restrictions that apply to one principal. Humans have none beyond their scopes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
 pub struct Policy {
@@ -335,12 +327,6 @@ impl Policy {
             }
             None => {}
         }
-    }
-
-    /// The approval hook: called before an operation runs. Everything proceeds until the
-    /// handoff toolset adds approval policies.
-    pub async fn approval(&self, _tool: &str, _arguments: &Value) -> Result<Approval, ToolError> {
-        Ok(Approval::Proceed)
     }
 }
 

@@ -17,6 +17,8 @@ use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
 use crate::store::page::{PageArgs, PageInfo};
 
+mod approval;
+
 const ADMIN: &[&str] = &["admin"];
 const AUDIT: &[&str] = &["admin", "audit:read"];
 
@@ -149,6 +151,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             list_audit_log,
         ),
     ]
+    .into_iter()
+    .chain(approval::tools())
+    .collect()
 }
 
 fn not_found(what: &str, id: Uuid) -> ToolError {

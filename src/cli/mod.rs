@@ -314,6 +314,7 @@ async fn start(
         tokens,
         vault,
         outbound,
+        subscriptions: Default::default(),
     }))
 }
 
@@ -331,6 +332,10 @@ fn start_jobs(app: &App, shutdown: &CancellationToken) -> Vec<tokio::task::JoinH
             Err(error) => tracing::error!(%error, "webhook deliveries cannot start"),
         }
     }
+    jobs.push(
+        app.subscriptions
+            .start(app.store.pool().clone(), shutdown.clone()),
+    );
     jobs
 }
 

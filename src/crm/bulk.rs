@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 use super::customers::{CUSTOMERS, Status};
 use crate::access::Principal;
-use crate::access::policy::{Approval, Policy};
+use crate::access::approval::Sensitive;
+use crate::access::policy::Policy;
 use crate::error::ToolError;
 use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
 use crate::mcp::context::{Progress, ToolCtx};
@@ -168,12 +169,23 @@ async fn bulk_update_customers(ctx: ToolCtx, args: BulkArgs) -> Result<BulkOut, 
     }
 
     let ids = target_ids(ctx.app.store.pool(), &policy, &args).await?;
-    let arguments = json!({ "count": ids.len(), "set": written });
-    if let Approval::Held(action) = policy.approval("bulk_update_customers", &arguments).await? {
-        return Err(ToolError::Forbidden(format!(
-            "held for approval as action {action}"
-        )));
-    }
+    let records = ids.len() as i64;
+    let target = match &args.customer_ids {
+        Some(_) => "listed by id".to_owned(),
+        None => format!(
+            "matching the filter {}; resolved again when it runs",
+            ctx.arguments.get("filter").cloned().unwrap_or(json!({}))
+        ),
+    };
+    ctx.approval(
+        Sensitive::Bulk { records },
+        format!(
+            "Update {records} customers ({target}): set {}",
+            ctx.arguments.get("set").cloned().unwrap_or(json!({}))
+        ),
+        None,
+    )
+    .await?;
     let pool = ctx.app.store.pool().clone();
     let task: Task = sqlx::query_as(
         "INSERT INTO tasks (tenant_id, kind, status, total, principal_id) VALUES ($1, 'bulk_update_customers', 'running', $2, $3)

@@ -9,7 +9,8 @@ use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::events;
-use crate::access::policy::{Approval, Policy, Resource, Shaped};
+use crate::access::approval::{About, Sensitive};
+use crate::access::policy::{Policy, Resource, Shaped};
 use crate::error::ToolError;
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
@@ -340,6 +341,29 @@ async fn list_customers(ctx: ToolCtx, args: ListArgs) -> Result<CustomerList, To
 }
 
 /// One customer the caller may see (its tenant, its conditions), optionally locked.
+/// How a customer is named to people (e.g. in the approval queue), from the fields
+/// `policy` lets its holder see.
+pub(crate) fn display_name(policy: &Policy, customer: &Customer) -> String {
+    let visible = |field: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .filter(|v| policy.field_allowed(&CUSTOMERS, field) && !v.is_empty())
+            .map(str::to_owned)
+    };
+    let parts: Vec<String> = [
+        visible("first_name", &customer.first_name),
+        visible("last_name", &customer.last_name),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        format!("customer {}", customer.id)
+    } else {
+        parts.join(" ")
+    }
+}
+
 pub(crate) async fn find<'c>(
     executor: impl sqlx::PgExecutor<'c>,
     policy: &Policy,
@@ -618,12 +642,20 @@ pub struct Deleted {
 async fn delete_customer(ctx: ToolCtx, args: DeleteArgs) -> Result<Deleted, ToolError> {
     let policy = ctx.policy().await?;
     policy.check_object("customers:delete", args.customer_id)?;
-    let arguments = serde_json::json!({ "customer_id": args.customer_id });
-    if let Approval::Held(action) = policy.approval("delete_customer", &arguments).await? {
-        return Err(ToolError::Forbidden(format!(
-            "held for approval as action {action}"
-        )));
-    }
+    let customer = find(ctx.app.store.pool(), &policy, args.customer_id, false).await?;
+    let name = display_name(&policy, &customer);
+    ctx.approval(
+        Sensitive::CustomerDelete,
+        format!(
+            "Delete customer {name} ({}) with its interactions and annotations",
+            customer.id
+        ),
+        Some(About {
+            customer_id: customer.id,
+            customer_name: name,
+        }),
+    )
+    .await?;
     let mut query = QueryBuilder::new("DELETE FROM customers c WHERE c.id = ");
     query.push_bind(args.customer_id);
     policy.push_predicates(&CUSTOMERS, Some("c"), &mut query);

@@ -9,9 +9,10 @@ use serde_json::json;
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::customers::{CUSTOMERS, find};
+use super::customers::{CUSTOMERS, display_name, find};
 use super::events;
-use crate::access::policy::{Approval, Policy};
+use crate::access::approval::{About, Sensitive};
+use crate::access::policy::Policy;
 use crate::error::ToolError;
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
@@ -377,12 +378,6 @@ async fn create_invoice(ctx: ToolCtx, args: CreateInvoiceArgs) -> Result<Invoice
     let currency = currency(&args.currency)?;
     let discount_bps = discount_bps(args.discount_percent)?;
     let policy = ctx.policy().await?;
-    let arguments = json!({ "customer_id": args.customer_id, "discount_bps": discount_bps });
-    if let Approval::Held(action) = policy.approval("create_invoice", &arguments).await? {
-        return Err(ToolError::Forbidden(format!(
-            "held for approval as action {action}"
-        )));
-    }
     let mut tx = ctx
         .app
         .store
@@ -400,6 +395,23 @@ async fn create_invoice(ctx: ToolCtx, args: CreateInvoiceArgs) -> Result<Invoice
         due_date: args.due_date,
         notes: args.notes,
     };
+    let (_, _, total) = totals(&draft.lines, draft.discount_bps);
+    let operation = Sensitive::Invoice {
+        total,
+        currency: draft.currency.clone(),
+        discount_bps,
+    };
+    if let Some(reason) = ctx.held(&operation).await? {
+        // The transaction's row locks would block the pending action's own writes.
+        tx.rollback().await.map_err(StoreError::from)?;
+        let name = display_name(&policy, &customer);
+        let summary = invoice_summary(&name, total, &draft.currency, &draft.lines, discount_bps);
+        let about = About {
+            customer_id: customer.id,
+            customer_name: name,
+        };
+        return Err(ctx.hold(&reason, &summary, Some(about)).await);
+    }
     let id = insert_invoice(&mut tx, ctx.principal.tenant_id, &draft).await?;
     let invoice = load_invoice(&mut tx, &policy, id, false).await?;
     events::emit(
@@ -412,6 +424,28 @@ async fn create_invoice(ctx: ToolCtx, args: CreateInvoiceArgs) -> Result<Invoice
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(InvoiceOut { invoice })
+}
+
+/// What a held invoice is, for the person deciding.
+pub(crate) fn invoice_summary(
+    customer: &str,
+    total: i64,
+    currency: &str,
+    lines: &[Line],
+    discount_bps: i64,
+) -> String {
+    format!(
+        "Invoice {customer} for {}.{:02} {currency} ({} line{}{})",
+        total / 100,
+        total % 100,
+        lines.len(),
+        if lines.len() == 1 { "" } else { "s" },
+        if discount_bps > 0 {
+            format!(", discount {} %", discount_bps as f64 / 100.0)
+        } else {
+            String::new()
+        }
+    )
 }
 
 /// `discount_percent` (0 to 100, two decimals at most) as basis points.

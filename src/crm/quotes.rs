@@ -8,13 +8,14 @@ use serde_json::json;
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::customers::{CUSTOMERS, find};
+use super::customers::{CUSTOMERS, display_name, find};
 use super::events;
 use super::invoices::{
     Draft, InvoiceLine, InvoiceOut, Line, LineArgs, LineTable, currency, db_error, discount_bps,
     insert_invoice, insert_lines, load_invoice, resolve_lines, totals,
 };
-use crate::access::policy::{Approval, Policy};
+use crate::access::approval::{About, Sensitive};
+use crate::access::policy::Policy;
 use crate::error::ToolError;
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
@@ -201,6 +202,21 @@ async fn create_quote(ctx: ToolCtx, args: CreateQuoteArgs) -> Result<QuoteOut, T
     let customer = find(&mut *tx, &policy, args.customer_id, true).await?;
     let lines = resolve_lines(&mut tx, tenant, &currency, &args.lines).await?;
     let (subtotal, discount, total) = totals(&lines, bps);
+    if let Some(reason) = ctx.held(&Sensitive::Quote { discount_bps: bps }).await? {
+        tx.rollback().await.map_err(StoreError::from)?;
+        let name = display_name(&policy, &customer);
+        let summary = format!(
+            "Quote {name} {}.{:02} {currency} with a discount of {} %",
+            total / 100,
+            total % 100,
+            bps as f64 / 100.0
+        );
+        let about = About {
+            customer_id: customer.id,
+            customer_name: name,
+        };
+        return Err(ctx.hold(&reason, &summary, Some(about)).await);
+    }
     let id: Uuid = sqlx::query_scalar(
         "INSERT INTO quotes (tenant_id, customer_id, currency, subtotal, discount_bps, discount, total, valid_until, notes)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
@@ -345,6 +361,18 @@ async fn update_quote(ctx: ToolCtx, args: UpdateQuoteArgs) -> Result<QuoteOut, T
             Some(p) => discount_bps(Some(p))?,
             None => i64::from(current.discount_bps),
         };
+        if bps > i64::from(current.discount_bps)
+            && let Some(reason) = ctx.held(&Sensitive::Quote { discount_bps: bps }).await?
+        {
+            tx.rollback().await.map_err(StoreError::from)?;
+            let summary = format!(
+                "Raise the discount of quote {} from {} % to {} %",
+                current.id,
+                f64::from(current.discount_bps) / 100.0,
+                bps as f64 / 100.0
+            );
+            return Err(ctx.hold(&reason, &summary, None).await);
+        }
         let lines: Vec<Line> = match &args.lines {
             Some(lines) => resolve_lines(&mut tx, tenant, &current.currency, lines).await?,
             None => sqlx::query_as(
@@ -430,14 +458,32 @@ async fn convert_quote_to_invoice(
             )));
         }
     }
-    let arguments = json!({ "quote_id": quote.id, "discount_bps": quote.discount_bps });
-    if let Approval::Held(action) = policy
-        .approval("convert_quote_to_invoice", &arguments)
-        .await?
-    {
-        return Err(ToolError::Forbidden(format!(
-            "held for approval as action {action}"
-        )));
+    let operation = Sensitive::Invoice {
+        total: quote.total,
+        currency: quote.currency.clone(),
+        discount_bps: i64::from(quote.discount_bps),
+    };
+    if let Some(reason) = ctx.held(&operation).await? {
+        tx.rollback().await.map_err(StoreError::from)?;
+        let customer = find(ctx.app.store.pool(), &policy, quote.customer_id, false).await?;
+        let name = display_name(&policy, &customer);
+        let summary = format!(
+            "Convert quote {} into an invoice for {name}: {}.{:02} {}{}",
+            quote.id,
+            quote.total / 100,
+            quote.total % 100,
+            quote.currency,
+            if quote.discount_bps > 0 {
+                format!(", discount {} %", f64::from(quote.discount_bps) / 100.0)
+            } else {
+                String::new()
+            }
+        );
+        let about = About {
+            customer_id: customer.id,
+            customer_name: name,
+        };
+        return Err(ctx.hold(&reason, &summary, Some(about)).await);
     }
     let lines: Vec<Line> = sqlx::query_as(
         "SELECT position, product_id, description, quantity, unit_price, amount FROM quote_lines

@@ -164,6 +164,7 @@ pub struct RegisteredTool {
     /// needing the `admin` scope.
     pub humans_only: bool,
     handler: Handler,
+    validate: fn(&JsonObject) -> Result<(), ToolError>,
 }
 
 impl RegisteredTool {
@@ -173,6 +174,12 @@ impl RegisteredTool {
 
     pub fn output_schema(&self) -> Option<&JsonObject> {
         self.tool.output_schema.as_deref()
+    }
+
+    /// Checks that `args` are what the tool takes, without running it (e.g. before a call
+    /// is held for approval).
+    pub fn validate(&self, args: &JsonObject) -> Result<(), ToolError> {
+        (self.validate)(args)
     }
 
     pub fn call(
@@ -217,15 +224,24 @@ where
                 .map_err(|e| ToolError::Internal(format!("could not serialize the result: {e}")))
         })
     });
+    let validate: fn(&JsonObject) -> Result<(), ToolError> = |args| {
+        serde_json::from_value::<I>(Value::Object(args.clone()))
+            .map(drop)
+            .map_err(|e| ToolError::InvalidRequest(format!("invalid arguments: {e}")))
+    };
     let required =
         Scopes::parse(def.scopes).unwrap_or_else(|e| panic!("tool {} declares an {e}", def.name));
-    let humans_only = def.toolset == Toolset::Admin || def.scopes.contains(&"admin");
+    // Deciding for a person is never an agent's to do, whatever its scopes (SPEC §4).
+    let humans_only = def.toolset == Toolset::Admin
+        || def.scopes.contains(&"admin")
+        || def.scopes.contains(&"handoff:decide");
     RegisteredTool {
         def,
         tool,
         required,
         humans_only,
         handler,
+        validate,
     }
 }
 
@@ -243,6 +259,7 @@ impl Catalog {
             let mut tools = crate::account::tools();
             tools.extend(crate::admin::tools());
             tools.extend(crate::crm::tools());
+            tools.extend(crate::handoff::tools());
             Catalog::new(tools)
         })
     }

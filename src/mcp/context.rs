@@ -48,6 +48,12 @@ pub struct ToolCtx {
     pub filter: Arc<ToolFilter>,
     /// Where to send progress notifications, when the client asked for them.
     pub progress: Option<Progress>,
+    /// The tool being called and its arguments as sent: what the approval hook stores.
+    pub tool: &'static str,
+    pub arguments: Arc<rmcp::model::JsonObject>,
+    /// Set only by `decide_pending_action` when it runs an approved action: the approval
+    /// hook lets that one call through. No argument of a call can set it.
+    pub approved_action: Option<uuid::Uuid>,
 }
 
 /// A client's progress token and the connection to notify it on.

@@ -1,6 +1,7 @@
 //! The MCP layer: tool catalog, filtering, the shared handler and both transports.
 
 pub mod catalog;
+pub mod confirm;
 pub mod context;
 pub mod docs;
 pub mod filter;

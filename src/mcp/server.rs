@@ -7,14 +7,17 @@ use std::time::Instant;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CustomRequest, CustomResult,
-    ErrorCode, Implementation, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
-    ServerCapabilities, ServerConfig,
+    ErrorCode, Implementation, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, ResourceContents, ServerCapabilities, ServerConfig, SubscribeRequestParams,
+    SubscriptionFilter, UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use tracing::Instrument;
 
 use super::catalog::{RegisteredTool, Toolset};
+use super::confirm::{Gate, Ran, gate};
 use super::context::{Progress, ToolCtx, Transport};
 use super::filter::{ToolFilter, denial, parse_toolsets, permits, visible};
 use crate::access::Principal;
@@ -22,6 +25,7 @@ use crate::access::audit::{AuditEvent, redact};
 use crate::access::ratelimit::Class;
 use crate::app::App;
 use crate::error::{ErrorCode as ToolErrorCode, ToolError};
+use crate::handoff::resources;
 
 /// Every protocol version rmcp negotiates: `initialize`-based generations with HTTP
 /// sessions, and the stateless 2026-07-28.
@@ -164,18 +168,24 @@ fn unknown_tool(name: &str) -> McpError {
 
 impl ServerHandler for AgentCrm {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(
-                Implementation::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
-                    .with_title("agentcrm")
-                    .with_description(env!("CARGO_PKG_DESCRIPTION")),
-            )
-            .with_instructions(
-                "agentcrm holds a business's customers, interactions, workflows, handoffs and \
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_resources_subscribe()
+                .build(),
+        )
+        .with_server_info(
+            Implementation::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
+                .with_title("agentcrm")
+                .with_description(env!("CARGO_PKG_DESCRIPTION")),
+        )
+        .with_instructions(
+            "agentcrm holds a business's customers, interactions, workflows, handoffs and \
                  agents. Every tool acts as the caller's identity and within its tenant; call \
                  `whoami` to see who that is. Tool errors carry `error`, `error_description` \
                  and `request_id`.",
-            )
+        )
     }
 
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
@@ -193,6 +203,108 @@ impl ServerHandler for AgentCrm {
             .map(|t| t.tool.clone())
             .collect();
         Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let principal = self.principal(&ctx)?;
+        let resources = resources::open_items(self.app.store.pool(), &principal)
+            .await
+            .map_err(|e| self.resource_error(e))?;
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let principal = self.principal(&ctx)?;
+        Ok(ListResourceTemplatesResult::with_all_items(
+            resources::templates(&principal),
+        ))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let principal = self.principal(&ctx)?;
+        let value = self.readable(&principal, &request.uri).await?;
+        Ok(ReadResourceResult::new(vec![
+            ResourceContents::text(value.to_string(), request.uri)
+                .with_mime_type("application/json"),
+        ])
+        .into())
+    }
+
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let principal = self.principal(&ctx)?;
+        self.readable(&principal, &request.uri).await?;
+        let session = self.session_id(&ctx).unwrap_or_else(|| "stdio".into());
+        self.app
+            .subscriptions
+            .subscribe_session(&request.uri, &session, ctx.peer.clone());
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let session = self.session_id(&ctx).unwrap_or_else(|| "stdio".into());
+        self.app
+            .subscriptions
+            .unsubscribe_session(&request.uri, &session);
+        Ok(())
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        // Only our resources' URIs; who may read them is checked in `listen`.
+        let uris = requested
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .filter(|uri| resources::parse(uri).is_some())
+            .cloned()
+            .collect::<Vec<_>>();
+        let mut accepted = SubscriptionFilter::new();
+        accepted.resource_subscriptions = (!uris.is_empty()).then_some(uris);
+        Some(accepted)
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
+        let principal = self.principal(context.request_context())?;
+        let mut allowed = Vec::new();
+        for uri in context.accepted().resource_subscriptions.iter().flatten() {
+            // A URI the caller may not read is acknowledged but never notified.
+            if resources::read(self.app.store.pool(), &principal, uri)
+                .await
+                .is_ok()
+            {
+                allowed.push(uri.clone());
+            }
+        }
+        let _registration = self
+            .app
+            .subscriptions
+            .subscribe_listen(&allowed, context.sink());
+        context.cancelled().await;
+        Ok(())
     }
 
     /// rmcp routes a standard request whose params do not parse here, as if it were an
@@ -275,15 +387,32 @@ impl ServerHandler for AgentCrm {
                     peer: ctx.peer.clone(),
                     token,
                 }),
+                tool: tool.def.name,
+                arguments: Arc::new(args.clone()),
+                approved_action: None,
             };
-            tool.call(tool_ctx, args).instrument(span.clone()).await
+            let answers = request.input_responses.as_ref();
+            async {
+                match gate(&tool_ctx, tool, &args, answers, &ctx).await? {
+                    Gate::Run => tool.call(tool_ctx, args).await.map(Ran::Done),
+                    Gate::Ask(question) => Ok(Ran::Ask(question)),
+                }
+            }
+            .instrument(span.clone())
+            .await
         };
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         audit.duration_ms = Some(elapsed_ms);
         let mut result = {
             let _enter = span.enter();
             match outcome {
-                Ok(value) => {
+                Ok(Ran::Ask(question)) => {
+                    tracing::info!(elapsed_ms, "tool call awaits the caller's confirmation");
+                    audit.outcome = "input_required";
+                    self.app.audit.record(audit).await;
+                    return Ok(question.into());
+                }
+                Ok(Ran::Done(value)) => {
                     tracing::info!(elapsed_ms, "tool call succeeded");
                     CallToolResult::structured(value)
                 }
@@ -293,12 +422,15 @@ impl ServerHandler for AgentCrm {
                         ToolErrorCode::Internal => {
                             tracing::error!(elapsed_ms, %error, "tool call failed")
                         }
+                        ToolErrorCode::PendingApproval => {
+                            tracing::info!(elapsed_ms, "tool call held for approval")
+                        }
                         code => tracing::info!(elapsed_ms, ?code, "tool call refused"),
                     }
-                    audit.outcome = if body.error == ToolErrorCode::Internal {
-                        "error"
-                    } else {
-                        "refused"
+                    audit.outcome = match body.error {
+                        ToolErrorCode::Internal => "error",
+                        ToolErrorCode::PendingApproval => "held",
+                        _ => "refused",
                     };
                     audit.error_code = serde_json::to_value(body.error)
                         .ok()
@@ -315,6 +447,40 @@ impl ServerHandler for AgentCrm {
         meta.insert("agentcrm/request_id".into(), request_id.into());
         result.meta = Some(rmcp::model::MetaObject(meta));
         Ok(result.into())
+    }
+}
+
+impl AgentCrm {
+    /// A resource's JSON if `principal` may read it (the `handoff` scope, and for agents
+    /// only what they asked for).
+    async fn readable(
+        &self,
+        principal: &Principal,
+        uri: &str,
+    ) -> Result<serde_json::Value, McpError> {
+        if !principal
+            .scopes
+            .contains(crate::access::Scopes::parse(&["handoff"]).unwrap_or_default())
+        {
+            return Err(McpError::invalid_params(
+                format!("reading {uri} needs the handoff scope"),
+                None,
+            ));
+        }
+        resources::read(self.app.store.pool(), principal, uri)
+            .await
+            .map_err(|e| self.resource_error(e))
+    }
+
+    fn resource_error(&self, error: ToolError) -> McpError {
+        match error {
+            ToolError::NotFound(message) => McpError::resource_not_found(message, None),
+            ToolError::Store(_) | ToolError::Internal(_) => {
+                tracing::error!(%error, "resource request failed");
+                McpError::internal_error("the server could not read this resource", None)
+            }
+            other => McpError::invalid_params(other.to_string(), None),
+        }
     }
 }
 

@@ -357,6 +357,13 @@ async fn an_agents_policy_shapes_every_customer_tool() {
     )
     .await;
     let new_id = newest["customers"][0]["id"].as_str().unwrap().to_owned();
+    // The default approval policy holds agents' deletions; this tenant lets them through.
+    call_ok(
+        &admin,
+        "set_approval_policy",
+        json!({ "hold_customer_deletes": false }),
+    )
+    .await;
     assert_eq!(
         call_ok(&bot, "delete_customer", json!({ "customer_id": new_id })).await["deleted"],
         true

@@ -42,7 +42,10 @@ async fn stdio_lists_and_calls_tools_in_both_protocol_generations() {
             server["migration_version"],
             json!(agentcrm::store::latest_migration())
         );
-        assert_eq!(server["toolsets"], json!(["account", "admin", "crm"]));
+        assert_eq!(
+            server["toolsets"],
+            json!(["account", "admin", "crm", "handoff"])
+        );
         assert!(
             server["protocol_versions"]
                 .as_array()

@@ -1,0 +1,488 @@
+//! The approval queue: agent calls held by the approval policy (`access::approval`), and
+//! the decision of a person. Approving runs the stored call as the agent, with the agent's
+//! permissions of that moment, exactly once: the move to `approved` is one conditional
+//! UPDATE, so of two people approving at once only one runs it.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::{Entry, notify_changed};
+use crate::access::audit::{AuditEvent, redact};
+use crate::access::principal::{PrincipalKind, Role};
+use crate::access::{Principal, Scopes};
+use crate::app::App;
+use crate::crm::events;
+use crate::error::ToolError;
+use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::mcp::context::ToolCtx;
+use crate::mcp::filter::denial;
+use crate::store::StoreError;
+use crate::store::page::{PageArgs, PageInfo, fetch_page};
+
+pub fn tools() -> Vec<RegisteredTool> {
+    let def = |name, title, description, scopes, hints| {
+        Toolset::Handoff.def(name, title, description, scopes, hints)
+    };
+    vec![
+        tool(
+            def(
+                "list_pending_actions",
+                "List held agent actions",
+                "The approval queue: agent calls held by the tenant's approval policy, with the \
+                 action (tool), customer, agent, summary, request time and state (pending, \
+                 escalated, approved, rejected, executed, failed). Open ones (pending, \
+                 escalated) unless `state` says otherwise. Agents see their own.",
+                &["handoff"],
+                Hints::READ,
+            ),
+            list_pending_actions,
+        ),
+        tool(
+            def(
+                "get_pending_action",
+                "Get a held agent action",
+                "A held action with its arguments, why it was held, the decision, and the \
+                 result or error once it ran. Agents see their own; this is how an agent learns \
+                 the outcome.",
+                &["handoff"],
+                Hints::READ,
+            ),
+            get_pending_action,
+        ),
+        tool(
+            def(
+                "decide_pending_action",
+                "Decide a held agent action",
+                "For people with handoff:decide (never agents): approve (runs the held call now, \
+                 as the agent, with the agent's permissions re-checked; the action ends \
+                 `executed` with its result or `failed` with the reason), reject (nothing runs), \
+                 or escalate (an admin decides). A note is kept in the history.",
+                &["handoff:decide"],
+                // Approving runs a held call, which may delete.
+                Hints {
+                    destructive: true,
+                    ..Hints::CREATE
+                },
+            ),
+            decide_pending_action,
+        ),
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionState {
+    Pending,
+    Escalated,
+    Approved,
+    Rejected,
+    Executed,
+    Failed,
+}
+
+impl ActionState {
+    fn as_str(self) -> &'static str {
+        match self {
+            ActionState::Pending => "pending",
+            ActionState::Escalated => "escalated",
+            ActionState::Approved => "approved",
+            ActionState::Rejected => "rejected",
+            ActionState::Executed => "executed",
+            ActionState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
+pub struct PendingAction {
+    pub id: Uuid,
+    /// The tool held, e.g. `delete_customer`.
+    pub action_type: String,
+    /// The arguments it was called with; approval runs it with exactly these.
+    pub arguments: Value,
+    /// What it would do, for the person deciding.
+    pub summary: String,
+    /// The rule of the approval policy that held it.
+    pub hold_reason: String,
+    pub customer_id: Option<Uuid>,
+    pub customer_name: Option<String>,
+    pub agent_id: Option<Uuid>,
+    pub agent_name: String,
+    /// `pending`, `escalated`, `approved` (running), `rejected`, `executed` or `failed`.
+    pub state: String,
+    pub requested_at: DateTime<Utc>,
+    pub decided_by_name: Option<String>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub decision_note: Option<String>,
+    /// What the call returned, once `executed`.
+    pub result: Option<Value>,
+    /// Why it did not run, once `failed`.
+    pub error: Option<String>,
+    pub executed_at: Option<DateTime<Utc>>,
+    #[schemars(with = "Vec<Entry>")]
+    pub history: Value,
+}
+
+const COLUMNS: &str = "id, tool AS action_type, arguments, summary, hold_reason, customer_id, \
+     customer_name, agent_id, agent_name, state, created_at AS requested_at, decided_by_name, \
+     decided_at, decision_note, result, error, executed_at, history";
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PendingActionOut {
+    pub pending_action: PendingAction,
+}
+
+/// Agents see only their own held calls.
+fn push_visibility(query: &mut QueryBuilder<Postgres>, principal: &Principal) {
+    query
+        .push(" WHERE tenant_id = ")
+        .push_bind(principal.tenant_id);
+    if principal.is_agent() {
+        query.push(" AND agent_id = ").push_bind(principal.id);
+    }
+}
+
+/// An action as `principal` may see it (for the resource `agentcrm://pending-actions/{id}`).
+pub async fn visible(
+    pool: &PgPool,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<PendingAction, ToolError> {
+    let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM pending_actions"));
+    push_visibility(&mut query, principal);
+    query.push(" AND id = ").push_bind(id);
+    query
+        .build_query_as()
+        .fetch_optional(pool)
+        .await
+        .map_err(StoreError::from)?
+        .ok_or_else(|| {
+            ToolError::NotFound(format!("no pending action {id} that this caller can see"))
+        })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionIdArgs {
+    pub action_id: Uuid,
+}
+
+async fn get_pending_action(
+    ctx: ToolCtx,
+    args: ActionIdArgs,
+) -> Result<PendingActionOut, ToolError> {
+    Ok(PendingActionOut {
+        pending_action: visible(ctx.app.store.pool(), &ctx.principal, args.action_id).await?,
+    })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListArgs {
+    /// Default: the open ones (`pending` and `escalated`).
+    pub state: Option<ActionState>,
+    /// Only this agent's actions.
+    pub agent_id: Option<Uuid>,
+    pub customer_id: Option<Uuid>,
+    /// Only this tool, e.g. `delete_customer`.
+    pub action_type: Option<String>,
+    /// Items per page, 1 to 100 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PendingActionList {
+    pub pending_actions: Vec<PendingAction>,
+    #[serde(flatten)]
+    pub page: PageInfo,
+}
+
+async fn list_pending_actions(
+    ctx: ToolCtx,
+    args: ListArgs,
+) -> Result<PendingActionList, ToolError> {
+    let page = PageArgs::of(args.limit, &args.cursor)?;
+    let principal = &ctx.principal;
+    let (pending_actions, total) = fetch_page(
+        ctx.app.store.pool(),
+        COLUMNS,
+        |q| {
+            q.push(" FROM pending_actions");
+            push_visibility(q, principal);
+            match args.state {
+                Some(state) => {
+                    q.push(" AND state = ").push_bind(state.as_str());
+                }
+                None => {
+                    q.push(" AND state IN ('pending', 'escalated')");
+                }
+            }
+            if let Some(agent) = args.agent_id {
+                q.push(" AND agent_id = ").push_bind(agent);
+            }
+            if let Some(customer) = args.customer_id {
+                q.push(" AND customer_id = ").push_bind(customer);
+            }
+            if let Some(tool) = &args.action_type {
+                q.push(" AND tool = ").push_bind(tool.clone());
+            }
+        },
+        "created_at DESC, id",
+        page,
+    )
+    .await
+    .map_err(StoreError::from)?;
+    Ok(PendingActionList {
+        pending_actions,
+        page: page.info(total),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Run the held call now, as the agent.
+    Approve,
+    /// Do not run it.
+    Reject,
+    /// Leave it to an admin.
+    Escalate,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecideArgs {
+    pub action_id: Uuid,
+    pub decision: Decision,
+    /// Why (up to 5,000 characters); kept in the history and shown to the agent.
+    pub note: Option<String>,
+}
+
+async fn decide_pending_action(
+    ctx: ToolCtx,
+    args: DecideArgs,
+) -> Result<PendingActionOut, ToolError> {
+    let note = args
+        .note
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    if note.is_some_and(|n| n.chars().count() > 5000) {
+        return Err(ToolError::InvalidRequest(
+            "note must be at most 5,000 characters".into(),
+        ));
+    }
+    let pool = ctx.app.store.pool();
+    let principal = &ctx.principal;
+    let is_admin = principal.role == Some(Role::Admin);
+    let (state, action) = match args.decision {
+        Decision::Approve => ("approved", "approved"),
+        Decision::Reject => ("rejected", "rejected"),
+        Decision::Escalate => ("escalated", "escalated"),
+    };
+    // Open actions only; an escalated one is an admin's to decide, and escalating twice
+    // changes nothing.
+    let mut tx = pool.begin().await.map_err(StoreError::from)?;
+    let decided: Option<PendingAction> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE pending_actions SET state = $3, decided_by_id = $4, decided_by_name = $5,
+             decided_at = now(), decision_note = $6, updated_at = now(),
+             history = history || jsonb_build_array(jsonb_build_object('at', now(), 'by', $5::text,
+                 'action', $7::text, 'state', $3::text, 'note', $6::text))
+         WHERE tenant_id = $1 AND id = $2
+           AND (state = 'pending' OR (state = 'escalated' AND $8 AND $3 <> 'escalated'))
+         RETURNING {COLUMNS}"
+    )))
+    .bind(principal.tenant_id)
+    .bind(args.action_id)
+    .bind(state)
+    .bind(principal.id)
+    .bind(&principal.name)
+    .bind(note)
+    .bind(action)
+    .bind(is_admin)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    let Some(decided) = decided else {
+        drop(tx);
+        return Err(why_not(pool, principal, args.action_id, is_admin).await);
+    };
+    if args.decision != Decision::Approve {
+        events::emit(
+            &mut tx,
+            principal,
+            "handoff.decided",
+            decided.id,
+            json!({ "kind": "pending_action", "pending_action": decided }),
+        )
+        .await?;
+        notify_changed(&mut tx, super::resources::action_uri(decided.id)).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        return Ok(PendingActionOut {
+            pending_action: decided,
+        });
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    // Run it in a task of its own: a caller that goes away does not cut it half-way.
+    let app = ctx.app.clone();
+    let decider = principal.clone();
+    let transport = ctx.transport;
+    let run = tokio::spawn(async move {
+        let outcome = execute(&app, transport, decider.tenant_id, &decided).await;
+        record_outcome(&app, &decider, decided.id, outcome).await
+    });
+    let pending_action = run
+        .await
+        .map_err(|e| ToolError::Internal(format!("the approved action's task failed: {e}")))??;
+    Ok(PendingActionOut { pending_action })
+}
+
+/// Why an action could not be decided, in words the person can act on.
+async fn why_not(pool: &PgPool, principal: &Principal, id: Uuid, is_admin: bool) -> ToolError {
+    match visible(pool, principal, id).await {
+        Err(error) => error,
+        Ok(action) if action.state == "escalated" && !is_admin => ToolError::Forbidden(format!(
+            "pending action {id} was escalated: an admin decides it"
+        )),
+        Ok(action) if action.state == "escalated" => {
+            ToolError::Conflict(format!("pending action {id} is already escalated"))
+        }
+        Ok(action) => ToolError::Conflict(format!(
+            "pending action {id} was already decided: it is {} (by {} at {})",
+            action.state,
+            action.decided_by_name.as_deref().unwrap_or("someone"),
+            action
+                .decided_at
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default()
+        )),
+    }
+}
+
+/// Runs an approved action as its agent, as it stands now: the agent must still exist, be
+/// enabled and hold the tool's scopes (never more than the held call had); the tool itself
+/// re-applies the agent's field rules, conditions and grants.
+async fn execute(
+    app: &Arc<App>,
+    transport: crate::mcp::context::Transport,
+    tenant_id: Uuid,
+    action: &PendingAction,
+) -> Result<Value, String> {
+    let pool = app.store.pool();
+    let held_scopes: Vec<String> =
+        sqlx::query_scalar("SELECT scopes FROM pending_actions WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(action.id)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| format!("the database refused: {e}"))?;
+    let agent_id = action
+        .agent_id
+        .ok_or_else(|| format!("the agent {} was deleted", action.agent_name))?;
+    let agent = crate::access::store::get_agent(pool, tenant_id, agent_id)
+        .await
+        .map_err(|e| format!("the database refused: {e}"))?
+        .ok_or_else(|| format!("the agent {} was deleted", action.agent_name))?;
+    if !agent.enabled {
+        return Err(format!("the agent {} is disabled", agent.name));
+    }
+    let scopes = Scopes::parse(&agent.scopes).unwrap_or(Scopes::NONE);
+    let held = Scopes::parse(&held_scopes).unwrap_or(Scopes::NONE);
+    let principal = Principal {
+        tenant_id,
+        kind: PrincipalKind::Agent,
+        id: Some(agent.id),
+        name: agent.name.clone(),
+        role: None,
+        on_behalf_of: None,
+        scopes: scopes.intersect(held),
+    };
+    let tool = app
+        .catalog
+        .get(&action.action_type)
+        .filter(|t| app.filter.allows(&t.def))
+        .ok_or_else(|| format!("`{}` is not available on this server", action.action_type))?;
+    if let Some(denied) = denial(&principal, tool) {
+        return Err(denied.describe(tool.def.name, &principal.name));
+    }
+    let Value::Object(arguments) = action.arguments.clone() else {
+        return Err("the stored arguments are not an object".into());
+    };
+    let request_id = Uuid::now_v7().to_string();
+    let ctx = ToolCtx {
+        app: app.clone(),
+        transport,
+        principal: principal.clone(),
+        request_id: request_id.clone(),
+        session_id: None,
+        filter: app.filter.clone(),
+        progress: None,
+        tool: tool.def.name,
+        arguments: Arc::new(arguments.clone()),
+        approved_action: Some(action.id),
+    };
+    let started = std::time::Instant::now();
+    let outcome = tool.call(ctx, arguments.clone()).await;
+    // The run is the agent's call: it goes in the audit trail as such.
+    let mut audit = AuditEvent::by(&principal, "tool", tool.def.name, "ok");
+    audit.arguments = Some(redact(&Value::Object(arguments)));
+    audit.transport = Some("approval");
+    audit.request_id = Some(request_id.clone());
+    audit.duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    if let Err(error) = &outcome {
+        audit.outcome = "error";
+        audit.error_code = serde_json::to_value(error.code())
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned));
+    }
+    app.audit.record(audit).await;
+    outcome.map_err(|error| error.to_body(&request_id).error_description)
+}
+
+async fn record_outcome(
+    app: &Arc<App>,
+    decider: &Principal,
+    id: Uuid,
+    outcome: Result<Value, String>,
+) -> Result<PendingAction, ToolError> {
+    let (state, result, error) = match outcome {
+        Ok(result) => ("executed", Some(result), None),
+        Err(error) => ("failed", None, Some(error)),
+    };
+    let pool = app.store.pool();
+    let mut tx = pool.begin().await.map_err(StoreError::from)?;
+    let action: PendingAction = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE pending_actions SET state = $2, result = $3, error = $4, executed_at = now(),
+             updated_at = now(),
+             history = history || jsonb_build_array(jsonb_build_object('at', now(), 'by', 'agentcrm',
+                 'action', $2::text, 'state', $2::text, 'note', $4::text))
+         WHERE tenant_id = $5 AND id = $1 AND state = 'approved' RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(state)
+    .bind(&result)
+    .bind(&error)
+    .bind(decider.tenant_id)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    events::emit(
+        &mut tx,
+        decider,
+        "handoff.decided",
+        id,
+        json!({ "kind": "pending_action", "pending_action": action }),
+    )
+    .await?;
+    notify_changed(&mut tx, super::resources::action_uri(id)).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(action)
+}

@@ -1,0 +1,300 @@
+//! Pending actions and handoff tickets as MCP resources, so that a client subscribed to one
+//! learns of its decision (`notifications/resources/updated`) instead of polling.
+//!
+//! A change commits a `NOTIFY agentcrm_resources` with the resource's URI; every serving
+//! process listens and tells the subscribers it holds, whichever process made the change.
+//! Subscribers are sessions (`resources/subscribe`, protocols with `initialize`) or open
+//! `subscriptions/listen` requests (2026-07-28).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::model::ResourceUpdatedNotificationParam;
+use rmcp::service::SubscriptionSink;
+use rmcp::{Peer, RoleServer};
+use serde_json::Value;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::access::Principal;
+use crate::error::ToolError;
+
+pub const CHANNEL: &str = "agentcrm_resources";
+const ACTIONS: &str = "agentcrm://pending-actions/";
+const HANDOFFS: &str = "agentcrm://handoffs/";
+pub const ACTION_TEMPLATE: &str = "agentcrm://pending-actions/{action_id}";
+pub const HANDOFF_TEMPLATE: &str = "agentcrm://handoffs/{handoff_id}";
+
+pub fn action_uri(id: Uuid) -> String {
+    format!("{ACTIONS}{id}")
+}
+
+pub fn handoff_uri(id: Uuid) -> String {
+    format!("{HANDOFFS}{id}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Action(Uuid),
+    Handoff(Uuid),
+}
+
+pub fn parse(uri: &str) -> Option<Target> {
+    if let Some(id) = uri.strip_prefix(ACTIONS) {
+        return id.parse().ok().map(Target::Action);
+    }
+    uri.strip_prefix(HANDOFFS)?
+        .parse()
+        .ok()
+        .map(Target::Handoff)
+}
+
+/// The resource's JSON as `principal` may see it; `not_found` for anything else.
+pub async fn read(pool: &PgPool, principal: &Principal, uri: &str) -> Result<Value, ToolError> {
+    let value = match parse(uri) {
+        Some(Target::Action(id)) => {
+            serde_json::to_value(super::actions::visible(pool, principal, id).await?)
+        }
+        Some(Target::Handoff(id)) => {
+            serde_json::to_value(super::tickets::visible(pool, principal, id).await?)
+        }
+        None => {
+            return Err(ToolError::NotFound(format!(
+                "no resource {uri}: this server has {ACTION_TEMPLATE} and {HANDOFF_TEMPLATE}"
+            )));
+        }
+    };
+    value.map_err(|e| ToolError::Internal(format!("could not serialize {uri}: {e}")))
+}
+
+#[derive(Clone)]
+enum Subscriber {
+    /// A session, by its id (`stdio` for the one session of a stdio process).
+    Session(String, Peer<RoleServer>),
+    Listen(SubscriptionSink),
+}
+
+/// URI -> (registration key, subscriber).
+type ByUri = HashMap<String, Vec<(u64, Subscriber)>>;
+
+/// The subscribers this process holds, by URI.
+#[derive(Clone, Default)]
+pub struct Subscriptions {
+    by_uri: Arc<Mutex<ByUri>>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Removes a `subscriptions/listen` subscriber when its request ends.
+pub struct Registration {
+    subscriptions: Subscriptions,
+    keys: Vec<(String, u64)>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        for (uri, key) in &self.keys {
+            self.subscriptions.remove(uri, |k, _| k == *key);
+        }
+    }
+}
+
+impl Subscriptions {
+    fn add(&self, uri: &str, subscriber: Subscriber) -> u64 {
+        let key = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut map) = self.by_uri.lock() {
+            map.entry(uri.to_owned())
+                .or_default()
+                .push((key, subscriber));
+        }
+        key
+    }
+
+    fn remove(&self, uri: &str, matches: impl Fn(u64, &Subscriber) -> bool) {
+        if let Ok(mut map) = self.by_uri.lock()
+            && let Some(list) = map.get_mut(uri)
+        {
+            list.retain(|(k, s)| !matches(*k, s));
+            if list.is_empty() {
+                map.remove(uri);
+            }
+        }
+    }
+
+    /// A session's `resources/subscribe`.
+    pub fn subscribe_session(&self, uri: &str, session: &str, peer: Peer<RoleServer>) {
+        self.unsubscribe_session(uri, session);
+        self.add(uri, Subscriber::Session(session.to_owned(), peer));
+    }
+
+    pub fn unsubscribe_session(&self, uri: &str, session: &str) {
+        self.remove(uri, |_, s| match s {
+            Subscriber::Session(id, _) => id == session,
+            Subscriber::Listen(_) => false,
+        });
+    }
+
+    /// A `subscriptions/listen` request's URIs, until the registration is dropped.
+    pub fn subscribe_listen(&self, uris: &[String], sink: &SubscriptionSink) -> Registration {
+        let keys = uris
+            .iter()
+            .map(|uri| (uri.clone(), self.add(uri, Subscriber::Listen(sink.clone()))))
+            .collect();
+        Registration {
+            subscriptions: self.clone(),
+            keys,
+        }
+    }
+
+    /// Tells every subscriber of `uri` held here; forgets those whose connection is gone.
+    pub async fn updated(&self, uri: &str) {
+        let subscribers: Vec<(u64, Subscriber)> = match self.by_uri.lock() {
+            Ok(map) => map.get(uri).cloned().unwrap_or_default(),
+            Err(_) => return,
+        };
+        let mut gone = Vec::new();
+        for (key, subscriber) in subscribers {
+            let sent = match &subscriber {
+                Subscriber::Session(_, peer) => {
+                    if peer.is_transport_closed() {
+                        gone.push(key);
+                        continue;
+                    }
+                    peer.notify_resource_updated(ResourceUpdatedNotificationParam::new(uri))
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Subscriber::Listen(sink) => sink
+                    .notify_resource_updated(uri)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(error) = sent {
+                tracing::debug!(%error, uri, "resource update not delivered; subscriber dropped");
+                gone.push(key);
+            }
+        }
+        if !gone.is_empty() {
+            self.remove(uri, |k, _| gone.contains(&k));
+        }
+    }
+
+    /// Listens for changes committed by any process and tells local subscribers.
+    pub fn start(&self, pool: PgPool, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let subscriptions = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let listener = async {
+                    let mut listener = PgListener::connect_with(&pool).await?;
+                    listener.listen(CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(listener)
+                };
+                let mut listener = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    listener = listener => match listener {
+                        Ok(listener) => listener,
+                        Err(error) => {
+                            tracing::warn!(%error, "resource updates: cannot LISTEN; retrying");
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            continue;
+                        }
+                    },
+                };
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        notification = listener.recv() => match notification {
+                            Ok(n) => subscriptions.updated(n.payload()).await,
+                            Err(error) => {
+                                tracing::warn!(%error, "resource updates: LISTEN connection lost");
+                                break;
+                            }
+                        },
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The URI templates, for a caller that may read them.
+pub fn templates(principal: &Principal) -> Vec<rmcp::model::ResourceTemplate> {
+    if !has_handoff(principal) {
+        return Vec::new();
+    }
+    vec![
+        rmcp::model::ResourceTemplate::new(ACTION_TEMPLATE, "pending-action")
+            .with_title("A held agent action")
+            .with_description(
+                "A call held for approval, as get_pending_action returns it; subscribe to \
+                 learn of its decision and outcome.",
+            )
+            .with_mime_type("application/json"),
+        rmcp::model::ResourceTemplate::new(HANDOFF_TEMPLATE, "handoff")
+            .with_title("A handoff ticket")
+            .with_description(
+                "A handoff ticket, as get_handoff returns it; subscribe to follow it.",
+            )
+            .with_mime_type("application/json"),
+    ]
+}
+
+fn has_handoff(principal: &Principal) -> bool {
+    principal
+        .scopes
+        .contains(crate::access::Scopes::parse(&["handoff"]).unwrap_or_default())
+}
+
+/// What `resources/list` shows: the caller's open pending actions and tickets (agents:
+/// their own), newest first, at most 100 of each.
+pub async fn open_items(
+    pool: &PgPool,
+    principal: &Principal,
+) -> Result<Vec<rmcp::model::Resource>, ToolError> {
+    if !has_handoff(principal) {
+        return Ok(Vec::new());
+    }
+    let agent = principal.is_agent().then_some(principal.id).flatten();
+    let actions: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "SELECT id, tool, summary FROM pending_actions
+         WHERE tenant_id = $1 AND state IN ('pending', 'escalated', 'approved')
+           AND ($2::uuid IS NULL OR agent_id = $2) AND ($3 OR $2::uuid IS NOT NULL)
+         ORDER BY created_at DESC LIMIT 100",
+    )
+    .bind(principal.tenant_id)
+    .bind(agent)
+    .bind(!principal.is_agent())
+    .fetch_all(pool)
+    .await
+    .map_err(crate::store::StoreError::from)?;
+    let tickets: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "SELECT id, priority, reason FROM handoffs
+         WHERE tenant_id = $1 AND state IN ('pending', 'escalated')
+           AND ($2::uuid IS NULL OR requested_by_id = $2) AND ($3 OR $2::uuid IS NOT NULL)
+         ORDER BY created_at DESC LIMIT 100",
+    )
+    .bind(principal.tenant_id)
+    .bind(agent)
+    .bind(!principal.is_agent())
+    .fetch_all(pool)
+    .await
+    .map_err(crate::store::StoreError::from)?;
+    let mut resources: Vec<rmcp::model::Resource> = actions
+        .into_iter()
+        .map(|(id, tool, summary)| {
+            rmcp::model::Resource::new(action_uri(id), format!("pending-action-{id}"))
+                .with_title(format!("Held: {tool}"))
+                .with_description(summary)
+                .with_mime_type("application/json")
+        })
+        .collect();
+    resources.extend(tickets.into_iter().map(|(id, priority, reason)| {
+        rmcp::model::Resource::new(handoff_uri(id), format!("handoff-{id}"))
+            .with_title(format!("Handoff ({priority})"))
+            .with_description(reason)
+            .with_mime_type("application/json")
+    }));
+    Ok(resources)
+}

@@ -279,3 +279,42 @@ async fn store_hold(
     tracing::info!(action = %id, tool = ctx.tool, "agent call held for approval");
     Ok(id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_policy_holds_what_spec_section_4_names_and_nothing_else() {
+        let policy = ApprovalPolicy::default();
+        let holds = |op: Sensitive| policy.holds("some_tool", &op);
+        assert!(holds(Sensitive::CustomerDelete).is_some());
+        assert!(holds(Sensitive::Bulk { records: 100 }).is_none());
+        assert!(holds(Sensitive::Bulk { records: 101 }).is_some());
+        let invoice = |total, discount_bps| Sensitive::Invoice {
+            total,
+            currency: "EUR".into(),
+            discount_bps,
+        };
+        assert!(holds(invoice(1_000_000, 2000)).is_none(), "at the limits");
+        let over = holds(invoice(1_000_001, 0)).unwrap();
+        assert!(over.contains("10000.00 EUR"), "{over}");
+        assert!(holds(invoice(100, 2001)).unwrap().contains("20.01 %"));
+        assert!(holds(Sensitive::Quote { discount_bps: 2500 }).is_some());
+        assert!(holds(Sensitive::Listed).is_none());
+        let never: ApprovalPolicy = serde_json::from_value(serde_json::json!({
+            "hold_customer_deletes": false, "bulk_records_over": null,
+            "invoice_total_over": null, "discount_percent_over": null,
+            "held_tools": ["some_tool"],
+        }))
+        .unwrap();
+        assert!(never.holds("x", &Sensitive::CustomerDelete).is_none());
+        assert!(
+            never
+                .holds("x", &Sensitive::Bulk { records: i64::MAX })
+                .is_none()
+        );
+        assert!(never.holds("x", &invoice(i64::MAX, 10_000)).is_none());
+        assert!(never.holds("some_tool", &Sensitive::Listed).is_some());
+    }
+}

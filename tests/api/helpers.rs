@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rmcp::ClientHandler;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig, ProtocolVersion};
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RoleClient, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -160,7 +161,7 @@ pub enum Generation {
     Stateless,
 }
 
-fn client_config() -> ClientConfig {
+pub fn client_config() -> ClientConfig {
     let mut config = ClientConfig::default();
     config.protocol_version = ProtocolVersion::V_2025_11_25;
     config
@@ -177,11 +178,20 @@ fn lifecycle(generation: Generation) -> ClientLifecycleMode {
 
 /// An rmcp client that starts `agentcrm stdio` with `command`'s environment.
 pub async fn stdio_client(command: Command, generation: Generation) -> Client {
+    stdio_client_with(client_config(), command, generation).await
+}
+
+/// The same with a client handler of the test's own (elicitation, notifications).
+pub async fn stdio_client_with<H: ClientHandler>(
+    handler: H,
+    command: Command,
+    generation: Generation,
+) -> RunningService<RoleClient, H> {
     let (transport, _stderr) = TokioChildProcess::builder(tokio::process::Command::from(command))
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start agentcrm stdio");
-    client_config()
+    handler
         .serve_with_lifecycle(transport, lifecycle(generation))
         .await
         .expect("MCP handshake over stdio")
@@ -205,7 +215,11 @@ pub async fn http_client(url: &str, key: &str, generation: Generation) -> Client
         .expect("MCP handshake over HTTP")
 }
 
-pub async fn call(client: &Client, name: &str, args: Value) -> CallToolResult {
+pub async fn call<H: ClientHandler>(
+    client: &RunningService<RoleClient, H>,
+    name: &str,
+    args: Value,
+) -> CallToolResult {
     let Value::Object(args) = args else {
         panic!("arguments must be an object")
     };
@@ -216,7 +230,11 @@ pub async fn call(client: &Client, name: &str, args: Value) -> CallToolResult {
 }
 
 /// The structured content of a successful call.
-pub async fn call_ok(client: &Client, name: &str, args: Value) -> Value {
+pub async fn call_ok<H: ClientHandler>(
+    client: &RunningService<RoleClient, H>,
+    name: &str,
+    args: Value,
+) -> Value {
     let result = call(client, name, args).await;
     assert_ne!(result.is_error, Some(true), "{name} failed: {result:?}");
     result.structured_content.expect("structured content")

@@ -7,6 +7,7 @@ mod cli;
 mod clients;
 mod crm;
 mod embedded;
+mod handoff;
 mod helpers;
 mod http;
 mod oauth;

@@ -592,6 +592,20 @@ async fn a_subscribed_agent_learns_the_decision_from_another_process() {
         ))
         .await;
     assert!(refused.is_err(), "no subscription to what one cannot read");
+    // The same agent on protocol 2026-07-28, in a process of its own: subscriptions/listen.
+    let listener = agent_client(&db, &agent).await;
+    let mut subscription = listener
+        .listen(
+            rmcp::model::SubscriptionFilter::builder()
+                .resource_subscription(uri.clone())
+                .build(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        subscription.acknowledged().resource_subscriptions,
+        Some(vec![uri.clone()])
+    );
 
     call_ok(
         &admin,
@@ -603,6 +617,18 @@ async fn a_subscribed_agent_learns_the_decision_from_another_process() {
         .await
         .expect("a resources/updated notification");
     assert_eq!(notified.as_deref(), Some(uri.as_str()));
+    let pushed = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("an update on the listen subscription")
+        .unwrap();
+    match pushed {
+        Some(rmcp::model::ServerNotification::ResourceUpdatedNotification(update)) => {
+            assert_eq!(update.params.uri, uri)
+        }
+        other => panic!("{other:?}"),
+    }
+    subscription.cancel().await.unwrap();
+    listener.cancel().await.unwrap();
     let read = bot
         .read_resource(rmcp::model::ReadResourceRequestParams::new(uri.clone()))
         .await

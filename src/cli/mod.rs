@@ -336,6 +336,10 @@ fn start_jobs(app: &App, shutdown: &CancellationToken) -> Vec<tokio::task::JoinH
         app.subscriptions
             .start(app.store.pool().clone(), shutdown.clone()),
     );
+    jobs.push(crate::handoff::actions::start_sweeper(
+        app.store.pool().clone(),
+        shutdown.clone(),
+    ));
     jobs
 }
 

@@ -162,9 +162,17 @@ pub async fn visible(
         .fetch_optional(pool)
         .await
         .map_err(StoreError::from)?
+        .map(shown)
         .ok_or_else(|| {
             ToolError::NotFound(format!("no pending action {id} that this caller can see"))
         })
+}
+
+/// As shown to anyone: values of secret-named keys in the arguments are redacted (the
+/// stored arguments stay whole, to run as called).
+fn shown(mut action: PendingAction) -> PendingAction {
+    action.arguments = redact(&action.arguments);
+    action
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -241,7 +249,7 @@ async fn list_pending_actions(
     .await
     .map_err(StoreError::from)?;
     Ok(PendingActionList {
-        pending_actions,
+        pending_actions: pending_actions.into_iter().map(shown).collect(),
         page: page.info(total),
     })
 }
@@ -316,6 +324,7 @@ async fn decide_pending_action(
         return Err(why_not(pool, principal, args.action_id, is_admin).await);
     };
     if args.decision != Decision::Approve {
+        let decided = shown(decided);
         events::emit(
             &mut tx,
             principal,
@@ -474,6 +483,7 @@ async fn record_outcome(
     .fetch_one(&mut *tx)
     .await
     .map_err(StoreError::from)?;
+    let action = shown(action);
     events::emit(
         &mut tx,
         decider,
@@ -485,4 +495,74 @@ async fn record_outcome(
     notify_changed(&mut tx, super::resources::action_uri(id)).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(action)
+}
+
+/// An approved action whose run recorded no outcome this long after approval: the process
+/// running it stopped. Tool calls take seconds (long work becomes a background task).
+const ORPHANED_AFTER_SECS: i64 = 600;
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Ends orphaned approved actions as `failed`, saying why, so nobody waits on them forever
+/// (with the `handoff.decided` event and the resource update). Every serving process runs
+/// it; the UPDATE makes each action end once.
+pub fn start_sweeper(
+    pool: PgPool,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if let Err(error) = sweep(&pool).await {
+                tracing::warn!(%error, "could not end orphaned approved actions");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            }
+        }
+    })
+}
+
+async fn sweep(pool: &PgPool) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    let ended: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "UPDATE pending_actions SET state = 'failed', executed_at = now(), updated_at = now(),
+             error = 'the server running it stopped before it recorded an outcome; check whether \
+                      it took effect before asking for it again',
+             history = history || jsonb_build_array(jsonb_build_object('at', now(),
+                 'by', 'agentcrm', 'action', 'failed', 'state', 'failed',
+                 'note', 'no outcome recorded'))
+         WHERE state = 'approved' AND decided_at < now() - make_interval(secs => $1)
+         RETURNING tenant_id, id",
+    )
+    .bind(ORPHANED_AFTER_SECS as f64)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (tenant_id, id) in &ended {
+        let action: PendingAction = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM pending_actions WHERE tenant_id = $1 AND id = $2"
+        )))
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let action = shown(action);
+        sqlx::query(
+            "INSERT INTO events (tenant_id, type, subject_id, payload, principal_kind)
+             VALUES ($1, 'handoff.decided', $2, $3, 'system')",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .bind(json!({ "kind": "pending_action", "pending_action": action }))
+        .execute(&mut *tx)
+        .await?;
+        notify_changed(&mut tx, super::resources::action_uri(*id)).await?;
+    }
+    tx.commit().await?;
+    if !ended.is_empty() {
+        tracing::warn!(
+            count = ended.len(),
+            "approved actions ended as failed: no outcome was recorded"
+        );
+    }
+    Ok(())
 }

@@ -702,3 +702,125 @@ async fn destructive_tools_ask_people_to_confirm_when_the_tenant_wants_it() {
     }
     admin.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn large_invoices_and_discounts_by_agents_are_held() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let ana = create(&admin, json!({ "first_name": "Ana", "last_name": "Lima" })).await;
+    let agent = call_ok(
+        &admin,
+        "register_agent",
+        json!({ "name": "billing", "scopes": ["customers:read", "invoices:read", "invoices:write", "handoff"] }),
+    )
+    .await;
+    let bot = agent_client(&db, &agent).await;
+    let invoice = |unit_price: i64, discount: f64| {
+        json!({ "customer_id": ana, "currency": "EUR", "discount_percent": discount,
+                "lines": [{ "description": "Consulting", "unit_price": unit_price }] })
+    };
+    let small = call_ok(&bot, "create_invoice", invoice(500_000, 10.0)).await;
+    assert_eq!(small["invoice"]["total"], 450_000);
+    let large = held_action(&call(&bot, "create_invoice", invoice(2_000_000, 0.0)).await);
+    let discounted = held_action(&call(&bot, "create_invoice", invoice(1_000, 25.0)).await);
+    let queue = call_ok(&admin, "list_pending_actions", json!({})).await;
+    let reasons: Vec<(String, String)> = queue["pending_actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["id"].as_str().unwrap().to_owned(),
+                a["hold_reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        reasons.contains(&(
+            large.clone(),
+            "invoices over 10000.00 EUR are held (20000.00 EUR here)".to_owned()
+        )),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(id, reason)| *id == discounted && reason.contains("discounts over 20 %")),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        call_ok(&admin, "list_invoices", json!({})).await["total"],
+        1,
+        "held invoices were not created"
+    );
+    let approved = call_ok(
+        &admin,
+        "decide_pending_action",
+        json!({ "action_id": large, "decision": "approve" }),
+    )
+    .await;
+    assert_eq!(
+        approved["pending_action"]["state"], "executed",
+        "{approved}"
+    );
+    assert_eq!(
+        approved["pending_action"]["result"]["invoice"]["total"],
+        2_000_000
+    );
+    // People are not held.
+    call_ok(&admin, "create_invoice", invoice(5_000_000, 50.0)).await;
+    assert_eq!(
+        call_ok(&admin, "list_invoices", json!({})).await["total"],
+        3
+    );
+    bot.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_approved_action_whose_server_died_ends_failed_not_forever_approved() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let ana = create(&admin, json!({ "first_name": "Ana" })).await;
+    let agent = deleting_agent(&admin, "closer", AGENT_SCOPES).await;
+    let bot = agent_client(&db, &agent).await;
+    let action = held_action(&call(&bot, "delete_customer", json!({ "customer_id": ana })).await);
+    // As if a process approved it an hour ago and died before running it.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query(
+        "UPDATE pending_actions SET state = 'approved', decided_at = now() - interval '1 hour'
+         WHERE id = $1::uuid",
+    )
+    .bind(&action)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Any serving process ends it (each sweeps at start, then every minute).
+    let restarted = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let seen = call_ok(&bot, "get_pending_action", json!({ "action_id": action })).await;
+        if seen["pending_action"]["state"] != "approved" || std::time::Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(seen["pending_action"]["state"], "failed", "{seen}");
+    assert!(
+        seen["pending_action"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("check whether it took effect")
+    );
+    let decided: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE type = 'handoff.decided' AND subject_id = $1::uuid",
+    )
+    .bind(&action)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(decided, 1);
+    restarted.cancel().await.unwrap();
+    bot.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}

@@ -256,45 +256,37 @@ pub async fn open_items(
     if !has_handoff(principal) {
         return Ok(Vec::new());
     }
+    // Agents: only what they asked for.
     let agent = principal.is_agent().then_some(principal.id).flatten();
-    let actions: Vec<(Uuid, String, String)> = sqlx::query_as(
-        "SELECT id, tool, summary FROM pending_actions
-         WHERE tenant_id = $1 AND state IN ('pending', 'escalated', 'approved')
-           AND ($2::uuid IS NULL OR agent_id = $2) AND ($3 OR $2::uuid IS NOT NULL)
-         ORDER BY created_at DESC LIMIT 100",
+    let items: Vec<(bool, Uuid, String, String)> = sqlx::query_as(
+        "(SELECT true, id, 'Held: ' || tool, summary FROM pending_actions
+          WHERE tenant_id = $1 AND state IN ('pending', 'escalated', 'approved')
+            AND ($2::uuid IS NULL OR agent_id = $2)
+          ORDER BY created_at DESC LIMIT 100)
+         UNION ALL
+         (SELECT false, id, 'Handoff (' || priority || ')', reason FROM handoffs
+          WHERE tenant_id = $1 AND state IN ('pending', 'escalated')
+            AND ($2::uuid IS NULL OR requested_by_id = $2)
+          ORDER BY created_at DESC LIMIT 100)",
     )
     .bind(principal.tenant_id)
     .bind(agent)
-    .bind(!principal.is_agent())
     .fetch_all(pool)
     .await
     .map_err(crate::store::StoreError::from)?;
-    let tickets: Vec<(Uuid, String, String)> = sqlx::query_as(
-        "SELECT id, priority, reason FROM handoffs
-         WHERE tenant_id = $1 AND state IN ('pending', 'escalated')
-           AND ($2::uuid IS NULL OR requested_by_id = $2) AND ($3 OR $2::uuid IS NOT NULL)
-         ORDER BY created_at DESC LIMIT 100",
-    )
-    .bind(principal.tenant_id)
-    .bind(agent)
-    .bind(!principal.is_agent())
-    .fetch_all(pool)
-    .await
-    .map_err(crate::store::StoreError::from)?;
-    let mut resources: Vec<rmcp::model::Resource> = actions
+    let resources = items
         .into_iter()
-        .map(|(id, tool, summary)| {
-            rmcp::model::Resource::new(action_uri(id), format!("pending-action-{id}"))
-                .with_title(format!("Held: {tool}"))
-                .with_description(summary)
+        .map(|(is_action, id, title, description)| {
+            let (uri, name) = if is_action {
+                (action_uri(id), format!("pending-action-{id}"))
+            } else {
+                (handoff_uri(id), format!("handoff-{id}"))
+            };
+            rmcp::model::Resource::new(uri, name)
+                .with_title(title)
+                .with_description(description)
                 .with_mime_type("application/json")
         })
         .collect();
-    resources.extend(tickets.into_iter().map(|(id, priority, reason)| {
-        rmcp::model::Resource::new(handoff_uri(id), format!("handoff-{id}"))
-            .with_title(format!("Handoff ({priority})"))
-            .with_description(reason)
-            .with_mime_type("application/json")
-    }));
     Ok(resources)
 }

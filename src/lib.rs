@@ -12,3 +12,4 @@ pub mod handoff;
 pub mod jobs;
 pub mod mcp;
 pub mod store;
+pub mod workflows;

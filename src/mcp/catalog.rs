@@ -260,6 +260,7 @@ impl Catalog {
             tools.extend(crate::admin::tools());
             tools.extend(crate::crm::tools());
             tools.extend(crate::handoff::tools());
+            tools.extend(crate::workflows::tools());
             Catalog::new(tools)
         })
     }

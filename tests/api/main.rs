@@ -16,3 +16,4 @@ mod ratelimit;
 mod stdio;
 mod store;
 mod webhooks;
+mod workflows;

@@ -44,7 +44,7 @@ async fn stdio_lists_and_calls_tools_in_both_protocol_generations() {
         );
         assert_eq!(
             server["toolsets"],
-            json!(["account", "admin", "crm", "handoff"])
+            json!(["account", "admin", "crm", "handoff", "workflows"])
         );
         assert!(
             server["protocol_versions"]

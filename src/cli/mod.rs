@@ -319,7 +319,7 @@ async fn start(
 }
 
 /// Starts the background jobs of a serving process; they stop with `shutdown`.
-fn start_jobs(app: &App, shutdown: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+fn start_jobs(app: &Arc<App>, shutdown: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
     let mut jobs = Vec::new();
     if let Some(vault) = &app.vault {
         match crate::jobs::webhooks::start(
@@ -336,6 +336,10 @@ fn start_jobs(app: &App, shutdown: &CancellationToken) -> Vec<tokio::task::JoinH
         app.subscriptions
             .start(app.store.pool().clone(), shutdown.clone()),
     );
+    jobs.push(crate::workflows::engine::start(
+        app.clone(),
+        shutdown.clone(),
+    ));
     jobs.push(crate::handoff::actions::start_sweeper(
         app.store.pool().clone(),
         shutdown.clone(),

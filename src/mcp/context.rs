@@ -16,6 +16,8 @@ use crate::error::ToolError;
 pub enum Transport {
     Stdio,
     Http,
+    /// A step of a workflow execution.
+    Workflow,
 }
 
 impl Transport {
@@ -23,6 +25,7 @@ impl Transport {
         match self {
             Transport::Stdio => "stdio",
             Transport::Http => "http",
+            Transport::Workflow => "workflow",
         }
     }
 }

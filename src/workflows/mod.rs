@@ -3,11 +3,16 @@
 //! and test them.
 
 pub mod definitions;
+pub mod engine;
+pub mod executions;
 pub mod expr;
 pub mod model;
+pub mod triggers;
 
 use crate::mcp::catalog::RegisteredTool;
 
 pub fn tools() -> Vec<RegisteredTool> {
-    definitions::tools()
+    let mut tools = definitions::tools();
+    tools.extend(executions::tools());
+    tools
 }

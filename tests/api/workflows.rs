@@ -225,3 +225,409 @@ async fn conditions_and_substitutions_are_tested_against_a_context() {
     ));
     admin.cancel().await.unwrap();
 }
+
+async fn create_customer(client: &Client, fields: Value) -> String {
+    call_ok(client, "create_customer", fields).await["customer"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn workflow(client: &Client, name: &str, steps: Value, extra: Value) -> String {
+    let mut args = json!({ "name": name, "steps": steps });
+    if let (Value::Object(args), Value::Object(extra)) = (&mut args, extra) {
+        args.extend(extra);
+    }
+    call_ok(client, "create_workflow", args).await["workflow"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn statuses(execution: &Value) -> Vec<(String, String)> {
+    execution["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["step_id"].as_str().unwrap().to_owned(),
+                s["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn wait_for_end(client: &Client, execution_id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let seen = call_ok(
+            client,
+            "get_workflow_execution",
+            json!({ "execution_id": execution_id }),
+        )
+        .await;
+        let status = seen["execution"]["status"].as_str().unwrap().to_owned();
+        if ["succeeded", "failed", "cancelled"].contains(&status.as_str())
+            || std::time::Instant::now() > deadline
+        {
+            return seen;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_three_step_workflow_substitutes_skips_on_conditions_and_applies_error_policies() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let ana = create_customer(&admin, json!({ "first_name": "Ana", "tags": ["vip"] })).await;
+    let id = workflow(
+        &admin,
+        "Follow up",
+        three_steps(),
+        json!({ "variables": { "tag": "vip" } }),
+    )
+    .await;
+    let run = call_ok(
+        &admin,
+        "execute_workflow",
+        json!({ "workflow_id": id, "input_data": { "owner": "Amy" } }),
+    )
+    .await;
+    assert_eq!(run["execution"]["status"], "succeeded", "{run}");
+    assert_eq!(
+        statuses(&run),
+        [
+            ("find", "succeeded"),
+            ("note", "succeeded"),
+            ("tag", "succeeded")
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    assert_eq!(run["steps"][1]["arguments"]["customer_id"], ana.as_str());
+    assert_eq!(run["execution"]["output"]["affected"], 1);
+    let notes = call_ok(&admin, "list_interactions", json!({ "customer_id": ana })).await;
+    assert_eq!(notes["interactions"][0]["notes"], "Follow up with Amy");
+    let customer = call_ok(&admin, "get_customer", json!({ "customer_id": ana })).await;
+    assert_eq!(customer["customer"]["tags"], json!(["followed-up", "vip"]));
+
+    // Nobody matches: the conditioned step is skipped and the next one fails the run.
+    call_ok(
+        &admin,
+        "update_workflow",
+        json!({ "workflow_id": id, "variables": { "tag": "nobody" } }),
+    )
+    .await;
+    let run = call_ok(&admin, "execute_workflow", json!({ "workflow_id": id })).await;
+    assert_eq!(run["execution"]["status"], "failed", "{run}");
+    assert_eq!(
+        statuses(&run),
+        [
+            ("find", "succeeded"),
+            ("note", "skipped"),
+            ("tag", "failed")
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    assert!(
+        run["execution"]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("step tag (`bulk_update_customers`) failed"),
+        "{run}"
+    );
+
+    // A failing step with `continue` lets the next one run.
+    let missing = "00000000-0000-0000-0000-000000000001";
+    let steps = json!([
+        { "id": "lookup", "tool": "get_customer", "arguments": { "customer_id": missing },
+          "on_error": { "then": "continue" } },
+        { "id": "count", "tool": "list_customers", "arguments": { "limit": 1 } },
+    ]);
+    let go_on = workflow(&admin, "Go on", steps, json!({})).await;
+    let run = call_ok(&admin, "execute_workflow", json!({ "workflow_id": go_on })).await;
+    assert_eq!(run["execution"]["status"], "succeeded", "{run}");
+    assert_eq!(
+        statuses(&run),
+        [("lookup", "failed"), ("count", "succeeded")].map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    assert!(run["steps"][0]["error"].as_str().unwrap().contains(missing));
+    admin.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_step_is_retried_with_backoff_until_it_succeeds() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let taken = create_customer(&admin, json!({ "first_name": "Old", "email": "x@y.test" })).await;
+    let steps = json!([{ "id": "make", "tool": "create_customer",
+        "arguments": { "first_name": "New", "email": "{{input.email}}" },
+        "on_error": { "retries": 8, "backoff_ms": 200 } }]);
+    let id = workflow(&admin, "Retry", steps, json!({})).await;
+    let started = call_ok(
+        &admin,
+        "execute_workflow",
+        json!({ "workflow_id": id, "input_data": { "email": "x@y.test" }, "wait_seconds": 0 }),
+    )
+    .await;
+    let execution_id = started["execution"]["id"].as_str().unwrap().to_owned();
+    // The email is taken: attempts fail until it is free.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    call_ok(&admin, "delete_customer", json!({ "customer_id": taken })).await;
+    let run = wait_for_end(&admin, &execution_id).await;
+    assert_eq!(run["execution"]["status"], "succeeded", "{run}");
+    let attempts = statuses(&run);
+    assert!(attempts.len() >= 2, "{attempts:?}");
+    assert!(
+        attempts[..attempts.len() - 1]
+            .iter()
+            .all(|(_, s)| s == "failed")
+    );
+    assert_eq!(attempts.last().unwrap().1, "succeeded");
+    assert!(
+        run["steps"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("x@y.test")
+    );
+    admin.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_run_has_the_starters_permissions_and_no_more() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let ana = create_customer(&admin, json!({ "first_name": "Ana", "tags": ["vip"] })).await;
+    let id = workflow(
+        &admin,
+        "Follow up",
+        three_steps(),
+        json!({ "variables": { "tag": "vip" } }),
+    )
+    .await;
+    let agent = call_ok(
+        &admin,
+        "register_agent",
+        json!({ "name": "runner", "scopes": ["workflows:read", "workflows:execute", "customers:read"] }),
+    )
+    .await;
+    let bot = agent_client(&db, &agent).await;
+    let run = call_ok(
+        &bot,
+        "execute_workflow",
+        json!({ "workflow_id": id, "input_data": { "owner": "Amy" } }),
+    )
+    .await;
+    assert_eq!(run["execution"]["status"], "failed", "{run}");
+    assert_eq!(run["steps"][0]["status"], "succeeded", "reading is allowed");
+    let refused = run["steps"][1]["error"].as_str().unwrap();
+    assert!(refused.contains("interactions:write"), "{refused}");
+    assert_eq!(
+        call_ok(&admin, "list_interactions", json!({ "customer_id": ana })).await["total"],
+        0,
+        "nothing written with permissions the starter lacks"
+    );
+    let audit = call_ok(
+        &admin,
+        "list_audit_log",
+        json!({ "action": "list_customers" }),
+    )
+    .await;
+    assert!(
+        audit["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["transport"] == "workflow" && e["principal_name"] == "runner"),
+        "steps are audited as the starter's calls: {audit}"
+    );
+    bot.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_starts_an_active_workflow_whose_condition_matches() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let steps = json!([{ "id": "welcome", "tool": "log_interaction",
+        "arguments": { "customer_id": "{{event.payload.customer.id}}", "type": "note",
+                       "notes": "Welcome {{event.payload.customer.first_name}}" } }]);
+    let id = workflow(
+        &admin,
+        "Welcome hot leads",
+        steps,
+        json!({ "status": "active", "trigger_type": "event",
+                "trigger_config": { "event": "customer.created",
+                    "condition": { "field": "event.payload.customer.status", "operator": "eq", "value": "hot_lead" } } }),
+    )
+    .await;
+    let cold = create_customer(&admin, json!({ "first_name": "Cold", "status": "lead" })).await;
+    let hot = create_customer(&admin, json!({ "first_name": "Hot", "status": "hot_lead" })).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let executions = loop {
+        let listed = call_ok(
+            &admin,
+            "list_workflow_executions",
+            json!({ "workflow_id": id, "status": "succeeded" }),
+        )
+        .await;
+        if listed["total"] == 1 || std::time::Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(executions["total"], 1, "{executions}");
+    assert_eq!(executions["executions"][0]["source"], "event");
+    let notes = call_ok(&admin, "list_interactions", json!({ "customer_id": hot })).await;
+    assert_eq!(notes["interactions"][0]["notes"], "Welcome Hot");
+    assert_eq!(
+        call_ok(&admin, "list_interactions", json!({ "customer_id": cold })).await["total"],
+        0
+    );
+    admin.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_execution_left_by_a_dead_process_is_resumed_once_by_another() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    create_customer(&admin, json!({ "first_name": "Ana", "tags": ["vip"] })).await;
+    let steps = json!([
+        { "id": "first", "tool": "list_customers", "arguments": { "limit": 1 } },
+        { "id": "again", "tool": "list_customers", "arguments": { "tag": "vip" } },
+        { "id": "note", "tool": "log_interaction",
+          "arguments": { "customer_id": "{{steps.again.output.customers.0.id}}", "type": "note", "notes": "n" } },
+    ]);
+    let safe = workflow(&admin, "Safe", steps.clone(), json!({})).await;
+    let mut unsafe_steps = steps.clone();
+    unsafe_steps.as_array_mut().unwrap().swap(1, 2);
+    unsafe_steps[1]["arguments"]["customer_id"] = json!("{{steps.first.output.customers.0.id}}");
+    unsafe_steps[2]["arguments"] = json!({ "tag": "vip" });
+    let risky = workflow(&admin, "Risky", unsafe_steps, json!({})).await;
+    // Two executions as a process that died in their second step left them: step 0 done,
+    // step 1 running, the lease expired.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let mut ids = Vec::new();
+    for workflow_id in [&safe, &risky] {
+        let id: uuid::Uuid = sqlx::query_scalar(
+            "INSERT INTO workflow_executions (tenant_id, workflow_id, workflow_name, workflow_version,
+                 definition, status, source, started_by_kind, started_by_id, started_by_name, scopes,
+                 next_step, results, lease_owner, lease_until, started_at)
+             SELECT w.tenant_id, w.id, w.name, w.version,
+                    jsonb_build_object('steps', w.steps, 'variables', w.variables),
+                    'running', 'manual', 'user', u.id, u.name, ARRAY['customers:read', 'interactions:write'],
+                    1, jsonb_build_object('first', jsonb_build_object('status', 'succeeded',
+                        'output', jsonb_build_object('customers', jsonb_build_array(jsonb_build_object('id', c.id))))),
+                    gen_random_uuid(), now() - interval '1 minute', now()
+             FROM workflows w JOIN users u ON u.tenant_id = w.tenant_id
+                  JOIN customers c ON c.tenant_id = w.tenant_id
+             WHERE w.id = $1::uuid LIMIT 1
+             RETURNING id",
+        )
+        .bind(workflow_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO workflow_step_runs (execution_id, step_index, step_id, tool, attempt, status)
+             SELECT $1, 1, s ->> 'id', s ->> 'tool', 1, 'running'
+             FROM workflow_executions e, jsonb_array_elements(e.definition -> 'steps') WITH ORDINALITY AS x(s, n)
+             WHERE e.id = $1 AND n = 2",
+        )
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+        ids.push(id.to_string());
+    }
+    // Two more processes compete for them.
+    let second = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let third = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let resumed = wait_for_end(&admin, &ids[0]).await;
+    assert_eq!(resumed["execution"]["status"], "succeeded", "{resumed}");
+    assert_eq!(
+        statuses(&resumed),
+        [
+            ("again", "interrupted"),
+            ("again", "succeeded"),
+            ("note", "succeeded")
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned())),
+        "the idempotent step is repeated once, the rest run once"
+    );
+    let failed = wait_for_end(&admin, &ids[1]).await;
+    assert_eq!(failed["execution"]["status"], "failed", "{failed}");
+    assert!(
+        failed["execution"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not safe to repeat"),
+        "{failed}"
+    );
+    let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM interactions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(notes, 1, "the interrupted log_interaction was not repeated");
+    second.cancel().await.unwrap();
+    third.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_held_step_pauses_the_run_until_a_person_decides() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let ana = create_customer(&admin, json!({ "first_name": "Ana" })).await;
+    let steps = json!([
+        { "id": "remove", "tool": "delete_customer", "arguments": { "customer_id": "{{input.customer}}" } },
+        { "id": "count", "tool": "list_customers", "arguments": { "limit": 1 } },
+    ]);
+    let id = workflow(&admin, "Remove", steps, json!({})).await;
+    let agent = call_ok(
+        &admin,
+        "register_agent",
+        json!({ "name": "cleaner", "scopes": ["workflows:execute", "workflows:read", "customers:read", "customers:delete", "handoff"] }),
+    )
+    .await;
+    call_ok(
+        &admin,
+        "update_agent_permissions",
+        json!({ "agent_id": agent["agent"]["id"], "grants": [{ "scope": "customers:delete" }] }),
+    )
+    .await;
+    let bot = agent_client(&db, &agent).await;
+    let run = call_ok(
+        &bot,
+        "execute_workflow",
+        json!({ "workflow_id": id, "input_data": { "customer": ana } }),
+    )
+    .await;
+    assert_eq!(run["execution"]["status"], "waiting_approval", "{run}");
+    let action = run["execution"]["waiting_action_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let execution_id = run["execution"]["id"].as_str().unwrap().to_owned();
+    call_ok(
+        &admin,
+        "decide_pending_action",
+        json!({ "action_id": action, "decision": "approve" }),
+    )
+    .await;
+    let done = wait_for_end(&bot, &execution_id).await;
+    assert_eq!(done["execution"]["status"], "succeeded", "{done}");
+    assert_eq!(
+        statuses(&done),
+        [("remove", "succeeded"), ("count", "succeeded")]
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    assert_eq!(done["steps"][0]["output"]["deleted"], true);
+    assert_eq!(
+        error_code(&call(&admin, "get_customer", json!({ "customer_id": ana })).await),
+        "not_found"
+    );
+    bot.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}

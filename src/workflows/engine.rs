@@ -1,0 +1,732 @@
+//! The workflow engine. An execution is a row on a PostgreSQL queue: a process claims it
+//! (`FOR UPDATE SKIP LOCKED`), holds a lease it renews while it works, and writes each step
+//! attempt as it starts and ends. A process that dies leaves the execution to whichever
+//! process claims it after the lease; it resumes at the first unfinished step, repeating an
+//! interrupted step only when the step's tool is idempotent.
+//!
+//! Steps call tools through the same catalog and access layer as an MCP client, as the
+//! principal who started the run, with that principal's permissions of the moment and
+//! never more than it had when it started. A step held for approval pauses the execution
+//! (`waiting_approval`) until the pending action is decided.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::expr::substitute;
+use super::model::{Definition, Step, Then};
+use crate::access::Scopes;
+use crate::access::approval::{ApprovalPolicy, Sensitive};
+use crate::access::audit::{AuditEvent, redact};
+use crate::access::principal::{Principal, PrincipalKind, Role};
+use crate::app::App;
+use crate::error::ToolError;
+use crate::mcp::context::{Progress, ToolCtx, Transport};
+use crate::mcp::filter::denial;
+use crate::store::StoreError;
+
+pub const CHANNEL: &str = "agentcrm_workflows";
+const LEASE: Duration = Duration::from_secs(30);
+const HEARTBEAT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_secs(1);
+/// Executions one process runs at once.
+const PARALLEL: usize = 4;
+
+/// This process, as a lease holder.
+pub fn process_id() -> Uuid {
+    static ID: OnceLock<Uuid> = OnceLock::new();
+    *ID.get_or_init(Uuid::new_v4)
+}
+
+#[derive(sqlx::FromRow)]
+struct Claimed {
+    id: Uuid,
+    tenant_id: Uuid,
+    definition: Value,
+    input: Value,
+    started_by_kind: String,
+    started_by_id: Option<Uuid>,
+    started_by_name: String,
+    scopes: Vec<String>,
+    next_step: i32,
+    results: Value,
+}
+
+/// Runs an execution this process holds the lease of, until it ends, waits for an
+/// approval, or the lease is lost.
+pub async fn run(app: Arc<App>, id: Uuid, progress: Option<Progress>) {
+    let lost = Arc::new(AtomicBool::new(false));
+    let heartbeat = {
+        let (pool, lost) = (app.store.pool().clone(), lost.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                match renew(&pool, id).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        lost.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(error) => tracing::warn!(%error, execution = %id, "lease renewal failed"),
+                }
+            }
+        })
+    };
+    if let Err(error) = drive(&app, id, progress, &lost).await {
+        tracing::error!(%error, execution = %id, "workflow execution stopped");
+        let _ = finish(
+            app.store.pool(),
+            id,
+            "failed",
+            None,
+            Some(error.to_string()),
+        )
+        .await;
+    }
+    heartbeat.abort();
+}
+
+async fn renew(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let renewed = sqlx::query(
+        "UPDATE workflow_executions SET lease_until = now() + make_interval(secs => $3)
+         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(process_id())
+    .bind(LEASE.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(renewed.rows_affected() == 1)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Stored(String),
+}
+
+impl From<sqlx::Error> for EngineError {
+    fn from(error: sqlx::Error) -> EngineError {
+        EngineError::Store(error.into())
+    }
+}
+
+async fn drive(
+    app: &Arc<App>,
+    id: Uuid,
+    progress: Option<Progress>,
+    lost: &AtomicBool,
+) -> Result<(), EngineError> {
+    let pool = app.store.pool();
+    let Some(mut exec): Option<Claimed> = sqlx::query_as(
+        "SELECT id, tenant_id, definition, input, started_by_kind, started_by_id, started_by_name,
+                scopes, next_step, results
+         FROM workflow_executions WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(process_id())
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(());
+    };
+    let definition: Definition = serde_json::from_value(exec.definition.clone())
+        .map_err(|e| EngineError::Stored(format!("the stored definition does not read: {e}")))?;
+    let total = definition.steps.len();
+    while (exec.next_step as usize) < total {
+        if lost.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let cancel: bool =
+            sqlx::query_scalar("SELECT cancel_requested FROM workflow_executions WHERE id = $1")
+                .bind(id)
+                .fetch_one(pool)
+                .await?;
+        if cancel {
+            finish(
+                pool,
+                id,
+                "cancelled",
+                None,
+                Some("cancelled on request".into()),
+            )
+            .await?;
+            return Ok(());
+        }
+        let index = exec.next_step as usize;
+        let step = &definition.steps[index];
+        if let Some(progress) = &progress {
+            progress
+                .report(
+                    index as u64,
+                    total as u64,
+                    format!("step {} ({})", step.id, step.tool),
+                )
+                .await;
+        }
+        let context = json!({
+            "input": exec.input,
+            "vars": definition.variables,
+            "steps": exec.results,
+            "event": exec.input.get("event"),
+        });
+        let outcome = run_step(app, &exec, index, step, &context, lost).await?;
+        let Some(result) = outcome else {
+            return Ok(()); // waiting for approval, or the lease was lost
+        };
+        let failed = result.get("status") == Some(&json!("failed"));
+        if let Value::Object(results) = &mut exec.results {
+            results.insert(step.id.clone(), result.clone());
+        }
+        exec.next_step += 1;
+        let advanced = sqlx::query(
+            "UPDATE workflow_executions SET next_step = $3, results = $4, updated_at = now()
+             WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(process_id())
+        .bind(exec.next_step)
+        .bind(&exec.results)
+        .execute(pool)
+        .await?;
+        if advanced.rows_affected() == 0 {
+            return Ok(());
+        }
+        if failed && step.on_error.then == Then::Fail {
+            let error = format!(
+                "step {} (`{}`) failed: {}",
+                step.id,
+                step.tool,
+                result["error"].as_str().unwrap_or("")
+            );
+            finish(pool, id, "failed", None, Some(error)).await?;
+            return Ok(());
+        }
+    }
+    // The output: the last step that produced one.
+    let output = definition
+        .steps
+        .iter()
+        .rev()
+        .find_map(|s| exec.results.get(&s.id)?.get("output").cloned());
+    if let Some(progress) = &progress {
+        progress
+            .report(total as u64, total as u64, "done".into())
+            .await;
+    }
+    finish(pool, id, "succeeded", output, None).await?;
+    Ok(())
+}
+
+/// Runs one step with its retries; `None` when the execution must stop here for now.
+async fn run_step(
+    app: &Arc<App>,
+    exec: &Claimed,
+    index: usize,
+    step: &Step,
+    context: &Value,
+    lost: &AtomicBool,
+) -> Result<Option<Value>, EngineError> {
+    let pool = app.store.pool();
+    let tool = app.catalog.get(&step.tool);
+    // A step left running by a process that died.
+    let interrupted: Option<i64> = sqlx::query_scalar(
+        "UPDATE workflow_step_runs SET status = 'interrupted', finished_at = now(),
+             error = 'its process stopped before it recorded an outcome'
+         WHERE execution_id = $1 AND step_index = $2 AND status = 'running' RETURNING id",
+    )
+    .bind(exec.id)
+    .bind(index as i32)
+    .fetch_optional(pool)
+    .await?;
+    if interrupted.is_some() && !tool.is_some_and(|t| t.def.hints.idempotent) {
+        let error = format!(
+            "step {} (`{}`) was running when its process stopped, and `{}` is not safe to \
+             repeat: check whether it took effect",
+            step.id, step.tool, step.tool
+        );
+        finish(pool, exec.id, "failed", None, Some(error)).await?;
+        return Ok(None);
+    }
+    if let Some(condition) = &step.condition
+        && !condition.evaluate(context).result
+    {
+        record_attempt(pool, exec.id, index, step, 1, "skipped", None, None, None).await?;
+        return Ok(Some(json!({ "status": "skipped" })));
+    }
+    let (arguments, _) = substitute(&step.arguments, context);
+    let attempts = step.on_error.retries + 1;
+    let mut last_error = String::new();
+    for attempt in 1..=attempts {
+        if lost.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let run_id: i64 = sqlx::query_scalar(
+            "INSERT INTO workflow_step_runs (execution_id, step_index, step_id, tool, attempt, status, arguments)
+             SELECT $1, $2, $3, $4, $5, 'running', $6 FROM workflow_executions
+             WHERE id = $1 AND lease_owner = $7 RETURNING id",
+        )
+        .bind(exec.id)
+        .bind(index as i32)
+        .bind(&step.id)
+        .bind(&step.tool)
+        .bind(attempt as i32)
+        .bind(redact(&Value::Object(arguments.clone())))
+        .bind(process_id())
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| EngineError::Stored("lease lost".into()))?;
+        match call(app, exec, step, &arguments).await {
+            Ok(output) => {
+                end_attempt(pool, run_id, "succeeded", Some(&output), None).await?;
+                return Ok(Some(json!({ "status": "succeeded", "output": output })));
+            }
+            Err(ToolError::PendingApproval { action_id, .. }) => {
+                end_attempt(
+                    pool,
+                    run_id,
+                    "waiting_approval",
+                    Some(&json!({ "action_id": action_id })),
+                    None,
+                )
+                .await?;
+                sqlx::query(
+                    "UPDATE workflow_executions SET status = 'waiting_approval', waiting_action_id = $2,
+                         lease_owner = NULL, lease_until = NULL, updated_at = now()
+                     WHERE id = $1",
+                )
+                .bind(exec.id)
+                .bind(action_id)
+                .execute(pool)
+                .await?;
+                return Ok(None);
+            }
+            Err(error) => {
+                last_error = error.to_body("").error_description;
+                end_attempt(pool, run_id, "failed", None, Some(&last_error)).await?;
+                if attempt < attempts {
+                    let wait = step
+                        .on_error
+                        .backoff_ms
+                        .saturating_mul(1 << (attempt - 1).min(16));
+                    tokio::time::sleep(Duration::from_millis(wait.min(600_000))).await;
+                }
+            }
+        }
+    }
+    Ok(Some(json!({ "status": "failed", "error": last_error })))
+}
+
+/// One call of a step's tool as the execution's principal, as it stands now.
+async fn call(
+    app: &Arc<App>,
+    exec: &Claimed,
+    step: &Step,
+    arguments: &Map<String, Value>,
+) -> Result<Value, ToolError> {
+    let principal = principal_now(app.store.pool(), exec).await?;
+    let tool = app
+        .catalog
+        .get(&step.tool)
+        .filter(|t| app.filter.allows(&t.def))
+        .ok_or_else(|| {
+            ToolError::Forbidden(format!("`{}` is not available on this server", step.tool))
+        })?;
+    if let Some(denied) = denial(&principal, tool) {
+        return Err(ToolError::Forbidden(
+            denied.describe(tool.def.name, &principal.name),
+        ));
+    }
+    tool.validate(arguments)?;
+    let request_id = Uuid::now_v7().to_string();
+    let ctx = ToolCtx {
+        app: app.clone(),
+        transport: Transport::Workflow,
+        principal: principal.clone(),
+        request_id: request_id.clone(),
+        session_id: None,
+        filter: app.filter.clone(),
+        progress: None,
+        tool: tool.def.name,
+        arguments: Arc::new(arguments.clone()),
+        approved_action: None,
+    };
+    let started = std::time::Instant::now();
+    let outcome = async {
+        // The same holds as a call from a client: listed tools for agents; and no
+        // destructive call by a person runs unconfirmed where the tenant wants it confirmed.
+        if !tool.def.hints.read_only {
+            if principal.is_agent() {
+                if let Some(reason) = ctx.held(&Sensitive::Listed).await? {
+                    let summary = format!("Workflow step: call `{}`", tool.def.name);
+                    return Err(ctx.hold(&reason, &summary, None).await);
+                }
+            } else if tool.def.hints.destructive
+                && ApprovalPolicy::load(app.store.pool(), principal.tenant_id)
+                    .await?
+                    .confirm_destructive
+            {
+                return Err(ToolError::Forbidden(format!(
+                    "`{}` needs a person's confirmation in their client, which a workflow run \
+                     cannot ask for",
+                    tool.def.name
+                )));
+            }
+        }
+        match tokio::time::timeout(step.timeout(), tool.call(ctx, arguments.clone())).await {
+            Ok(result) => result,
+            Err(_) => Err(ToolError::Internal(format!(
+                "`{}` took longer than {} s",
+                tool.def.name,
+                step.timeout().as_secs()
+            ))),
+        }
+    }
+    .await;
+    let mut audit = AuditEvent::by(&principal, "tool", tool.def.name, "ok");
+    audit.arguments = Some(redact(&Value::Object(arguments.clone())));
+    audit.transport = Some(Transport::Workflow.as_str());
+    audit.request_id = Some(request_id);
+    audit.duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    if let Err(error) = &outcome {
+        audit.outcome = match error {
+            ToolError::PendingApproval { .. } => "held",
+            ToolError::Store(_) | ToolError::Internal(_) => "error",
+            _ => "refused",
+        };
+        audit.error_code = serde_json::to_value(error.code())
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned));
+    }
+    app.audit.record(audit).await;
+    outcome
+}
+
+/// Who the execution runs as, now: still there, still enabled, with today's scopes, and
+/// never more than it had when the execution started.
+async fn principal_now(pool: &PgPool, exec: &Claimed) -> Result<Principal, ToolError> {
+    let started_with = Scopes::parse(&exec.scopes).unwrap_or(Scopes::NONE);
+    let gone = || {
+        ToolError::Forbidden(format!(
+            "{} ({}), who started this execution, no longer exists or is disabled",
+            exec.started_by_name, exec.started_by_kind
+        ))
+    };
+    let id = exec.started_by_id.ok_or_else(gone)?;
+    let (kind, scopes, role, on_behalf_of) = match exec.started_by_kind.as_str() {
+        "agent" => {
+            let agent = crate::access::store::get_agent(pool, exec.tenant_id, id)
+                .await?
+                .filter(|a| a.enabled)
+                .ok_or_else(gone)?;
+            let scopes = Scopes::parse(&agent.scopes).unwrap_or(Scopes::NONE);
+            (PrincipalKind::Agent, scopes, None, None)
+        }
+        "user" | "local_owner" => {
+            let user = crate::access::store::get_user(pool, exec.tenant_id, id)
+                .await?
+                .ok_or_else(gone)?;
+            let role = Role::parse(&user.role).ok_or_else(gone)?;
+            let granted = Scopes::parse(&user.scopes).unwrap_or(Scopes::NONE);
+            let kind = if exec.started_by_kind == "user" {
+                PrincipalKind::User
+            } else {
+                PrincipalKind::LocalOwner
+            };
+            (
+                kind,
+                Principal::human_scopes(role, granted),
+                Some(role),
+                None,
+            )
+        }
+        "api_key" => {
+            let owner: Option<(Uuid, String, Vec<String>)> = sqlx::query_as(
+                "SELECT u.id, u.role, u.scopes FROM api_keys k
+                 JOIN users u ON u.tenant_id = k.tenant_id AND u.id = k.owner_user_id
+                 WHERE k.tenant_id = $1 AND k.id = $2 AND k.revoked_at IS NULL",
+            )
+            .bind(exec.tenant_id)
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(StoreError::from)?;
+            let (owner, role, granted) = owner.ok_or_else(gone)?;
+            let role = Role::parse(&role).ok_or_else(gone)?;
+            let granted = Scopes::parse(&granted).unwrap_or(Scopes::NONE);
+            (
+                PrincipalKind::ApiKey,
+                Principal::human_scopes(role, granted),
+                Some(role),
+                Some(owner),
+            )
+        }
+        _ => return Err(gone()),
+    };
+    Ok(Principal {
+        tenant_id: exec.tenant_id,
+        kind,
+        id: Some(id),
+        name: exec.started_by_name.clone(),
+        role,
+        on_behalf_of,
+        scopes: scopes.intersect(started_with),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn record_attempt(
+    pool: &PgPool,
+    execution: Uuid,
+    index: usize,
+    step: &Step,
+    attempt: i32,
+    status: &str,
+    arguments: Option<&Value>,
+    output: Option<&Value>,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO workflow_step_runs (execution_id, step_index, step_id, tool, attempt, status,
+             arguments, output, error, finished_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())",
+    )
+    .bind(execution)
+    .bind(index as i32)
+    .bind(&step.id)
+    .bind(&step.tool)
+    .bind(attempt)
+    .bind(status)
+    .bind(arguments)
+    .bind(output)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+async fn end_attempt(
+    pool: &PgPool,
+    run_id: i64,
+    status: &str,
+    output: Option<&Value>,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE workflow_step_runs SET status = $2, output = $3, error = $4, finished_at = now()
+         WHERE id = $1",
+    )
+    .bind(run_id)
+    .bind(status)
+    .bind(output)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+async fn finish(
+    pool: &PgPool,
+    id: Uuid,
+    status: &str,
+    output: Option<Value>,
+    error: Option<String>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE workflow_executions SET status = $2, output = $3, error = $4, finished_at = now(),
+             updated_at = now(), lease_owner = NULL, lease_until = NULL
+         WHERE id = $1 AND lease_owner = $5 AND status NOT IN ('succeeded', 'failed', 'cancelled')",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(output)
+    .bind(error)
+    .bind(process_id())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Claims the oldest due execution: queued, or running under an expired lease.
+async fn claim(pool: &PgPool) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE workflow_executions SET status = 'running', lease_owner = $1,
+             lease_until = now() + make_interval(secs => $2),
+             started_at = coalesce(started_at, now()), updated_at = now()
+         WHERE id = (SELECT id FROM workflow_executions
+                     WHERE status IN ('queued', 'running')
+                       AND (lease_until IS NULL OR lease_until < now())
+                     ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)
+         RETURNING id",
+    )
+    .bind(process_id())
+    .bind(LEASE.as_secs_f64())
+    .fetch_optional(pool)
+    .await
+}
+
+#[derive(sqlx::FromRow)]
+struct Decided {
+    id: Uuid,
+    definition: Value,
+    next_step: i32,
+    state: String,
+    result: Option<Value>,
+    error: Option<String>,
+}
+
+/// Executions waiting on a pending action that was decided: the step takes the action's
+/// outcome, and the execution is queued to go on.
+async fn resume_decided(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let decided: Vec<Decided> = sqlx::query_as(
+        "SELECT e.id, e.definition, e.next_step, a.state, a.result, a.error
+         FROM workflow_executions e JOIN pending_actions a ON a.id = e.waiting_action_id
+         WHERE e.status = 'waiting_approval' AND a.state IN ('executed', 'failed', 'rejected')
+         LIMIT 50",
+    )
+    .fetch_all(pool)
+    .await?;
+    for Decided {
+        id,
+        definition,
+        next_step,
+        state,
+        result,
+        error,
+    } in decided
+    {
+        let Ok(definition) = serde_json::from_value::<Definition>(definition) else {
+            continue;
+        };
+        let Some(step) = definition.steps.get(next_step as usize) else {
+            continue;
+        };
+        let (entry, run_status, run_error) = match state.as_str() {
+            "executed" => (
+                json!({ "status": "succeeded", "output": result }),
+                "succeeded",
+                None,
+            ),
+            other => {
+                let why = match other {
+                    "rejected" => "a person rejected the held call".to_owned(),
+                    _ => error.unwrap_or_else(|| "the approved call failed".into()),
+                };
+                (
+                    json!({ "status": "failed", "error": why }),
+                    "failed",
+                    Some(why),
+                )
+            }
+        };
+        let stop = run_status == "failed" && step.on_error.then == Then::Fail;
+        let mut tx = pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE workflow_executions SET
+                 results = results || jsonb_build_object($2::text, $3::jsonb),
+                 next_step = next_step + 1, waiting_action_id = NULL, updated_at = now(),
+                 status = CASE WHEN $4 THEN 'failed' ELSE 'queued' END,
+                 error = CASE WHEN $4 THEN $5 ELSE error END,
+                 finished_at = CASE WHEN $4 THEN now() ELSE NULL END
+             WHERE id = $1 AND status = 'waiting_approval'",
+        )
+        .bind(id)
+        .bind(&step.id)
+        .bind(&entry)
+        .bind(stop)
+        .bind(format!(
+            "step {} (`{}`) failed: {}",
+            step.id,
+            step.tool,
+            run_error.as_deref().unwrap_or("")
+        ))
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 1 {
+            sqlx::query(
+                "UPDATE workflow_step_runs SET status = $3, output = $4, error = $5, finished_at = now()
+                 WHERE execution_id = $1 AND step_index = $2 AND status = 'waiting_approval'",
+            )
+            .bind(id)
+            .bind(next_step)
+            .bind(run_status)
+            .bind(entry.get("output"))
+            .bind(run_error)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// The worker of a serving process: resumes decided executions, starts event-triggered
+/// ones, and runs due executions, up to `PARALLEL` at once.
+pub fn start(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let pool = app.store.pool().clone();
+        let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
+        let mut listener = listen(&pool).await;
+        loop {
+            if let Err(error) = resume_decided(&pool).await {
+                tracing::warn!(%error, "workflow executions: could not resume decided ones");
+            }
+            if let Err(error) = super::triggers::on_events(&pool).await {
+                tracing::warn!(%error, "workflow executions: could not read events");
+            }
+            while let Ok(permit) = slots.clone().try_acquire_owned() {
+                match claim(&pool).await {
+                    Ok(Some(id)) => {
+                        let app = app.clone();
+                        tokio::spawn(async move {
+                            run(app, id, None).await;
+                            drop(permit);
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "workflow executions: could not claim");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(POLL) => {}
+                notified = async {
+                    match listener.as_mut() {
+                        Some(l) => l.recv().await.map(drop),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if notified.is_err() {
+                        listener = listen(&pool).await;
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    let listener = async {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(CHANNEL).await?;
+        Ok::<_, sqlx::Error>(listener)
+    };
+    match listener.await {
+        Ok(listener) => Some(listener),
+        Err(error) => {
+            tracing::warn!(%error, "workflow executions: cannot LISTEN; polling");
+            None
+        }
+    }
+}

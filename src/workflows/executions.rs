@@ -1,0 +1,316 @@
+//! Executions: `execute_workflow` (runs in this process, waits a bounded time), and the
+//! tools to follow and cancel them. The engine is `engine`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::definitions::load;
+use super::engine::{self, process_id};
+use crate::error::ToolError;
+use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::mcp::context::ToolCtx;
+use crate::store::StoreError;
+use crate::store::page::{PageArgs, PageInfo, fetch_page};
+
+const MAX_WAIT_SECONDS: u32 = 120;
+
+pub fn tools() -> Vec<RegisteredTool> {
+    let def = |name, title, description, scopes, hints| {
+        Toolset::Workflows.def(name, title, description, scopes, hints)
+    };
+    vec![
+        tool(
+            def(
+                "execute_workflow",
+                "Run a workflow",
+                "Run a workflow (draft or active) with input data, as you and with your \
+                 permissions. Waits up to `wait_seconds` (default 30, at most 120) and returns \
+                 the execution with its per-step log; if it is still running (or waiting for an \
+                 approval), poll get_workflow_execution. Sends a progress notification per step \
+                 when you give a progress token.",
+                &["workflows:execute"],
+                // Its steps may change or delete anything the caller may.
+                Hints {
+                    destructive: true,
+                    ..Hints::CREATE
+                },
+            ),
+            execute_workflow,
+        ),
+        tool(
+            def(
+                "list_workflow_executions",
+                "List workflow executions",
+                "Executions, newest first; filter by workflow and status (queued, running, \
+                 waiting_approval, succeeded, failed, cancelled).",
+                &["workflows:read"],
+                Hints::READ,
+            ),
+            list_workflow_executions,
+        ),
+        tool(
+            def(
+                "get_workflow_execution",
+                "Get a workflow execution",
+                "An execution with its status, input, output or error, and every step attempt \
+                 (arguments after substitution, output, error, times).",
+                &["workflows:read"],
+                Hints::READ,
+            ),
+            get_workflow_execution,
+        ),
+        tool(
+            def(
+                "cancel_workflow_execution",
+                "Cancel a workflow execution",
+                "Stop an execution: a queued or waiting one at once, a running one before its \
+                 next step.",
+                &["workflows:execute"],
+                Hints::SET,
+            ),
+            cancel_workflow_execution,
+        ),
+    ]
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
+pub struct Execution {
+    pub id: Uuid,
+    pub workflow_id: Uuid,
+    pub workflow_name: String,
+    pub workflow_version: i32,
+    /// `queued`, `running`, `waiting_approval`, `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    /// `manual`, `event` or `schedule`.
+    pub source: String,
+    pub input: Value,
+    /// The last step's output, once succeeded.
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    /// While `waiting_approval`: the pending action a person must decide.
+    pub waiting_action_id: Option<Uuid>,
+    pub started_by_name: String,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, workflow_id, workflow_name, workflow_version, status, source, input, \
+     output, error, waiting_action_id, started_by_name, created_at, started_at, finished_at";
+
+#[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
+pub struct StepRun {
+    pub step_index: i32,
+    pub step_id: String,
+    pub tool: String,
+    pub attempt: i32,
+    /// `running`, `succeeded`, `failed`, `skipped`, `waiting_approval` or `interrupted`.
+    pub status: String,
+    pub arguments: Option<Value>,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ExecutionOut {
+    pub execution: Execution,
+    pub steps: Vec<StepRun>,
+}
+
+async fn load_execution(ctx: &ToolCtx, id: Uuid) -> Result<ExecutionOut, ToolError> {
+    let pool = ctx.app.store.pool();
+    let execution: Execution = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM workflow_executions WHERE tenant_id = $1 AND id = $2"
+    )))
+    .bind(ctx.principal.tenant_id)
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(StoreError::from)?
+    .ok_or_else(|| ToolError::NotFound(format!("no workflow execution {id} in this tenant")))?;
+    let steps = sqlx::query_as(
+        "SELECT step_index, step_id, tool, attempt, status, arguments, output, error, started_at,
+                finished_at
+         FROM workflow_step_runs WHERE execution_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::from)?;
+    Ok(ExecutionOut { execution, steps })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteArgs {
+    pub workflow_id: Uuid,
+    /// What the steps read as `{{input.<name>}}`.
+    #[serde(default)]
+    pub input_data: Map<String, Value>,
+    /// How long to wait for the end, 0 to 120 seconds (default 30).
+    pub wait_seconds: Option<u32>,
+}
+
+async fn execute_workflow(ctx: ToolCtx, args: ExecuteArgs) -> Result<ExecutionOut, ToolError> {
+    let wait = args.wait_seconds.unwrap_or(30);
+    if wait > MAX_WAIT_SECONDS {
+        return Err(ToolError::InvalidRequest(format!(
+            "wait_seconds is 0 to {MAX_WAIT_SECONDS}"
+        )));
+    }
+    let pool = ctx.app.store.pool();
+    let principal = &ctx.principal;
+    let workflow = load(pool, principal.tenant_id, args.workflow_id, false).await?;
+    if workflow.status == "paused" {
+        return Err(ToolError::Conflict(
+            "the workflow is paused: set it to active (or draft) to run it".into(),
+        ));
+    }
+    let definition = json!({
+        "trigger_type": workflow.trigger_type, "trigger_config": workflow.trigger_config,
+        "variables": workflow.variables, "steps": workflow.steps,
+    });
+    // Claimed by this process from the start: it runs here, and progress reaches the caller.
+    let id: Uuid = sqlx::query_scalar(
+        "INSERT INTO workflow_executions (tenant_id, workflow_id, workflow_name, workflow_version,
+             definition, input, status, source, started_by_kind, started_by_id, started_by_name,
+             scopes, lease_owner, lease_until, started_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 'running', 'manual', $7, $8, $9, $10, $11,
+                 now() + interval '30 seconds', now())
+         RETURNING id",
+    )
+    .bind(principal.tenant_id)
+    .bind(workflow.id)
+    .bind(&workflow.name)
+    .bind(workflow.version)
+    .bind(definition)
+    .bind(Value::Object(args.input_data))
+    .bind(principal.kind.as_str())
+    .bind(principal.id)
+    .bind(&principal.name)
+    .bind(principal.scopes.names())
+    .bind(process_id())
+    .fetch_one(pool)
+    .await
+    .map_err(StoreError::from)?;
+    let running = tokio::spawn(engine::run(ctx.app.clone(), id, ctx.progress.clone()));
+    let _ = tokio::time::timeout(Duration::from_secs(u64::from(wait)), running).await;
+    load_execution(&ctx, id).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionStatus {
+    Queued,
+    Running,
+    WaitingApproval,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl ExecutionStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            ExecutionStatus::Queued => "queued",
+            ExecutionStatus::Running => "running",
+            ExecutionStatus::WaitingApproval => "waiting_approval",
+            ExecutionStatus::Succeeded => "succeeded",
+            ExecutionStatus::Failed => "failed",
+            ExecutionStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListArgs {
+    pub workflow_id: Option<Uuid>,
+    pub status: Option<ExecutionStatus>,
+    /// Items per page, 1 to 100 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ExecutionList {
+    pub executions: Vec<Execution>,
+    #[serde(flatten)]
+    pub page: PageInfo,
+}
+
+async fn list_workflow_executions(
+    ctx: ToolCtx,
+    args: ListArgs,
+) -> Result<ExecutionList, ToolError> {
+    let page = PageArgs::of(args.limit, &args.cursor)?;
+    let tenant = ctx.principal.tenant_id;
+    let (executions, total) = fetch_page(
+        ctx.app.store.pool(),
+        COLUMNS,
+        |q| {
+            q.push(" FROM workflow_executions WHERE tenant_id = ")
+                .push_bind(tenant);
+            if let Some(workflow) = args.workflow_id {
+                q.push(" AND workflow_id = ").push_bind(workflow);
+            }
+            if let Some(status) = args.status {
+                q.push(" AND status = ").push_bind(status.as_str());
+            }
+        },
+        "created_at DESC, id",
+        page,
+    )
+    .await
+    .map_err(StoreError::from)?;
+    Ok(ExecutionList {
+        executions,
+        page: page.info(total),
+    })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionIdArgs {
+    pub execution_id: Uuid,
+}
+
+async fn get_workflow_execution(
+    ctx: ToolCtx,
+    args: ExecutionIdArgs,
+) -> Result<ExecutionOut, ToolError> {
+    load_execution(&ctx, args.execution_id).await
+}
+
+async fn cancel_workflow_execution(
+    ctx: ToolCtx,
+    args: ExecutionIdArgs,
+) -> Result<ExecutionOut, ToolError> {
+    let updated = sqlx::query(
+        "UPDATE workflow_executions SET cancel_requested = true, updated_at = now(),
+             status = CASE WHEN status IN ('queued', 'waiting_approval') THEN 'cancelled' ELSE status END,
+             error = CASE WHEN status IN ('queued', 'waiting_approval') THEN 'cancelled on request' ELSE error END,
+             finished_at = CASE WHEN status IN ('queued', 'waiting_approval') THEN now() ELSE finished_at END
+         WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(ctx.principal.tenant_id)
+    .bind(args.execution_id)
+    .execute(ctx.app.store.pool())
+    .await
+    .map_err(StoreError::from)?;
+    if updated.rows_affected() == 0 {
+        return Err(ToolError::NotFound(format!(
+            "no workflow execution {} in this tenant",
+            args.execution_id
+        )));
+    }
+    load_execution(&ctx, args.execution_id).await
+}

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod executions;
 pub mod expr;
 pub mod model;
+pub mod templates;
 pub mod triggers;
 
 use crate::mcp::catalog::RegisteredTool;
@@ -14,5 +15,6 @@ use crate::mcp::catalog::RegisteredTool;
 pub fn tools() -> Vec<RegisteredTool> {
     let mut tools = definitions::tools();
     tools.extend(executions::tools());
+    tools.extend(templates::tools());
     tools
 }

@@ -631,3 +631,91 @@ async fn a_held_step_pauses_the_run_until_a_person_decides() {
     bot.cancel().await.unwrap();
     admin.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_template_becomes_a_draft_and_once_active_runs_on_its_event() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let listed = call_ok(&admin, "list_workflow_templates", json!({})).await;
+    assert!(listed["total"].as_u64().unwrap() >= 8, "{listed}");
+    let support = call_ok(
+        &admin,
+        "list_workflow_templates",
+        json!({ "category": "support", "difficulty": "beginner", "search": "unhappy" }),
+    )
+    .await;
+    assert_eq!(support["templates"][0]["id"], "escalate-unhappy-customer");
+    assert_eq!(
+        call_ok(
+            &admin,
+            "list_workflow_templates",
+            json!({ "connection": "llm" })
+        )
+        .await["total"],
+        0
+    );
+    let categories = call_ok(&admin, "list_template_categories", json!({})).await;
+    assert!(categories["categories"].as_array().unwrap().len() >= 4);
+    assert_eq!(
+        error_code(
+            &call(
+                &admin,
+                "get_workflow_template",
+                json!({ "template_id": "nope" })
+            )
+            .await
+        ),
+        "not_found"
+    );
+    let used = call_ok(
+        &admin,
+        "use_workflow_template",
+        json!({ "template_id": "escalate-unhappy-customer", "name": "Unhappy → person" }),
+    )
+    .await;
+    assert_eq!(used["workflow"]["status"], "draft");
+    assert_eq!(
+        used["workflow"]["workflow_metadata"]["template"],
+        "escalate-unhappy-customer"
+    );
+    let id = used["workflow"]["id"].as_str().unwrap().to_owned();
+    call_ok(
+        &admin,
+        "update_workflow",
+        json!({ "workflow_id": id, "status": "active" }),
+    )
+    .await;
+    let ana = create_customer(&admin, json!({ "first_name": "Ana" })).await;
+    call_ok(
+        &admin,
+        "log_interaction",
+        json!({ "customer_id": ana, "type": "call", "notes": "Very upset about the delay",
+                "metadata": { "sentiment": "negative" } }),
+    )
+    .await;
+    call_ok(
+        &admin,
+        "log_interaction",
+        json!({ "customer_id": ana, "type": "call", "notes": "All good", "metadata": { "sentiment": "positive" } }),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let tickets = loop {
+        let tickets = call_ok(&admin, "list_handoffs", json!({ "customer_id": ana })).await;
+        if tickets["total"] != 0 || std::time::Instant::now() > deadline {
+            break tickets;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(tickets["total"], 1, "{tickets}");
+    assert_eq!(tickets["handoffs"][0]["priority"], "urgent");
+    assert_eq!(
+        tickets["handoffs"][0]["context"],
+        "Very upset about the delay"
+    );
+    assert_eq!(
+        tickets["handoffs"][0]["reason"],
+        "Negative sentiment on a call"
+    );
+    admin.cancel().await.unwrap();
+}

@@ -45,6 +45,8 @@ pub struct AgentCrm {
     transport: Transport,
     /// Set for stdio (one identity per process); HTTP requests carry their own.
     principal: Option<Principal>,
+    /// A stdio process is one MCP session: its id in the audit trail and session history.
+    stdio_session: Option<String>,
 }
 
 impl AgentCrm {
@@ -53,6 +55,7 @@ impl AgentCrm {
             app,
             transport: Transport::Stdio,
             principal: Some(principal),
+            stdio_session: Some(format!("stdio-{}", uuid::Uuid::new_v4())),
         }
     }
 
@@ -61,6 +64,7 @@ impl AgentCrm {
             app,
             transport: Transport::Http,
             principal: None,
+            stdio_session: None,
         }
     }
 
@@ -113,6 +117,9 @@ impl AgentCrm {
     }
 
     fn session_id(&self, ctx: &RequestContext<RoleServer>) -> Option<String> {
+        if let Some(session) = &self.stdio_session {
+            return Some(session.clone());
+        }
         self.http_parts(ctx)?
             .headers
             .get("mcp-session-id")?

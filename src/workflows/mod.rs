@@ -7,6 +7,7 @@ pub mod engine;
 pub mod executions;
 pub mod expr;
 pub mod model;
+pub mod sessions;
 pub mod templates;
 pub mod triggers;
 
@@ -16,5 +17,6 @@ pub fn tools() -> Vec<RegisteredTool> {
     let mut tools = definitions::tools();
     tools.extend(executions::tools());
     tools.extend(templates::tools());
+    tools.extend(sessions::tools());
     tools
 }

@@ -719,3 +719,83 @@ async fn a_template_becomes_a_draft_and_once_active_runs_on_its_event() {
     );
     admin.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_sessions_calls_become_a_workflow_that_runs_again_with_new_input() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    create_customer(
+        &admin,
+        json!({ "first_name": "Ana", "email": "ana@x.test", "status": "hot_lead" }),
+    )
+    .await;
+    call_ok(&admin, "list_customers", json!({ "status": "hot_lead" })).await;
+    // A refused call is not material for a workflow.
+    call(
+        &admin,
+        "get_customer",
+        json!({ "customer_id": "00000000-0000-0000-0000-000000000001" }),
+    )
+    .await;
+    let session = call_ok(&admin, "list_session_tool_calls", json!({})).await;
+    let tools: Vec<&str> = session["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["tool"].as_str().unwrap())
+        .collect();
+    assert_eq!(tools, ["create_customer", "list_customers"], "{session}");
+    let chosen: Vec<Value> = session["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].clone())
+        .collect();
+    let extracted = call_ok(
+        &admin,
+        "extract_workflow",
+        json!({ "workflow_name": "Add a hot lead", "selected_step_ids": chosen,
+                "parameterize_fields": ["s1.first_name", "s1.email"] }),
+    )
+    .await;
+    assert_eq!(
+        extracted["inputs"],
+        json!({ "first_name": "Ana", "email": "ana@x.test" })
+    );
+    let steps = &extracted["workflow"]["steps"];
+    assert_eq!(steps[0]["arguments"]["email"], "{{input.email}}");
+    assert_eq!(
+        steps[0]["arguments"]["status"], "hot_lead",
+        "other fields stay literal"
+    );
+    assert_eq!(steps[1]["tool"], "list_customers");
+    for bad in [
+        json!({ "workflow_name": "X", "parameterize_fields": ["s9.email"] }),
+        json!({ "workflow_name": "X", "parameterize_fields": ["s1.nope"] }),
+        json!({ "workflow_name": "X", "selected_step_ids": ["999999"] }),
+    ] {
+        let code = error_code(&call(&admin, "extract_workflow", bad.clone()).await);
+        assert!(
+            code == "invalid_request" || code == "not_found",
+            "{bad}: {code}"
+        );
+    }
+    let run = call_ok(
+        &admin,
+        "execute_workflow",
+        json!({ "workflow_id": extracted["workflow"]["id"],
+                "input_data": { "first_name": "Bruno", "email": "bruno@x.test" } }),
+    )
+    .await;
+    assert_eq!(run["execution"]["status"], "succeeded", "{run}");
+    assert_eq!(run["execution"]["output"]["total"], 2, "{run}");
+    let other = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let elsewhere = call_ok(&other, "list_session_tool_calls", json!({})).await;
+    assert_eq!(
+        elsewhere["calls"],
+        json!([]),
+        "another process is another session"
+    );
+    other.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}

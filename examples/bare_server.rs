@@ -68,6 +68,7 @@ impl ServerHandler for Bare {
             tool: tool.def.name,
             arguments: Default::default(),
             approved_action: None,
+            client: None,
         };
         let result = match tool.call(ctx, request.arguments.unwrap_or_default()).await {
             Ok(value) => CallToolResult::structured(value),

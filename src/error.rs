@@ -58,6 +58,10 @@ pub enum ToolError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Internal(String),
+    /// Not a failure: the tool needs an answer from the client first (protocol
+    /// 2026-07-28); the client calls again with it.
+    #[error("the client must answer first")]
+    NeedsInput(Box<rmcp::model::InputRequiredResult>),
 }
 
 impl From<crate::store::page::PageError> for ToolError {
@@ -75,13 +79,15 @@ impl ToolError {
             ToolError::Conflict(_) => ErrorCode::Conflict,
             ToolError::RateLimited(..) => ErrorCode::RateLimited,
             ToolError::PendingApproval { .. } => ErrorCode::PendingApproval,
-            ToolError::Store(_) | ToolError::Internal(_) => ErrorCode::Internal,
+            ToolError::Store(_) | ToolError::Internal(_) | ToolError::NeedsInput(_) => {
+                ErrorCode::Internal
+            }
         }
     }
 
     pub fn to_body(&self, request_id: &str) -> ErrorBody {
         let error_description = match self {
-            ToolError::Store(_) | ToolError::Internal(_) => format!(
+            ToolError::Store(_) | ToolError::Internal(_) | ToolError::NeedsInput(_) => format!(
                 "The server could not complete this request. Retry later; if it persists, \
                  report request id {request_id} to the operator."
             ),

@@ -437,6 +437,7 @@ async fn execute(
         tool: tool.def.name,
         arguments: Arc::new(arguments.clone()),
         approved_action: Some(action.id),
+        client: None,
     };
     let started = std::time::Instant::now();
     let outcome = tool.call(ctx, arguments.clone()).await;

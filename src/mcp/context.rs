@@ -57,6 +57,20 @@ pub struct ToolCtx {
     /// Set only by `decide_pending_action` when it runs an approved action: the approval
     /// hook lets that one call through. No argument of a call can set it.
     pub approved_action: Option<uuid::Uuid>,
+    /// The client on the other end, for tools that ask it something (sampling); absent in
+    /// workflow runs and approved actions.
+    pub client: Option<ClientSide>,
+}
+
+/// What a tool may ask of the calling client.
+#[derive(Clone)]
+pub struct ClientSide {
+    pub peer: rmcp::Peer<rmcp::RoleServer>,
+    /// Protocol 2026-07-28: questions go back as an input-required result, and their
+    /// answers come with the next call (`answers`).
+    pub modern: bool,
+    pub capabilities: Option<rmcp::model::ClientCapabilities>,
+    pub answers: Option<rmcp::model::InputResponses>,
 }
 
 /// A client's progress token and the connection to notify it on.

@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use super::catalog::{RegisteredTool, Toolset};
 use super::confirm::{Gate, Ran, gate};
-use super::context::{Progress, ToolCtx, Transport};
+use super::context::{ClientSide, Progress, ToolCtx, Transport};
 use super::filter::{ToolFilter, denial, parse_toolsets, permits, visible};
 use crate::access::Principal;
 use crate::access::audit::{AuditEvent, redact};
@@ -397,11 +397,20 @@ impl ServerHandler for AgentCrm {
                 tool: tool.def.name,
                 arguments: Arc::new(args.clone()),
                 approved_action: None,
+                client: Some(ClientSide {
+                    peer: ctx.peer.clone(),
+                    modern: ctx.protocol_version().is_some_and(|v| !v.has_initialize()),
+                    capabilities: ctx.client_capabilities(),
+                    answers: request.input_responses.clone(),
+                }),
             };
             let answers = request.input_responses.as_ref();
             async {
                 match gate(&tool_ctx, tool, &args, answers, &ctx).await? {
-                    Gate::Run => tool.call(tool_ctx, args).await.map(Ran::Done),
+                    Gate::Run => match tool.call(tool_ctx, args).await {
+                        Err(ToolError::NeedsInput(question)) => Ok(Ran::Ask(*question)),
+                        other => other.map(Ran::Done),
+                    },
                     Gate::Ask(question) => Ok(Ran::Ask(question)),
                 }
             }

@@ -358,6 +358,7 @@ async fn call(
         tool: tool.def.name,
         arguments: Arc::new(arguments.clone()),
         approved_action: None,
+        client: None,
     };
     let started = std::time::Instant::now();
     let outcome = async {

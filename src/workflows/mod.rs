@@ -3,6 +3,7 @@
 //! and test them.
 
 pub mod definitions;
+pub mod draft;
 pub mod engine;
 pub mod executions;
 pub mod expr;
@@ -18,5 +19,6 @@ pub fn tools() -> Vec<RegisteredTool> {
     tools.extend(executions::tools());
     tools.extend(templates::tools());
     tools.extend(sessions::tools());
+    tools.extend(draft::tools());
     tools
 }

@@ -799,3 +799,115 @@ async fn a_sessions_calls_become_a_workflow_that_runs_again_with_new_input() {
     other.cancel().await.unwrap();
     admin.cancel().await.unwrap();
 }
+
+/// A client whose "model" answers sampling with a canned workflow.
+#[derive(Clone)]
+struct Model {
+    answer: String,
+}
+
+#[allow(deprecated)]
+impl rmcp::ClientHandler for Model {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        let mut config = client_config();
+        config.capabilities = rmcp::model::ClientCapabilities::builder()
+            .enable_sampling()
+            .build();
+        config
+    }
+
+    async fn create_message(
+        &self,
+        params: rmcp::model::CreateMessageRequestParams,
+        _context: rmcp::service::RequestContext<rmcp::service::RoleClient>,
+    ) -> Result<rmcp::model::CreateMessageResult, rmcp::ErrorData> {
+        let asked = serde_json::to_string(&params.messages).unwrap();
+        assert!(
+            asked.contains("log_interaction") && asked.contains("hot lead"),
+            "{asked}"
+        );
+        Ok(rmcp::model::CreateMessageResult::new(
+            rmcp::model::SamplingMessage::assistant_text(self.answer.clone()),
+            "test-model".into(),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_workflow_is_drafted_by_the_clients_model_and_checked_before_it_is_saved() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let refused = call(
+        &admin,
+        "draft_workflow",
+        json!({ "description": "When a hot lead is created, log a note" }),
+    )
+    .await;
+    assert_eq!(error_code(&refused), "invalid_request");
+    assert!(
+        refused.structured_content.as_ref().unwrap()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("no LLM connection"),
+        "{refused:?}"
+    );
+    let good = r#"Here it is:
+```json
+{"name": "Welcome hot leads", "trigger_type": "event",
+ "trigger_config": {"event": "customer.created",
+   "condition": {"field": "event.payload.customer.status", "operator": "eq", "value": "hot_lead"}},
+ "steps": [{"id": "note", "tool": "log_interaction",
+   "arguments": {"customer_id": "{{event.payload.customer.id}}", "type": "note", "notes": "Call today"}}]}
+```"#;
+    for generation in [Generation::Sessions, Generation::Stateless] {
+        let client = stdio_client_with(
+            Model {
+                answer: good.into(),
+            },
+            db.command(&["stdio"]),
+            generation,
+        )
+        .await;
+        let drafted = call_ok(
+            &client,
+            "draft_workflow",
+            json!({ "description": "When a hot lead is created, log a note to call them",
+                    "name": format!("Welcome {generation:?}") }),
+        )
+        .await;
+        let workflow = &drafted["workflow"];
+        assert_eq!(workflow["status"], "draft", "{generation:?}");
+        assert_eq!(workflow["trigger_type"], "event");
+        assert_eq!(workflow["steps"][0]["tool"], "log_interaction");
+        client.cancel().await.unwrap();
+    }
+    let bad = r#"{"name": "Broken", "steps": [{"id": "x", "tool": "send_fax", "arguments": {}}]}"#;
+    let client = stdio_client_with(
+        Model { answer: bad.into() },
+        db.command(&["stdio"]),
+        Generation::Sessions,
+    )
+    .await;
+    let refused = call(
+        &client,
+        "draft_workflow",
+        json!({ "description": "When a hot lead is created, fax them" }),
+    )
+    .await;
+    assert_eq!(error_code(&refused), "invalid_request");
+    let why = refused.structured_content.as_ref().unwrap()["error_description"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        why.contains("nothing was saved") && why.contains("send_fax"),
+        "{why}"
+    );
+    assert_eq!(
+        call_ok(&admin, "list_workflows", json!({})).await["total"],
+        2,
+        "only the two valid drafts were saved"
+    );
+    client.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}

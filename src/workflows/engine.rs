@@ -32,8 +32,19 @@ use crate::mcp::filter::denial;
 use crate::store::StoreError;
 
 pub const CHANNEL: &str = "agentcrm_workflows";
-const LEASE: Duration = Duration::from_secs(30);
-const HEARTBEAT: Duration = Duration::from_secs(10);
+/// How long an execution stays with a process that stops renewing it (default 30 s;
+/// `AGENTCRM_WORKFLOW_LEASE_SECS`, 2 to 3600). Renewed every third of it.
+pub fn lease() -> Duration {
+    static LEASE: OnceLock<Duration> = OnceLock::new();
+    *LEASE.get_or_init(|| {
+        let seconds = std::env::var("AGENTCRM_WORKFLOW_LEASE_SECS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|s| (2..=3600).contains(s))
+            .unwrap_or(30);
+        Duration::from_secs(seconds)
+    })
+}
 const POLL: Duration = Duration::from_secs(1);
 /// Executions one process runs at once.
 const PARALLEL: usize = 4;
@@ -66,7 +77,7 @@ pub async fn run(app: Arc<App>, id: Uuid, progress: Option<Progress>) {
         let (pool, lost) = (app.store.pool().clone(), lost.clone());
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(HEARTBEAT).await;
+                tokio::time::sleep(lease() / 3).await;
                 match renew(&pool, id).await {
                     Ok(true) => {}
                     Ok(false) => {
@@ -99,7 +110,7 @@ async fn renew(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
     )
     .bind(id)
     .bind(process_id())
-    .bind(LEASE.as_secs_f64())
+    .bind(lease().as_secs_f64())
     .execute(pool)
     .await?;
     Ok(renewed.rows_affected() == 1)
@@ -569,7 +580,7 @@ async fn claim(pool: &PgPool) -> Result<Option<Uuid>, sqlx::Error> {
          RETURNING id",
     )
     .bind(process_id())
-    .bind(LEASE.as_secs_f64())
+    .bind(lease().as_secs_f64())
     .fetch_optional(pool)
     .await
 }

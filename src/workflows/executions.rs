@@ -183,7 +183,7 @@ async fn execute_workflow(ctx: ToolCtx, args: ExecuteArgs) -> Result<ExecutionOu
              definition, input, status, source, started_by_kind, started_by_id, started_by_name,
              scopes, lease_owner, lease_until, started_at)
          VALUES ($1, $2, $3, $4, $5, $6, 'running', 'manual', $7, $8, $9, $10, $11,
-                 now() + interval '30 seconds', now())
+                 now() + make_interval(secs => $12), now())
          RETURNING id",
     )
     .bind(principal.tenant_id)
@@ -197,6 +197,7 @@ async fn execute_workflow(ctx: ToolCtx, args: ExecuteArgs) -> Result<ExecutionOu
     .bind(&principal.name)
     .bind(principal.scopes.names())
     .bind(process_id())
+    .bind(engine::lease().as_secs_f64())
     .fetch_one(pool)
     .await
     .map_err(StoreError::from)?;

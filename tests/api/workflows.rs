@@ -911,3 +911,60 @@ async fn a_workflow_is_drafted_by_the_clients_model_and_checked_before_it_is_sav
     client.cancel().await.unwrap();
     admin.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_run_killed_mid_step_is_resumed_by_another_process() {
+    let db = TestDb::new().await;
+    let start = || {
+        let mut command = db.server(&["http"]);
+        command.env("AGENTCRM_WORKFLOW_LEASE_SECS", "2");
+        HttpServer::start(command)
+    };
+    let mut first = start();
+    let second = start();
+    let on_first = http_client(&first.mcp_url(), &db.admin_key, Generation::Stateless).await;
+    let on_second = http_client(&second.mcp_url(), &db.admin_key, Generation::Stateless).await;
+    let taken = create_customer(
+        &on_first,
+        json!({ "first_name": "Old", "email": "x@y.test" }),
+    )
+    .await;
+    let steps = json!([
+        { "id": "count", "tool": "list_customers", "arguments": { "limit": 1 } },
+        { "id": "make", "tool": "create_customer",
+          "arguments": { "first_name": "New", "email": "x@y.test" },
+          "on_error": { "retries": 10, "backoff_ms": 3000 } },
+    ]);
+    let id = workflow(&on_first, "Make", steps, json!({})).await;
+    let started = call_ok(
+        &on_first,
+        "execute_workflow",
+        json!({ "workflow_id": id, "wait_seconds": 1 }),
+    )
+    .await;
+    let execution_id = started["execution"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(started["execution"]["status"], "running", "{started}");
+    // The first process dies in the middle of the `make` step (between its attempts).
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    call_ok(
+        &on_second,
+        "delete_customer",
+        json!({ "customer_id": taken }),
+    )
+    .await;
+    let done = wait_for_end(&on_second, &execution_id).await;
+    assert_eq!(done["execution"]["status"], "succeeded", "{done}");
+    let count_runs = statuses(&done)
+        .iter()
+        .filter(|(step, _)| step == "count")
+        .count();
+    assert_eq!(count_runs, 1, "a finished step is not run again: {done}");
+    assert_eq!(
+        statuses(&done).last().unwrap(),
+        &("make".to_owned(), "succeeded".to_owned())
+    );
+    let customers = call_ok(&on_second, "list_customers", json!({})).await;
+    assert_eq!(customers["total"], 1, "{customers}");
+    on_second.cancel().await.unwrap();
+}

@@ -12,6 +12,8 @@ CREATE TABLE workflows (
     variables         jsonb       NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(variables) = 'object'),
     steps             jsonb       NOT NULL CHECK (jsonb_typeof(steps) = 'array'),
     workflow_metadata jsonb       NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(workflow_metadata) = 'object'),
+    -- Schedule triggers: when it runs next (set when it becomes active or changes).
+    next_run_at       timestamptz,
     created_by_kind   text        NOT NULL,
     created_by_id     uuid,
     created_by_name   text        NOT NULL,
@@ -24,3 +26,6 @@ CREATE INDEX workflows_tenant ON workflows (tenant_id, created_at DESC);
 -- Event-triggered active workflows, looked up per event.
 CREATE INDEX workflows_event_trigger ON workflows (tenant_id, (trigger_config ->> 'event'))
     WHERE status = 'active' AND trigger_type = 'event';
+-- Active schedules, looked up by due time.
+CREATE INDEX workflows_schedule_due ON workflows (next_run_at)
+    WHERE status = 'active' AND trigger_type = 'schedule';

@@ -403,7 +403,8 @@ async fn update_workflow(ctx: ToolCtx, args: UpdateArgs) -> Result<WorkflowOut, 
     let workflow: Workflow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE workflows SET name = $3, description = $4, status = $5, trigger_type = $6,
              trigger_config = $7, variables = $8, steps = $9, workflow_metadata = $10,
-             version = version + $11, updated_at = now()
+             version = version + $11, updated_at = now(),
+             next_run_at = CASE WHEN $11 = 1 OR status <> $5 THEN NULL ELSE next_run_at END
          WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
     )))
     .bind(tenant)

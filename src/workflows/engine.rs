@@ -691,6 +691,9 @@ pub fn start(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHan
             if let Err(error) = resume_decided(&pool).await {
                 tracing::warn!(%error, "workflow executions: could not resume decided ones");
             }
+            if let Err(error) = super::schedule::fire_due(&pool).await {
+                tracing::warn!(%error, "workflow executions: could not start scheduled ones");
+            }
             if let Err(error) = super::triggers::on_events(&pool).await {
                 tracing::warn!(%error, "workflow executions: could not read events");
             }

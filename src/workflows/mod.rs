@@ -8,6 +8,7 @@ pub mod engine;
 pub mod executions;
 pub mod expr;
 pub mod model;
+pub mod schedule;
 pub mod sessions;
 pub mod templates;
 pub mod triggers;

@@ -193,17 +193,8 @@ fn validate_trigger(definition: &Definition) -> Result<(), ToolError> {
     };
     match definition.trigger_type {
         Trigger::Manual => Ok(()),
-        Trigger::Schedule => {
-            let interval = config.get("interval_seconds").and_then(Value::as_u64);
-            let cron = config.get("cron").and_then(Value::as_str);
-            match (interval, cron) {
-                (Some(seconds), None) if seconds >= 60 => Ok(()),
-                (None, Some(cron)) if cron.split_whitespace().count() == 5 => Ok(()),
-                _ => invalid(
-                    "a schedule needs `interval_seconds` (60 or more) or `cron` (five fields), not both",
-                ),
-            }
-        }
+        Trigger::Schedule => super::schedule::check(config)
+            .map_err(|why| ToolError::InvalidRequest(format!("trigger_config: {why}"))),
         Trigger::Event => {
             let Some(event) = config.get("event").and_then(Value::as_str) else {
                 return invalid("an event trigger needs `event`, e.g. `customer.created`");

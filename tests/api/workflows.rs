@@ -968,3 +968,92 @@ async fn a_run_killed_mid_step_is_resumed_by_another_process() {
     assert_eq!(customers["total"], 1, "{customers}");
     on_second.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_schedule_fires_once_per_due_time_across_processes() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let other = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let refused = call(
+        &admin,
+        "create_workflow",
+        json!({ "name": "Bad", "status": "active", "trigger_type": "schedule",
+                "trigger_config": { "cron": "0 25 * * *" },
+                "steps": [{ "id": "r", "tool": "generate_report", "arguments": { "report": "pipeline" } }] }),
+    )
+    .await;
+    assert_eq!(error_code(&refused), "invalid_request");
+    let id = workflow(
+        &admin,
+        "Hourly pipeline",
+        json!([{ "id": "pipeline", "tool": "generate_report", "arguments": { "report": "pipeline" } }]),
+        json!({ "status": "active", "trigger_type": "schedule", "trigger_config": { "interval_seconds": 3600 } }),
+    )
+    .await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let next = || async {
+        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+            "SELECT next_run_at FROM workflows WHERE id = $1::uuid",
+        )
+        .bind(&id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while next().await.is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let planned = next().await.expect("a next run once active");
+    assert!(
+        planned > chrono::Utc::now() + chrono::Duration::minutes(55),
+        "{planned}"
+    );
+    assert_eq!(
+        call_ok(
+            &admin,
+            "list_workflow_executions",
+            json!({ "workflow_id": id })
+        )
+        .await["total"],
+        0,
+        "becoming active does not run it at once"
+    );
+    // The due time arrives.
+    sqlx::query(
+        "UPDATE workflows SET next_run_at = now() - interval '1 second' WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let runs = loop {
+        let runs = call_ok(
+            &admin,
+            "list_workflow_executions",
+            json!({ "workflow_id": id, "status": "succeeded" }),
+        )
+        .await;
+        if runs["total"] != 0 || std::time::Instant::now() > deadline {
+            break runs;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(runs["total"], 1, "{runs}");
+    assert_eq!(runs["executions"][0]["source"], "schedule");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        call_ok(
+            &admin,
+            "list_workflow_executions",
+            json!({ "workflow_id": id })
+        )
+        .await["total"],
+        1,
+        "two processes, one run per due time"
+    );
+    assert!(next().await.unwrap() > chrono::Utc::now() + chrono::Duration::minutes(55));
+    other.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}

@@ -103,6 +103,13 @@ pub async fn run(app: Arc<App>, id: Uuid, progress: Option<Progress>) {
     heartbeat.abort();
 }
 
+async fn cancel_requested(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT cancel_requested FROM workflow_executions WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+}
+
 async fn renew(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
     let renewed = sqlx::query(
         "UPDATE workflow_executions SET lease_until = now() + make_interval(secs => $3)
@@ -156,12 +163,7 @@ async fn drive(
         if lost.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let cancel: bool =
-            sqlx::query_scalar("SELECT cancel_requested FROM workflow_executions WHERE id = $1")
-                .bind(id)
-                .fetch_one(pool)
-                .await?;
-        if cancel {
+        if cancel_requested(pool, id).await? {
             finish(
                 pool,
                 id,
@@ -278,6 +280,17 @@ async fn run_step(
     let mut last_error = String::new();
     for attempt in 1..=attempts {
         if lost.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        if attempt > 1 && cancel_requested(pool, exec.id).await? {
+            finish(
+                pool,
+                exec.id,
+                "cancelled",
+                None,
+                Some("cancelled on request".into()),
+            )
+            .await?;
             return Ok(None);
         }
         let run_id: i64 = sqlx::query_scalar(

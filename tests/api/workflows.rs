@@ -1057,3 +1057,91 @@ async fn a_schedule_fires_once_per_due_time_across_processes() {
     other.cancel().await.unwrap();
     admin.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn runs_report_progress_per_step_and_can_be_cancelled() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let steps = json!([
+        { "id": "one", "tool": "list_customers", "arguments": { "limit": 1 } },
+        { "id": "two", "tool": "generate_report", "arguments": { "report": "pipeline" } },
+    ]);
+    let id = workflow(&admin, "Two steps", steps, json!({})).await;
+    let mut raw = crate::stdio::RawStdio::start(&db, &[]);
+    let (reply, notifications) = raw.request_with_notifications(
+        3,
+        "tools/call",
+        json!({ "name": "execute_workflow", "_meta": { "progressToken": "wf-1" },
+                "arguments": { "workflow_id": id } }),
+    );
+    assert_eq!(
+        reply["result"]["structuredContent"]["execution"]["status"], "succeeded",
+        "{reply}"
+    );
+    let progress: Vec<(f64, String)> = notifications
+        .iter()
+        .filter(|n| {
+            n["method"] == "notifications/progress" && n["params"]["progressToken"] == "wf-1"
+        })
+        .map(|n| {
+            (
+                n["params"]["progress"].as_f64().unwrap(),
+                n["params"]["message"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        progress,
+        [
+            (0.0, "step one (list_customers)".to_owned()),
+            (1.0, "step two (generate_report)".to_owned()),
+            (2.0, "done".to_owned())
+        ]
+    );
+
+    // A run waiting between attempts is cancelled before its next step.
+    call_ok(
+        &admin,
+        "create_customer",
+        json!({ "first_name": "Old", "email": "x@y.test" }),
+    )
+    .await;
+    let steps = json!([
+        { "id": "make", "tool": "create_customer", "arguments": { "first_name": "New", "email": "x@y.test" },
+          "on_error": { "retries": 3, "backoff_ms": 1000, "then": "continue" } },
+        { "id": "after", "tool": "list_customers", "arguments": {} },
+    ]);
+    let stuck = workflow(&admin, "Stuck", steps, json!({})).await;
+    let started = call_ok(
+        &admin,
+        "execute_workflow",
+        json!({ "workflow_id": stuck, "wait_seconds": 0 }),
+    )
+    .await;
+    let execution_id = started["execution"]["id"].as_str().unwrap().to_owned();
+    let cancelled = call_ok(
+        &admin,
+        "cancel_workflow_execution",
+        json!({ "execution_id": execution_id }),
+    )
+    .await;
+    assert_eq!(cancelled["execution"]["id"], execution_id.as_str());
+    let done = wait_for_end(&admin, &execution_id).await;
+    assert_eq!(done["execution"]["status"], "cancelled", "{done}");
+    assert!(
+        !statuses(&done).iter().any(|(step, _)| step == "after"),
+        "no step after the cancellation: {done}"
+    );
+    assert_eq!(
+        error_code(
+            &call(
+                &admin,
+                "cancel_workflow_execution",
+                json!({ "execution_id": "00000000-0000-0000-0000-000000000009" })
+            )
+            .await
+        ),
+        "not_found"
+    );
+    admin.cancel().await.unwrap();
+}

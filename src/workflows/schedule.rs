@@ -6,10 +6,9 @@
 use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use super::engine::CHANNEL;
-use crate::access::Scopes;
+use super::triggers::{TRIGGERED_COLUMNS, Triggered};
 
 /// One cron field: the values it allows.
 fn field(spec: &str, min: u32, max: u32) -> Option<Vec<bool>> {
@@ -136,60 +135,39 @@ pub fn next_run(config: &Value, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
 
 #[derive(sqlx::FromRow)]
 struct Due {
-    id: Uuid,
-    tenant_id: Uuid,
-    name: String,
-    version: i32,
-    trigger_config: Value,
-    variables: Value,
-    steps: Value,
-    created_by_kind: String,
-    created_by_id: Option<Uuid>,
-    created_by_name: String,
     next_run_at: Option<DateTime<Utc>>,
+    #[sqlx(flatten)]
+    workflow: Triggered,
 }
 
 /// Starts the executions of due schedules and sets their next times. A workflow without a
 /// next time (just activated or changed) gets one, without running now.
 pub async fn fire_due(pool: &PgPool) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let due: Vec<Due> = sqlx::query_as(
-        "SELECT id, tenant_id, name, version, trigger_config, variables, steps, created_by_kind,
-                created_by_id, created_by_name, next_run_at
-         FROM workflows
+    let due: Vec<Due> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT next_run_at, {TRIGGERED_COLUMNS} FROM workflows
          WHERE status = 'active' AND trigger_type = 'schedule'
            AND (next_run_at IS NULL OR next_run_at <= now())
-         FOR UPDATE SKIP LOCKED LIMIT 50",
-    )
+         FOR UPDATE SKIP LOCKED LIMIT 50"
+    )))
     .fetch_all(&mut *tx)
     .await?;
     let now = Utc::now();
     let mut started = 0;
-    for workflow in due {
-        if workflow.next_run_at.is_some() {
-            let definition = json!({
-                "trigger_type": "schedule", "trigger_config": workflow.trigger_config,
-                "variables": workflow.variables, "steps": workflow.steps,
-            });
-            sqlx::query(
-                "INSERT INTO workflow_executions (tenant_id, workflow_id, workflow_name,
-                     workflow_version, definition, input, source, started_by_kind, started_by_id,
-                     started_by_name, scopes)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'schedule', $7, $8, $9, $10)",
-            )
-            .bind(workflow.tenant_id)
-            .bind(workflow.id)
-            .bind(&workflow.name)
-            .bind(workflow.version)
-            .bind(definition)
-            .bind(json!({ "scheduled_for": workflow.next_run_at }))
-            .bind(&workflow.created_by_kind)
-            .bind(workflow.created_by_id)
-            .bind(&workflow.created_by_name)
-            .bind(Scopes::EVERY.names())
-            .execute(&mut *tx)
-            .await?;
-            started += 1;
+    for Due {
+        next_run_at,
+        workflow,
+    } in due
+    {
+        if let Some(due_at) = next_run_at {
+            started += workflow
+                .queue(
+                    &mut tx,
+                    "schedule",
+                    json!({ "scheduled_for": due_at }),
+                    None,
+                )
+                .await?;
         }
         sqlx::query("UPDATE workflows SET next_run_at = $2 WHERE id = $1")
             .bind(workflow.id)

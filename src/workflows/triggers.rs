@@ -15,17 +15,61 @@ use crate::access::Scopes;
 /// commits later is still seen (one that takes longer would be missed).
 const SETTLE_SECS: f64 = 1.0;
 
+/// A workflow started by a trigger: it runs as whoever created it, with their
+/// permissions of the moment.
 #[derive(sqlx::FromRow)]
-struct Triggered {
-    id: Uuid,
-    name: String,
-    version: i32,
-    trigger_config: Value,
-    variables: Value,
-    steps: Value,
-    created_by_kind: String,
-    created_by_id: Option<Uuid>,
-    created_by_name: String,
+pub(super) struct Triggered {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub version: i32,
+    pub trigger_config: Value,
+    pub variables: Value,
+    pub steps: Value,
+    pub created_by_kind: String,
+    pub created_by_id: Option<Uuid>,
+    pub created_by_name: String,
+}
+
+pub(super) const TRIGGERED_COLUMNS: &str = "id, tenant_id, name, version, trigger_config, \
+     variables, steps, created_by_kind, created_by_id, created_by_name";
+
+impl Triggered {
+    /// Queues an execution (once per event: a second insert for the same event is a no-op).
+    pub(super) async fn queue(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        source: &str,
+        input: Value,
+        event_id: Option<i64>,
+    ) -> Result<u64, sqlx::Error> {
+        let definition = json!({
+            "trigger_type": source, "trigger_config": self.trigger_config,
+            "variables": self.variables, "steps": self.steps,
+        });
+        let inserted = sqlx::query(
+            "INSERT INTO workflow_executions (tenant_id, workflow_id, workflow_name,
+                 workflow_version, definition, input, source, trigger_event_id,
+                 started_by_kind, started_by_id, started_by_name, scopes)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (workflow_id, trigger_event_id) DO NOTHING",
+        )
+        .bind(self.tenant_id)
+        .bind(self.id)
+        .bind(&self.name)
+        .bind(self.version)
+        .bind(definition)
+        .bind(input)
+        .bind(source)
+        .bind(event_id)
+        .bind(&self.created_by_kind)
+        .bind(self.created_by_id)
+        .bind(&self.created_by_name)
+        .bind(Scopes::EVERY.names())
+        .execute(tx)
+        .await?;
+        Ok(inserted.rows_affected())
+    }
 }
 
 pub async fn on_events(pool: &PgPool) -> Result<(), sqlx::Error> {
@@ -52,12 +96,11 @@ pub async fn on_events(pool: &PgPool) -> Result<(), sqlx::Error> {
     };
     let mut started = 0;
     for (event_id, tenant_id, event_type, payload) in events {
-        let workflows: Vec<Triggered> = sqlx::query_as(
-            "SELECT id, name, version, trigger_config, variables, steps, created_by_kind,
-                    created_by_id, created_by_name
+        let workflows: Vec<Triggered> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {TRIGGERED_COLUMNS}
              FROM workflows WHERE tenant_id = $1 AND status = 'active' AND trigger_type = 'event'
-               AND trigger_config ->> 'event' = $2",
-        )
+               AND trigger_config ->> 'event' = $2"
+        )))
         .bind(tenant_id)
         .bind(&event_type)
         .fetch_all(&mut *tx)
@@ -71,32 +114,9 @@ pub async fn on_events(pool: &PgPool) -> Result<(), sqlx::Error> {
             if condition.is_some_and(|c| !c.evaluate(&json!({ "event": event })).result) {
                 continue;
             }
-            let definition = json!({
-                "trigger_type": "event", "trigger_config": workflow.trigger_config,
-                "variables": workflow.variables, "steps": workflow.steps,
-            });
-            // It runs as whoever created the workflow, with their permissions of the moment.
-            let inserted = sqlx::query(
-                "INSERT INTO workflow_executions (tenant_id, workflow_id, workflow_name,
-                     workflow_version, definition, input, source, trigger_event_id,
-                     started_by_kind, started_by_id, started_by_name, scopes)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'event', $7, $8, $9, $10, $11)
-                 ON CONFLICT (workflow_id, trigger_event_id) DO NOTHING",
-            )
-            .bind(tenant_id)
-            .bind(workflow.id)
-            .bind(&workflow.name)
-            .bind(workflow.version)
-            .bind(definition)
-            .bind(json!({ "event": event }))
-            .bind(event_id)
-            .bind(&workflow.created_by_kind)
-            .bind(workflow.created_by_id)
-            .bind(&workflow.created_by_name)
-            .bind(Scopes::EVERY.names())
-            .execute(&mut *tx)
-            .await?;
-            started += inserted.rows_affected();
+            started += workflow
+                .queue(&mut tx, "event", json!({ "event": event }), Some(event_id))
+                .await?;
         }
     }
     sqlx::query("UPDATE workflow_event_cursor SET last_event_id = $1 WHERE id = 1")

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::ADMIN;
 use crate::access::approval::ApprovalPolicy;
 use crate::error::ToolError;
-use crate::mcp::catalog::{Catalog, Hints, RegisteredTool, Toolset, tool};
+use crate::mcp::catalog::{Catalog, Hints, RETURNS_SECRETS, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
 
 pub fn tools() -> Vec<RegisteredTool> {
@@ -87,10 +87,14 @@ async fn set_approval_policy(ctx: ToolCtx, policy: ApprovalPolicy) -> Result<Pol
         let tool = Catalog::builtin().get(name).ok_or_else(|| {
             ToolError::InvalidRequest(format!("held_tools: there is no tool `{name}`"))
         })?;
-        if tool.def.hints.read_only || tool.def.toolset == Toolset::Handoff || tool.humans_only {
+        if tool.def.hints.read_only
+            || tool.def.toolset == Toolset::Handoff
+            || tool.humans_only
+            || RETURNS_SECRETS.contains(&name.as_str())
+        {
             return Err(ToolError::InvalidRequest(format!(
                 "held_tools: `{name}` cannot be held (only tools agents may call that change \
-                 something, outside the handoff toolset)"
+                 something, outside the handoff toolset, and whose answer holds no secret)"
             )));
         }
     }

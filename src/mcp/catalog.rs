@@ -154,6 +154,16 @@ pub struct ToolDef {
 type Handler =
     Arc<dyn Fn(ToolCtx, JsonObject) -> BoxFuture<'static, Result<Value, ToolError>> + Send + Sync>;
 
+/// Tools whose answer carries a secret shown only once (a client secret, an API key, a
+/// signing secret). Their answers must reach the caller and nowhere else, so they are
+/// never run where answers are stored: workflow steps, or held calls run on approval.
+pub const RETURNS_SECRETS: [&str; 4] = [
+    "register_agent",
+    "rotate_agent_secret",
+    "create_api_key",
+    "create_webhook",
+];
+
 /// A declared tool with its MCP description built once and its type-erased handler.
 pub struct RegisteredTool {
     pub def: ToolDef,

@@ -310,6 +310,8 @@ async fn run_step(
         .ok_or_else(|| EngineError::Stored("lease lost".into()))?;
         match call(app, exec, step, &arguments).await {
             Ok(output) => {
+                // Stored and passed on: values of secret-named keys never are.
+                let output = redact(&output);
                 end_attempt(pool, run_id, "succeeded", Some(&output), None).await?;
                 return Ok(Some(json!({ "status": "succeeded", "output": output })));
             }

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::expr::{Condition, references};
 use crate::crm::events::EVENT_TYPES;
 use crate::error::ToolError;
-use crate::mcp::catalog::Catalog;
+use crate::mcp::catalog::{Catalog, RETURNS_SECRETS};
 
 pub const MAX_STEPS: usize = 50;
 /// Tools a step may not call: a workflow starting workflows could run without end.
@@ -152,6 +152,13 @@ pub fn validate(definition: &Definition, catalog: &Catalog) -> Result<(), ToolEr
         if NOT_IN_STEPS.contains(&step.tool.as_str()) {
             return invalid(format!(
                 "{name}.tool: a workflow cannot call `{}`",
+                step.tool
+            ));
+        }
+        if RETURNS_SECRETS.contains(&step.tool.as_str()) {
+            return invalid(format!(
+                "{name}.tool: `{}` answers with a secret shown once, which a workflow would \
+                 store; call it directly",
                 step.tool
             ));
         }

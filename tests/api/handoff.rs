@@ -321,6 +321,7 @@ async fn a_held_bulk_change_resolves_its_filter_when_approved() {
         json!({ "held_tools": ["no_such_tool"] }),
         json!({ "held_tools": ["list_customers"] }),
         json!({ "held_tools": ["decide_pending_action"] }),
+        json!({ "held_tools": ["create_webhook"] }),
         json!({ "bulk_records_over": -1 }),
         json!({ "discount_percent_over": 150 }),
         json!({ "surprise": true }),

@@ -272,7 +272,7 @@ async fn run_step(
     if let Some(condition) = &step.condition
         && !condition.evaluate(context).result
     {
-        record_attempt(pool, exec.id, index, step, 1, "skipped", None, None, None).await?;
+        record_skipped(pool, exec.id, index, step).await?;
         return Ok(Some(json!({ "status": "skipped" })));
     }
     let (arguments, _) = substitute(&step.arguments, context);
@@ -509,32 +509,24 @@ async fn principal_now(pool: &PgPool, exec: &Claimed) -> Result<Principal, ToolE
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn record_attempt(
+/// A step whose condition did not hold (fenced on the lease, like every attempt).
+async fn record_skipped(
     pool: &PgPool,
     execution: Uuid,
     index: usize,
     step: &Step,
-    attempt: i32,
-    status: &str,
-    arguments: Option<&Value>,
-    output: Option<&Value>,
-    error: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO workflow_step_runs (execution_id, step_index, step_id, tool, attempt, status,
-             arguments, output, error, finished_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())",
+             finished_at)
+         SELECT $1, $2, $3, $4, 1, 'skipped', now() FROM workflow_executions
+         WHERE id = $1 AND lease_owner = $5",
     )
     .bind(execution)
     .bind(index as i32)
     .bind(&step.id)
     .bind(&step.tool)
-    .bind(attempt)
-    .bind(status)
-    .bind(arguments)
-    .bind(output)
-    .bind(error)
+    .bind(process_id())
     .execute(pool)
     .await?;
     Ok(())

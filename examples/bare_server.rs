@@ -109,6 +109,7 @@ async fn main() {
             allow_private: false,
             timeout: std::time::Duration::from_secs(10),
         },
+        clients: Default::default(),
         subscriptions: Default::default(),
     });
     let service = StreamableHttpService::new(

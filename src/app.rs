@@ -31,6 +31,24 @@ pub struct App {
     pub vault: Option<Vault>,
     /// What outgoing calls (webhook deliveries) may reach.
     pub outbound: OutboundOptions,
+    /// The HTTP clients of outgoing calls, built on first use.
+    pub clients: crate::jobs::outbound::Clients,
     /// Clients subscribed to resources (pending actions, handoff tickets) in this process.
     pub subscriptions: crate::handoff::resources::Subscriptions,
+}
+
+impl App {
+    /// The client for outgoing calls to addresses callers chose.
+    pub fn http(&self) -> Result<reqwest::Client, crate::error::ToolError> {
+        self.clients
+            .standard(self.outbound)
+            .map_err(|e| crate::error::ToolError::Internal(format!("no outgoing HTTP client: {e}")))
+    }
+
+    /// The same, with room for an LLM provider's slower answers.
+    pub fn llm_http(&self) -> Result<reqwest::Client, crate::error::ToolError> {
+        self.clients
+            .llm(self.outbound)
+            .map_err(|e| crate::error::ToolError::Internal(format!("no outgoing HTTP client: {e}")))
+    }
 }

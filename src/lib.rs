@@ -4,8 +4,10 @@
 pub mod access;
 pub mod account;
 pub mod admin;
+pub mod agents;
 pub mod app;
 pub mod cli;
+pub mod connections;
 pub mod crm;
 pub mod error;
 pub mod handoff;

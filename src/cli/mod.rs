@@ -314,6 +314,7 @@ async fn start(
         tokens,
         vault,
         outbound,
+        clients: Default::default(),
         subscriptions: Default::default(),
     }))
 }
@@ -337,6 +338,15 @@ fn start_jobs(app: &Arc<App>, shutdown: &CancellationToken) -> Vec<tokio::task::
             .start(app.store.pool().clone(), shutdown.clone()),
     );
     jobs.push(crate::workflows::engine::start(
+        app.clone(),
+        shutdown.clone(),
+    ));
+    jobs.push(crate::agents::runner::start(app.clone(), shutdown.clone()));
+    jobs.push(crate::agents::callbacks::start(
+        app.clone(),
+        shutdown.clone(),
+    ));
+    jobs.push(crate::connections::catalog::start(
         app.clone(),
         shutdown.clone(),
     ));

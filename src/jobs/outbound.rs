@@ -72,6 +72,43 @@ pub fn client(options: OutboundOptions) -> Result<reqwest::Client, reqwest::Erro
     builder.build()
 }
 
+/// Outgoing clients built once per process on first use: one with the configured
+/// timeout, and one for LLM providers, whose answers take longer than a webhook's (a run's
+/// own guardrail bounds them).
+#[derive(Default)]
+pub struct Clients {
+    standard: std::sync::OnceLock<reqwest::Client>,
+    llm: std::sync::OnceLock<reqwest::Client>,
+}
+
+/// How long one LLM request may take at most, whatever the agent's guardrail.
+pub const LLM_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Clients {
+    pub fn standard(&self, options: OutboundOptions) -> Result<reqwest::Client, reqwest::Error> {
+        Self::get(&self.standard, options)
+    }
+
+    pub fn llm(&self, options: OutboundOptions) -> Result<reqwest::Client, reqwest::Error> {
+        let options = OutboundOptions {
+            timeout: LLM_TIMEOUT,
+            ..options
+        };
+        Self::get(&self.llm, options)
+    }
+
+    fn get(
+        cell: &std::sync::OnceLock<reqwest::Client>,
+        options: OutboundOptions,
+    ) -> Result<reqwest::Client, reqwest::Error> {
+        if let Some(client) = cell.get() {
+            return Ok(client.clone());
+        }
+        let client = client(options)?;
+        Ok(cell.get_or_init(|| client).clone())
+    }
+}
+
 /// Resolves names to their public addresses only.
 struct PublicOnly;
 

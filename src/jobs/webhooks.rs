@@ -335,7 +335,7 @@ async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
 }
 
 /// A sentence about a failed request, without the URL's query (which may carry tokens).
-fn describe(error: &reqwest::Error) -> String {
+pub fn describe(error: &reqwest::Error) -> String {
     let what = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {

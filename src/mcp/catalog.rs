@@ -241,10 +241,12 @@ where
     };
     let required =
         Scopes::parse(def.scopes).unwrap_or_else(|e| panic!("tool {} declares an {e}", def.name));
-    // Deciding for a person is never an agent's to do, whatever its scopes (SPEC §4).
+    // Deciding for a person is never an agent's to do, whatever its scopes (SPEC §4), nor
+    // managing agents (SPEC §1).
     let humans_only = def.toolset == Toolset::Admin
         || def.scopes.contains(&"admin")
-        || def.scopes.contains(&"handoff:decide");
+        || def.scopes.contains(&"handoff:decide")
+        || def.scopes.contains(&"agents:write");
     RegisteredTool {
         def,
         tool,
@@ -271,6 +273,8 @@ impl Catalog {
             tools.extend(crate::crm::tools());
             tools.extend(crate::handoff::tools());
             tools.extend(crate::workflows::tools());
+            tools.extend(crate::agents::tools());
+            tools.extend(crate::connections::tools());
             Catalog::new(tools)
         })
     }

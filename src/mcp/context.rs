@@ -18,6 +18,8 @@ pub enum Transport {
     Http,
     /// A step of a workflow execution.
     Workflow,
+    /// A tool call of a prompt agent's run.
+    Agent,
 }
 
 impl Transport {
@@ -26,6 +28,16 @@ impl Transport {
             Transport::Stdio => "stdio",
             Transport::Http => "http",
             Transport::Workflow => "workflow",
+            Transport::Agent => "agent",
+        }
+    }
+
+    /// Who is on the other end, in a sentence.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Transport::Stdio | Transport::Http => "this client",
+            Transport::Workflow => "a workflow run",
+            Transport::Agent => "an agent run",
         }
     }
 }

@@ -6,5 +6,6 @@ pub mod context;
 pub mod docs;
 pub mod filter;
 pub mod http;
+pub mod invoke;
 pub mod server;
 pub mod stdio;

@@ -137,3 +137,28 @@ impl Store {
 pub fn latest_migration() -> Option<i64> {
     MIGRATOR.iter().map(|m| m.version).max()
 }
+
+/// A listener on `channel`, or `None` when LISTEN is not possible now (callers poll, and
+/// try again later).
+pub async fn listen(pool: &PgPool, channel: &str) -> Option<sqlx::postgres::PgListener> {
+    let listener = async {
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen(channel).await?;
+        Ok::<_, sqlx::Error>(listener)
+    };
+    match listener.await {
+        Ok(listener) => Some(listener),
+        Err(error) => {
+            tracing::warn!(%error, channel, "cannot LISTEN; polling");
+            None
+        }
+    }
+}
+
+/// The next notification; never, without a listener.
+pub async fn recv(listener: &mut Option<sqlx::postgres::PgListener>) -> Result<(), sqlx::Error> {
+    match listener {
+        Some(listener) => listener.recv().await.map(drop),
+        None => std::future::pending().await,
+    }
+}

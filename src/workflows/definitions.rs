@@ -214,6 +214,26 @@ fn db_error(error: sqlx::Error) -> ToolError {
     }
 }
 
+/// The imported catalog tools that `definition`'s steps name.
+async fn imported(ctx: &ToolCtx, definition: &Definition) -> Result<Vec<String>, ToolError> {
+    let remote: Vec<String> = definition
+        .steps
+        .iter()
+        .map(|s| s.tool.clone())
+        .filter(|t| crate::connections::catalog::is_remote(t))
+        .collect();
+    if remote.is_empty() {
+        return Ok(remote);
+    }
+    let entries = crate::connections::catalog::remote_entries(
+        &ctx.app,
+        ctx.principal.tenant_id,
+        Some(&remote),
+    )
+    .await?;
+    Ok(entries.into_iter().map(|e| e.name).collect())
+}
+
 /// Saves a checked workflow (also used by templates and extraction).
 pub(crate) async fn insert(ctx: &ToolCtx, args: CreateArgs) -> Result<Workflow, ToolError> {
     check_text(&args.name, &args.description)?;
@@ -223,7 +243,11 @@ pub(crate) async fn insert(ctx: &ToolCtx, args: CreateArgs) -> Result<Workflow, 
         variables: args.variables,
         steps: args.steps,
     };
-    validate(&definition, ctx.app.catalog)?;
+    validate(
+        &definition,
+        ctx.app.catalog,
+        &imported(ctx, &definition).await?,
+    )?;
     let principal = &ctx.principal;
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO workflows (tenant_id, name, description, status, trigger_type, trigger_config,
@@ -396,7 +420,11 @@ async fn update_workflow(ctx: ToolCtx, args: UpdateArgs) -> Result<WorkflowOut, 
     if let Some(steps) = args.steps {
         definition.steps = steps;
     }
-    validate(&definition, ctx.app.catalog)?;
+    validate(
+        &definition,
+        ctx.app.catalog,
+        &imported(&ctx, &definition).await?,
+    )?;
     let status = args
         .status
         .map_or(current.status.clone(), |s| s.as_str().to_owned());

@@ -22,13 +22,12 @@ use uuid::Uuid;
 use super::expr::substitute;
 use super::model::{Definition, Step, Then};
 use crate::access::Scopes;
-use crate::access::approval::{ApprovalPolicy, Sensitive};
-use crate::access::audit::{AuditEvent, redact};
+use crate::access::audit::redact;
 use crate::access::principal::{Principal, PrincipalKind, Role};
 use crate::app::App;
 use crate::error::ToolError;
-use crate::mcp::context::{Progress, ToolCtx, Transport};
-use crate::mcp::filter::denial;
+use crate::mcp::context::{Progress, Transport};
+use crate::mcp::invoke::{Invocation, invoke};
 use crate::store::StoreError;
 
 pub const CHANNEL: &str = "agentcrm_workflows";
@@ -359,82 +358,18 @@ async fn call(
     arguments: &Map<String, Value>,
 ) -> Result<Value, ToolError> {
     let principal = principal_now(app.store.pool(), exec).await?;
-    let tool = app
-        .catalog
-        .get(&step.tool)
-        .filter(|t| app.filter.allows(&t.def))
-        .ok_or_else(|| {
-            ToolError::Forbidden(format!("`{}` is not available on this server", step.tool))
-        })?;
-    if let Some(denied) = denial(&principal, tool) {
-        return Err(ToolError::Forbidden(
-            denied.describe(tool.def.name, &principal.name),
-        ));
-    }
-    tool.validate(arguments)?;
-    let request_id = Uuid::now_v7().to_string();
-    let ctx = ToolCtx {
-        app: app.clone(),
-        transport: Transport::Workflow,
-        principal: principal.clone(),
-        request_id: request_id.clone(),
-        session_id: None,
-        filter: app.filter.clone(),
-        progress: None,
-        tool: tool.def.name,
-        arguments: Arc::new(arguments.clone()),
-        approved_action: None,
-        client: None,
-    };
-    let started = std::time::Instant::now();
-    let outcome = async {
-        // The same holds as a call from a client: listed tools for agents; and no
-        // destructive call by a person runs unconfirmed where the tenant wants it confirmed.
-        if !tool.def.hints.read_only {
-            if principal.is_agent() {
-                if let Some(reason) = ctx.held(&Sensitive::Listed).await? {
-                    let summary = format!("Workflow step: call `{}`", tool.def.name);
-                    return Err(ctx.hold(&reason, &summary, None).await);
-                }
-            } else if tool.def.hints.destructive
-                && ApprovalPolicy::load(app.store.pool(), principal.tenant_id)
-                    .await?
-                    .confirm_destructive
-            {
-                return Err(ToolError::Forbidden(format!(
-                    "`{}` needs a person's confirmation in their client, which a workflow run \
-                     cannot ask for",
-                    tool.def.name
-                )));
-            }
-        }
-        match tokio::time::timeout(step.timeout(), tool.call(ctx, arguments.clone())).await {
-            Ok(result) => result,
-            Err(_) => Err(ToolError::Internal(format!(
-                "`{}` took longer than {} s",
-                tool.def.name,
-                step.timeout().as_secs()
-            ))),
-        }
-    }
-    .await;
-    let mut audit = AuditEvent::by(&principal, "tool", tool.def.name, "ok");
-    audit.arguments = Some(redact(&Value::Object(arguments.clone())));
-    audit.transport = Some(Transport::Workflow.as_str());
-    audit.request_id = Some(request_id);
-    audit.duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-    if let Err(error) = &outcome {
-        audit.outcome = match error {
-            ToolError::PendingApproval { .. } => "held",
-            ToolError::Store(_) | ToolError::Internal(_) => "error",
-            _ => "refused",
-        };
-        audit.error_code = serde_json::to_value(error.code())
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned));
-    }
-    app.audit.record(audit).await;
-    outcome
+    invoke(
+        app,
+        Invocation {
+            principal: &principal,
+            transport: Transport::Workflow,
+            tool: &step.tool,
+            arguments,
+            timeout: step.timeout(),
+            purpose: "Workflow step",
+        },
+    )
+    .await
 }
 
 /// Who the execution runs as, now: still there, still enabled, with today's scopes, and

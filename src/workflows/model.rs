@@ -122,8 +122,13 @@ pub struct Definition {
     pub steps: Vec<Step>,
 }
 
-/// Checks a definition against the catalog; the error names the step and the field.
-pub fn validate(definition: &Definition, catalog: &Catalog) -> Result<(), ToolError> {
+/// Checks a definition against the catalog and the tools the tenant imported from its
+/// connections (`imported`); the error names the step and the field.
+pub fn validate(
+    definition: &Definition,
+    catalog: &Catalog,
+    imported: &[String],
+) -> Result<(), ToolError> {
     let invalid = |message: String| Err(ToolError::InvalidRequest(message));
     if definition.steps.is_empty() || definition.steps.len() > MAX_STEPS {
         return invalid(format!("steps: give 1 to {MAX_STEPS} steps"));
@@ -146,9 +151,19 @@ pub fn validate(definition: &Definition, catalog: &Catalog) -> Result<(), ToolEr
         if earlier.contains(step.id.as_str()) {
             return invalid(format!("{name}.id: another step has this id"));
         }
-        let Some(tool) = catalog.get(&step.tool) else {
-            return invalid(format!("{name}.tool: there is no tool `{}`", step.tool));
-        };
+        let tool = catalog.get(&step.tool);
+        let remote = crate::connections::catalog::is_remote(&step.tool);
+        if tool.is_none() && !(remote && imported.contains(&step.tool)) {
+            return invalid(format!(
+                "{name}.tool: there is no tool `{}`{}",
+                step.tool,
+                if remote {
+                    " in the tool catalog (refresh_tool_catalog imports a connection's tools)"
+                } else {
+                    ""
+                }
+            ));
+        }
         if NOT_IN_STEPS.contains(&step.tool.as_str()) {
             return invalid(format!(
                 "{name}.tool: a workflow cannot call `{}`",
@@ -184,8 +199,11 @@ pub fn validate(definition: &Definition, catalog: &Catalog) -> Result<(), ToolEr
                     .map_err(|why| ToolError::InvalidRequest(format!("{name}.condition: {why}")))?;
             }
         }
-        check_arguments(tool, &step.arguments)
-            .map_err(|why| ToolError::InvalidRequest(format!("{name}.arguments: {why}")))?;
+        // An imported tool's arguments are checked by its server when it is called.
+        if let Some(tool) = tool {
+            check_arguments(tool, &step.arguments)
+                .map_err(|why| ToolError::InvalidRequest(format!("{name}.arguments: {why}")))?;
+        }
         earlier.insert(step.id.as_str());
     }
     Ok(())

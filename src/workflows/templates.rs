@@ -433,7 +433,8 @@ mod tests {
                 steps: serde_json::from_value(t.steps.clone())
                     .unwrap_or_else(|e| panic!("{}: {e}", t.id)),
             };
-            validate(&definition, Catalog::builtin()).unwrap_or_else(|e| panic!("{}: {e}", t.id));
+            validate(&definition, Catalog::builtin(), &[])
+                .unwrap_or_else(|e| panic!("{}: {e}", t.id));
         }
     }
 }

@@ -7,6 +7,8 @@ mod cli;
 mod clients;
 mod crm;
 mod embedded;
+mod fake_llm;
+mod fake_mcp;
 mod handoff;
 mod helpers;
 mod http;

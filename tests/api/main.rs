@@ -2,9 +2,11 @@
 //! HTTP) by real clients, against real PostgreSQL.
 
 mod access;
+mod agents;
 mod catalog;
 mod cli;
 mod clients;
+mod connections;
 mod crm;
 mod embedded;
 mod fake_llm;

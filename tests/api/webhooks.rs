@@ -15,7 +15,7 @@ use crate::helpers::*;
 
 /// What a receiver does with the requests it gets, by arrival order.
 #[derive(Clone, Copy)]
-enum Behaviour {
+pub(crate) enum Behaviour {
     Accept,
     /// Answers 500 to the first n requests.
     FailFirst(usize),
@@ -26,17 +26,17 @@ enum Behaviour {
 }
 
 #[derive(Debug, Clone)]
-struct Hit {
+pub(crate) struct Hit {
     headers: http::HeaderMap,
     body: Vec<u8>,
 }
 
 impl Hit {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("a JSON body")
     }
 
-    fn header(&self, name: &str) -> &str {
+    pub(crate) fn header(&self, name: &str) -> &str {
         self.headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -45,13 +45,13 @@ impl Hit {
 }
 
 /// A real HTTP server on a random local port that records every request.
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     hits: Arc<Mutex<Vec<Hit>>>,
 }
 
 impl Receiver {
-    async fn start(behaviour: Behaviour) -> Receiver {
+    pub(crate) async fn start(behaviour: Behaviour) -> Receiver {
         let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
         let recorded = hits.clone();
         let app = axum::Router::new().route(
@@ -90,12 +90,12 @@ impl Receiver {
         Receiver { url, hits }
     }
 
-    fn hits(&self) -> Vec<Hit> {
+    pub(crate) fn hits(&self) -> Vec<Hit> {
         self.hits.lock().unwrap().clone()
     }
 
     /// Waits until at least `n` requests arrived.
-    async fn wait_for(&self, n: usize, within: Duration) -> Vec<Hit> {
+    pub(crate) async fn wait_for(&self, n: usize, within: Duration) -> Vec<Hit> {
         let deadline = Instant::now() + within;
         loop {
             let hits = self.hits();
@@ -113,7 +113,7 @@ impl Receiver {
 }
 
 /// What a receiver does to trust a request: recompute the HMAC of the raw body.
-fn signature_valid(secret: &str, hit: &Hit) -> bool {
+pub(crate) fn signature_valid(secret: &str, hit: &Hit) -> bool {
     let Some(hex_mac) = hit.header("x-hub-signature-256").strip_prefix("sha256=") else {
         return false;
     };

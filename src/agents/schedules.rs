@@ -112,7 +112,7 @@ pub fn parse_timezone(name: &str) -> Result<Tz, String> {
 /// When a schedule fires next, strictly after `after`.
 #[derive(Debug, Clone)]
 pub enum Timing {
-    Cron { cron: Cron, timezone: Tz },
+    Cron { cron: Box<Cron>, timezone: Tz },
     Interval { seconds: u32, anchor: DateTime<Utc> },
     Once { at: DateTime<Utc> },
     After,
@@ -210,7 +210,7 @@ fn timing(
 ) -> Result<Timing, String> {
     Ok(match kind {
         "cron" => Timing::Cron {
-            cron: parse_cron(cron.unwrap_or_default())?,
+            cron: Box::new(parse_cron(cron.unwrap_or_default())?),
             timezone: parse_timezone(timezone)?,
         },
         "interval" => Timing::Interval {
@@ -886,7 +886,7 @@ mod tests {
 
     fn cron(expr: &str, tz: &str) -> Timing {
         Timing::Cron {
-            cron: parse_cron(expr).unwrap(),
+            cron: Box::new(parse_cron(expr).unwrap()),
             timezone: parse_timezone(tz).unwrap(),
         }
     }

@@ -160,7 +160,7 @@ const TEMPLATES: [Template; 6] = [
             malformed ones. Add an annotation to each explaining what is missing. Do not edit \
             the records.",
         selected_tools: &["list_customers", "add_annotation"],
-        scopes: &["customers:read", "customers:write"],
+        scopes: &["customers:read", "interactions:write"],
         max_tool_calls: 50,
         response_format: "text",
         suggested_cron: Some("0 3 * * 0"),

@@ -202,7 +202,7 @@ pub async fn call(
             connection.status_error.as_deref().unwrap_or("refused")
         )));
     }
-    let result = match &resolved {
+    match &resolved {
         Resolved::Mcp { server, .. } => {
             match remote::call_tool(
                 app.http()?,
@@ -250,8 +250,7 @@ pub async fn call(
             .await
         }
         Resolved::Llm { .. } => Err(unknown()),
-    };
-    result
+    }
 }
 
 fn remote_failure(connection: &str, failure: ProbeFailure) -> ToolError {

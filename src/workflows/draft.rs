@@ -1,7 +1,8 @@
 //! `draft_workflow`: a workflow drafted by a language model from a description. The model
-//! is the client's own, through MCP sampling (`sampling/createMessage` on sessions, an
-//! input-required result on 2026-07-28); LLM connections of this server come with the
-//! connections toolset. The draft is checked like any workflow and saved as a draft.
+//! is an LLM connection of the tenant's (the one named, or the first active one), else the
+//! client's own through MCP sampling (`sampling/createMessage` on sessions, an
+//! input-required result on 2026-07-28). The draft is checked like any workflow and saved
+//! as a draft.
 
 // Sampling is deprecated in the protocol (SEP-2577), but it is what clients offer today.
 #![allow(deprecated)]
@@ -18,10 +19,13 @@ use serde_json::{Map, Value};
 
 use super::definitions::{CreateArgs, WorkflowOut, insert};
 use super::model::{Step, Trigger};
+use crate::connections::llm::{self, ChatRequest, Message, ResponseFormat};
+use crate::connections::platforms::Resolved;
 use crate::error::ToolError;
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::{ClientSide, ToolCtx};
 use crate::mcp::filter::visible;
+use crate::store::StoreError;
 
 const ANSWER: &str = "agentcrm_draft";
 const ASK_TIMEOUT: Duration = Duration::from_secs(300);
@@ -33,10 +37,14 @@ pub fn tools() -> Vec<RegisteredTool> {
             "Draft a workflow from a description",
             "Describe what should happen (\"when a hot lead is created, log a note and ask \
              sales to call\"); a language model drafts the steps from the tools you may use, \
-             and the draft is checked and saved with status draft for you to review. Uses your \
-             client's model (MCP sampling); without it, says so.",
+             and the draft is checked and saved with status draft for you to review. Uses an \
+             LLM connection (`connection`, or the tenant's first active one), else your \
+             client's model (MCP sampling); without either, says so.",
             &["workflows:write"],
-            Hints::CREATE,
+            Hints {
+                open_world: true,
+                ..Hints::CREATE
+            },
         ),
         draft_workflow,
     )]
@@ -49,6 +57,10 @@ pub struct DraftArgs {
     pub description: String,
     /// Default: the name the model proposes.
     pub name: Option<String>,
+    /// An LLM connection (id or name) to draft with; default: the tenant's first active one.
+    pub connection: Option<String>,
+    /// The model; default: the connection's `default_model`.
+    pub model: Option<String>,
 }
 
 /// What the model is asked to write.
@@ -73,23 +85,31 @@ async fn draft_workflow(ctx: ToolCtx, args: DraftArgs) -> Result<WorkflowOut, To
             "description must be 1 to 4,000 characters".into(),
         ));
     }
-    let client = ctx
-        .client
-        .as_ref()
-        .filter(|c| {
-            c.capabilities
+    let text = match llm_connection(&ctx, args.connection.as_deref()).await? {
+        Some(connection) => {
+            ask_connection(&ctx, &connection, args.model.as_deref(), description).await?
+        }
+        None => {
+            let client = ctx
+                .client
                 .as_ref()
-                .is_some_and(|c| c.sampling.is_some())
-        })
-        .ok_or_else(|| {
-            ToolError::InvalidRequest(
-                "no language model is available: this server has no LLM connection configured, \
-                 and this client does not offer MCP sampling. Write the workflow with \
-                 create_workflow, or use a client with sampling."
-                    .into(),
-            )
-        })?;
-    let text = ask(&ctx, client, description).await?;
+                .filter(|c| {
+                    c.capabilities
+                        .as_ref()
+                        .is_some_and(|c| c.sampling.is_some())
+                })
+                .ok_or_else(|| {
+                    ToolError::InvalidRequest(
+                        "no language model is available: this server has no LLM connection \
+                         configured, and this client does not offer MCP sampling. Write the \
+                         workflow with create_workflow, create an LLM connection, or use a \
+                         client with sampling."
+                            .into(),
+                    )
+                })?;
+            ask(&ctx, client, description).await?
+        }
+    };
     let drafted = parse(&text)?;
     let workflow = insert(
         &ctx,
@@ -121,6 +141,79 @@ async fn draft_workflow(ctx: ToolCtx, args: DraftArgs) -> Result<WorkflowOut, To
         other => other,
     })?;
     Ok(WorkflowOut { workflow })
+}
+
+/// The LLM connection to draft with: the one named, or the tenant's first active one.
+async fn llm_connection(ctx: &ToolCtx, named: Option<&str>) -> Result<Option<String>, ToolError> {
+    if let Some(named) = named {
+        return Ok(Some(named.to_owned()));
+    }
+    let first: Option<String> = sqlx::query_scalar(
+        "SELECT name FROM connections
+         WHERE tenant_id = $1 AND platform IN ('openai', 'anthropic') AND status = 'active'
+         ORDER BY name LIMIT 1",
+    )
+    .bind(ctx.principal.tenant_id)
+    .fetch_optional(ctx.app.store.pool())
+    .await
+    .map_err(StoreError::from)?;
+    Ok(first)
+}
+
+/// The draft written by the model of an LLM connection.
+async fn ask_connection(
+    ctx: &ToolCtx,
+    connection: &str,
+    model: Option<&str>,
+    description: &str,
+) -> Result<String, ToolError> {
+    let (found, _, resolved) =
+        crate::connections::manage::load(&ctx.app, ctx.principal.tenant_id, connection).await?;
+    let Resolved::Llm {
+        provider,
+        default_model,
+    } = resolved
+    else {
+        return Err(ToolError::InvalidRequest(format!(
+            "connection `{}` is not an LLM provider (openai or anthropic)",
+            found.name
+        )));
+    };
+    let model = model.map(str::to_owned).or(default_model).ok_or_else(|| {
+        ToolError::InvalidRequest(format!(
+            "name a `model`: connection `{}` has no default_model",
+            found.name
+        ))
+    })?;
+    let request = ChatRequest {
+        model,
+        system: None,
+        messages: vec![Message::User {
+            content: prompt(ctx, description),
+        }],
+        tools: Vec::new(),
+        temperature: Some(0.0),
+        max_tokens: Some(4000),
+        response_format: ResponseFormat::Json,
+    };
+    let http = ctx.app.llm_http()?;
+    match tokio::time::timeout(ASK_TIMEOUT, llm::chat(&http, &provider, &request)).await {
+        Ok(Ok(answer)) => answer.text.filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+            ToolError::InvalidRequest(format!(
+                "the model of connection `{}` answered without text",
+                found.name
+            ))
+        }),
+        Ok(Err(error)) => Err(ToolError::Conflict(format!(
+            "connection `{}`: {error}",
+            found.name
+        ))),
+        Err(_) => Err(ToolError::Conflict(format!(
+            "connection `{}`: the model did not answer within {} s",
+            found.name,
+            ASK_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 /// The model's answer: from this call's answers (2026-07-28), or asked now on the session.

@@ -224,7 +224,8 @@ async fn every_tool_is_hidden_from_and_refused_to_callers_without_its_scopes() {
             let name = tool.def.name;
             let for_humans = tool.def.toolset == Toolset::Admin
                 || tool.def.scopes.contains(&"admin")
-                || tool.def.scopes.contains(&"handoff:decide");
+                || tool.def.scopes.contains(&"handoff:decide")
+                || tool.def.scopes.contains(&"agents:write");
             let expected = !for_humans && (holds_everything || tool.def.scopes.is_empty());
             assert_eq!(
                 listed.contains(&name.to_owned()),

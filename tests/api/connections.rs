@@ -408,3 +408,138 @@ async fn remote_mcp_tools_join_the_catalog_and_run_in_workflows() {
     assert!(!run.to_string().contains("wrong"));
     client.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_prompt_agent_calls_remote_tools_without_seeing_their_token() {
+    let db = TestDb::new().await;
+    let remote = FakeMcp::start(Some(MCP_TOKEN)).await;
+    let llm = FakeLlm::start(
+        Flavor::Anthropic,
+        vec![
+            Reply::tool("weather__lookup_weather", json!({"city": "Oslo"})),
+            Reply::text("It is sunny in Oslo."),
+        ],
+    )
+    .await;
+    let client = stdio_client(db.command(&["stdio"]), Generation::Sessions).await;
+    call_ok(
+        &client,
+        "create_connection",
+        json!({"platform": "mcp", "name": "weather", "config": {"url": remote.url},
+               "credentials": {"bearer_token": MCP_TOKEN}}),
+    )
+    .await;
+    call_ok(
+        &client,
+        "create_connection",
+        json!({"platform": "anthropic", "name": "claude",
+               "config": {"base_url": llm.base_url, "default_model": "fake-claude"},
+               "credentials": {"api_key": LLM_KEY}}),
+    )
+    .await;
+    call_ok(
+        &client,
+        "create_agent",
+        json!({"name": "forecaster", "scopes": ["connections:write"],
+               "config": {"connection": "claude",
+                          "selected_tools": ["weather__lookup_weather", "weather__create_ticket"]}}),
+    )
+    .await;
+    let run = call_ok(
+        &client,
+        "run_agent",
+        json!({"agent": "forecaster", "prompt": "Weather in Oslo?"}),
+    )
+    .await;
+    assert_eq!(run["status"], "success", "{run}");
+    assert_eq!(run["tool_calls"][0]["output"]["forecast"], "sunny");
+    assert_eq!(
+        remote.calls(),
+        [("lookup_weather".to_owned(), json!({"city": "Oslo"}))]
+    );
+    let requests = llm.requests();
+    let offered: Vec<&str> = requests[0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        offered,
+        ["weather__lookup_weather", "weather__create_ticket"]
+    );
+    for request in &requests {
+        assert!(
+            !request.to_string().contains(MCP_TOKEN),
+            "the model never sees the token"
+        );
+    }
+    assert!(!run.to_string().contains(MCP_TOKEN));
+    assert!(leaks(&db, MCP_TOKEN).await.is_empty());
+    assert!(leaks(&db, LLM_KEY).await.is_empty());
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn draft_workflow_works_through_an_llm_connection() {
+    let db = TestDb::new().await;
+    let draft = json!({
+        "name": "Welcome new customers",
+        "trigger_type": "event",
+        "trigger_config": {"event": "customer.created"},
+        "steps": [{"id": "note", "tool": "log_interaction",
+                   "arguments": {"customer_id": "{{event.payload.id}}", "type": "note",
+                                 "direction": "outbound", "subject": "Welcome"}}]
+    });
+    let llm = FakeLlm::start(
+        Flavor::OpenAi,
+        vec![
+            Reply::Text(format!("Here it is:\n```json\n{draft}\n```")),
+            Reply::text(
+                "{\"name\": \"bad\", \"steps\": [{\"id\": \"x\", \"tool\": \"no_such_tool\"}]}",
+            ),
+        ],
+    )
+    .await;
+    let client = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    call_ok(
+        &client,
+        "create_connection",
+        json!({"platform": "openai", "name": "drafter",
+               "config": {"base_url": llm.base_url, "default_model": "fake-drafter"}}),
+    )
+    .await;
+    let saved = call_ok(
+        &client,
+        "draft_workflow",
+        json!({"description": "Log a welcome note for every new customer"}),
+    )
+    .await;
+    assert_eq!(saved["workflow"]["status"], "draft", "{saved}");
+    assert_eq!(saved["workflow"]["name"], "Welcome new customers");
+    assert_eq!(saved["workflow"]["steps"][0]["tool"], "log_interaction");
+    let asked = &llm.requests()[0];
+    assert_eq!(asked["model"], "fake-drafter");
+    assert!(
+        asked["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Log a welcome note")
+    );
+    let refused = call(
+        &client,
+        "draft_workflow",
+        json!({"description": "Something impossible", "connection": "drafter"}),
+    )
+    .await;
+    assert_eq!(error_code(&refused), "invalid_request");
+    assert!(
+        refused.structured_content.unwrap()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_tool")
+    );
+    let listed = call_ok(&client, "list_workflows", json!({})).await;
+    assert_eq!(listed["total"], 1);
+    client.cancel().await.unwrap();
+}

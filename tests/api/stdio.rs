@@ -44,7 +44,15 @@ async fn stdio_lists_and_calls_tools_in_both_protocol_generations() {
         );
         assert_eq!(
             server["toolsets"],
-            json!(["account", "admin", "crm", "handoff", "workflows"])
+            json!([
+                "account",
+                "admin",
+                "crm",
+                "handoff",
+                "workflows",
+                "agents",
+                "connections"
+            ])
         );
         assert!(
             server["protocol_versions"]

@@ -235,7 +235,7 @@ mod tests {
                 );
             }
             if let Some(cron) = template.suggested_cron {
-                crate::agents::schedules::parse_cron(cron).expect("valid cron");
+                crate::jobs::cron::parse(cron).expect("valid cron");
             }
             let config: crate::agents::config::Config =
                 serde_json::from_value(Value::Object(template.config())).expect("config reads");

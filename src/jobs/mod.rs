@@ -3,5 +3,6 @@
 //! without doing one twice, and a process that dies leaves nothing lost: its leases expire
 //! and another process (or its own restart) takes the rows up again.
 
+pub mod cron;
 pub mod outbound;
 pub mod webhooks;

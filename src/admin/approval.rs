@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::ADMIN;
 use crate::access::approval::ApprovalPolicy;
 use crate::error::ToolError;
-use crate::mcp::catalog::{Catalog, Hints, RETURNS_SECRETS, RegisteredTool, Toolset, tool};
+use crate::mcp::catalog::{Catalog, Hints, RegisteredTool, Toolset, handles_secrets, tool};
 use crate::mcp::context::ToolCtx;
 
 pub fn tools() -> Vec<RegisteredTool> {
@@ -90,11 +90,11 @@ async fn set_approval_policy(ctx: ToolCtx, policy: ApprovalPolicy) -> Result<Pol
         if tool.def.hints.read_only
             || tool.def.toolset == Toolset::Handoff
             || tool.humans_only
-            || RETURNS_SECRETS.contains(&name.as_str())
+            || handles_secrets(name)
         {
             return Err(ToolError::InvalidRequest(format!(
                 "held_tools: `{name}` cannot be held (only tools agents may call that change \
-                 something, outside the handoff toolset, and whose answer holds no secret)"
+                 something, outside the handoff toolset, and whose arguments and answer hold no secret)"
             )));
         }
     }

@@ -16,7 +16,7 @@ use crate::connections::catalog as tool_catalog;
 use crate::connections::llm::ResponseFormat;
 use crate::connections::platforms::Platform;
 use crate::error::ToolError;
-use crate::mcp::catalog::RETURNS_SECRETS;
+use crate::mcp::catalog::handles_secrets;
 use crate::store::StoreError;
 
 pub const DEFAULT_MAX_TOOL_CALLS: u32 = 10;
@@ -283,10 +283,10 @@ async fn check_tools(
         .collect();
     let imported = tool_catalog::remote_entries(app, agent.tenant_id, Some(&remote)).await?;
     for name in tools {
-        if RETURNS_SECRETS.contains(&name.as_str()) {
+        if handles_secrets(name) {
             return Err(ToolError::InvalidRequest(format!(
-                "`{name}` answers with a secret shown once, which would be stored in the run \
-                 log; it cannot be an agent's tool"
+                "`{name}` takes or answers with a secret, which would pass through the model \
+                 and the run log; it cannot be an agent's tool"
             )));
         }
         if tool_catalog::is_remote(name) {

@@ -354,7 +354,7 @@ async fn offered_tools(
         tool_catalog::remote_entries(app, principal.tenant_id, Some(&remote)).await?
     };
     for name in &config.selected_tools {
-        if crate::mcp::catalog::RETURNS_SECRETS.contains(&name.as_str()) {
+        if crate::mcp::catalog::handles_secrets(name) {
             continue;
         }
         if tool_catalog::is_remote(name) {

@@ -164,6 +164,22 @@ pub const RETURNS_SECRETS: [&str; 4] = [
     "create_webhook",
 ];
 
+/// Tools whose arguments carry a secret (connection credentials, callback secrets). Like
+/// [`RETURNS_SECRETS`], they are never run where calls are stored or shown to a model:
+/// workflow steps, held calls, prompt agents' tools.
+pub const TAKES_SECRETS: [&str; 5] = [
+    "create_connection",
+    "update_connection",
+    "test_new_connection",
+    "schedule_agent",
+    "update_schedule",
+];
+
+/// Does a call of `name` carry a secret, in its arguments or its answer?
+pub fn handles_secrets(name: &str) -> bool {
+    RETURNS_SECRETS.contains(&name) || TAKES_SECRETS.contains(&name)
+}
+
 /// A declared tool with its MCP description built once and its type-erased handler.
 pub struct RegisteredTool {
     pub def: ToolDef,

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::expr::{Condition, references};
 use crate::crm::events::EVENT_TYPES;
 use crate::error::ToolError;
-use crate::mcp::catalog::{Catalog, RETURNS_SECRETS};
+use crate::mcp::catalog::{Catalog, handles_secrets};
 
 pub const MAX_STEPS: usize = 50;
 /// Tools a step may not call: a workflow starting workflows could run without end.
@@ -170,9 +170,9 @@ pub fn validate(
                 step.tool
             ));
         }
-        if RETURNS_SECRETS.contains(&step.tool.as_str()) {
+        if handles_secrets(&step.tool) {
             return invalid(format!(
-                "{name}.tool: `{}` answers with a secret shown once, which a workflow would \
+                "{name}.tool: `{}` takes or answers with a secret, which a workflow would \
                  store; call it directly",
                 step.tool
             ));

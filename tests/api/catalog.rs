@@ -3,12 +3,15 @@
 
 use std::path::Path;
 
-use agentcrm::mcp::catalog::Catalog;
+use agentcrm::mcp::catalog::{Catalog, RETURNS_SECRETS, TAKES_SECRETS};
 
 #[test]
 fn every_tool_is_fully_declared() {
     let catalog = Catalog::builtin();
     assert!(catalog.iter().count() > 0);
+    for name in RETURNS_SECRETS.iter().chain(&TAKES_SECRETS) {
+        assert!(catalog.get(name).is_some(), "{name} is a tool");
+    }
     for tool in catalog.iter() {
         let t = &tool.tool;
         let name = t.name.as_ref();

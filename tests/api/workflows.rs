@@ -72,7 +72,7 @@ async fn workflows_are_checked_when_saved_and_errors_name_the_step_and_field() {
                        "arguments": { "url": "https://example.com", "events": ["*"] } });
     bad_steps.push((
         steps,
-        "steps[2] (hook).tool: `create_webhook` answers with a secret",
+        "steps[2] (hook).tool: `create_webhook` takes or answers with a secret",
     ));
     let mut steps = three_steps();
     steps[1]["on_error"] = json!({ "retries": 50 });

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use uuid::Uuid;
 
 use super::principal::Principal;
@@ -56,20 +55,15 @@ impl AuthCache {
         let weak = Arc::downgrade(&cache.inner);
         tokio::spawn(async move {
             loop {
-                let listener = async {
-                    let mut listener = PgListener::connect_with(&pool).await?;
-                    listener.listen(CHANNEL).await?;
-                    Ok::<_, sqlx::Error>(listener)
-                }
-                .await;
+                let listener = crate::store::listen(&pool, CHANNEL).await;
                 let Some(inner) = weak.upgrade() else { return };
                 if pool.is_closed() {
                     return;
                 }
                 let mut listener = match listener {
-                    Ok(listener) => listener,
-                    Err(error) => {
-                        tracing::warn!(%error, "auth cache: cannot LISTEN; authenticating every request");
+                    Some(listener) => listener,
+                    None => {
+                        tracing::warn!("auth cache: cannot LISTEN; authenticating every request");
                         drop(inner);
                         tokio::time::sleep(Duration::from_secs(2)).await;
                         continue;

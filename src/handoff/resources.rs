@@ -15,7 +15,6 @@ use rmcp::service::SubscriptionSink;
 use rmcp::{Peer, RoleServer};
 use serde_json::Value;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -186,17 +185,11 @@ impl Subscriptions {
         let subscriptions = self.clone();
         tokio::spawn(async move {
             loop {
-                let listener = async {
-                    let mut listener = PgListener::connect_with(&pool).await?;
-                    listener.listen(CHANNEL).await?;
-                    Ok::<_, sqlx::Error>(listener)
-                };
                 let mut listener = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    listener = listener => match listener {
-                        Ok(listener) => listener,
-                        Err(error) => {
-                            tracing::warn!(%error, "resource updates: cannot LISTEN; retrying");
+                    listener = crate::store::listen(&pool, CHANNEL) => match listener {
+                        Some(listener) => listener,
+                        None => {
                             tokio::time::sleep(Duration::from_secs(2)).await;
                             continue;
                         }

@@ -11,7 +11,6 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -100,7 +99,7 @@ struct Outcome {
 
 impl Worker {
     async fn run(self, shutdown: CancellationToken) {
-        let mut listener = self.listen().await;
+        let mut listener = crate::store::listen(&self.pool, CHANNEL).await;
         let mut in_flight = JoinSet::new();
         loop {
             let free = MAX_IN_FLIGHT - in_flight.len();
@@ -133,34 +132,19 @@ impl Worker {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(_) = in_flight.join_next() => {}
-                notified = recv(&mut listener) => {
+                notified = crate::store::recv(&mut listener) => {
                     if notified.is_err() {
                         listener = None;
                     }
                 }
                 _ = tokio::time::sleep(POLL) => {
                     if listener.is_none() {
-                        listener = self.listen().await;
+                        listener = crate::store::listen(&self.pool, CHANNEL).await;
                     }
                 }
             }
         }
         while in_flight.join_next().await.is_some() {}
-    }
-
-    async fn listen(&self) -> Option<PgListener> {
-        let connect = async {
-            let mut listener = PgListener::connect_with(&self.pool).await?;
-            listener.listen(CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        match connect.await {
-            Ok(listener) => Some(listener),
-            Err(error) => {
-                tracing::debug!(%error, "webhook worker: cannot LISTEN; polling");
-                None
-            }
-        }
     }
 
     /// Takes up to `limit` due deliveries: pending ones whose time came, and ones whose
@@ -324,13 +308,6 @@ impl Worker {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-}
-
-async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
-    match listener {
-        Some(listener) => listener.recv().await.map(|_| ()),
-        None => std::future::pending().await,
     }
 }
 

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -628,7 +627,7 @@ pub fn start(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHan
     tokio::spawn(async move {
         let pool = app.store.pool().clone();
         let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
-        let mut listener = listen(&pool).await;
+        let mut listener = crate::store::listen(&pool, CHANNEL).await;
         loop {
             if let Err(error) = resume_decided(&pool).await {
                 tracing::warn!(%error, "workflow executions: could not resume decided ones");
@@ -658,32 +657,12 @@ pub fn start(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHan
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(POLL) => {}
-                notified = async {
-                    match listener.as_mut() {
-                        Some(l) => l.recv().await.map(drop),
-                        None => std::future::pending().await,
-                    }
-                } => {
+                notified = crate::store::recv(&mut listener) => {
                     if notified.is_err() {
-                        listener = listen(&pool).await;
+                        listener = crate::store::listen(&pool, CHANNEL).await;
                     }
                 }
             }
         }
     })
-}
-
-async fn listen(pool: &PgPool) -> Option<PgListener> {
-    let listener = async {
-        let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen(CHANNEL).await?;
-        Ok::<_, sqlx::Error>(listener)
-    };
-    match listener.await {
-        Ok(listener) => Some(listener),
-        Err(error) => {
-            tracing::warn!(%error, "workflow executions: cannot LISTEN; polling");
-            None
-        }
-    }
 }

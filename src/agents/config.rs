@@ -23,6 +23,8 @@ pub const DEFAULT_MAX_TOOL_CALLS: u32 = 10;
 pub const DEFAULT_TIMEOUT_SECONDS: u32 = 120;
 const MAX_TIMEOUT_SECONDS: u32 = 3600;
 const MAX_SELECTED_TOOLS: usize = 64;
+/// Tools that start other runs: offered to a model, they could start runs without end.
+pub const NOT_FOR_AGENTS: [&str; 2] = ["run_agent", "execute_workflow"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -283,6 +285,12 @@ async fn check_tools(
         .collect();
     let imported = tool_catalog::remote_entries(app, agent.tenant_id, Some(&remote)).await?;
     for name in tools {
+        if NOT_FOR_AGENTS.contains(&name.as_str()) {
+            return Err(ToolError::InvalidRequest(format!(
+                "`{name}` cannot be a prompt agent's tool: agents start other agents through \
+                 schedules (schedule_agent with after_agent), whose chains are bounded"
+            )));
+        }
         if handles_secrets(name) {
             return Err(ToolError::InvalidRequest(format!(
                 "`{name}` takes or answers with a secret, which would pass through the model \

@@ -354,7 +354,9 @@ async fn offered_tools(
         tool_catalog::remote_entries(app, principal.tenant_id, Some(&remote)).await?
     };
     for name in &config.selected_tools {
-        if crate::mcp::catalog::handles_secrets(name) {
+        if crate::mcp::catalog::handles_secrets(name)
+            || super::config::NOT_FOR_AGENTS.contains(&name.as_str())
+        {
             continue;
         }
         if tool_catalog::is_remote(name) {

@@ -14,7 +14,7 @@ use super::config::{find, find_runnable};
 use super::runner::{self, NewRun, Trigger};
 use crate::error::ToolError;
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
-use crate::mcp::context::ToolCtx;
+use crate::mcp::context::{ToolCtx, Transport};
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo, fetch_page};
 
@@ -213,6 +213,15 @@ async fn run_agent(ctx: ToolCtx, args: RunArgs) -> Result<RunDetail, ToolError> 
     if ctx.principal.is_agent() && ctx.principal.id == Some(agent.id) {
         return Err(ToolError::Forbidden(
             "an agent cannot start a run of itself".into(),
+        ));
+    }
+    // Runs started from inside agent runs (a workflow agent's workflow) could start each
+    // other without end; agents chain through schedules, whose chains are bounded.
+    if ctx.principal.is_agent() && matches!(ctx.transport, Transport::Workflow | Transport::Agent) {
+        return Err(ToolError::Forbidden(
+            "a workflow or run acting as an agent cannot start agent runs; chain agents with \
+             schedule_agent (after_agent)"
+                .into(),
         ));
     }
     if !agent.enabled {

@@ -14,6 +14,7 @@ use super::filter::denial;
 use crate::access::Principal;
 use crate::access::approval::{ApprovalPolicy, Sensitive};
 use crate::access::audit::{AuditEvent, redact};
+use crate::access::ratelimit::Class;
 use crate::app::App;
 use crate::connections::catalog as remote_catalog;
 use crate::error::ToolError;
@@ -30,12 +31,44 @@ pub struct Invocation<'a> {
     pub purpose: &'a str,
 }
 
+/// Counts a call against the caller's rate limits: every call, plus the search and bulk
+/// classes for tools that need those scopes.
+pub async fn admit(app: &App, principal: &Principal, scopes: &[&str]) -> Result<(), ToolError> {
+    let mut classes = vec![Class::Calls];
+    for (scope, class) in [("search", Class::Search), ("bulk", Class::Bulk)] {
+        if scopes.contains(&scope) {
+            classes.push(class);
+        }
+    }
+    match app.limiter.check(principal, &classes).await? {
+        Ok(()) => Ok(()),
+        Err(limited) => Err(ToolError::RateLimited(
+            format!(
+                "Rate limit reached ({} class): {} may make at most {} calls per {} s. \
+                 Retry in {} s.",
+                limited.class.name(),
+                principal.name,
+                limited.limit.max,
+                limited.limit.window_seconds,
+                limited.retry_after
+            ),
+            limited.retry_after,
+        )),
+    }
+}
+
 /// Runs the call and records it in the audit trail.
 pub async fn invoke(app: &Arc<App>, call: Invocation<'_>) -> Result<Value, ToolError> {
     let request_id = uuid::Uuid::now_v7().to_string();
     let started = Instant::now();
     let outcome = if remote_catalog::is_remote(call.tool) {
-        remote_catalog::call(app, call.principal, call.tool, call.arguments, call.timeout).await
+        match admit(app, call.principal, &[]).await {
+            Ok(()) => {
+                remote_catalog::call(app, call.principal, call.tool, call.arguments, call.timeout)
+                    .await
+            }
+            Err(limited) => Err(limited),
+        }
     } else {
         builtin(app, &call, &request_id).await
     };
@@ -77,6 +110,8 @@ async fn builtin(
         ));
     }
     tool.validate(call.arguments)?;
+    // The caller's rate limits hold for calls made on its behalf too.
+    admit(app, principal, tool.def.scopes).await?;
     let ctx = ToolCtx {
         app: app.clone(),
         transport: call.transport,

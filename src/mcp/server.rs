@@ -20,9 +20,9 @@ use super::catalog::{RegisteredTool, Toolset};
 use super::confirm::{Gate, Ran, gate};
 use super::context::{ClientSide, Progress, ToolCtx, Transport};
 use super::filter::{ToolFilter, denial, parse_toolsets, permits, visible};
+use super::invoke::admit;
 use crate::access::Principal;
 use crate::access::audit::{AuditEvent, redact};
-use crate::access::ratelimit::Class;
 use crate::app::App;
 use crate::error::{ErrorCode as ToolErrorCode, ToolError};
 use crate::handoff::resources;
@@ -126,32 +126,6 @@ impl AgentCrm {
             .to_str()
             .ok()
             .map(str::to_owned)
-    }
-
-    /// Counts the call against the caller's rate limits: every call, plus the search and
-    /// bulk classes for tools that need those scopes.
-    async fn admit(&self, principal: &Principal, tool: &RegisteredTool) -> Result<(), ToolError> {
-        let mut classes = vec![Class::Calls];
-        for (scope, class) in [("search", Class::Search), ("bulk", Class::Bulk)] {
-            if tool.def.scopes.contains(&scope) {
-                classes.push(class);
-            }
-        }
-        match self.app.limiter.check(principal, &classes).await? {
-            Ok(()) => Ok(()),
-            Err(limited) => Err(ToolError::RateLimited(
-                format!(
-                    "Rate limit reached ({} class): {} may make at most {} calls per {} s. \
-                     Retry in {} s.",
-                    limited.class.name(),
-                    principal.name,
-                    limited.limit.max,
-                    limited.limit.window_seconds,
-                    limited.retry_after
-                ),
-                limited.retry_after,
-            )),
-        }
     }
 
     /// The caller: fixed for a stdio process, set per request by the HTTP auth layer.
@@ -380,7 +354,7 @@ impl ServerHandler for AgentCrm {
         let started = Instant::now();
         let outcome = if !permits(&principal, tool) {
             Err(refusal(&principal, tool))
-        } else if let Err(error) = self.admit(&principal, tool).await {
+        } else if let Err(error) = admit(&self.app, &principal, tool.def.scopes).await {
             Err(error)
         } else {
             let tool_ctx = ToolCtx {

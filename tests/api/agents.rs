@@ -381,6 +381,10 @@ async fn guardrails_stop_runs_and_bad_provider_output_is_an_error() {
             "invalid_request",
         ),
         (
+            json!({"connection": "slow", "selected_tools": ["run_agent"]}),
+            "invalid_request",
+        ),
+        (
             json!({"connection": "slow", "temperature": 7}),
             "invalid_request",
         ),
@@ -537,6 +541,31 @@ async fn a_workflow_agent_runs_its_workflow_as_itself() {
     assert_eq!(run["status"], "error", "{run}");
     assert!(
         run["error"].as_str().unwrap().contains("customers:write"),
+        "{run}"
+    );
+    // A workflow acting as an agent cannot start agent runs: no runs without end.
+    let looping = call_ok(
+        &client,
+        "create_workflow",
+        json!({"name": "loop", "steps": [
+            {"id": "again", "tool": "run_agent", "arguments": {"agent": "onboarder"}}
+        ]}),
+    )
+    .await;
+    call_ok(
+        &client,
+        "create_agent",
+        json!({"name": "looper", "kind": "workflow", "scopes": ["workflows:execute", "agents:execute"],
+               "config": {"workflow_id": looping["workflow"]["id"]}}),
+    )
+    .await;
+    let run = call_ok(&client, "run_agent", json!({"agent": "looper"})).await;
+    assert_eq!(run["status"], "error", "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot start agent runs"),
         "{run}"
     );
     client.cancel().await.unwrap();

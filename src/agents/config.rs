@@ -24,7 +24,7 @@ pub const DEFAULT_TIMEOUT_SECONDS: u32 = 120;
 const MAX_TIMEOUT_SECONDS: u32 = 3600;
 const MAX_SELECTED_TOOLS: usize = 64;
 /// Tools that start other runs: offered to a model, they could start runs without end.
-pub const NOT_FOR_AGENTS: [&str; 2] = ["run_agent", "execute_workflow"];
+pub const NOT_FOR_AGENTS: [&str; 3] = ["run_agent", "execute_workflow", "run_tool"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

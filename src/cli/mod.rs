@@ -79,6 +79,16 @@ struct ToolArgs {
     /// Never offer these tools (comma-separated)
     #[arg(long, env = "AGENTCRM_EXCLUDE_TOOLS", value_delimiter = ',')]
     exclude_tools: Vec<String>,
+    /// `full`: tools/list offers every tool; `compact`: only find_tools, describe_tools and
+    /// run_tool, through which the others are found and called
+    #[arg(long, env = "AGENTCRM_TOOL_MODE", value_enum, default_value_t = ToolMode::Full)]
+    tool_mode: ToolMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ToolMode {
+    Full,
+    Compact,
 }
 
 #[derive(Debug, Args)]
@@ -236,13 +246,14 @@ async fn start(
     public_url: Option<&str>,
 ) -> Result<Arc<App>, CliError> {
     let catalog = Catalog::builtin();
-    let filter = ToolFilter::from_lists(
+    let mut filter = ToolFilter::from_lists(
         catalog,
         &tools.toolsets,
         tools.read_only,
         &tools.tools,
         &tools.exclude_tools,
     )?;
+    filter.compact = tools.tool_mode == ToolMode::Compact;
     let store = open_store(db).await?;
     let embedded_dir = (store.kind() == DatabaseKind::Embedded).then(|| {
         db.data_dir

@@ -291,6 +291,7 @@ impl Catalog {
             tools.extend(crate::workflows::tools());
             tools.extend(crate::agents::tools());
             tools.extend(crate::connections::tools());
+            tools.extend(super::discovery::tools());
             Catalog::new(tools)
         })
     }

@@ -17,6 +17,9 @@ pub struct ToolFilter {
     /// `None`: every tool; otherwise only these names.
     pub tools: Option<BTreeSet<String>>,
     pub exclude: BTreeSet<String>,
+    /// Compact mode: `tools/list` offers only the discovery tools, through which every
+    /// other tool the filter allows is found and called.
+    pub compact: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -60,11 +63,16 @@ impl ToolFilter {
                 Some(known(tools, "--tools")?)
             },
             exclude: known(exclude, "--exclude-tools")?,
+            compact: false,
         })
     }
 
     /// Does this filter let `def` through? Order: toolset, read-only, allow-list, exclusions.
+    /// In compact mode the discovery tools always pass: they are the way in.
     pub fn allows(&self, def: &ToolDef) -> bool {
+        if self.compact && def.toolset == Toolset::Discovery {
+            return true;
+        }
         if let Some(toolsets) = &self.toolsets
             && !toolsets.contains(&def.toolset)
         {
@@ -98,6 +106,7 @@ impl ToolFilter {
             read_only: self.read_only || other.read_only,
             tools: meet(&self.tools, &other.tools),
             exclude: self.exclude.union(&other.exclude).cloned().collect(),
+            compact: self.compact || other.compact,
         }
     }
 
@@ -185,6 +194,16 @@ pub fn visible<'a>(
     principal: &'a Principal,
 ) -> impl Iterator<Item = &'a RegisteredTool> {
     configured(catalog, filter).filter(move |t| permits(principal, t))
+}
+
+/// What `tools/list` answers: the visible tools, or in compact mode the discovery tools.
+pub fn listed<'a>(
+    catalog: &'a Catalog,
+    filter: &'a ToolFilter,
+    principal: &'a Principal,
+) -> impl Iterator<Item = &'a RegisteredTool> {
+    visible(catalog, filter, principal)
+        .filter(move |t| !filter.compact || t.def.toolset == Toolset::Discovery)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod confirm;
 pub mod context;
+pub mod discovery;
 pub mod docs;
 pub mod filter;
 pub mod http;

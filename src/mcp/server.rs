@@ -19,7 +19,7 @@ use tracing::Instrument;
 use super::catalog::{RegisteredTool, Toolset};
 use super::confirm::{Gate, Ran, gate};
 use super::context::{ClientSide, Progress, ToolCtx, Transport};
-use super::filter::{ToolFilter, denial, parse_toolsets, permits, visible};
+use super::filter::{ToolFilter, denial, listed, parse_toolsets, permits};
 use super::invoke::admit;
 use crate::access::Principal;
 use crate::access::audit::{AuditEvent, redact};
@@ -38,6 +38,8 @@ pub const HEADER_TOOLSETS: &str = "x-mcp-toolsets";
 pub const HEADER_TOOLS: &str = "x-mcp-tools";
 pub const HEADER_EXCLUDE_TOOLS: &str = "x-mcp-exclude-tools";
 pub const HEADER_READ_ONLY: &str = "x-mcp-readonly";
+/// `compact` switches a request to compact mode (`full` changes nothing: never widens).
+pub const HEADER_TOOL_MODE: &str = "x-mcp-tool-mode";
 
 #[derive(Clone)]
 pub struct AgentCrm {
@@ -102,7 +104,22 @@ impl AgentCrm {
             .get(HEADER_READ_ONLY)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
-        if toolsets.is_empty() && tools.is_empty() && exclude.is_empty() && !read_only {
+        let compact = match parts
+            .headers
+            .get(HEADER_TOOL_MODE)
+            .map(|v| v.to_str().map(str::trim))
+        {
+            None => false,
+            Some(Ok(mode)) if mode.eq_ignore_ascii_case("compact") => true,
+            Some(Ok(mode)) if mode.eq_ignore_ascii_case("full") => false,
+            Some(_) => {
+                return Err(McpError::invalid_request(
+                    format!("{HEADER_TOOL_MODE}: `full` or `compact`"),
+                    None,
+                ));
+            }
+        };
+        if toolsets.is_empty() && tools.is_empty() && exclude.is_empty() && !read_only && !compact {
             return Ok(self.app.filter.clone());
         }
         let request = ToolFilter {
@@ -112,6 +129,7 @@ impl AgentCrm {
             // Unknown names in narrowing headers can only hide tools, so they are harmless.
             tools: (!tools.is_empty()).then(|| tools.into_iter().collect()),
             exclude: exclude.into_iter().collect(),
+            compact,
         };
         Ok(Arc::new(self.app.filter.narrow(&request)))
     }
@@ -180,7 +198,7 @@ impl ServerHandler for AgentCrm {
     ) -> Result<ListToolsResult, McpError> {
         let filter = self.request_filter(&ctx)?;
         let principal = self.principal(&ctx)?;
-        let tools = visible(self.app.catalog, &filter, &principal)
+        let tools = listed(self.app.catalog, &filter, &principal)
             .map(|t| t.tool.clone())
             .collect();
         Ok(ListToolsResult::with_all_items(tools))
@@ -322,6 +340,8 @@ impl ServerHandler for AgentCrm {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        // `run_tool` is the call it names, with every check of a direct call.
+        let request = unwrap_run_tool(request);
         let filter = self.request_filter(&ctx)?;
         let principal = self.principal(&ctx)?;
         let request_id = uuid::Uuid::now_v7().to_string();
@@ -472,6 +492,29 @@ impl AgentCrm {
             other => McpError::invalid_params(other.to_string(), None),
         }
     }
+}
+
+/// `run_tool {name, arguments}` becomes a call of `name`; anything else (or a malformed
+/// `run_tool`, which its own handler then refuses) stays as it is.
+fn unwrap_run_tool(request: CallToolRequestParams) -> CallToolRequestParams {
+    if request.name != super::discovery::RUN_TOOL {
+        return request;
+    }
+    let Some(args) = &request.arguments else {
+        return request;
+    };
+    let Ok(run) = serde_json::from_value::<super::discovery::RunArgs>(serde_json::Value::Object(
+        args.clone(),
+    )) else {
+        return request;
+    };
+    if run.name == super::discovery::RUN_TOOL {
+        return request;
+    }
+    let mut inner = request.clone();
+    inner.name = run.name.into();
+    inner.arguments = Some(run.arguments);
+    inner
 }
 
 /// Why `principal` may not use `tool`, in words it can act on.

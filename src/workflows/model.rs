@@ -15,7 +15,7 @@ use crate::mcp::catalog::{Catalog, handles_secrets};
 
 pub const MAX_STEPS: usize = 50;
 /// Tools a step may not call: a workflow starting workflows could run without end.
-const NOT_IN_STEPS: [&str; 1] = ["execute_workflow"];
+const NOT_IN_STEPS: [&str; 2] = ["execute_workflow", "run_tool"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]

@@ -8,6 +8,7 @@ mod cli;
 mod clients;
 mod connections;
 mod crm;
+mod discovery;
 mod embedded;
 mod fake_llm;
 mod fake_mcp;

@@ -102,6 +102,7 @@ async fn main() {
         store,
         catalog: Catalog::builtin(),
         filter: Arc::new(ToolFilter::default()),
+        list_output_schemas: false,
         local_owner: None,
         tokens: None,
         vault: None,

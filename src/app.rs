@@ -18,6 +18,8 @@ pub struct App {
     pub catalog: &'static Catalog,
     /// The tools configuration enables; requests can only narrow it.
     pub filter: Arc<ToolFilter>,
+    /// `tools/list` gives full definitions (output schemas included) instead of lean ones.
+    pub list_output_schemas: bool,
     pub audit: AuditLog,
     pub limiter: RateLimiter,
     /// Resolved credentials, emptied whenever any process changes one.

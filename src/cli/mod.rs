@@ -83,6 +83,10 @@ struct ToolArgs {
     /// run_tool, through which the others are found and called
     #[arg(long, env = "AGENTCRM_TOOL_MODE", value_enum, default_value_t = ToolMode::Full)]
     tool_mode: ToolMode,
+    /// List tools with their output schemas (by default tools/list leaves them out to keep
+    /// the list small; describe_tools and schemas/ have them)
+    #[arg(long, env = "AGENTCRM_LIST_OUTPUT_SCHEMAS")]
+    list_output_schemas: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -318,6 +322,7 @@ async fn start(
         store,
         catalog,
         filter: Arc::new(filter),
+        list_output_schemas: tools.list_output_schemas,
         audit,
         limiter,
         auth_cache,

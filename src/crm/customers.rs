@@ -621,6 +621,11 @@ async fn update_customer(ctx: ToolCtx, args: UpdateArgs) -> Result<CustomerOut, 
         payload,
     )
     .await?;
+    crate::mcp::resources::notify_changed(
+        &mut tx,
+        crate::mcp::resources::customer_uri(customer.id),
+    )
+    .await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(CustomerOut {
         customer: shape(&policy, &customer, None)?,
@@ -686,6 +691,11 @@ async fn delete_customer(ctx: ToolCtx, args: DeleteArgs) -> Result<Deleted, Tool
         "customer.deleted",
         customer_id,
         payload,
+    )
+    .await?;
+    crate::mcp::resources::notify_changed(
+        &mut tx,
+        crate::mcp::resources::customer_uri(customer_id),
     )
     .await?;
     tx.commit().await.map_err(StoreError::from)?;

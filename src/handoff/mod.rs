@@ -10,7 +10,6 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::mcp::catalog::RegisteredTool;
-use crate::store::StoreError;
 
 pub fn tools() -> Vec<RegisteredTool> {
     let mut tools = tickets::tools();
@@ -31,15 +30,4 @@ pub struct Entry {
     pub note: Option<String>,
 }
 
-/// Tells subscribers of `uri`, in every process, once the transaction commits.
-pub(crate) async fn notify_changed(
-    tx: &mut sqlx::PgConnection,
-    uri: String,
-) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(resources::CHANNEL)
-        .bind(uri)
-        .execute(tx)
-        .await?;
-    Ok(())
-}
+pub(crate) use crate::mcp::resources::notify_changed;

@@ -13,7 +13,6 @@ use std::time::Duration;
 use rmcp::model::ResourceUpdatedNotificationParam;
 use rmcp::service::SubscriptionSink;
 use rmcp::{Peer, RoleServer};
-use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -24,8 +23,6 @@ use crate::error::ToolError;
 pub const CHANNEL: &str = "agentcrm_resources";
 const ACTIONS: &str = "agentcrm://pending-actions/";
 const HANDOFFS: &str = "agentcrm://handoffs/";
-pub const ACTION_TEMPLATE: &str = "agentcrm://pending-actions/{action_id}";
-pub const HANDOFF_TEMPLATE: &str = "agentcrm://handoffs/{handoff_id}";
 
 pub fn action_uri(id: Uuid) -> String {
     format!("{ACTIONS}{id}")
@@ -33,40 +30,6 @@ pub fn action_uri(id: Uuid) -> String {
 
 pub fn handoff_uri(id: Uuid) -> String {
     format!("{HANDOFFS}{id}")
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    Action(Uuid),
-    Handoff(Uuid),
-}
-
-pub fn parse(uri: &str) -> Option<Target> {
-    if let Some(id) = uri.strip_prefix(ACTIONS) {
-        return id.parse().ok().map(Target::Action);
-    }
-    uri.strip_prefix(HANDOFFS)?
-        .parse()
-        .ok()
-        .map(Target::Handoff)
-}
-
-/// The resource's JSON as `principal` may see it; `not_found` for anything else.
-pub async fn read(pool: &PgPool, principal: &Principal, uri: &str) -> Result<Value, ToolError> {
-    let value = match parse(uri) {
-        Some(Target::Action(id)) => {
-            serde_json::to_value(super::actions::visible(pool, principal, id).await?)
-        }
-        Some(Target::Handoff(id)) => {
-            serde_json::to_value(super::tickets::visible(pool, principal, id).await?)
-        }
-        None => {
-            return Err(ToolError::NotFound(format!(
-                "no resource {uri}: this server has {ACTION_TEMPLATE} and {HANDOFF_TEMPLATE}"
-            )));
-        }
-    };
-    value.map_err(|e| ToolError::Internal(format!("could not serialize {uri}: {e}")))
 }
 
 #[derive(Clone)]
@@ -210,28 +173,6 @@ impl Subscriptions {
             }
         })
     }
-}
-
-/// The URI templates, for a caller that may read them.
-pub fn templates(principal: &Principal) -> Vec<rmcp::model::ResourceTemplate> {
-    if !has_handoff(principal) {
-        return Vec::new();
-    }
-    vec![
-        rmcp::model::ResourceTemplate::new(ACTION_TEMPLATE, "pending-action")
-            .with_title("A held agent action")
-            .with_description(
-                "A call held for approval, as get_pending_action returns it; subscribe to \
-                 learn of its decision and outcome.",
-            )
-            .with_mime_type("application/json"),
-        rmcp::model::ResourceTemplate::new(HANDOFF_TEMPLATE, "handoff")
-            .with_title("A handoff ticket")
-            .with_description(
-                "A handoff ticket, as get_handoff returns it; subscribe to follow it.",
-            )
-            .with_mime_type("application/json"),
-    ]
 }
 
 fn has_handoff(principal: &Principal) -> bool {

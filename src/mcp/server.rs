@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, CustomRequest, CustomResult,
-    ErrorCode, Implementation, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
-    PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, ResourceContents, ServerCapabilities, ServerConfig, SubscribeRequestParams,
-    SubscriptionFilter, UnsubscribeRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
+    CompletionInfo, CustomRequest, CustomResult, ErrorCode, GetPromptRequestParams,
+    GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference,
+    ResourceContents, ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter,
+    UnsubscribeRequestParams,
 };
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -21,11 +23,11 @@ use super::confirm::{Gate, Ran, gate};
 use super::context::{ClientSide, Progress, ToolCtx, Transport};
 use super::filter::{ToolFilter, denial, listed, parse_toolsets, permits};
 use super::invoke::admit;
+use super::{prompts, resources};
 use crate::access::Principal;
 use crate::access::audit::{AuditEvent, redact};
 use crate::app::App;
 use crate::error::{ErrorCode as ToolErrorCode, ToolError};
-use crate::handoff::resources;
 
 /// Every protocol version rmcp negotiates: `initialize`-based generations with HTTP
 /// sessions, and the stateless 2026-07-28.
@@ -166,9 +168,14 @@ fn unknown_tool(name: &str) -> McpError {
 }
 
 impl ServerHandler for AgentCrm {
+    // Logging is deprecated (SEP-2577), but clients and the conformance suite still use it.
+    #[allow(deprecated)]
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
+                .enable_logging()
+                .enable_completions()
+                .enable_prompts()
                 .enable_tools()
                 .enable_resources()
                 .enable_resources_subscribe()
@@ -198,10 +205,78 @@ impl ServerHandler for AgentCrm {
     ) -> Result<ListToolsResult, McpError> {
         let filter = self.request_filter(&ctx)?;
         let principal = self.principal(&ctx)?;
+        let full = self.app.list_output_schemas;
         let tools = listed(self.app.catalog, &filter, &principal)
-            .map(|t| t.tool.clone())
+            .map(|t| {
+                if full {
+                    t.tool.clone()
+                } else {
+                    t.listing.clone()
+                }
+            })
             .collect();
         Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        Ok(ListPromptsResult::with_all_items(prompts::list()))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let principal = self.principal(&ctx)?;
+        prompts::get(
+            &self.app,
+            &principal,
+            self.transport,
+            &request.name,
+            &request.arguments,
+        )
+        .await
+        .map(Into::into)
+        .map_err(|e| self.protocol_error(e))
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, McpError> {
+        let principal = self.principal(&ctx)?;
+        let completion = match &request.r#ref {
+            Reference::Prompt(prompt) => prompts::complete(
+                &self.app,
+                &principal,
+                self.transport,
+                &prompt.name,
+                &request.argument.name,
+                &request.argument.value,
+            )
+            .await
+            .map_err(|e| self.protocol_error(e))?,
+            // Resource ids are UUIDs: nothing to complete.
+            _ => CompletionInfo::default(),
+        };
+        Ok(CompleteResult::new(completion))
+    }
+
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        // Accepted; this server sends its logs to stderr (and the audit trail), not to
+        // clients, so no level sends more.
+        tracing::debug!(level = ?request.level, "client asked for a log level");
+        Ok(())
     }
 
     async fn list_resources(
@@ -210,7 +285,7 @@ impl ServerHandler for AgentCrm {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
         let principal = self.principal(&ctx)?;
-        let resources = resources::open_items(self.app.store.pool(), &principal)
+        let resources = resources::listed(&self.app, &principal)
             .await
             .map_err(|e| self.resource_error(e))?;
         Ok(ListResourcesResult::with_all_items(resources))
@@ -223,7 +298,7 @@ impl ServerHandler for AgentCrm {
     ) -> Result<ListResourceTemplatesResult, McpError> {
         let principal = self.principal(&ctx)?;
         Ok(ListResourceTemplatesResult::with_all_items(
-            resources::templates(&principal),
+            resources::templates(&self.app, &principal),
         ))
     }
 
@@ -291,7 +366,7 @@ impl ServerHandler for AgentCrm {
         let mut allowed = Vec::new();
         for uri in context.accepted().resource_subscriptions.iter().flatten() {
             // A URI the caller may not read is acknowledged but never notified.
-            if resources::read(self.app.store.pool(), &principal, uri)
+            if resources::read(&self.app, &principal, self.transport, uri)
                 .await
                 .is_ok()
             {
@@ -461,25 +536,19 @@ impl ServerHandler for AgentCrm {
 }
 
 impl AgentCrm {
-    /// A resource's JSON if `principal` may read it (the `handoff` scope, and for agents
-    /// only what they asked for).
+    /// A resource's JSON if `principal` may read it (through the resource's `get_…` tool).
     async fn readable(
         &self,
         principal: &Principal,
         uri: &str,
     ) -> Result<serde_json::Value, McpError> {
-        if !principal
-            .scopes
-            .contains(crate::access::Scopes::parse(&["handoff"]).unwrap_or_default())
-        {
-            return Err(McpError::invalid_params(
-                format!("reading {uri} needs the handoff scope"),
-                None,
-            ));
-        }
-        resources::read(self.app.store.pool(), principal, uri)
+        resources::read(&self.app, principal, self.transport, uri)
             .await
             .map_err(|e| self.resource_error(e))
+    }
+
+    fn protocol_error(&self, error: ToolError) -> McpError {
+        self.resource_error(error)
     }
 
     fn resource_error(&self, error: ToolError) -> McpError {

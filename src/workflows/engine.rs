@@ -493,16 +493,23 @@ async fn finish(
     output: Option<Value>,
     error: Option<String>,
 ) -> Result<(), sqlx::Error> {
+    // Subscribers of the execution's resource learn of its end in the same statement.
     sqlx::query(
-        "UPDATE workflow_executions SET status = $2, output = $3, error = $4, finished_at = now(),
-             updated_at = now(), lease_owner = NULL, lease_until = NULL
-         WHERE id = $1 AND lease_owner = $5 AND status NOT IN ('succeeded', 'failed', 'cancelled')",
+        "WITH done AS (
+             UPDATE workflow_executions SET status = $2, output = $3, error = $4,
+                 finished_at = now(), updated_at = now(), lease_owner = NULL, lease_until = NULL
+             WHERE id = $1 AND lease_owner = $5
+               AND status NOT IN ('succeeded', 'failed', 'cancelled')
+             RETURNING id)
+         SELECT pg_notify($6, $7) FROM done",
     )
     .bind(id)
     .bind(status)
     .bind(output)
     .bind(error)
     .bind(process_id())
+    .bind(crate::handoff::resources::CHANNEL)
+    .bind(crate::mcp::resources::execution_uri(id))
     .execute(pool)
     .await?;
     Ok(())

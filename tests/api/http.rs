@@ -12,6 +12,32 @@ fn server(db: &TestDb, extra: &[&str]) -> HttpServer {
 }
 
 #[tokio::test]
+async fn tools_are_listed_with_output_schemas_when_configured() {
+    let db = TestDb::new().await;
+    let server = server(&db, &["--list-output-schemas"]);
+    let client = http_client(&server.mcp_url(), &db.admin_key, Generation::Sessions).await;
+    let tools = client.list_all_tools().await.expect("tools/list");
+    for tool in &tools {
+        assert!(
+            tool.output_schema.is_some(),
+            "{} has an output schema",
+            tool.name
+        );
+    }
+    let described = call_ok(
+        &client,
+        "describe_tools",
+        json!({"names": ["get_customer"]}),
+    )
+    .await;
+    assert!(
+        described["tools"][0]["outputSchema"].is_object(),
+        "{described}"
+    );
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
 async fn http_serves_both_protocol_generations() {
     let db = TestDb::new().await;
     let server = server(&db, &[]);
@@ -19,12 +45,10 @@ async fn http_serves_both_protocol_generations() {
         let client = http_client(&server.mcp_url(), &db.admin_key, generation).await;
         let tools = client.list_all_tools().await.expect("tools/list");
         assert_eq!(tools.len(), all_tool_names().len());
+        // Lean by default: output schemas come with describe_tools (or --list-output-schemas).
         for tool in &tools {
-            assert!(
-                tool.output_schema.is_some(),
-                "{} has an output schema",
-                tool.name
-            );
+            assert!(tool.output_schema.is_none(), "{} is listed lean", tool.name);
+            assert!(!tool.input_schema.contains_key("$schema"));
         }
         let me = call_ok(&client, "whoami", json!({})).await;
         assert_eq!(me["transport"], "http");

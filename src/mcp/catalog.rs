@@ -234,16 +234,20 @@ where
     use rmcp::handler::server::common::{schema_for_input, schema_for_output};
     let input_schema = schema_for_input::<I>()
         .unwrap_or_else(|e| panic!("tool {}: input type is not an object schema: {e}", def.name));
-    let tool = Tool::new_with_raw(def.name, Some(def.description.into()), input_schema)
-        .with_title(def.title)
-        .with_raw_output_schema(schema_for_output::<O>())
-        .with_annotations(
-            ToolAnnotations::with_title(def.title)
-                .read_only(def.hints.read_only)
-                .destructive(def.hints.destructive)
-                .idempotent(def.hints.idempotent)
-                .open_world(def.hints.open_world),
-        );
+    let tool = Tool::new_with_raw(
+        def.name,
+        Some(def.description.into()),
+        objects(input_schema),
+    )
+    .with_title(def.title)
+    .with_raw_output_schema(objects(schema_for_output::<O>()))
+    .with_annotations(
+        ToolAnnotations::with_title(def.title)
+            .read_only(def.hints.read_only)
+            .destructive(def.hints.destructive)
+            .idempotent(def.hints.idempotent)
+            .open_world(def.hints.open_world),
+    );
     let handler = Arc::new(handler);
     let handler: Handler = Arc::new(move |ctx, args| {
         let handler = handler.clone();
@@ -346,6 +350,53 @@ pub fn lean(tool: &Tool) -> Tool {
         annotations.title = None;
     }
     listed
+}
+
+/// `schema` with every `true` sub-schema (any value, as schemars writes a `serde_json::Value`
+/// field) spelled `{}`: the same meaning, and clients of protocol 2025-11-25 accept only
+/// objects there.
+fn objects(schema: Arc<JsonObject>) -> Arc<JsonObject> {
+    fn walk(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map.iter_mut() {
+                    match key.as_str() {
+                        "properties" | "$defs" | "definitions" | "patternProperties" => {
+                            if let Value::Object(members) = child {
+                                for member in members.values_mut() {
+                                    if *member == Value::Bool(true) {
+                                        *member = Value::Object(JsonObject::new());
+                                    }
+                                }
+                            }
+                        }
+                        "items" | "additionalProperties" if *child == Value::Bool(true) => {
+                            *child = Value::Object(JsonObject::new());
+                        }
+                        "anyOf" | "oneOf" | "allOf" | "prefixItems" => {
+                            if let Value::Array(members) = child {
+                                for member in members.iter_mut() {
+                                    if *member == Value::Bool(true) {
+                                        *member = Value::Object(JsonObject::new());
+                                    }
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                    walk(child);
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = Value::Object((*schema).clone());
+    walk(&mut value);
+    match value {
+        Value::Object(map) => Arc::new(map),
+        _ => schema,
+    }
 }
 
 /// The registry of every tool this server has, in a stable order.

@@ -285,7 +285,8 @@ where
 
 /// `tool` as listed to a model: without the output schema (structured results also come as
 /// text; `describe_tools` gives the schema), the annotations' copy of the title, and in the
-/// input schema `$schema`, integer formats, `null` in optional fields' types, and
+/// input schema `$schema`, `additionalProperties: false` (unknown fields are refused with a
+/// clear error anyway), integer formats, `null` in optional fields' types, and
 /// one-of-constants spelled out (as `enum`).
 pub fn lean(tool: &Tool) -> Tool {
     fn clean(value: &Value) -> Value {
@@ -303,6 +304,8 @@ pub fn lean(tool: &Tool) -> Tool {
                 for (key, v) in map {
                     match key.as_str() {
                         "$schema" => continue,
+                        // The server refuses unknown fields itself, with a clear error.
+                        "additionalProperties" if *v == Value::Bool(false) => continue,
                         "format" if numeric => continue,
                         "minimum" if numeric && v.as_f64() == Some(0.0) => continue,
                         "type" => {
@@ -318,6 +321,18 @@ pub fn lean(tool: &Tool) -> Tool {
                         _ => {}
                     }
                     out.insert(key.clone(), clean(v));
+                }
+                // `anyOf: [X, {type: null}]` (an optional field) is X.
+                let null = serde_json::json!({ "type": "null" });
+                if let Some(Value::Array(variants)) = out.get("anyOf")
+                    && variants.len() == 2
+                    && let Some(at) = variants.iter().position(|v| *v == null)
+                    && let Value::Object(other) = variants[1 - at].clone()
+                {
+                    out.remove("anyOf");
+                    for (k, v) in other {
+                        out.entry(k).or_insert(v);
+                    }
                 }
                 let constants = out
                     .get("oneOf")

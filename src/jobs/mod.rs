@@ -5,4 +5,5 @@
 
 pub mod cron;
 pub mod outbound;
+pub mod queue;
 pub mod webhooks;

@@ -645,30 +645,20 @@ pub fn start(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHan
             if let Err(error) = super::triggers::on_events(&pool).await {
                 tracing::warn!(%error, "workflow executions: could not read events");
             }
-            while let Ok(permit) = slots.clone().try_acquire_owned() {
-                match claim(&pool).await {
-                    Ok(Some(id)) => {
-                        let app = app.clone();
-                        tokio::spawn(async move {
-                            run(app, id, None).await;
-                            drop(permit);
-                        });
+            crate::jobs::queue::start_due(
+                &slots,
+                "workflow executions",
+                || claim(&pool),
+                |id| {
+                    let app = app.clone();
+                    async move {
+                        run(app, id, None).await;
                     }
-                    Ok(None) => break,
-                    Err(error) => {
-                        tracing::warn!(%error, "workflow executions: could not claim");
-                        break;
-                    }
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(POLL) => {}
-                notified = crate::store::recv(&mut listener) => {
-                    if notified.is_err() {
-                        listener = crate::store::listen(&pool, CHANNEL).await;
-                    }
-                }
+                },
+            )
+            .await;
+            if !crate::jobs::queue::wait(&shutdown, &mut listener, &pool, CHANNEL, POLL).await {
+                return;
             }
         }
     })

@@ -191,46 +191,23 @@ async fn a_header_narrows_http_callers_to_compact_but_never_back() {
     admin.cancel().await.unwrap();
 
     // A narrowing header: compact for this caller only.
-    install_tls_provider();
-    let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
-        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
-            full.mcp_url(),
-        )
-        .auth_header(db.admin_key.clone())
-        .custom_headers(
-            [(
-                http::HeaderName::from_static("x-mcp-tool-mode"),
-                http::HeaderValue::from_static("compact"),
-            )]
-            .into_iter()
-            .collect(),
-        ),
-    );
-    let narrowed = rmcp::ServiceExt::serve(client_config(), transport)
-        .await
-        .unwrap();
+    let narrowed = http_client_with_headers(
+        &full.mcp_url(),
+        &db.admin_key,
+        &[("x-mcp-tool-mode", "compact")],
+    )
+    .await;
     assert_eq!(listed(&narrowed).await, DISCOVERY);
     let compact_bytes = list_bytes(&narrowed).await;
     narrowed.cancel().await.unwrap();
 
     // On a compact server, `full` in the header does not widen.
-    let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
-        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
-            compact.mcp_url(),
-        )
-        .auth_header(db.admin_key.clone())
-        .custom_headers(
-            [(
-                http::HeaderName::from_static("x-mcp-tool-mode"),
-                http::HeaderValue::from_static("full"),
-            )]
-            .into_iter()
-            .collect(),
-        ),
-    );
-    let widened = rmcp::ServiceExt::serve(client_config(), transport)
-        .await
-        .unwrap();
+    let widened = http_client_with_headers(
+        &compact.mcp_url(),
+        &db.admin_key,
+        &[("x-mcp-tool-mode", "full")],
+    )
+    .await;
     assert_eq!(listed(&widened).await, DISCOVERY);
     widened.cancel().await.unwrap();
 

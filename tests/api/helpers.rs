@@ -215,6 +215,33 @@ pub async fn http_client(url: &str, key: &str, generation: Generation) -> Client
         .expect("MCP handshake over HTTP")
 }
 
+/// The same, with extra request headers (e.g. the narrowing `X-MCP-…` headers).
+pub async fn http_client_with_headers(
+    url: &str,
+    key: &str,
+    headers: &[(&'static str, &'static str)],
+) -> Client {
+    install_tls_provider();
+    let headers = headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                http::HeaderName::from_static(name),
+                http::HeaderValue::from_static(value),
+            )
+        })
+        .collect();
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url.to_owned())
+            .auth_header(key.to_owned())
+            .custom_headers(headers),
+    );
+    client_config()
+        .serve_with_lifecycle(transport, lifecycle(Generation::Sessions))
+        .await
+        .expect("MCP handshake over HTTP")
+}
+
 pub async fn call<H: ClientHandler>(
     client: &RunningService<RoleClient, H>,
     name: &str,

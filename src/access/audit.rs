@@ -96,7 +96,9 @@ const SECRET_KEYS: [&str; 8] = [
     "private_key",
 ];
 
-/// Replaces the value of every key that names a secret, at any depth.
+/// Replaces the value of every key that names a secret, at any depth, and makes what is
+/// left storable: NUL characters become U+FFFD, and floating-point numbers beyond ±2^53
+/// become their text (jsonb would keep every digit of 1e308 and not read it back).
 pub fn redact(value: &Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
@@ -104,15 +106,32 @@ pub fn redact(value: &Value) -> Value {
                 .map(|(key, v)| {
                     let lower = key.to_ascii_lowercase();
                     if SECRET_KEYS.iter().any(|s| lower.contains(s)) {
-                        (key.clone(), Value::String("[redacted]".into()))
+                        (text(key), Value::String("[redacted]".into()))
                     } else {
-                        (key.clone(), redact(v))
+                        (text(key), redact(v))
                     }
                 })
                 .collect(),
         ),
         Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
+        Value::String(s) => Value::String(text(s)),
+        Value::Number(n)
+            if n.is_f64()
+                && n.as_f64()
+                    .is_some_and(|x| x.abs() > 9_007_199_254_740_992.0) =>
+        {
+            Value::String(n.to_string())
+        }
         other => other.clone(),
+    }
+}
+
+/// `s` without NUL characters, which PostgreSQL text and jsonb refuse.
+pub fn text(s: &str) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s.to_owned()
     }
 }
 
@@ -132,7 +151,21 @@ impl AuditLog {
     }
 
     /// Returns once the event is committed (or the write failed, which is logged).
-    pub async fn record(&self, event: AuditEvent) {
+    pub async fn record(&self, mut event: AuditEvent) {
+        // Text a caller chose (a tool name, a session id) must not stop the batch's INSERT.
+        for field in [
+            Some(&mut event.action),
+            event.principal_name.as_mut(),
+            event.session_id.as_mut(),
+            event.error_code.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if field.contains('\0') {
+                *field = text(field);
+            }
+        }
         let (done, committed) = oneshot::channel();
         if self.sender.send((event, done)).await.is_err() {
             tracing::error!("audit writer stopped; an audit event was not recorded");
@@ -161,7 +194,13 @@ async fn writer(pool: PgPool, mut receiver: mpsc::Receiver<Pending>) {
             }
         }
         if let Err(error) = insert(&pool, &batch).await {
-            tracing::error!(%error, events = batch.len(), "could not write audit events");
+            // One event the database refuses must not take the others with it.
+            tracing::warn!(%error, events = batch.len(), "audit batch refused; writing events one by one");
+            for one in batch.chunks(1) {
+                if let Err(error) = insert(&pool, one).await {
+                    tracing::error!(%error, action = %one[0].0.action, "could not write an audit event");
+                }
+            }
         }
         for (_, done) in batch.drain(..) {
             let _ = done.send(());

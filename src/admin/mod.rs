@@ -324,8 +324,15 @@ async fn update_agent_permissions(
         };
         limits.push((arg.class, limit));
     }
+    let mut granted = std::collections::HashSet::new();
     for grant in args.grants.iter().flatten() {
         scopes(std::slice::from_ref(&grant.scope))?;
+        if !granted.insert(grant.scope.trim()) {
+            return Err(ToolError::InvalidRequest(format!(
+                "grants: `{}` is granted twice; give one grant per scope",
+                grant.scope
+            )));
+        }
     }
     let name_ok = |name: &String| !name.trim().is_empty() && name.len() <= 100;
     let rules_ok = args

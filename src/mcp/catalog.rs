@@ -252,6 +252,7 @@ where
     let handler: Handler = Arc::new(move |ctx, args| {
         let handler = handler.clone();
         Box::pin(async move {
+            storable(&args)?;
             let input: I = serde_json::from_value(Value::Object(args))
                 .map_err(|e| ToolError::InvalidRequest(format!("invalid arguments: {e}")))?;
             let output = handler(ctx, input).await?;
@@ -260,6 +261,7 @@ where
         })
     });
     let validate: fn(&JsonObject) -> Result<(), ToolError> = |args| {
+        storable(args)?;
         serde_json::from_value::<I>(Value::Object(args.clone()))
             .map(drop)
             .map_err(|e| ToolError::InvalidRequest(format!("invalid arguments: {e}")))
@@ -412,6 +414,65 @@ fn objects(schema: Arc<JsonObject>) -> Arc<JsonObject> {
         Value::Object(map) => Arc::new(map),
         _ => schema,
     }
+}
+
+/// Refuses arguments PostgreSQL cannot store faithfully: text holding the NUL character
+/// (text and jsonb refuse it) and floating-point numbers beyond ±2^53 (jsonb keeps every
+/// digit of 1e308, which then does not read back as a JSON number).
+fn storable(args: &JsonObject) -> Result<(), ToolError> {
+    const LIMIT: f64 = 9_007_199_254_740_992.0;
+    fn walk(value: &Value, path: &mut String) -> Result<(), ToolError> {
+        let nul = |at: &str| {
+            ToolError::InvalidRequest(format!(
+                "`{at}`: text must not contain the NUL character (U+0000)"
+            ))
+        };
+        match value {
+            Value::String(text) if text.contains('\0') => Err(nul(path)),
+            Value::Number(n) if n.is_f64() && n.as_f64().is_some_and(|x| x.abs() > LIMIT) => {
+                Err(ToolError::InvalidRequest(format!(
+                    "`{path}`: numbers must be between -9007199254740992 and 9007199254740992"
+                )))
+            }
+            Value::Array(items) => {
+                let len = path.len();
+                for (i, item) in items.iter().enumerate() {
+                    path.push_str(&format!("[{i}]"));
+                    walk(item, path)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            Value::Object(map) => {
+                let len = path.len();
+                for (key, item) in map {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(&key.replace('\0', "\\0"));
+                    if key.contains('\0') {
+                        return Err(nul(path));
+                    }
+                    walk(item, path)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    let mut path = String::new();
+    for (key, value) in args {
+        path.clear();
+        path.push_str(&key.replace('\0', "\\0"));
+        if key.contains('\0') {
+            return Err(ToolError::InvalidRequest(format!(
+                "`{path}`: text must not contain the NUL character (U+0000)"
+            )));
+        }
+        walk(value, &mut path)?;
+    }
+    Ok(())
 }
 
 /// The registry of every tool this server has, in a stable order.

@@ -128,12 +128,26 @@ async fn inspect_body(
             );
         }
     };
-    if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-        return jsonrpc_error(
-            StatusCode::BAD_REQUEST,
-            -32700,
-            format!("Parse error: {error}"),
-        );
+    // Read as rmcp will, so that JSON which is not a JSON-RPC message gets a JSON-RPC error
+    // (rmcp itself answers those with a plain-text 415).
+    if let Err(error) = serde_json::from_slice::<rmcp::model::ClientJsonRpcMessage>(&bytes) {
+        return match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Err(error) => jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                -32700,
+                format!("Parse error: {error}"),
+            ),
+            Ok(value) => {
+                let id = value
+                    .get("id")
+                    .filter(|id| id.is_string() || id.is_i64() || id.is_u64())
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null);
+                let body = json!({ "jsonrpc": "2.0", "id": id,
+                    "error": { "code": -32600, "message": format!("Invalid Request: {error}") } });
+                (StatusCode::BAD_REQUEST, Json(body)).into_response()
+            }
+        };
     }
     if let Some(principal) = parts.extensions.get::<Principal>()
         && let Some(name) = called_tool(&bytes)

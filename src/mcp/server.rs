@@ -390,7 +390,14 @@ impl ServerHandler for AgentCrm {
     ) -> Result<CustomResult, McpError> {
         let problem = match request.method.as_str() {
             "tools/call" => request.params_as::<CallToolRequestParams>().err(),
-            "tools/list" => request.params_as::<PaginatedRequestParams>().err(),
+            "tools/list" | "resources/list" | "resources/templates/list" | "prompts/list" => {
+                request.params_as::<PaginatedRequestParams>().err()
+            }
+            "resources/read" => request.params_as::<ReadResourceRequestParams>().err(),
+            "resources/subscribe" => request.params_as::<SubscribeRequestParams>().err(),
+            "resources/unsubscribe" => request.params_as::<UnsubscribeRequestParams>().err(),
+            "prompts/get" => request.params_as::<GetPromptRequestParams>().err(),
+            "completion/complete" => request.params_as::<CompleteRequestParams>().err(),
             method => {
                 return Err(McpError::new(
                     ErrorCode::METHOD_NOT_FOUND,

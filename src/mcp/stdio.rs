@@ -1,13 +1,24 @@
 //! MCP over stdio: stdout carries only protocol messages (logs go to stderr).
+//!
+//! Lines from stdin pass through a gate before rmcp reads them: a line that is not a
+//! JSON-RPC message gets its error here (`-32700` for bad JSON, `-32600` with the request's
+//! id when one can be read), since rmcp answers those without any id and the client would
+//! wait forever. One writer task owns stdout, so replies never interleave.
 
 use std::sync::Arc;
 
 use rmcp::ServiceExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::server::AgentCrm;
 use crate::access::Principal;
 use crate::app::App;
+
+/// The longest line read from stdin; a longer one is refused without being held in memory.
+const MAX_LINE: usize = 16 * 1024 * 1024;
 
 /// Serves one client until it closes stdin or `shutdown` is cancelled.
 pub async fn serve(
@@ -16,8 +27,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), rmcp::service::ServerInitializeError> {
     let server = AgentCrm::stdio(app, principal);
+    let (transport, written) = gated(tokio::io::stdin(), tokio::io::stdout());
     let running = tokio::select! {
-        running = server.serve(rmcp::transport::io::stdio_pipes()) => running?,
+        running = server.serve(transport) => running?,
         _ = shutdown.cancelled() => return Ok(()),
     };
     let cancel = running.cancellation_token();
@@ -29,5 +41,216 @@ pub async fn serve(
         }
         _ = shutdown.cancelled() => cancel.cancel(),
     }
+    // The last replies reach stdout before the process exits.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), written).await;
     Ok(())
+}
+
+/// The (reader, writer) pair rmcp serves on, between the gate and the stdout writer, and the
+/// writer task, which ends once everything written has reached `output`.
+pub fn gated<R, W>(
+    input: R,
+    output: W,
+) -> (
+    (tokio::io::DuplexStream, tokio::io::DuplexStream),
+    tokio::task::JoinHandle<()>,
+)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (to_rmcp, rmcp_reads) = tokio::io::duplex(1 << 16);
+    let (rmcp_writes, from_rmcp) = tokio::io::duplex(1 << 16);
+    let (lines, mut outgoing) = mpsc::channel::<Vec<u8>>(64);
+
+    // The one writer of stdout.
+    let written = tokio::spawn(async move {
+        let mut output = output;
+        while let Some(line) = outgoing.recv().await {
+            if output.write_all(&line).await.is_err() || output.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    // rmcp's replies, line by line.
+    let replies = lines.clone();
+    tokio::spawn(async move {
+        let mut from_rmcp = BufReader::new(from_rmcp);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match from_rmcp.read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if replies.send(line.clone()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    // The gate.
+    tokio::spawn(async move {
+        let mut input = BufReader::new(input);
+        let mut to_rmcp = to_rmcp;
+        loop {
+            let line = match read_line(&mut input).await {
+                Ok(Some(line)) => line,
+                Ok(None) | Err(_) => break,
+            };
+            let line = match line {
+                Line::TooLong(head) => {
+                    let error = refusal(
+                        leading_id(&head),
+                        -32600,
+                        format!("Invalid Request: a message is limited to {MAX_LINE} bytes"),
+                    );
+                    if lines.send(error).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                Line::Text(line) => line,
+            };
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match check(&line) {
+                Ok(()) => {
+                    if to_rmcp.write_all(&line).await.is_err()
+                        || to_rmcp.write_all(b"\n").await.is_err()
+                    {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    if lines.send(error).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // Dropping `to_rmcp` closes rmcp's input: the session ends as when stdin closes.
+    });
+    ((rmcp_reads, rmcp_writes), written)
+}
+
+enum Line {
+    Text(Vec<u8>),
+    /// Over [`MAX_LINE`]: only its head is kept, to find the request's id.
+    TooLong(Vec<u8>),
+}
+
+/// How much of an over-long line is kept to find its id.
+const HEAD: usize = 64 * 1024;
+
+/// The top-level `"id"` of a message read only in part: a number or a string at depth 1.
+fn leading_id(head: &[u8]) -> Value {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < head.len() {
+        match head[i] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'"' => {
+                let start = i + 1;
+                let mut end = start;
+                while end < head.len() && head[end] != b'"' {
+                    end += if head[end] == b'\\' { 2 } else { 1 };
+                }
+                if depth == 1 && &head[start..end.min(head.len())] == b"id" {
+                    let rest = &head[(end + 1).min(head.len())..];
+                    let rest = rest.trim_ascii_start();
+                    if let Some(value) = rest.strip_prefix(b":") {
+                        let mut reader =
+                            serde_json::Deserializer::from_slice(value.trim_ascii_start())
+                                .into_iter::<Value>();
+                        if let Some(Ok(id)) = reader.next()
+                            && (id.is_string() || id.is_u64() || id.is_i64())
+                        {
+                            return id;
+                        }
+                    }
+                }
+                i = end;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Value::Null
+}
+
+/// The next line without its newline; `None` at the end of input.
+async fn read_line<R: AsyncRead + Unpin>(
+    input: &mut BufReader<R>,
+) -> std::io::Result<Option<Line>> {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    loop {
+        let available = input.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if too_long {
+                Some(Line::TooLong(line))
+            } else {
+                (!line.is_empty()).then_some(Line::Text(line))
+            });
+        }
+        let (chunk, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(end) => (&available[..end], Some(end + 1)),
+            None => (available, None),
+        };
+        if !too_long {
+            if line.len() + chunk.len() > MAX_LINE {
+                too_long = true;
+                line.truncate(HEAD);
+            } else {
+                line.extend_from_slice(chunk);
+            }
+        }
+        let consumed = done.unwrap_or(available.len());
+        input.consume(consumed);
+        if done.is_some() {
+            return Ok(Some(if too_long {
+                Line::TooLong(line)
+            } else {
+                Line::Text(line)
+            }));
+        }
+    }
+}
+
+/// Whether rmcp can read `line` as a message; the error line to answer if not.
+fn check(line: &[u8]) -> Result<(), Vec<u8>> {
+    if serde_json::from_slice::<rmcp::model::ClientJsonRpcMessage>(line).is_ok() {
+        return Ok(());
+    }
+    match serde_json::from_slice::<Value>(line) {
+        Err(error) => Err(refusal(
+            Value::Null,
+            -32700,
+            format!("Parse error: {error}"),
+        )),
+        Ok(value) => {
+            let id = value
+                .get("id")
+                .filter(|id| id.is_string() || id.is_i64() || id.is_u64())
+                .cloned()
+                .unwrap_or(Value::Null);
+            let why = serde_json::from_slice::<rmcp::model::ClientJsonRpcMessage>(line)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            Err(refusal(id, -32600, format!("Invalid Request: {why}")))
+        }
+    }
+}
+
+fn refusal(id: Value, code: i32, message: String) -> Vec<u8> {
+    let mut line =
+        json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": message } })
+            .to_string()
+            .into_bytes();
+    line.push(b'\n');
+    line
 }

@@ -51,7 +51,8 @@ async fn stdio_lists_and_calls_tools_in_both_protocol_generations() {
                 "handoff",
                 "workflows",
                 "agents",
-                "connections"
+                "connections",
+                "discovery"
             ])
         );
         assert!(
@@ -204,9 +205,17 @@ async fn stdio_answers_bad_input_with_clear_errors() {
     );
     assert_eq!(bad_args["error"]["code"], -32602);
 
-    // Unparsable input is ignored (rmcp answers nothing to bytes it cannot read, to avoid
-    // error storms); the session carries on and the tenants table is untouched.
+    // Unparsable input gets a JSON-RPC parse error (id null, as JSON-RPC 2.0 says); a
+    // message that is not a request keeps its id; the session carries on and the tenants
+    // table is untouched.
     raw.send_line("{this is not json");
+    let parse_error = raw.recv();
+    assert_eq!(parse_error["error"]["code"], -32700, "{parse_error}");
+    assert_eq!(parse_error["id"], Value::Null);
+    raw.send_line(r#"{"jsonrpc":"2.0","id":44,"method":"ping","params":["not","an","object"]}"#);
+    let invalid = raw.recv();
+    assert_eq!(invalid["error"]["code"], -32600, "{invalid}");
+    assert_eq!(invalid["id"], 44);
     let after = raw.request(
         5,
         "tools/call",

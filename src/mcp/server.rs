@@ -394,8 +394,8 @@ impl ServerHandler for AgentCrm {
                 request.params_as::<PaginatedRequestParams>().err()
             }
             "resources/read" => request.params_as::<ReadResourceRequestParams>().err(),
-            "resources/subscribe" => request.params_as::<SubscribeRequestParams>().err(),
-            "resources/unsubscribe" => request.params_as::<UnsubscribeRequestParams>().err(),
+            // Not resources/(un)subscribe: protocol 2026-07-28 removed them, and a request for
+            // them there must stay an unknown method.
             "prompts/get" => request.params_as::<GetPromptRequestParams>().err(),
             "completion/complete" => request.params_as::<CompleteRequestParams>().err(),
             method => {

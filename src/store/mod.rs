@@ -148,6 +148,8 @@ pub async fn listen(pool: &PgPool, channel: &str) -> Option<sqlx::postgres::PgLi
     };
     match listener.await {
         Ok(listener) => Some(listener),
+        // Shutting down: nothing to listen for.
+        Err(_) if pool.is_closed() => None,
         Err(error) => {
             tracing::warn!(%error, channel, "cannot LISTEN; polling");
             None

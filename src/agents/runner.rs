@@ -206,25 +206,12 @@ impl State {
 
 /// Drives a run this process holds the lease of, until it ends or the lease is lost.
 pub async fn run(app: Arc<App>, id: Uuid) {
-    let lost = Arc::new(AtomicBool::new(false));
-    let heartbeat = {
-        let (pool, lost) = (app.store.pool().clone(), lost.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(lease() / 3).await;
-                match renew(&pool, id).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        lost.store(true, Ordering::SeqCst);
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, run = %id, "agent run: lease renewal failed")
-                    }
-                }
-            }
-        })
-    };
+    let pool = app.store.pool().clone();
+    let heartbeat = crate::jobs::queue::Heartbeat::start(lease() / 3, "agent run", id, move || {
+        let pool = pool.clone();
+        async move { renew(&pool, id).await }
+    });
+    let lost = heartbeat.lost.clone();
     if let Err(error) = drive(&app, id, &lost).await {
         tracing::error!(%error, run = %id, "agent run stopped");
         let ending = Ending::error(match &error {
@@ -237,7 +224,7 @@ pub async fn run(app: Arc<App>, id: Uuid) {
             tracing::error!(%error, run = %id, "agent run: could not record its end");
         }
     }
-    heartbeat.abort();
+    drop(heartbeat);
 }
 
 async fn renew(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {

@@ -56,3 +56,41 @@ pub async fn wait(
         }
     }
 }
+
+/// Renews a lease every `every` while the work runs; `lost` turns true once the lease is
+/// gone (another process holds the work). Stops when dropped.
+pub struct Heartbeat {
+    pub lost: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    pub fn start<F, Fut>(every: Duration, what: &'static str, id: Uuid, renew: F) -> Heartbeat
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<bool, sqlx::Error>> + Send,
+    {
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = lost.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match renew().await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                    Err(error) => tracing::warn!(%error, %id, what, "lease renewal failed"),
+                }
+            }
+        });
+        Heartbeat { lost, task }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -70,23 +70,13 @@ struct Claimed {
 /// Runs an execution this process holds the lease of, until it ends, waits for an
 /// approval, or the lease is lost.
 pub async fn run(app: Arc<App>, id: Uuid, progress: Option<Progress>) {
-    let lost = Arc::new(AtomicBool::new(false));
-    let heartbeat = {
-        let (pool, lost) = (app.store.pool().clone(), lost.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(lease() / 3).await;
-                match renew(&pool, id).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        lost.store(true, Ordering::SeqCst);
-                        return;
-                    }
-                    Err(error) => tracing::warn!(%error, execution = %id, "lease renewal failed"),
-                }
-            }
-        })
-    };
+    let pool = app.store.pool().clone();
+    let heartbeat =
+        crate::jobs::queue::Heartbeat::start(lease() / 3, "workflow execution", id, move || {
+            let pool = pool.clone();
+            async move { renew(&pool, id).await }
+        });
+    let lost = heartbeat.lost.clone();
     if let Err(error) = drive(&app, id, progress, &lost).await {
         tracing::error!(%error, execution = %id, "workflow execution stopped");
         let _ = finish(
@@ -98,7 +88,7 @@ pub async fn run(app: Arc<App>, id: Uuid, progress: Option<Progress>) {
         )
         .await;
     }
-    heartbeat.abort();
+    drop(heartbeat);
 }
 
 async fn cancel_requested(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {

@@ -206,11 +206,8 @@ impl State {
 
 /// Drives a run this process holds the lease of, until it ends or the lease is lost.
 pub async fn run(app: Arc<App>, id: Uuid) {
-    let pool = app.store.pool().clone();
-    let heartbeat = crate::jobs::queue::Heartbeat::start(lease() / 3, "agent run", id, move || {
-        let pool = pool.clone();
-        async move { renew(&pool, id).await }
-    });
+    let heartbeat =
+        crate::jobs::queue::Heartbeat::start(app.store.pool().clone(), "agent_runs", id);
     let lost = heartbeat.lost.clone();
     if let Err(error) = drive(&app, id, &lost).await {
         tracing::error!(%error, run = %id, "agent run stopped");
@@ -225,19 +222,6 @@ pub async fn run(app: Arc<App>, id: Uuid) {
         }
     }
     drop(heartbeat);
-}
-
-async fn renew(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    let renewed = sqlx::query(
-        "UPDATE agent_runs SET lease_until = now() + make_interval(secs => $3)
-         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
-    )
-    .bind(id)
-    .bind(process_id())
-    .bind(lease().as_secs_f64())
-    .execute(pool)
-    .await?;
-    Ok(renewed.rows_affected() == 1)
 }
 
 async fn drive(app: &Arc<App>, id: Uuid, lost: &AtomicBool) -> Result<(), ToolError> {

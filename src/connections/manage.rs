@@ -334,16 +334,8 @@ async fn create_connection(ctx: ToolCtx, args: CreateArgs) -> Result<ConnectionO
     let sealed = seal(&ctx.app, id, &credentials)?;
     let pool = ctx.app.store.pool();
     let mut tx = pool.begin().await.map_err(StoreError::from)?;
-    sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
-        .bind(ctx.principal.tenant_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM connections WHERE tenant_id = $1")
-        .bind(ctx.principal.tenant_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
+    let count =
+        crate::store::lock_and_count(&mut tx, ctx.principal.tenant_id, "connections").await?;
     if count >= MAX_CONNECTIONS {
         return Err(ToolError::Conflict(format!(
             "this tenant already has {MAX_CONNECTIONS} connections; delete one first"

@@ -163,16 +163,7 @@ async fn create_webhook(
     let pool = ctx.app.store.pool();
     let mut tx = pool.begin().await.map_err(StoreError::from)?;
     // One subscription list per tenant at a time, so the cap holds under concurrency.
-    sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
-        .bind(ctx.principal.tenant_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM webhooks WHERE tenant_id = $1")
-        .bind(ctx.principal.tenant_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
+    let count = crate::store::lock_and_count(&mut tx, ctx.principal.tenant_id, "webhooks").await?;
     if count >= MAX_WEBHOOKS {
         return Err(ToolError::Conflict(format!(
             "this tenant already has {MAX_WEBHOOKS} webhooks; delete one first"

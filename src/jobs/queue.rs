@@ -57,31 +57,44 @@ pub async fn wait(
     }
 }
 
-/// Renews a lease every `every` while the work runs; `lost` turns true once the lease is
-/// gone (another process holds the work). Stops when dropped.
+/// Renews the lease of row `id` of `table` (a queue of `lease_owner`, `lease_until` and a
+/// `running` status) every third of the lease while the work runs; `lost` turns true once
+/// the lease is gone (another process holds the work). Stops when dropped.
 pub struct Heartbeat {
     pub lost: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Heartbeat {
-    pub fn start<F, Fut>(every: Duration, what: &'static str, id: Uuid, renew: F) -> Heartbeat
-    where
-        F: Fn() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<bool, sqlx::Error>> + Send,
-    {
+    pub fn start(pool: PgPool, table: &'static str, id: Uuid) -> Heartbeat {
+        let lease = crate::workflows::engine::lease();
+        let renew = move || {
+            let pool = pool.clone();
+            async move {
+                let renewed = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE {table} SET lease_until = now() + make_interval(secs => $3)
+                     WHERE id = $1 AND lease_owner = $2 AND status = 'running'"
+                )))
+                .bind(id)
+                .bind(crate::workflows::engine::process_id())
+                .bind(lease.as_secs_f64())
+                .execute(&pool)
+                .await?;
+                Ok::<_, sqlx::Error>(renewed.rows_affected() == 1)
+            }
+        };
         let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = lost.clone();
         let task = tokio::spawn(async move {
             loop {
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(lease / 3).await;
                 match renew().await {
                     Ok(true) => {}
                     Ok(false) => {
                         flag.store(true, std::sync::atomic::Ordering::SeqCst);
                         return;
                     }
-                    Err(error) => tracing::warn!(%error, %id, what, "lease renewal failed"),
+                    Err(error) => tracing::warn!(%error, %id, table, "lease renewal failed"),
                 }
             }
         });

@@ -164,3 +164,23 @@ pub async fn recv(listener: &mut Option<sqlx::postgres::PgListener>) -> Result<(
         None => std::future::pending().await,
     }
 }
+
+/// Locks the tenant's row for the rest of `tx` and counts its rows in `table`: a cap on a
+/// tenant's webhooks or connections then holds under concurrent creation.
+pub async fn lock_and_count(
+    tx: &mut sqlx::PgConnection,
+    tenant_id: uuid::Uuid,
+    table: &'static str,
+) -> Result<i64, StoreError> {
+    sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await?;
+    let count = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {table} WHERE tenant_id = $1"
+    )))
+    .bind(tenant_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(count)
+}

@@ -70,12 +70,8 @@ struct Claimed {
 /// Runs an execution this process holds the lease of, until it ends, waits for an
 /// approval, or the lease is lost.
 pub async fn run(app: Arc<App>, id: Uuid, progress: Option<Progress>) {
-    let pool = app.store.pool().clone();
     let heartbeat =
-        crate::jobs::queue::Heartbeat::start(lease() / 3, "workflow execution", id, move || {
-            let pool = pool.clone();
-            async move { renew(&pool, id).await }
-        });
+        crate::jobs::queue::Heartbeat::start(app.store.pool().clone(), "workflow_executions", id);
     let lost = heartbeat.lost.clone();
     if let Err(error) = drive(&app, id, progress, &lost).await {
         tracing::error!(%error, execution = %id, "workflow execution stopped");
@@ -96,19 +92,6 @@ async fn cancel_requested(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> 
         .bind(id)
         .fetch_one(pool)
         .await
-}
-
-async fn renew(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    let renewed = sqlx::query(
-        "UPDATE workflow_executions SET lease_until = now() + make_interval(secs => $3)
-         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
-    )
-    .bind(id)
-    .bind(process_id())
-    .bind(lease().as_secs_f64())
-    .execute(pool)
-    .await?;
-    Ok(renewed.rows_affected() == 1)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -187,7 +187,7 @@ pub struct RegisteredTool {
     /// to list output schemas.
     pub tool: Tool,
     /// What `tools/list` offers by default: no output schema, and the input schema without
-    /// what only validators read (see [`lean`]). Tool lists go into a model's context.
+    /// what only validators read (see [`super::listing`]). Tool lists go into a model's context.
     pub listing: Tool,
     /// `def.scopes` as a set.
     pub required: Scopes,
@@ -276,97 +276,13 @@ where
         || def.scopes.contains(&"agents:write");
     RegisteredTool {
         def,
-        listing: lean(&tool),
+        listing: super::listing::lean(&tool),
         tool,
         required,
         humans_only,
         handler,
         validate,
     }
-}
-
-/// `tool` as listed to a model: without the output schema (structured results also come as
-/// text; `describe_tools` gives the schema), the annotations' copy of the title, and in the
-/// input schema `$schema`, `additionalProperties: false` (unknown fields are refused with a
-/// clear error anyway), integer formats, `null` in optional fields' types, and
-/// one-of-constants spelled out (as `enum`).
-pub fn lean(tool: &Tool) -> Tool {
-    fn clean(value: &Value) -> Value {
-        const NUMERIC: [&str; 12] = [
-            "uint", "uint8", "uint16", "uint32", "uint64", "int", "int8", "int16", "int32",
-            "int64", "double", "float",
-        ];
-        match value {
-            Value::Object(map) => {
-                let numeric = map
-                    .get("format")
-                    .and_then(Value::as_str)
-                    .is_some_and(|f| NUMERIC.contains(&f));
-                let mut out = serde_json::Map::with_capacity(map.len());
-                for (key, v) in map {
-                    match key.as_str() {
-                        "$schema" => continue,
-                        // The server refuses unknown fields itself, with a clear error.
-                        "additionalProperties" if *v == Value::Bool(false) => continue,
-                        "format" if numeric => continue,
-                        "minimum" if numeric && v.as_f64() == Some(0.0) => continue,
-                        "type" => {
-                            if let Value::Array(types) = v
-                                && types.len() == 2
-                                && types.contains(&Value::from("null"))
-                                && let Some(other) = types.iter().find(|t| *t != "null")
-                            {
-                                out.insert(key.clone(), other.clone());
-                                continue;
-                            }
-                        }
-                        _ => {}
-                    }
-                    out.insert(key.clone(), clean(v));
-                }
-                // `anyOf: [X, {type: null}]` (an optional field) is X.
-                let null = serde_json::json!({ "type": "null" });
-                if let Some(Value::Array(variants)) = out.get("anyOf")
-                    && variants.len() == 2
-                    && let Some(at) = variants.iter().position(|v| *v == null)
-                    && let Value::Object(other) = variants[1 - at].clone()
-                {
-                    out.remove("anyOf");
-                    for (k, v) in other {
-                        out.entry(k).or_insert(v);
-                    }
-                }
-                let constants = out
-                    .get("oneOf")
-                    .and_then(Value::as_array)
-                    .and_then(|items| {
-                        items
-                            .iter()
-                            .map(|i| i.get("const").cloned())
-                            .collect::<Option<Vec<Value>>>()
-                    });
-                if let Some(constants) = constants {
-                    out.remove("oneOf");
-                    if constants.iter().all(Value::is_string) {
-                        out.insert("type".into(), Value::from("string"));
-                    }
-                    out.insert("enum".into(), Value::Array(constants));
-                }
-                Value::Object(out)
-            }
-            Value::Array(items) => Value::Array(items.iter().map(clean).collect()),
-            other => other.clone(),
-        }
-    }
-    let mut listed = tool.clone();
-    listed.output_schema = None;
-    if let Value::Object(input) = clean(&Value::Object((*tool.input_schema).clone())) {
-        listed.input_schema = Arc::new(input);
-    }
-    if let Some(annotations) = &mut listed.annotations {
-        annotations.title = None;
-    }
-    listed
 }
 
 /// `schema` with every `true` sub-schema (any value, as schemars writes a `serde_json::Value`

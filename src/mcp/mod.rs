@@ -8,6 +8,7 @@ pub mod docs;
 pub mod filter;
 pub mod http;
 pub mod invoke;
+pub mod listing;
 pub mod prompts;
 pub mod resources;
 pub mod server;

@@ -7,6 +7,12 @@
 //! Arguments can vary per call: in `--args`, `{{n}}` becomes a number unique to the call
 //! (e.g. fresh emails for `create_customer`) and `{{pick}}` a random line of `--pick FILE`
 //! (e.g. existing customer ids for `get_customer`, or search terms).
+//!
+//! By default each connection sends its next call as soon as the last one is answered (a
+//! closed loop: it finds the throughput, and its latency is mostly queueing once the machine
+//! is saturated). `--rate N` sends N calls/s in all, spread over the connections on a fixed
+//! schedule (an open loop), and measures each call from the time it was due, so a stalled
+//! server shows in the tail instead of slowing the load down.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +28,8 @@ struct Options {
     concurrency: usize,
     seconds: u64,
     warmup: u64,
+    /// Calls per second in all (open loop); `None`: closed loop.
+    rate: Option<f64>,
 }
 
 fn options() -> Result<Options, String> {
@@ -34,6 +42,7 @@ fn options() -> Result<Options, String> {
         concurrency: 16,
         seconds: 10,
         warmup: 2,
+        rate: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -59,6 +68,13 @@ fn options() -> Result<Options, String> {
             "--concurrency" => o.concurrency = value()?.parse().map_err(|_| "bad --concurrency")?,
             "--seconds" => o.seconds = value()?.parse().map_err(|_| "bad --seconds")?,
             "--warmup" => o.warmup = value()?.parse().map_err(|_| "bad --warmup")?,
+            "--rate" => {
+                let rate: f64 = value()?.parse().map_err(|_| "bad --rate")?;
+                if !(rate > 0.0 && rate.is_finite()) {
+                    return Err("--rate takes calls per second, above 0".into());
+                }
+                o.rate = Some(rate);
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -140,8 +156,21 @@ async fn main() {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
             let mut id = (worker as u64) << 32;
+            // Open loop: this connection's calls are due every `every`, offset so that the
+            // connections take turns.
+            let every = o
+                .rate
+                .map(|r| Duration::from_secs_f64(o.concurrency as f64 / r));
+            let mut due = every.map(|e| start + e.mul_f64(worker as f64 / o.concurrency as f64));
             loop {
-                let began = Instant::now();
+                let began = match (due, every) {
+                    (Some(at), Some(e)) => {
+                        tokio::time::sleep_until(at.into()).await;
+                        due = Some(at + e);
+                        at
+                    }
+                    _ => Instant::now(),
+                };
                 if began >= stop_at {
                     break;
                 }
@@ -179,6 +208,7 @@ async fn main() {
     let report = json!({
         "tool": o.tool,
         "concurrency": o.concurrency,
+        "rate": o.rate,
         "seconds": o.seconds,
         "requests": latencies.len(),
         "errors": errors,

@@ -20,27 +20,38 @@ use crate::store::StoreError;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalPolicy {
-    /// Hold `delete_customer` (default true).
+    /// Hold `delete_customer`.
+    ///
+    /// Default true.
     #[serde(default = "yes")]
     pub hold_customer_deletes: bool,
-    /// Hold bulk changes of more than this many records (default 100; null: never).
+    /// Hold bulk changes above this.
+    ///
+    /// Bulk changes of more than this many records are held (default 100; null: never).
     #[serde(default = "default_bulk")]
     pub bulk_records_over: Option<i64>,
-    /// Hold invoices whose total exceeds this amount in minor units of the invoice's
-    /// currency (default 1000000, i.e. 10,000.00; null: never).
+    /// Hold invoices above this (minor units).
+    ///
+    /// In minor units of the invoice's currency (default 1000000, i.e. 10,000.00; null: never).
     #[serde(default = "default_invoice_total")]
     pub invoice_total_over: Option<i64>,
-    /// Hold invoices, quotes and quote conversions with a discount over this percentage
+    /// Hold discounts over this %.
+    ///
+    /// Invoices, quotes and quote conversions with a discount over this percentage are held
     /// (default 20; null: never).
     #[serde(default = "default_discount")]
     pub discount_percent_over: Option<f64>,
-    /// More tools held whenever an agent calls them (e.g. `update_customer`). Only tools
-    /// that change something, outside the handoff toolset.
+    /// Tools always held for agents.
+    ///
+    /// More tools held whenever an agent calls them (e.g. `update_customer`). Only tools that
+    /// change something, outside the handoff toolset.
     #[serde(default)]
     pub held_tools: Vec<String>,
-    /// Destructive tools called by a person first ask that person to confirm in their
-    /// client (MCP elicitation); a client that cannot ask gets a refusal instead of an
-    /// unconfirmed run (default false).
+    /// Confirm destructive calls.
+    ///
+    /// Destructive tools called by a person first ask that person to confirm in their client (MCP
+    /// elicitation); a client that cannot ask gets a refusal instead of an unconfirmed run (default
+    /// false).
     #[serde(default)]
     pub confirm_destructive: bool,
 }

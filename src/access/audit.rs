@@ -271,21 +271,25 @@ mod tests {
 #[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditFilter {
-    /// Only events by this user, agent or API key.
+    /// Only this user, agent or API key.
     pub principal_id: Option<Uuid>,
-    /// Only this tool or auth event (e.g. `whoami`, `token.issued`).
+    /// Only this tool or auth event.
+    ///
+    /// E.g. `whoami`, `token.issued`.
     pub action: Option<String>,
     /// `ok`, `refused` or `error`.
     pub outcome: Option<String>,
-    /// Only events of this MCP session.
+    /// Only this MCP session.
     pub session_id: Option<String>,
-    /// Events at or after this time (RFC 3339).
+    /// Events at or after this time.
     pub since: Option<chrono::DateTime<chrono::Utc>>,
-    /// Events before this time (RFC 3339).
+    /// Events before this time.
     pub until: Option<chrono::DateTime<chrono::Utc>>,
     /// Items per page, 1 to 100 (default 50).
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page; omit for the first page.
+    /// `next_cursor` of the previous page.
+    ///
+    /// Omit it for the first page.
     pub cursor: Option<String>,
 }
 

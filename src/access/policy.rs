@@ -49,7 +49,9 @@ pub enum Op {
 pub struct Condition {
     pub field: String,
     pub op: Op,
-    /// A string, number or boolean (a list of them for `in`).
+    /// String, number or boolean.
+    ///
+    /// A list of them for `in`.
     pub value: Value,
 }
 
@@ -58,7 +60,9 @@ pub struct Condition {
 pub struct Grant {
     /// The scope this grant makes explicit, e.g. `customers:delete`.
     pub scope: String,
-    /// Only these objects (absent: every object).
+    /// Only these objects.
+    ///
+    /// Absent: every object.
     #[serde(default)]
     pub only_ids: Option<Vec<Uuid>>,
     /// Never these objects.

@@ -21,9 +21,10 @@ pub fn tools() -> Vec<RegisteredTool> {
             ToolDef {
                 name: "whoami",
                 title: "Who am I",
-                description: "Describe the caller: the principal this server sees, its tenant, \
-                    and the transport and session of this connection. Call it first to learn \
-                    what the other tools will act as.",
+                description: "Describe the caller: its principal, tenant, transport and session. \
+                    Call it first.\n\n\
+                    The principal is the one this server sees, which the other tools will act as; \
+                    the transport and session are those of this connection.",
                 toolset: Toolset::Account,
                 scopes: &[],
                 hints: Hints::READ,
@@ -34,9 +35,10 @@ pub fn tools() -> Vec<RegisteredTool> {
             ToolDef {
                 name: "server_info",
                 title: "Server information",
-                description: "Describe this agentcrm server: version, supported MCP protocol \
-                    versions, the toolsets and number of tools enabled for this caller, and \
-                    the database it runs on (embedded or external) with its schema version.",
+                description: "Describe this server: version, MCP protocol versions, toolsets and \
+                    database.\n\n\
+                    The toolsets and the number of tools are those enabled for this caller; the \
+                    database is embedded or external, with its schema version.",
                 toolset: Toolset::Account,
                 scopes: &[],
                 hints: Hints::READ,
@@ -47,7 +49,11 @@ pub fn tools() -> Vec<RegisteredTool> {
             ToolDef {
                 name: "list_my_permissions",
                 title: "List my permissions",
-                description: "List what the caller may do: its effective scopes, the tools it can                     call, and for every other tool why it cannot (a missing scope, reserved for                     humans, or disabled on this server).",
+                description: "List the caller's scopes and tools, and why each other tool is \
+                    unavailable.\n\n\
+                    Gives its effective scopes, the tools it can call, and for every other tool \
+                    why it cannot (a missing scope, reserved for humans, or disabled on this \
+                    server).",
                 toolset: Toolset::Account,
                 scopes: &[],
                 hints: Hints::READ,
@@ -58,7 +64,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             ToolDef {
                 name: "check_permission",
                 title: "Check a permission",
-                description: "Check whether the caller may call a tool (`tool`) or holds a scope                     (`scope`), with the reason when it may not. Use it before planning a step.",
+                description: "Check whether the caller may call a `tool` or holds a `scope`, and \
+                    why not.\n\n\
+                    Use it before planning a step.",
                 toolset: Toolset::Account,
                 scopes: &[],
                 hints: Hints::READ,
@@ -131,7 +139,9 @@ async fn list_my_permissions(ctx: ToolCtx, _: NoArgs) -> Result<PermissionsOut, 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckArgs {
-    /// A tool name, e.g. `list_customers`.
+    /// A tool name.
+    ///
+    /// E.g. `list_customers`.
     pub tool: Option<String>,
     /// A scope, e.g. `customers:write`.
     pub scope: Option<String>,

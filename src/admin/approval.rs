@@ -19,10 +19,10 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "get_approval_policy",
                 "Get the approval policy",
-                "Which operations by agents this tenant holds for a person: customer deletions, \
-                 bulk changes over a number of records, invoices over an amount, discounts over a \
-                 percentage, further tools always held, and whether people confirm destructive \
-                 tools in their client.",
+                "Show which operations by agents this tenant holds for a person's approval.\n\n\
+                 Customer deletions, bulk changes over a number of records, invoices over an \
+                 amount, discounts over a percentage, further tools always held, and whether \
+                 people confirm destructive tools in their client.",
                 ADMIN,
                 Hints::READ,
             ),
@@ -32,10 +32,11 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "set_approval_policy",
                 "Set the approval policy",
-                "Replace this tenant's approval policy; omitted fields take their defaults \
-                 (customer deletions held, bulk over 100 records, invoices over 10,000.00, \
-                 discounts over 20 %, no further tools, no in-client confirmation). Held agent \
-                 calls wait in list_pending_actions for decide_pending_action.",
+                "Replace this tenant's approval policy; omitted fields go back to their \
+                 defaults.\n\n\
+                 The defaults: customer deletions held, bulk over 100 records, invoices over \
+                 10,000.00, discounts over 20 %, no further tools, no in-client confirmation. Held \
+                 agent calls wait in list_pending_actions for decide_pending_action.",
                 ADMIN,
                 Hints::SET,
             ),

@@ -31,7 +31,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "register_agent",
                 "Register an agent",
-                "Register a new AI agent in this tenant with the scopes it may use. Returns its \
+                "Register an AI agent with its scopes; returns its client secret once.\n\n\
+                 The agent is new in this tenant and may use only the scopes given. Returns its \
                  client_id and client_secret; the secret is shown only in this answer, so hand it \
                  to the agent's operator now.",
                 ADMIN,
@@ -63,9 +64,10 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "update_agent_permissions",
                 "Update an agent's permissions",
-                "Replace the scopes an agent holds and set its rate-limit overrides per class \
-                 (calls, search, bulk). Takes effect on the agent's next request, including \
-                 requests with tokens issued before the change (rate limits within seconds).",
+                "Set an agent's scopes, field rules, row conditions, grants or rate limits.\n\n\
+                 Rate-limit overrides are per class (calls, search, bulk). Changes take effect on \
+                 the agent's next request, including requests with tokens issued before the change \
+                 (rate limits within seconds).",
                 ADMIN,
                 Hints::SET,
             ),
@@ -75,8 +77,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "rotate_agent_secret",
                 "Rotate an agent's secret",
-                "Give an agent a new client secret; the old one stops working at once and its \
-                 refresh tokens end. The new secret is shown only in this answer.",
+                "Give an agent a new client secret, shown once; the old one stops working at \
+                 once.\n\n\
+                 The old secret's refresh tokens end. The new secret is shown only in this answer.",
                 ADMIN,
                 Hints {
                     idempotent: false,
@@ -89,8 +92,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "disable_agent",
                 "Disable an agent",
-                "Disable an agent: its tokens stop working at once, its refresh tokens end and it \
-                 cannot get new ones until enabled again.",
+                "Disable an agent: its tokens stop working at once.\n\n\
+                 Its refresh tokens end and it cannot get new ones until enabled again.",
                 ADMIN,
                 Hints::REMOVE,
             ),
@@ -110,9 +113,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "create_api_key",
                 "Create an API key",
-                "Create an API key acting for a user of this tenant (by default, the caller). Its \
-                 scopes must be a subset of the user's; none means the user's own permissions. \
-                 The key is shown only in this answer.",
+                "Create an API key acting for a user (default: you); the key is shown once.\n\n\
+                 The user is one of this tenant. The key's scopes must be a subset of the user's; \
+                 none means the user's own permissions. The key is shown only in this answer.",
                 ADMIN,
                 Hints::CREATE,
             ),
@@ -122,7 +125,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_api_keys",
                 "List API keys",
-                "List the API keys of this tenant: name, prefix, owner, scopes, last use and revocation. Keys themselves are never shown again.",
+                "List this tenant's API keys: name, prefix, owner, scopes, last use, \
+                 revocation.\n\n\
+                 Keys themselves are never shown again.",
                 ADMIN,
                 Hints::READ,
             ),
@@ -142,9 +147,10 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_audit_log",
                 "List the audit log",
-                "List this tenant's audit trail, newest first: every tool call and auth event with \
-                 who, what (arguments with secrets redacted), outcome, duration, transport, MCP \
-                 session and request id. Filter by principal, action, outcome, session and time range.",
+                "List the audit trail of tool calls and auth events, newest first; filterable.\n\n\
+                 Each event has who, what (arguments with secrets redacted), outcome, duration, \
+                 transport, MCP session and request id. Filter by principal, action, outcome, \
+                 session and time range.",
                 AUDIT,
                 Hints::READ,
             ),
@@ -190,14 +196,20 @@ fn acting_user(principal: &Principal) -> Option<Uuid> {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterAgentArgs {
-    /// Unique within the tenant, 1 to 200 characters.
+    /// Unique, 1 to 200 characters.
+    ///
+    /// Unique within the tenant.
     pub name: String,
     #[serde(default)]
     pub description: String,
-    /// Run by this organisation (default: an external agent).
+    /// Run by this organisation.
+    ///
+    /// Default: an external agent.
     #[serde(default)]
     pub internal: bool,
-    /// Scopes granted, e.g. `["customers:read", "search"]`.
+    /// Scopes granted.
+    ///
+    /// E.g. `["customers:read", "search"]`.
     pub scopes: Vec<String>,
 }
 
@@ -272,20 +284,28 @@ async fn get_agent(ctx: ToolCtx, args: AgentIdArgs) -> Result<AgentOut, ToolErro
 #[serde(deny_unknown_fields)]
 pub struct UpdatePermissionsArgs {
     pub agent_id: Uuid,
-    /// The agent's new scopes (replacing the old ones); absent: unchanged.
+    /// New scopes (absent: unchanged).
+    ///
+    /// They replace the old ones.
     pub scopes: Option<Vec<String>>,
-    /// Rate-limit overrides for this agent, per class; `max: null` returns a class to the
-    /// tenant's (or the default) limit.
+    /// Rate-limit overrides per class.
+    ///
+    /// For this agent; `max: null` returns a class to the tenant's (or the default) limit.
     #[serde(default)]
     pub rate_limits: Vec<RateLimitArg>,
-    /// Resource -> the only fields the agent may see and write, e.g.
+    /// Resource -> visible fields; replaces all.
+    ///
+    /// The only fields the agent may see and write, e.g.
     /// `{"customers": ["first_name", "email", "phone"]}`; replaces all field rules; `{}` clears.
     pub field_rules: Option<BTreeMap<String, Vec<String>>>,
-    /// Resource -> conditions every row the agent reads or writes must match, e.g.
-    /// `{"customers": [{"field": "status", "op": "eq", "value": "hot_lead"}]}`; replaces all.
+    /// Resource -> row conditions; replaces all.
+    ///
+    /// Conditions every row the agent reads or writes must match, e.g.
+    /// `{"customers": [{"field": "status", "op": "eq", "value": "hot_lead"}]}`.
     pub conditions: Option<BTreeMap<String, Vec<Condition>>>,
-    /// Explicit grants (needed for `customers:delete` and `customers:export`), with object
-    /// exceptions; replaces all.
+    /// Explicit grants; replaces all.
+    ///
+    /// Needed for `customers:delete` and `customers:export`; each with object exceptions.
     pub grants: Option<Vec<Grant>>,
 }
 
@@ -293,9 +313,11 @@ pub struct UpdatePermissionsArgs {
 #[serde(deny_unknown_fields)]
 pub struct RateLimitArg {
     pub class: Class,
-    /// Calls allowed per window; null removes the override.
+    /// Calls per window; null: no override.
     pub max: Option<i64>,
-    /// Window length, 1 to 86400 seconds (default 3600).
+    /// 1 to 86400 seconds (default 3600).
+    ///
+    /// The window's length.
     pub window_seconds: Option<i64>,
 }
 
@@ -420,11 +442,15 @@ async fn set_enabled(ctx: ToolCtx, agent_id: Uuid, enabled: bool) -> Result<Agen
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKeyArgs {
-    /// A name to recognise the key by, 1 to 200 characters.
+    /// A name for the key.
+    ///
+    /// To recognise it by; 1 to 200 characters.
     pub name: String,
-    /// The user the key acts for (default: the caller).
+    /// The user it acts for (default: you).
     pub user_id: Option<Uuid>,
-    /// A subset of the user's scopes; empty or absent: the user's own permissions.
+    /// A subset of the user's scopes.
+    ///
+    /// Empty or absent: the user's own permissions.
     #[serde(default)]
     pub scopes: Vec<String>,
 }

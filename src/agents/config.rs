@@ -87,7 +87,9 @@ pub struct Config {
     /// Prompt agents: the LLM connection (name or id; platform openai or anthropic).
     #[serde(default)]
     pub connection: Option<String>,
-    /// The model; default: the connection's `default_model`.
+    /// Model (default: the connection's).
+    ///
+    /// Default: the connection's `default_model`.
     #[serde(default)]
     pub model: Option<String>,
     /// 0 to 2.
@@ -116,7 +118,9 @@ fn yes() -> bool {
     true
 }
 
-/// Runtime overrides: every field optional; unset fields keep the design value.
+/// Runtime overrides, all optional.
+///
+/// Every field is optional; unset fields keep the design value.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {

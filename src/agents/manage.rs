@@ -27,13 +27,14 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "create_agent",
                 "Create a runnable agent",
-                "Define what an agent runs. `kind: prompt`: a system prompt, an LLM `connection`, \
-                 model, temperature, max tokens, response format (text or json), \
-                 `selected_tools` from the catalog and `guardrails` {max_tool_calls, \
-                 timeout_seconds, max_token_budget}. `kind: workflow`: `workflow_id`. A new \
-                 internal agent identity is created with `scopes` (at most yours), or give \
-                 `agent` to make an existing agent runnable. `template` starts from one of \
-                 list_agent_templates. The agent runs as itself, with its own scopes.",
+                "Define what an agent runs (a prompt or a workflow); it runs as itself, with its \
+                 own scopes.\n\n\
+                 `kind: prompt`: a system prompt, an LLM `connection`, model, temperature, max \
+                 tokens, response format (text or json), `selected_tools` from the catalog and \
+                 `guardrails` {max_tool_calls, timeout_seconds, max_token_budget}. \
+                 `kind: workflow`: `workflow_id`. A new internal agent identity is created with \
+                 `scopes` (at most yours), or give `agent` to make an existing agent runnable. \
+                 `template` starts from one of list_agent_templates.",
                 &["agents:write"],
                 Hints::CREATE,
             ),
@@ -43,8 +44,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "get_agent_config",
                 "Get an agent's configuration",
-                "An agent's design-time definition, its runtime overrides, and the effective \
-                 configuration its runs use.",
+                "Get an agent's definition, runtime overrides and effective configuration.\n\n\
+                 The definition is the design-time one; the effective configuration is what its \
+                 runs use.",
                 &["agents:read"],
                 Hints::READ,
             ),
@@ -54,10 +56,11 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "set_agent_config",
                 "Override an agent's configuration",
-                "Set runtime overrides over the design-time definition: any of system_prompt, \
-                 connection, model, temperature, max_tokens, response_format, selected_tools, \
-                 max_tool_calls, timeout_seconds, max_token_budget, enabled. Fields not given \
-                 keep their value; runs made with overrides are `dynamic`.",
+                "Set runtime overrides over an agent's definition; runs with overrides are \
+                 `dynamic`.\n\n\
+                 Any of system_prompt, connection, model, temperature, max_tokens, \
+                 response_format, selected_tools, max_tool_calls, timeout_seconds, \
+                 max_token_budget, enabled. Fields not given keep their value.",
                 &["agents:write"],
                 Hints::SET,
             ),
@@ -77,8 +80,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "pause_agent",
                 "Pause an agent",
-                "Stop an agent from being started by its schedules and chains (due times pass \
-                 without a run) and by run_agent, until resume_agent.",
+                "Pause an agent: no schedule, chain or run_agent starts it until resume_agent.\n\n\
+                 Due times pass without a run.",
                 &["agents:write"],
                 Hints::SET,
             ),
@@ -98,8 +101,10 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "delete_agent",
                 "Delete an agent",
-                "Delete an agent: its identity and credentials, runnable definition and \
-                 schedules. Its past runs stay in the run log.",
+                "Delete an agent with its credentials, definition and schedules; past runs \
+                 stay.\n\n\
+                 Its identity and credentials, runnable definition and schedules go; its past runs \
+                 stay in the run log.",
                 &["agents:write"],
                 Hints::REMOVE,
             ),
@@ -159,22 +164,34 @@ fn out(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateArgs {
-    /// A name for the new agent identity (unique in the tenant). Not with `agent`.
+    /// Name of a new agent identity.
+    ///
+    /// Unique in the tenant. Not with `agent`.
     pub name: Option<String>,
     #[serde(default)]
     pub description: String,
-    /// An existing agent (id or name) to make runnable, instead of a new identity.
+    /// Existing agent to make runnable.
+    ///
+    /// Its id or name; instead of a new identity.
     pub agent: Option<String>,
-    /// Scopes of the new identity; each must be one you hold.
+    /// The new identity's scopes.
+    ///
+    /// Each must be one you hold.
     #[serde(default)]
     pub scopes: Vec<String>,
-    /// `prompt` or `workflow` (default: the template's, else prompt).
+    /// `prompt` or `workflow`.
+    ///
+    /// Default: the template's, else prompt.
     pub kind: Option<Kind>,
-    /// An agent template's id (list_agent_templates) to start from.
+    /// Agent template id.
+    ///
+    /// From list_agent_templates, to start from.
     pub template: Option<String>,
-    /// The definition: system_prompt, connection, model, temperature, max_tokens,
-    /// response_format, selected_tools, guardrails, workflow_id, enabled (over the
-    /// template's, when one is given).
+    /// The definition.
+    ///
+    /// Its fields: system_prompt, connection, model, temperature, max_tokens, response_format,
+    /// selected_tools, guardrails, workflow_id, enabled. When a template is given, they apply over
+    /// the template's.
     #[serde(default)]
     pub config: Map<String, Value>,
 }
@@ -315,7 +332,7 @@ async fn create_agent(ctx: ToolCtx, args: CreateArgs) -> Result<AgentConfigOut, 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentArgs {
-    /// The agent's id or name.
+    /// Agent id or name.
     pub agent: String,
 }
 
@@ -336,9 +353,11 @@ async fn get_agent_config(ctx: ToolCtx, args: AgentArgs) -> Result<AgentConfigOu
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetArgs {
-    /// The agent's id or name.
+    /// Agent id or name.
     pub agent: String,
-    /// Fields to override; fields not given keep their current override or design value.
+    /// Fields to override.
+    ///
+    /// Fields not given keep their current override or design value.
     pub overrides: Overrides,
 }
 

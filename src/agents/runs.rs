@@ -29,10 +29,11 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "run_agent",
                 "Run an agent",
-                "Run a runnable agent now with a `prompt` and optional `input` data. It runs as \
-                 itself, with its own scopes and guardrails. Waits up to `wait_seconds` \
-                 (default 60, at most 300) and returns the run; if still running, poll \
-                 get_agent_run.",
+                "Run an agent now with a `prompt`; waits up to `wait_seconds`, then poll \
+                 get_agent_run.\n\n\
+                 Optional `input` data goes with the prompt. It runs as itself, with its own \
+                 scopes and guardrails. Waits up to `wait_seconds` (default 60, at most 300) and \
+                 returns the run; if still running, poll get_agent_run.",
                 &["agents:execute"],
                 // The agent may change anything its scopes allow, and calls its LLM provider.
                 Hints {
@@ -47,9 +48,10 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_agent_runs",
                 "List agent runs",
-                "Agent runs, newest first; filter by agent, type (design, dynamic), source \
-                 (stdio, http, schedule, workflow, agent), who triggered them, status (queued, \
-                 running, success, error, timeout) and time range.",
+                "List agent runs, newest first; filter by agent, type, source, trigger, status, \
+                 time.\n\n\
+                 Types: design, dynamic. Sources: stdio, http, schedule, workflow, agent. \
+                 Statuses: queued, running, success, error, timeout. Trigger: who triggered them.",
                 &["agents:read"],
                 Hints::READ,
             ),
@@ -59,7 +61,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "get_agent_run",
                 "Get an agent run",
-                "One run: input, output, status, error, every tool call (arguments, result, \
+                "Get one agent run: input, output, status, tool calls, tokens and transcript.\n\n\
+                 In full: input, output, status, error, every tool call (arguments, result, \
                  duration), token usage, duration, the message transcript, its log and its \
                  callback deliveries.",
                 &["agents:read"],
@@ -71,7 +74,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "get_agent_status",
                 "Get an agent's status",
-                "Execution count, success count and rate, last run and last error, runs in \
+                "Get an agent's run counts, success rate, last run and error, and schedules.\n\n\
+                 Execution count, success count and rate, last run and last error, runs in \
                  progress, paused or not, and its schedules with the next run.",
                 &["agents:read"],
                 Hints::READ,
@@ -82,8 +86,10 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "get_agent_analytics",
                 "Get an agent's analytics",
-                "Over the last `days` (default 30): runs and success rate per day (or hour), \
-                 p50 and p95 duration, tokens, and tool calls per tool with their errors.",
+                "Get an agent's runs, success rate, durations, tokens and tool calls over \
+                 `days`.\n\n\
+                 Over the last `days` (default 30): runs and success rate per day (or hour), p50 \
+                 and p95 duration, tokens, and tool calls per tool with their errors.",
                 &["agents:read"],
                 Hints::READ,
             ),
@@ -101,6 +107,8 @@ pub struct AgentRun {
     pub agent_kind: String,
     /// `design` (the definition as designed) or `dynamic` (with runtime overrides).
     pub run_type: String,
+    /// A source, e.g. `schedule`.
+    ///
     /// `stdio`, `http`, `schedule`, `workflow` or `agent`.
     pub source: String,
     pub triggered_by_name: String,
@@ -109,6 +117,8 @@ pub struct AgentRun {
     pub parent_run_id: Option<Uuid>,
     pub prompt: String,
     pub input: Value,
+    /// A status, e.g. `error`.
+    ///
     /// `queued`, `running`, `success`, `error` or `timeout`.
     pub status: String,
     pub output: Option<Value>,
@@ -184,15 +194,19 @@ async fn detail(ctx: &ToolCtx, id: Uuid) -> Result<RunDetail, ToolError> {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunArgs {
-    /// The agent's id or name.
+    /// Agent id or name.
     pub agent: String,
     /// What the agent is asked.
     #[serde(default)]
     pub prompt: String,
-    /// Data given with the prompt (a workflow agent's workflow input).
+    /// Data for the prompt.
+    ///
+    /// A workflow agent's workflow input.
     #[serde(default)]
     pub input: Map<String, Value>,
-    /// How long to wait for the end, 0 to 300 seconds (default 60).
+    /// 0 to 300 seconds (default 60).
+    ///
+    /// How long to wait for the end.
     pub wait_seconds: Option<u32>,
 }
 
@@ -286,14 +300,20 @@ async fn get_agent_run(ctx: ToolCtx, args: RunIdArgs) -> Result<RunDetail, ToolE
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
-    /// The agent's id or name.
+    /// Agent id or name.
     pub agent: Option<String>,
     /// `design` or `dynamic`.
     pub run_type: Option<String>,
+    /// A source, e.g. `schedule`.
+    ///
     /// `stdio`, `http`, `schedule`, `workflow` or `agent`.
     pub source: Option<String>,
-    /// Who triggered the runs (a name, or a user, agent or schedule id).
+    /// Name or id of who triggered them.
+    ///
+    /// A name, or a user, agent or schedule id.
     pub triggered_by: Option<String>,
+    /// A status, e.g. `error`.
+    ///
     /// `queued`, `running`, `success`, `error` or `timeout`.
     pub status: Option<String>,
     pub from: Option<DateTime<Utc>>,
@@ -382,7 +402,7 @@ async fn list_agent_runs(ctx: ToolCtx, args: ListArgs) -> Result<RunList, ToolEr
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentArgs {
-    /// The agent's id or name.
+    /// Agent id or name.
     pub agent: String,
 }
 
@@ -491,9 +511,11 @@ async fn get_agent_status(ctx: ToolCtx, args: AgentArgs) -> Result<AgentStatus, 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnalyticsArgs {
-    /// The agent's id or name.
+    /// Agent id or name.
     pub agent: String,
-    /// Days back from now, 1 to 365 (default 30).
+    /// 1 to 365 days back (default 30).
+    ///
+    /// Days back from now.
     pub days: Option<u32>,
     /// `day` (default) or `hour`.
     pub bucket: Option<String>,

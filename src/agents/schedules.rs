@@ -36,13 +36,15 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "schedule_agent",
                 "Schedule an agent",
-                "Run an agent on a schedule: `cron` (five fields: minute hour day-of-month month \
-                 day-of-week) in `timezone` (IANA, default UTC), `interval_seconds` (60 or \
-                 more), `run_at` (once), or `after_agent` (when that agent's run ends with \
-                 `after_status`: success, error, timeout or any; the run receives its output). \
-                 `start_at` delays the first run. With `callback_url` and `callback_secret`, \
-                 each run's result is POSTed there, signed with `X-Hub-Signature-256: \
-                 sha256=<hex HMAC-SHA256 of the raw body>`, and retried with backoff.",
+                "Run an agent by `cron`, every `interval_seconds`, once at `run_at`, or after \
+                 another agent.\n\n\
+                 `cron` (five fields: minute hour day-of-month month day-of-week) is read in \
+                 `timezone` (IANA, default UTC); `interval_seconds` is 60 or more; `after_agent` \
+                 runs it when that agent's run ends with `after_status` (success, error, timeout \
+                 or any), and the run receives its output. `start_at` delays the first run. With \
+                 `callback_url` and `callback_secret`, each run's result is POSTed there, signed \
+                 with `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>`, and retried \
+                 with backoff.",
                 &["agents:write"],
                 Hints::CREATE,
             ),
@@ -52,8 +54,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_schedules",
                 "List agent schedules",
-                "Schedules, optionally of one agent, with their next and last run. Callback \
-                 secrets are never shown.",
+                "List schedules, optionally of one agent, with their next and last run.\n\n\
+                 Callback secrets are never shown.",
                 &["agents:read"],
                 Hints::READ,
             ),
@@ -63,8 +65,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "update_schedule",
                 "Update an agent schedule",
-                "Change a schedule's timing, prompt, callback or `enabled` (false pauses it). \
-                 Its next run is planned again from now.",
+                "Change a schedule's timing, prompt, callback or `enabled`; its next run is \
+                 replanned.\n\n\
+                 `enabled: false` pauses it. Its next run is planned again from now.",
                 &["agents:write"],
                 Hints::SET,
             ),
@@ -210,19 +213,27 @@ async fn load(ctx: &ToolCtx, id: Uuid) -> Result<Schedule, ToolError> {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleArgs {
-    /// The agent to run (id or name).
+    /// Agent to run (id or name).
     pub agent: String,
-    /// Five-field cron: minute hour day-of-month month day-of-week.
+    /// Five-field cron.
+    ///
+    /// Minute hour day-of-month month day-of-week.
     pub cron: Option<String>,
-    /// IANA time zone the cron is read in (default `UTC`).
+    /// IANA time zone (default `UTC`).
+    ///
+    /// The time zone the cron is read in.
     pub timezone: Option<String>,
-    /// Run every this many seconds (60 or more).
+    /// Seconds between runs, 60 or more.
     pub interval_seconds: Option<u32>,
     /// Run once, at this time.
     pub run_at: Option<DateTime<Utc>>,
-    /// Run when this agent's run ends (id or name)…
+    /// After this agent's runs (id or name).
+    ///
+    /// Run when this agent's run ends, with `after_status`.
     pub after_agent: Option<String>,
-    /// …with this status: `success` (default), `error`, `timeout` or `any`.
+    /// `success` (default), `error`, `timeout`, `any`.
+    ///
+    /// The status `after_agent`'s run must end with to start this one.
     pub after_status: Option<String>,
     /// No run before this time.
     pub start_at: Option<DateTime<Utc>>,
@@ -231,9 +242,11 @@ pub struct ScheduleArgs {
     /// What each run is asked.
     #[serde(default)]
     pub prompt: String,
-    /// Where each run's result is POSTed.
+    /// Where results are POSTed.
     pub callback_url: Option<String>,
-    /// Signs callbacks (HMAC-SHA256); 16 characters or more. Never shown again.
+    /// Signs callbacks; 16+ characters.
+    ///
+    /// HMAC-SHA256. Never shown again.
     pub callback_secret: Option<String>,
 }
 
@@ -424,7 +437,7 @@ async fn schedule_agent(ctx: ToolCtx, args: ScheduleArgs) -> Result<Schedule, To
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
-    /// Only this agent's schedules (id or name).
+    /// Only this agent's (id or name).
     pub agent: Option<String>,
     #[serde(flatten)]
     pub page: PageArgs,
@@ -481,7 +494,7 @@ pub struct UpdateArgs {
     pub after_status: Option<String>,
     pub enabled: Option<bool>,
     pub prompt: Option<String>,
-    /// An empty string removes the callback.
+    /// `""` removes the callback.
     pub callback_url: Option<String>,
     pub callback_secret: Option<String>,
 }

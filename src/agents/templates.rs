@@ -15,10 +15,10 @@ pub fn tools() -> Vec<RegisteredTool> {
         Toolset::Agents.def(
             "list_agent_templates",
             "List agent templates",
-            "Built-in prompt agents for common CRM jobs (lead triage, follow-ups, pipeline \
-             digests, churn watch, support escalation, data hygiene), each with its system \
-             prompt, tools, guardrails and the scopes it needs. Create one with \
-             create_agent {template, name, scopes, config: {connection}}.",
+            "List built-in prompt agents for common CRM jobs, to create with create_agent.\n\n\
+             Lead triage, follow-ups, pipeline digests, churn watch, support escalation, data \
+             hygiene; each with its system prompt, tools, guardrails and the scopes it needs. \
+             Create one with create_agent {template, name, scopes, config: {connection}}.",
             &["agents:read"],
             Hints::READ,
         ),
@@ -184,6 +184,8 @@ pub struct TemplateOut {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
+    /// A category, e.g. `sales`.
+    ///
     /// `sales`, `reporting`, `success`, `support` or `operations`.
     pub category: Option<String>,
 }

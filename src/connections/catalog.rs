@@ -48,11 +48,12 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_tool_catalog",
                 "List the tool catalog",
-                "Tools you may use: this server's own (service `agentcrm`) and those imported \
-                 from connections (service: the connection's name; tool names \
-                 `<connection>__<tool>`), with short descriptions. Filter by `service` or a \
-                 word in the name or description. Prompt agents and workflows call tools by \
-                 these names.",
+                "List the tools you may use: this server's and those imported from \
+                 connections.\n\n\
+                 This server's own are service `agentcrm`; imported ones have the connection's \
+                 name as service and tool names `<connection>__<tool>`. With short descriptions. \
+                 Filter by `service` or a word in the name or description. Prompt agents and \
+                 workflows call tools by these names.",
                 &["connections:read"],
                 Hints::READ,
             ),
@@ -62,8 +63,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "get_tool_catalog_entry",
                 "Get a tool catalog entry",
-                "One catalog tool with its full input and output schemas, hints, the scopes a \
-                 caller needs and when it was last refreshed.",
+                "Get one catalog tool with its schemas, hints, needed scopes and last refresh.\n\n\
+                 Its full input and output schemas, hints, the scopes a caller needs and when it \
+                 was last refreshed.",
                 &["connections:read"],
                 Hints::READ,
             ),
@@ -73,9 +75,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "refresh_tool_catalog",
                 "Refresh the tool catalog",
-                "Import again the tools of one connection, or of every remote MCP and HTTP \
-                 connection of this tenant (also done periodically). Tools a server no longer \
-                 lists leave the catalog.",
+                "Re-import the tools of one connection, or of every remote MCP and HTTP one.\n\n\
+                 Also done periodically. Tools a server no longer lists leave the catalog.",
                 &["connections:write"],
                 Hints {
                     open_world: true,
@@ -444,9 +445,11 @@ pub struct CatalogItem {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
-    /// `agentcrm` or a connection's name.
+    /// `agentcrm` or a connection name.
     pub service: Option<String>,
-    /// A word looked for in names and descriptions (case-insensitive).
+    /// A word of names or descriptions.
+    ///
+    /// Case-insensitive.
     pub search: Option<String>,
     #[serde(flatten)]
     pub page: PageArgs,
@@ -459,13 +462,10 @@ pub struct CatalogList {
     pub page: PageInfo,
 }
 
-/// The first sentence of a description: a list stays short.
+/// The summary of a description (its first paragraph, as `tools/list` gives it): a list
+/// stays short.
 fn short(description: &str) -> String {
-    let end = description
-        .find(". ")
-        .map(|i| i + 1)
-        .unwrap_or(description.len());
-    truncate(&description[..end], 200)
+    truncate(&crate::mcp::listing::summary(description), 200)
 }
 
 /// Every catalog tool `ctx`'s caller may use, in a stable order.
@@ -598,6 +598,8 @@ async fn get_tool_catalog_entry(ctx: ToolCtx, args: EntryArgs) -> Result<Catalog
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshArgs {
+    /// Default: every remote one.
+    ///
     /// A connection's id or name; omit for every remote MCP and HTTP connection.
     pub connection: Option<String>,
 }

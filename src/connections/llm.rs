@@ -41,6 +41,8 @@ const MAX_ERROR_CHARS: usize = 300;
 const ANTHROPIC_JSON_INSTRUCTION: &str =
     "Answer with a single JSON object only: no prose, no code fences, nothing before or after it.";
 
+/// Shape of the model's answer.
+///
 /// What the model's text answer must look like.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,

@@ -37,8 +37,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_platforms",
                 "List connection platforms",
-                "The platforms a connection can be to (openai, anthropic, mcp, http), each with \
-                 the JSON Schema of its `config` and of its `credentials`.",
+                "List connection platforms with the JSON Schemas of their `config` and \
+                 `credentials`.\n\n\
+                 The platforms: openai, anthropic, mcp, http.",
                 &["connections:read"],
                 Hints::READ,
             ),
@@ -48,11 +49,12 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "create_connection",
                 "Create a connection",
-                "Save a connection to an LLM provider, a remote MCP server or an outgoing HTTP \
-                 endpoint: `platform`, a `name` (lowercase letters, digits, dashes; it prefixes \
-                 the connection's tools in the catalog), `config` and `credentials` (see \
-                 list_platforms). Credentials are encrypted and never shown again. A remote MCP \
-                 server's tools are imported into the tool catalog at once.",
+                "Connect an LLM, a remote MCP server or an HTTP endpoint; credentials are never \
+                 shown again.\n\n\
+                 Give `platform`, a `name` (lowercase letters, digits, dashes; it prefixes the \
+                 connection's tools in the catalog), `config` and `credentials` (see \
+                 list_platforms). Credentials are encrypted. A remote MCP server's tools are \
+                 imported into the tool catalog at once.",
                 &["connections:write"],
                 Hints {
                     open_world: true,
@@ -65,8 +67,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_connections",
                 "List connections",
-                "This tenant's connections with their platform, settings, status (active, \
-                 error, expired) and the last error. Credentials are never shown.",
+                "List this tenant's connections with platform, settings, status and last \
+                 error.\n\n\
+                 Status: active, error, expired. Credentials are never shown.",
                 &["connections:read"],
                 Hints::READ,
             ),
@@ -76,8 +79,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "update_connection",
                 "Update a connection",
-                "Change a connection's name, description, config (given keys replace stored \
-                 ones) or credentials (given keys replace stored ones; the rest are kept).",
+                "Change a connection's name, description, config or credentials (merged by \
+                 key).\n\n\
+                 For config and credentials, given keys replace stored ones; the rest are kept.",
                 &["connections:write"],
                 Hints::SET,
             ),
@@ -87,8 +91,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "delete_connection",
                 "Delete a connection",
-                "Delete a connection, its credentials and its tools in the catalog. Agents and \
-                 workflows using it fail with a clear error until they are changed.",
+                "Delete a connection, its credentials and its catalog tools; their users then \
+                 fail.\n\n\
+                 Agents and workflows using it fail with a clear error until they are changed.",
                 &["connections:write"],
                 Hints::REMOVE,
             ),
@@ -98,8 +103,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "test_connection",
                 "Test a connection",
-                "Call the connection's service with its credentials (list models, list tools, \
-                 or reach the endpoint) and record the outcome as its status.",
+                "Call a connection's service and record the outcome as its status.\n\n\
+                 With its credentials: list models, list tools, or reach the endpoint.",
                 &["connections:write"],
                 probe,
             ),
@@ -293,15 +298,21 @@ pub async fn load(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateArgs {
-    /// `openai`, `anthropic`, `mcp` or `http` (see list_platforms).
+    /// `openai`, `anthropic`, `mcp` or `http`.
+    ///
+    /// See list_platforms.
     pub platform: String,
     pub name: String,
     #[serde(default)]
     pub description: String,
-    /// Settings; their schema is the platform's `config_schema`.
+    /// Settings.
+    ///
+    /// Their schema is the platform's `config_schema`.
     #[serde(default)]
     pub config: Map<String, Value>,
-    /// Secrets; their schema is the platform's `credentials_schema`. Never shown again.
+    /// Secrets; never shown again.
+    ///
+    /// Their schema is the platform's `credentials_schema`.
     #[serde(default)]
     pub credentials: Map<String, Value>,
 }
@@ -450,13 +461,19 @@ async fn list_connections(ctx: ToolCtx, args: ListArgs) -> Result<ConnectionList
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateArgs {
+    /// Id or name.
+    ///
     /// The connection's id or name.
     pub connection: String,
     pub name: Option<String>,
     pub description: Option<String>,
-    /// Keys given replace the stored ones; a `null` value removes one.
+    /// Keys to set; `null` removes one.
+    ///
+    /// Given keys replace the stored ones; the others are kept.
     pub config: Option<Map<String, Value>>,
-    /// Keys given replace the stored ones; a `null` value removes one.
+    /// Keys to set; `null` removes one.
+    ///
+    /// Given keys replace the stored ones; the others are kept.
     pub credentials: Option<Map<String, Value>>,
 }
 
@@ -569,6 +586,8 @@ async fn update_connection(ctx: ToolCtx, args: UpdateArgs) -> Result<ConnectionO
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionArgs {
+    /// Id or name.
+    ///
     /// The connection's id or name.
     pub connection: String,
 }

@@ -35,10 +35,12 @@ pub fn tools() -> Vec<RegisteredTool> {
             ToolDef {
                 name: "bulk_update_customers",
                 title: "Update many customers",
-                description: "Set the status or assignee, or add or remove tags, of many customers at \
-                    once, chosen by `customer_ids` or by `filter`. Returns a task id and the records \
-                    affected; large changes continue as a background task (see `get_task`), with \
-                    progress notifications when the client sends a progress token.",
+                description: "Set the status, assignee or tags of many customers at once; may run \
+                    in the background.\n\n\
+                    Choose them by `customer_ids` or by `filter`; tags are added or removed. \
+                    Returns a task id and the records affected; large changes continue as a \
+                    background task (see `get_task`), with progress notifications when the client \
+                    sends a progress token.",
                 toolset: Toolset::Crm,
                 scopes: &["customers:write", "bulk"],
                 hints: Hints::SET,
@@ -49,8 +51,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             ToolDef {
                 name: "get_task",
                 title: "Get a task",
-                description: "Get a background task's status (`running`, `succeeded`, `failed`), progress \
-                    (`done` of `total`) and result or error.",
+                description: "Get a background task's status, progress, and result or error.\n\n\
+                    Status is `running`, `succeeded` or `failed`; progress is `done` of `total`.",
                 toolset: Toolset::Crm,
                 scopes: &[],
                 hints: Hints::READ,
@@ -64,7 +66,7 @@ pub fn tools() -> Vec<RegisteredTool> {
 #[serde(deny_unknown_fields)]
 pub struct BulkFilter {
     pub status: Option<Status>,
-    /// Exact company name (case-insensitive).
+    /// Exact company name, any case.
     pub company: Option<String>,
     pub assigned_to: Option<String>,
     pub tag: Option<String>,
@@ -84,9 +86,13 @@ pub struct BulkChanges {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkArgs {
-    /// Up to 10,000 customers by id; or use `filter`.
+    /// Up to 10,000 ids; or use `filter`.
+    ///
+    /// Customers chosen by id.
     pub customer_ids: Option<Vec<Uuid>>,
-    /// Every customer matching (within what the caller may see).
+    /// Every customer matching.
+    ///
+    /// Within what the caller may see.
     pub filter: Option<BulkFilter>,
     pub set: BulkChanges,
 }

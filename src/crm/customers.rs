@@ -44,9 +44,10 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_customers",
                 "List customers",
-                "List customers, newest first by default. Filter by status, company, assignee, \
-                 tag and creation time; sort with `order_by`; trim each record to `fields`. \
-                 Paginated: pass `next_cursor` back as `cursor`.",
+                "List customers, filtered and sorted; paginated.\n\n\
+                 Newest first by default. Filter by status, company, assignee, tag and creation \
+                 time; sort with `order_by`; trim each record to `fields`. Pass `next_cursor` back \
+                 as `cursor` for the next page.",
                 &["customers:read"],
                 Hints::READ,
             ),
@@ -66,8 +67,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "create_customer",
                 "Create a customer",
-                "Create a customer. Emails are unique within the tenant (a duplicate is refused \
-                 with `conflict`). Returns the new record with its `version`.",
+                "Create a customer; an email already used in the tenant is refused \
+                 (`conflict`).\n\n\
+                 Emails are unique within the tenant. Returns the new record with its `version`.",
                 &["customers:write"],
                 Hints::CREATE,
             ),
@@ -77,9 +79,10 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "update_customer",
                 "Update a customer",
-                "Change some fields of a customer. Pass the `version` you read: if the record \
-                 changed since, nothing is written and the answer is `conflict` with the current \
-                 version. Only the fields given change.",
+                "Change some fields of a customer; pass the `version` you read (a stale one is \
+                 refused with `conflict`).\n\n\
+                 Only the fields given change. If the record changed since you read it, nothing is \
+                 written and the answer is `conflict` with the current version.",
                 &["customers:write"],
                 Hints::CREATE,
             ),
@@ -89,8 +92,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "delete_customer",
                 "Delete a customer",
-                "Delete a customer and everything recorded about it. Agents need an explicit \
-                 grant, and the tenant's approval policy may hold the deletion for a human.",
+                "Delete a customer and everything recorded about it; may be held for approval.\n\n\
+                 Agents need an explicit grant, and the tenant's approval policy may hold the \
+                 deletion for a human.",
                 &["customers:delete"],
                 Hints::REMOVE,
             ),
@@ -228,22 +232,30 @@ impl OrderBy {
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
     pub status: Option<Status>,
-    /// Exact company name (case-insensitive).
+    /// Exact company name, any case.
     pub company: Option<String>,
     pub assigned_to: Option<String>,
-    /// Customers carrying this tag.
+    /// With this tag.
     pub tag: Option<String>,
-    /// Created at or after this time (RFC 3339).
+    /// Created at or after.
+    ///
+    /// RFC 3339.
     pub created_after: Option<DateTime<Utc>>,
-    /// Created before this time (RFC 3339).
+    /// Created before.
+    ///
+    /// RFC 3339.
     pub created_before: Option<DateTime<Utc>>,
     #[serde(default)]
     pub order_by: OrderBy,
-    /// Only these fields of each record (plus `id`).
+    /// Only these fields (plus `id`).
     pub fields: Option<Vec<String>>,
-    /// Items per page, 1 to 100 (default 50).
+    /// 1 to 100 (default 50).
+    ///
+    /// Items per page.
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// From `next_cursor`.
+    ///
+    /// The one of the previous page; omit it for the first page.
     pub cursor: Option<String>,
 }
 
@@ -422,6 +434,8 @@ pub struct CustomerFields {
     pub status: Option<Status>,
     pub assigned_to: Option<String>,
     pub tags: Option<Vec<String>>,
+    /// Your own fields.
+    ///
     /// A JSON object of your own fields.
     pub custom_fields: Option<serde_json::Map<String, Value>>,
 }
@@ -553,7 +567,9 @@ async fn create_customer(ctx: ToolCtx, args: CustomerFields) -> Result<CustomerO
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct UpdateArgs {
     pub customer_id: Uuid,
-    /// The `version` you read; the update is refused if the record changed since.
+    /// The `version` you read.
+    ///
+    /// The update is refused if the record changed since.
     pub version: i32,
     #[serde(flatten)]
     pub fields: CustomerFields,

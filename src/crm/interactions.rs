@@ -27,9 +27,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "log_interaction",
                 "Log an interaction",
-                "Record an email, call, meeting, chat, SMS or note with a customer: direction, \
-                 subject, notes, when it happened, and metadata such as sentiment, duration or \
-                 resolution.",
+                "Record an email, call, meeting, chat, SMS or note with a customer.\n\n\
+                 With its direction, subject, notes, when it happened, and metadata such as \
+                 sentiment, duration or resolution.",
                 &["interactions:write"],
                 Hints::CREATE,
             ),
@@ -39,8 +39,10 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_interactions",
                 "List interactions",
-                "List interactions, most recent first, of one customer or of every customer the \
-                 caller can see; filter by type, direction and time range.",
+                "List interactions, most recent first; filter by customer, type, direction, \
+                 time.\n\n\
+                 Of one customer, or of every customer the caller can see; the time range is on \
+                 when they occurred.",
                 &["interactions:read"],
                 Hints::READ,
             ),
@@ -140,7 +142,9 @@ pub struct LogArgs {
     pub notes: String,
     /// When it happened (default: now).
     pub occurred_at: Option<DateTime<Utc>>,
-    /// Sentiment, duration, resolution or anything else, as a JSON object.
+    /// JSON object: sentiment, duration, …
+    ///
+    /// Sentiment, duration, resolution or anything else.
     pub metadata: Option<serde_json::Map<String, Value>>,
 }
 
@@ -206,18 +210,28 @@ async fn log_interaction(ctx: ToolCtx, args: LogArgs) -> Result<InteractionOut, 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListInteractionsArgs {
-    /// One customer's interactions (default: every customer the caller can see).
+    /// Only this customer's.
+    ///
+    /// Default: every customer the caller can see.
     pub customer_id: Option<Uuid>,
     #[serde(rename = "type")]
     pub kind: Option<InteractionType>,
     pub direction: Option<Direction>,
-    /// Occurred at or after this time (RFC 3339).
+    /// Occurred at or after.
+    ///
+    /// RFC 3339.
     pub since: Option<DateTime<Utc>>,
-    /// Occurred before this time (RFC 3339).
+    /// Occurred before.
+    ///
+    /// RFC 3339.
     pub until: Option<DateTime<Utc>>,
-    /// Items per page, 1 to 100 (default 50).
+    /// 1 to 100 (default 50).
+    ///
+    /// Items per page.
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// From `next_cursor`.
+    ///
+    /// The one of the previous page; omit it for the first page.
     pub cursor: Option<String>,
 }
 
@@ -344,9 +358,13 @@ async fn add_annotation(ctx: ToolCtx, args: AnnotateArgs) -> Result<AnnotationOu
 #[serde(deny_unknown_fields)]
 pub struct ListAnnotationsArgs {
     pub customer_id: Uuid,
-    /// Items per page, 1 to 100 (default 50).
+    /// 1 to 100 (default 50).
+    ///
+    /// Items per page.
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// From `next_cursor`.
+    ///
+    /// The one of the previous page; omit it for the first page.
     pub cursor: Option<String>,
 }
 

@@ -28,7 +28,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_products",
                 "List products",
-                "List the products of this tenant, active ones first, with unit price in minor units and currency.",
+                "List this tenant's products, active ones first, with unit price and currency.\n\n\
+                 Unit prices are in minor units.",
                 &["invoices:read"],
                 Hints::READ,
             ),
@@ -38,7 +39,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "create_product",
                 "Create a product",
-                "Add a product with a unit price in minor units (e.g. cents) and a currency; an SKU, if given, is unique.",
+                "Add a product with a unit price in minor units and a currency.\n\n\
+                 Minor units are e.g. cents. An SKU, if given, is unique.",
                 &["invoices:write"],
                 Hints::CREATE,
             ),
@@ -58,9 +60,11 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "create_invoice",
                 "Create an invoice",
-                "Create a draft invoice for a customer from line items (a product, or a description \
-                 and unit price, with a quantity), an optional discount percentage and due date. \
-                 Amounts are computed by the server in minor units, tax-free.",
+                "Create a draft invoice for a customer from line items; amounts in minor \
+                 units.\n\n\
+                 Each line is a product, or a description and unit price, with a quantity; an \
+                 optional discount percentage and due date. Amounts are computed by the server in \
+                 minor units, tax-free.",
                 &["invoices:write"],
                 Hints::CREATE,
             ),
@@ -90,7 +94,7 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "update_invoice_status",
                 "Change an invoice's status",
-                "Move an invoice along draft → sent → paid, or void a draft or sent invoice. \
+                "Move an invoice draft → sent → paid, or void a draft or sent invoice.\n\n\
                  Other moves (e.g. a paid invoice back to draft) are refused.",
                 &["invoices:write"],
                 Hints::SET,
@@ -179,7 +183,9 @@ pub struct CreateProductArgs {
     #[serde(default)]
     pub description: String,
     pub sku: Option<String>,
-    /// In minor units (e.g. 1999 for 19.99).
+    /// In minor units.
+    ///
+    /// E.g. 1999 for 19.99.
     pub unit_price: i64,
     /// ISO 4217, e.g. `EUR`.
     pub currency: String,
@@ -312,12 +318,16 @@ const INVOICE_COLUMNS: &str = "v.id, v.customer_id, v.status, v.currency, v.subt
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LineArgs {
-    /// A product of this tenant: its name and price are used unless given here.
+    /// A product (name, price).
+    ///
+    /// A product of this tenant; its name and price are used unless given here.
     pub product_id: Option<Uuid>,
     pub description: Option<String>,
     /// 1 to 1,000,000 (default 1).
     pub quantity: Option<i32>,
-    /// Minor units (required without a product).
+    /// Minor units (if no product).
+    ///
+    /// Required without a product.
     pub unit_price: Option<i64>,
 }
 
@@ -325,11 +335,15 @@ pub struct LineArgs {
 #[serde(deny_unknown_fields)]
 pub struct CreateInvoiceArgs {
     pub customer_id: Uuid,
-    /// ISO 4217; every product used must be priced in it.
+    /// ISO 4217 code.
+    ///
+    /// Every product used must be priced in it.
     pub currency: String,
     /// 1 to 100 lines.
     pub lines: Vec<LineArgs>,
-    /// 0 to 100, at most two decimals (e.g. 12.5).
+    /// 0 to 100, two decimals at most.
+    ///
+    /// E.g. 12.5.
     pub discount_percent: Option<f64>,
     pub due_date: Option<NaiveDate>,
     #[serde(default)]
@@ -627,9 +641,13 @@ pub(crate) async fn insert_invoice(
 pub struct ListInvoicesArgs {
     pub customer_id: Option<Uuid>,
     pub status: Option<InvoiceStatus>,
-    /// Items per page, 1 to 100 (default 50).
+    /// 1 to 100 (default 50).
+    ///
+    /// Items per page.
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// From `next_cursor`.
+    ///
+    /// The one of the previous page; omit it for the first page.
     pub cursor: Option<String>,
 }
 

@@ -31,7 +31,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "create_quote",
                 "Create a quote",
-                "Create a draft quote for a customer from line items, with an optional discount percentage and validity date; priced like an invoice.",
+                "Create a draft quote for a customer from line items; priced like an invoice.\n\n\
+                 With an optional discount percentage and validity date.",
                 &["invoices:write"],
                 Hints::CREATE,
             ),
@@ -61,8 +62,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "update_quote",
                 "Update a quote",
-                "Change a draft quote's lines, discount, validity or notes, or move it along \
-                 draft → sent → accepted or rejected (a draft may be rejected too).",
+                "Edit a draft quote, or move it draft → sent → accepted or rejected.\n\n\
+                 Only a draft's lines, discount, validity or notes change. A draft may be rejected \
+                 too.",
                 &["invoices:write"],
                 Hints::SET,
             ),
@@ -72,8 +74,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "convert_quote_to_invoice",
                 "Convert a quote to an invoice",
-                "Turn an accepted quote into a draft invoice with the same lines and discount. A \
-                 quote converts once; converting again is refused and names the invoice.",
+                "Turn an accepted quote into a draft invoice; a quote converts only once.\n\n\
+                 The invoice has the quote's lines and discount. Converting again is refused and \
+                 names the invoice.",
                 &["invoices:write"],
                 Hints::CREATE,
             ),
@@ -115,6 +118,8 @@ impl QuoteStatus {
 pub struct Quote {
     pub id: Uuid,
     pub customer_id: Uuid,
+    /// A status, e.g. `sent`.
+    ///
     /// `draft`, `sent`, `accepted`, `rejected` or `converted`.
     pub status: String,
     pub currency: String,
@@ -243,11 +248,17 @@ async fn create_quote(ctx: ToolCtx, args: CreateQuoteArgs) -> Result<QuoteOut, T
 #[serde(deny_unknown_fields)]
 pub struct ListQuotesArgs {
     pub customer_id: Option<Uuid>,
+    /// A status, e.g. `sent`.
+    ///
     /// `draft`, `sent`, `accepted`, `rejected` or `converted`.
     pub status: Option<String>,
-    /// Items per page, 1 to 100 (default 50).
+    /// 1 to 100 (default 50).
+    ///
+    /// Items per page.
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// From `next_cursor`.
+    ///
+    /// The one of the previous page; omit it for the first page.
     pub cursor: Option<String>,
 }
 
@@ -320,7 +331,9 @@ async fn get_quote(ctx: ToolCtx, args: QuoteIdArgs) -> Result<QuoteOut, ToolErro
 pub struct UpdateQuoteArgs {
     pub quote_id: Uuid,
     pub status: Option<QuoteStatus>,
-    /// Replaces every line (drafts only).
+    /// Every line (drafts only).
+    ///
+    /// Replaces every line.
     pub lines: Option<Vec<LineArgs>>,
     /// Drafts only.
     pub discount_percent: Option<f64>,

@@ -20,11 +20,12 @@ pub fn tools() -> Vec<RegisteredTool> {
         ToolDef {
             name: "generate_report",
             title: "Generate a report",
-            description: "Aggregate the tenant's data: `pipeline` (customers by status), \
-                `interactions` (by type, direction and sentiment over a period), `agent_activity` \
-                (tool calls by agent over a period, with refusals and errors) or `revenue` \
-                (invoiced, paid and outstanding by month and currency, in minor units). Each \
-                report also needs the read scope of what it counts.",
+            description: "Aggregate the tenant's data: `pipeline`, `interactions`, \
+                `agent_activity` or `revenue`.\n\n\
+                `pipeline`: customers by status; `interactions`: by type, direction and sentiment \
+                over a period; `agent_activity`: tool calls by agent over a period, with refusals \
+                and errors; `revenue`: invoiced, paid and outstanding by month and currency, in \
+                minor units. Each report also needs the read scope of what it counts.",
             toolset: Toolset::Crm,
             scopes: &["reports"],
             hints: Hints::READ,
@@ -57,9 +58,11 @@ impl ReportKind {
 #[serde(deny_unknown_fields)]
 pub struct ReportArgs {
     pub report: ReportKind,
-    /// Start of the period (default: 30 days before `until`; revenue: 12 months).
+    /// Period start.
+    ///
+    /// Default: 30 days before `until` (revenue: 12 months).
     pub since: Option<DateTime<Utc>>,
-    /// End of the period, exclusive (default: now).
+    /// Period end, exclusive (default: now).
     pub until: Option<DateTime<Utc>>,
 }
 

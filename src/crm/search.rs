@@ -31,10 +31,12 @@ pub fn tools() -> Vec<RegisteredTool> {
         ToolDef {
             name: "search",
             title: "Search customers and interactions",
-            description: "Search customers (names, email, company, phone, assignee) and interactions \
-                (subject, notes) by words, phrases (\"…\"), alternatives (or) and exclusions (-word); \
-                names and emails also match by prefix and with typos. Results are ranked by `score` \
-                and carry a `highlight` with matches in <<…>>.",
+            description: "Search customers and interactions by words; ranked, with highlighted \
+                matches.\n\n\
+                Customers match on names, email, company, phone and assignee; interactions on \
+                subject and notes. Words, phrases (\"…\"), alternatives (or) and exclusions \
+                (-word); names and emails also match by prefix and with typos. Results are ranked \
+                by `score` and carry a `highlight` with matches in <<…>>.",
             toolset: Toolset::Crm,
             scopes: &["search"],
             hints: Hints::READ,
@@ -53,11 +55,15 @@ pub enum Kind {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchArgs {
-    /// 1 to 200 characters, in web-search syntax.
+    /// 1 to 200 characters, web-search syntax.
     pub query: String,
-    /// What to search (default: both, within the caller's read scopes).
+    /// What to search (default: both).
+    ///
+    /// Within the caller's read scopes.
     pub types: Option<Vec<Kind>>,
-    /// Results, 1 to 50 (default 20).
+    /// 1 to 50 (default 20).
+    ///
+    /// At most this many results.
     pub limit: Option<u32>,
 }
 

@@ -27,11 +27,13 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "create_webhook",
                 "Subscribe a URL to events",
-                "POST this tenant's events (e.g. `customer.created`, or `*` for all) to a URL. \
-                 Each body is signed: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw \
-                 body>` with the `secret` returned here once; the body's `timestamp` (also in \
-                 `X-Agentcrm-Timestamp`) lets the receiver refuse replays. Failed deliveries are \
-                 retried with backoff; see `list_webhook_deliveries`.",
+                "POST this tenant's events to a URL, signed; returns the signing `secret` \
+                 once.\n\n\
+                 Events e.g. `customer.created`, or `*` for all. Each body is signed: \
+                 `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>` with the `secret` \
+                 returned here once; the body's `timestamp` (also in `X-Agentcrm-Timestamp`) lets \
+                 the receiver refuse replays. Failed deliveries are retried with backoff; see \
+                 `list_webhook_deliveries`.",
                 &["webhooks:manage"],
                 // It sends data to a place outside this server.
                 Hints {
@@ -45,7 +47,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_webhooks",
                 "List webhooks",
-                "List this tenant's webhook subscriptions (URL, events), newest first. Secrets are never shown.",
+                "List this tenant's webhook subscriptions (URL, events), newest first.\n\n\
+                 Secrets are never shown.",
                 &["webhooks:manage"],
                 Hints::READ,
             ),
@@ -65,9 +68,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_webhook_deliveries",
                 "List webhook deliveries",
-                "List deliveries, newest first, with their status (`pending`, `delivering`, \
-                 `delivered`, `failed`) and every attempt (time, duration, HTTP status, error). \
-                 Filter by webhook and status.",
+                "List webhook deliveries, newest first, with status and every attempt.\n\n\
+                 Status: `pending`, `delivering`, `delivered` or `failed`; each attempt has its \
+                 time, duration, HTTP status and error. Filter by webhook and status.",
                 &["webhooks:manage"],
                 Hints::READ,
             ),
@@ -91,11 +94,15 @@ const WEBHOOK_COLUMNS: &str = "id, url, events, description, created_at";
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhookArgs {
-    /// `https://…` (or `http://…`) receiver. No credentials in the URL.
+    /// The receiver's `https://…` URL.
+    ///
+    /// `http://…` is accepted too. No credentials in the URL.
     pub url: String,
-    /// Event types to send (`customer.created`, `customer.updated`, `customer.deleted`,
-    /// `interaction.created`, `handoff.created`, `handoff.decided`, `invoice.created`,
-    /// `invoice.updated`, `workflow.execution.completed`, `agent.run.completed`), or `["*"]`.
+    /// Event types, or `["*"]` for all.
+    ///
+    /// `customer.created`, `customer.updated`, `customer.deleted`, `interaction.created`,
+    /// `handoff.created`, `handoff.decided`, `invoice.created`, `invoice.updated`,
+    /// `workflow.execution.completed`, `agent.run.completed`.
     pub events: Vec<String>,
     #[serde(default)]
     pub description: String,
@@ -266,7 +273,9 @@ impl DeliveryStatus {
 pub struct ListDeliveriesArgs {
     pub webhook_id: Option<Uuid>,
     pub status: Option<DeliveryStatus>,
-    /// Items per page, 1 to 100 (default 50).
+    /// 1 to 100 (default 50).
+    ///
+    /// Items per page.
     #[schemars(range(min = 1, max = 100))]
     pub limit: Option<u32>,
     pub cursor: Option<String>,

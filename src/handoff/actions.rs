@@ -34,10 +34,12 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_pending_actions",
                 "List held agent actions",
-                "The approval queue: agent calls held by the tenant's approval policy, with the \
+                "List agent calls held for approval (open ones by default); agents see their \
+                 own.\n\n\
+                 The approval queue: agent calls held by the tenant's approval policy, with the \
                  action (tool), customer, agent, summary, request time and state (pending, \
-                 escalated, approved, rejected, executed, failed). Open ones (pending, \
-                 escalated) unless `state` says otherwise. Agents see their own.",
+                 escalated, approved, rejected, executed, failed). Open ones (pending, escalated) \
+                 unless `state` says otherwise.",
                 &["handoff"],
                 Hints::READ,
             ),
@@ -47,9 +49,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "get_pending_action",
                 "Get a held agent action",
-                "A held action with its arguments, why it was held, the decision, and the \
-                 result or error once it ran. Agents see their own; this is how an agent learns \
-                 the outcome.",
+                "Get a held action, its decision and, once it ran, its result or error.\n\n\
+                 With its arguments and why it was held. Agents see their own; this is how an \
+                 agent learns the outcome.",
                 &["handoff"],
                 Hints::READ,
             ),
@@ -59,10 +61,11 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "decide_pending_action",
                 "Decide a held agent action",
-                "For people with handoff:decide (never agents): approve (runs the held call now, \
-                 as the agent, with the agent's permissions re-checked; the action ends \
-                 `executed` with its result or `failed` with the reason), reject (nothing runs), \
-                 or escalate (an admin decides). A note is kept in the history.",
+                "Approve, reject or escalate an agent's held call (people only, never agents).\n\n\
+                 For people with handoff:decide. Approve runs the held call now, as the agent, \
+                 with the agent's permissions re-checked; the action ends `executed` with its \
+                 result or `failed` with the reason. Reject: nothing runs. Escalate: an admin \
+                 decides. A note is kept in the history.",
                 &["handoff:decide"],
                 // Approving runs a held call, which may delete.
                 Hints {
@@ -193,16 +196,24 @@ async fn get_pending_action(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
-    /// Default: the open ones (`pending` and `escalated`).
+    /// Default: the open ones.
+    ///
+    /// The open ones are `pending` and `escalated`.
     pub state: Option<ActionState>,
     /// Only this agent's actions.
     pub agent_id: Option<Uuid>,
     pub customer_id: Option<Uuid>,
-    /// Only this tool, e.g. `delete_customer`.
+    /// Only this tool.
+    ///
+    /// E.g. `delete_customer`.
     pub action_type: Option<String>,
-    /// Items per page, 1 to 100 (default 50).
+    /// 1 to 100 (default 50).
+    ///
+    /// Items per page.
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// From `next_cursor`.
+    ///
+    /// The one of the previous page; omit it for the first page.
     pub cursor: Option<String>,
 }
 
@@ -270,7 +281,9 @@ pub enum Decision {
 pub struct DecideArgs {
     pub action_id: Uuid,
     pub decision: Decision,
-    /// Why (up to 5,000 characters); kept in the history and shown to the agent.
+    /// Why; shown to the agent.
+    ///
+    /// Up to 5,000 characters; kept in the history and shown to the agent.
     pub note: Option<String>,
 }
 

@@ -28,9 +28,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "request_handoff",
                 "Ask for a person",
-                "Escalate to a human: open a handoff ticket with a reason, a priority (low, \
-                 normal, high, urgent) and context, optionally about a customer. Returns the \
-                 ticket; follow it with get_handoff.",
+                "Escalate to a person: open a handoff ticket, then follow it with get_handoff.\n\n\
+                 With a reason, a priority (low, normal, high, urgent) and context, optionally \
+                 about a customer. Returns the ticket.",
                 &["handoff"],
                 Hints::CREATE,
             ),
@@ -40,8 +40,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "get_handoff",
                 "Get a handoff ticket",
-                "A handoff ticket with its state (pending, approved, rejected, escalated), \
-                 assignee, notes and history. Agents see the tickets they opened.",
+                "Get a handoff ticket with its state, assignee, notes and history.\n\n\
+                 States: pending, approved, rejected, escalated. Agents see the tickets they \
+                 opened.",
                 &["handoff"],
                 Hints::READ,
             ),
@@ -51,8 +52,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_handoffs",
                 "List handoff tickets",
-                "Handoff tickets, newest first; filter by state, priority, customer or assignee. \
-                 Agents see the tickets they opened.",
+                "List handoff tickets, newest first; agents see the tickets they opened.\n\n\
+                 Filter by state, priority, customer or assignee.",
                 &["handoff"],
                 Hints::READ,
             ),
@@ -62,8 +63,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "update_handoff",
                 "Work on a handoff ticket",
-                "For people with handoff:decide: assign a ticket, add a note, or decide it \
-                 (approved, rejected, escalated). An escalated ticket is decided by an admin.",
+                "Assign, annotate or decide a handoff ticket (people with handoff:decide).\n\n\
+                 Decide it approved, rejected or escalated. An escalated ticket is decided by an \
+                 admin.",
                 &["handoff:decide"],
                 Hints::CREATE,
             ),
@@ -149,13 +151,19 @@ pub struct HandoffOut {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestArgs {
-    /// The customer this is about, if any.
+    /// The customer it is about.
+    ///
+    /// If any.
     pub customer_id: Option<Uuid>,
-    /// Why a person is needed (1 to 2,000 characters).
+    /// Why a person is needed.
+    ///
+    /// 1 to 2,000 characters.
     pub reason: String,
     /// Default `normal`.
     pub priority: Option<Priority>,
-    /// What the person should know (up to 20,000 characters).
+    /// What the person should know.
+    ///
+    /// Up to 20,000 characters.
     #[serde(default)]
     pub context: String,
 }
@@ -277,11 +285,15 @@ pub struct ListArgs {
     pub state: Option<TicketState>,
     pub priority: Option<Priority>,
     pub customer_id: Option<Uuid>,
-    /// Only tickets assigned to this user.
+    /// Assigned to this user.
     pub assignee_id: Option<Uuid>,
-    /// Items per page, 1 to 100 (default 50).
+    /// 1 to 100 (default 50).
+    ///
+    /// Items per page.
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// From `next_cursor`.
+    ///
+    /// The one of the previous page; omit it for the first page.
     pub cursor: Option<String>,
 }
 
@@ -329,14 +341,20 @@ async fn list_handoffs(ctx: ToolCtx, args: ListArgs) -> Result<HandoffList, Tool
 #[serde(deny_unknown_fields)]
 pub struct UpdateArgs {
     pub handoff_id: Uuid,
+    /// The decision, or `pending`.
+    ///
     /// Decide the ticket, or put it back to `pending`.
     pub state: Option<TicketState>,
-    /// Assign to this user of the tenant.
+    /// Assign to this user.
+    ///
+    /// A user of the tenant.
     pub assignee_id: Option<Uuid>,
     /// Remove the assignee.
     #[serde(default)]
     pub unassign: bool,
-    /// A note for the history (up to 5,000 characters).
+    /// A note for the history.
+    ///
+    /// Up to 5,000 characters.
     pub note: Option<String>,
 }
 

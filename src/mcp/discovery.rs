@@ -28,10 +28,10 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "find_tools",
                 "Find tools",
-                "Search the tools you may use by keywords (matched against names, titles and \
-                 descriptions; best matches first), optionally within one toolset. Answers \
-                 names with short descriptions; describe_tools gives their schemas and \
-                 run_tool calls them.",
+                "Search the tools you may use by keywords; best matches first.\n\n\
+                 Keywords are matched against names, titles and descriptions, optionally within \
+                 one toolset. Answers names with short descriptions; describe_tools gives their \
+                 schemas and run_tool calls them.",
                 &[],
                 Hints::READ,
             ),
@@ -41,8 +41,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "describe_tools",
                 "Describe tools",
-                "The full definitions of named tools you may use (up to 20): description, \
-                 input and output JSON Schemas and annotations.",
+                "Get the full definitions of named tools you may use (up to 20).\n\n\
+                 Each with its description, input and output JSON Schemas and annotations.",
                 &[],
                 Hints::READ,
             ),
@@ -52,9 +52,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 RUN_TOOL,
                 "Run a tool by name",
-                "Call any tool you may use by `name` with its `arguments`, exactly as calling it \
-                 directly: the same permissions, limits, approvals and audit, and its own \
-                 result or error.",
+                "Call a tool you may use by `name` with its `arguments`, exactly as a direct \
+                 call.\n\n\
+                 The same permissions, limits, approvals and audit, and its own result or error.",
                 &[],
                 // It can run any tool, so it promises nothing.
                 Hints {
@@ -72,13 +72,19 @@ pub fn tools() -> Vec<RegisteredTool> {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FindArgs {
-    /// Keywords, e.g. "invoice overdue" or "schedule agent".
+    /// Keywords, e.g. "invoice overdue".
+    ///
+    /// Or "schedule agent".
     #[serde(default)]
     pub query: String,
-    /// Only tools of this toolset (`account`, `admin`, `crm`, `handoff`, `workflows`,
-    /// `agents`, `connections`).
+    /// A toolset, e.g. `crm`.
+    ///
+    /// Only tools of this toolset: `account`, `admin`, `crm`, `handoff`, `workflows`, `agents` or
+    /// `connections`.
     pub toolset: Option<String>,
-    /// At most this many tools, 1 to 50 (default 10).
+    /// 1 to 50 (default 10).
+    ///
+    /// At most this many tools.
     pub limit: Option<u32>,
 }
 
@@ -86,7 +92,7 @@ pub struct FindArgs {
 pub struct Found {
     pub name: &'static str,
     pub title: &'static str,
-    /// The description's first sentence.
+    /// The description's summary (its first paragraph).
     pub description: String,
     pub toolset: Toolset,
     pub read_only: bool,
@@ -97,11 +103,6 @@ pub struct FoundTools {
     pub tools: Vec<Found>,
     /// Tools matching, before `limit`.
     pub total: usize,
-}
-
-fn first_sentence(text: &str) -> String {
-    let end = text.find(". ").map(|i| i + 1).unwrap_or(text.len());
-    text[..end].to_owned()
 }
 
 /// Tools the caller may use through discovery: everything it may call but the discovery
@@ -163,7 +164,7 @@ async fn find_tools(ctx: ToolCtx, args: FindArgs) -> Result<FoundTools, ToolErro
         .map(|(_, t)| Found {
             name: t.def.name,
             title: t.def.title,
-            description: first_sentence(t.def.description),
+            description: super::listing::summary(t.def.description),
             toolset: t.def.toolset,
             read_only: t.def.hints.read_only,
         })
@@ -174,7 +175,9 @@ async fn find_tools(ctx: ToolCtx, args: FindArgs) -> Result<FoundTools, ToolErro
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DescribeArgs {
-    /// Tool names (from find_tools), up to 20.
+    /// Up to 20 tool names.
+    ///
+    /// From find_tools.
     pub names: Vec<String>,
 }
 

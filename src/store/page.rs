@@ -16,7 +16,9 @@ pub struct PageArgs {
     /// Items per page, 1 to 100 (default 50).
     #[schemars(range(min = 1, max = 100))]
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page; omit for the first page.
+    /// `next_cursor` of the previous page.
+    ///
+    /// Omit it for the first page.
     pub cursor: Option<String>,
 }
 

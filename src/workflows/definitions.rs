@@ -28,11 +28,13 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "create_workflow",
                 "Create a workflow",
-                "Save a workflow: ordered steps, each calling a tool with arguments that may \
-                 reference `{{input.x}}`, `{{vars.y}}` and `{{steps.<id>.output.<path>}}`, an \
-                 optional condition and an error policy (retries with backoff, then fail or \
-                 continue); a trigger (manual, schedule, event). Checked before it is saved: \
-                 errors name the step and field. Starts as a draft unless `status` says otherwise.",
+                "Save a workflow: tool-calling steps and a trigger; checked, then saved as a \
+                 draft.\n\n\
+                 Ordered steps, each calling a tool with arguments that may reference \
+                 `{{input.x}}`, `{{vars.y}}` and `{{steps.<id>.output.<path>}}`, an optional \
+                 condition and an error policy (retries with backoff, then fail or continue); a \
+                 trigger (manual, schedule, event). Checked before it is saved: errors name the \
+                 step and field. Starts as a draft unless `status` says otherwise.",
                 WRITE,
                 Hints::CREATE,
             ),
@@ -42,8 +44,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_workflows",
                 "List workflows",
-                "This tenant's workflows, newest first; filter by status, trigger type or a \
-                 word of the name.",
+                "List this tenant's workflows, newest first; filter by status, trigger, name.\n\n\
+                 The name filter is a word of the name; the trigger filter is a trigger type.",
                 READ,
                 Hints::READ,
             ),
@@ -63,9 +65,10 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "update_workflow",
                 "Update a workflow",
-                "Change a workflow's name, description, status (draft, active, paused), trigger, \
-                 variables or steps (the whole list). Changes to what it does raise its version; \
-                 give `version` to refuse the change if someone changed it since you read it.",
+                "Change a workflow; give `version` to refuse the change if it moved on since you \
+                 read it.\n\n\
+                 Its name, description, status (draft, active, paused), trigger, variables or \
+                 steps (the whole list). Changes to what it does raise its version.",
                 WRITE,
                 Hints::SET,
             ),
@@ -85,8 +88,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "test_condition",
                 "Test a condition",
-                "Evaluate a step condition against a context (`{input, vars, steps}`): the \
-                 result, the field's value, the value compared with and the operator.",
+                "Evaluate a step condition against a context (`{input, vars, steps}`).\n\n\
+                 Answers the result, the field's value, the value compared with and the operator.",
                 READ,
                 Hints::READ,
             ),
@@ -96,9 +99,10 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "test_substitution",
                 "Test a substitution",
-                "Replace the `{{…}}` references in step arguments from a context (`{input, vars, \
-                 steps}`): the original and substituted parameters and every substitution made \
-                 (references leading nowhere are reported and left in place).",
+                "Replace the `{{…}}` references in step arguments from a context.\n\n\
+                 The context is `{input, vars, steps}`. Answers the original and substituted \
+                 parameters and every substitution made (references leading nowhere are reported \
+                 and left in place).",
                 READ,
                 Hints::READ,
             ),
@@ -171,7 +175,9 @@ pub struct WorkflowOut {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateArgs {
-    /// Unique in the tenant, 1 to 200 characters.
+    /// Unique, 1 to 200 characters.
+    ///
+    /// Unique in the tenant.
     pub name: String,
     #[serde(default)]
     pub description: String,
@@ -179,14 +185,19 @@ pub struct CreateArgs {
     pub status: Option<Status>,
     #[serde(default)]
     pub trigger_type: Trigger,
-    /// Schedule: `{"interval_seconds": 3600}` or `{"cron": "0 9 * * 1", "timezone":
-    /// "Europe/Paris"}`. Event: `{"event": "customer.created", "condition": {…}}`.
+    /// `{interval_seconds}`, `{cron, timezone}` or `{event}`.
+    ///
+    /// Schedule: `{"interval_seconds": 3600}` or
+    /// `{"cron": "0 9 * * 1", "timezone": "Europe/Paris"}`. Event:
+    /// `{"event": "customer.created", "condition": {…}}`.
     #[serde(default)]
     pub trigger_config: Map<String, Value>,
     #[serde(default)]
     pub variables: Map<String, Value>,
     pub steps: Vec<Step>,
-    /// Free-form data for categorising or display.
+    /// Free-form data.
+    ///
+    /// For categorising or display.
     #[serde(default)]
     pub workflow_metadata: Map<String, Value>,
 }
@@ -321,11 +332,17 @@ async fn get_workflow(ctx: ToolCtx, args: WorkflowIdArgs) -> Result<WorkflowOut,
 pub struct ListArgs {
     pub status: Option<Status>,
     pub trigger_type: Option<Trigger>,
-    /// Workflows whose name contains this text (any case).
+    /// Text in the name (any case).
+    ///
+    /// Workflows whose name contains this text.
     pub search: Option<String>,
-    /// Items per page, 1 to 100 (default 50).
+    /// 1 to 100 (default 50).
+    ///
+    /// Items per page.
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// From `next_cursor`.
+    ///
+    /// The one of the previous page; omit it for the first page.
     pub cursor: Option<String>,
 }
 
@@ -372,7 +389,9 @@ async fn list_workflows(ctx: ToolCtx, args: ListArgs) -> Result<WorkflowList, To
 #[serde(deny_unknown_fields)]
 pub struct UpdateArgs {
     pub workflow_id: Uuid,
-    /// The version you read: the change is refused (`conflict`) if it moved on.
+    /// The `version` you read.
+    ///
+    /// The change is refused (`conflict`) if it moved on.
     pub version: Option<i32>,
     pub name: Option<String>,
     pub description: Option<String>,
@@ -483,11 +502,15 @@ async fn delete_workflow(ctx: ToolCtx, args: WorkflowIdArgs) -> Result<Deleted, 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestConditionArgs {
-    /// `{"field": "steps.find.output.total", "operator": "gt", "value": 0}`, or `{"and":
-    /// […]}`, `{"or": […]}`, `{"not": {…}}`.
+    /// The condition to evaluate.
+    ///
+    /// E.g. `{"field": "steps.find.output.total", "operator": "gt", "value": 0}`, or
+    /// `{"and": […]}`, `{"or": […]}`, `{"not": {…}}`.
     pub condition: Condition,
-    /// The data to evaluate against: `{"input": {…}, "vars": {…}, "steps": {"<id>":
-    /// {"output": …}}}`.
+    /// `{input, vars, steps}`.
+    ///
+    /// The data to evaluate against:
+    /// `{"input": {…}, "vars": {…}, "steps": {"<id>": {"output": …}}}`.
     pub context: Map<String, Value>,
 }
 
@@ -498,8 +521,10 @@ async fn test_condition(_ctx: ToolCtx, args: TestConditionArgs) -> Result<Evalua
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestSubstitutionArgs {
-    /// Step arguments with `{{…}}` references.
+    /// Step arguments with `{{…}}`.
     pub parameters: Map<String, Value>,
+    /// `{input, vars, steps}`.
+    ///
     /// The data providing the values: `{"input": …, "vars": …, "steps": …}`.
     pub context: Map<String, Value>,
 }

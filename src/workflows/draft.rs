@@ -35,11 +35,12 @@ pub fn tools() -> Vec<RegisteredTool> {
         Toolset::Workflows.def(
             "draft_workflow",
             "Draft a workflow from a description",
-            "Describe what should happen (\"when a hot lead is created, log a note and ask \
-             sales to call\"); a language model drafts the steps from the tools you may use, \
-             and the draft is checked and saved with status draft for you to review. Uses an \
-             LLM connection (`connection`, or the tenant's first active one), else your \
-             client's model (MCP sampling); without either, says so.",
+            "Have a language model draft a workflow from a description; saved as a draft.\n\n\
+             Describe what should happen (\"when a hot lead is created, log a note and ask sales \
+             to call\"); the model drafts the steps from the tools you may use, and the draft is \
+             checked and saved with status draft for you to review. Uses an LLM connection \
+             (`connection`, or the tenant's first active one), else your client's model (MCP \
+             sampling); without either, says so.",
             &["workflows:write"],
             Hints {
                 open_world: true,
@@ -53,13 +54,19 @@ pub fn tools() -> Vec<RegisteredTool> {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DraftArgs {
-    /// What the workflow should do, in a few sentences (up to 4,000 characters).
+    /// What the workflow should do.
+    ///
+    /// In a few sentences (up to 4,000 characters).
     pub description: String,
-    /// Default: the name the model proposes.
+    /// Default: the model's proposal.
     pub name: Option<String>,
-    /// An LLM connection (id or name) to draft with; default: the tenant's first active one.
+    /// LLM connection (default: first active).
+    ///
+    /// Its id or name; default: the tenant's first active one.
     pub connection: Option<String>,
-    /// The model; default: the connection's `default_model`.
+    /// Model (default: the connection's).
+    ///
+    /// Default: the connection's `default_model`.
     pub model: Option<String>,
 }
 

@@ -28,11 +28,13 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "execute_workflow",
                 "Run a workflow",
-                "Run a workflow (draft or active) with input data, as you and with your \
-                 permissions. Waits up to `wait_seconds` (default 30, at most 120) and returns \
-                 the execution with its per-step log; if it is still running (or waiting for an \
-                 approval), poll get_workflow_execution. Sends a progress notification per step \
-                 when you give a progress token.",
+                "Run a workflow as you; waits up to `wait_seconds`, then poll \
+                 get_workflow_execution.\n\n\
+                 A draft or active workflow runs with the input data given, with your permissions. \
+                 Waits up to `wait_seconds` (default 30, at most 120) and returns the execution \
+                 with its per-step log; if it is still running (or waiting for an approval), poll \
+                 get_workflow_execution. Sends a progress notification per step when you give a \
+                 progress token.",
                 &["workflows:execute"],
                 // Its steps may change or delete anything the caller may.
                 Hints {
@@ -46,8 +48,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_workflow_executions",
                 "List workflow executions",
-                "Executions, newest first; filter by workflow and status (queued, running, \
-                 waiting_approval, succeeded, failed, cancelled).",
+                "List workflow executions, newest first; filter by workflow and status.\n\n\
+                 Statuses: queued, running, waiting_approval, succeeded, failed, cancelled.",
                 &["workflows:read"],
                 Hints::READ,
             ),
@@ -57,8 +59,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "get_workflow_execution",
                 "Get a workflow execution",
-                "An execution with its status, input, output or error, and every step attempt \
-                 (arguments after substitution, output, error, times).",
+                "Get an execution: status, input, output or error, and every step attempt.\n\n\
+                 Each step attempt has its arguments after substitution, output, error and times.",
                 &["workflows:read"],
                 Hints::READ,
             ),
@@ -151,10 +153,12 @@ async fn load_execution(ctx: &ToolCtx, id: Uuid) -> Result<ExecutionOut, ToolErr
 #[serde(deny_unknown_fields)]
 pub struct ExecuteArgs {
     pub workflow_id: Uuid,
-    /// What the steps read as `{{input.<name>}}`.
+    /// Read as `{{input.<name>}}`.
     #[serde(default)]
     pub input_data: Map<String, Value>,
-    /// How long to wait for the end, 0 to 120 seconds (default 30).
+    /// 0 to 120 seconds (default 30).
+    ///
+    /// How long to wait for the end.
     pub wait_seconds: Option<u32>,
 }
 
@@ -235,9 +239,13 @@ impl ExecutionStatus {
 pub struct ListArgs {
     pub workflow_id: Option<Uuid>,
     pub status: Option<ExecutionStatus>,
-    /// Items per page, 1 to 100 (default 50).
+    /// 1 to 100 (default 50).
+    ///
+    /// Items per page.
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// From `next_cursor`.
+    ///
+    /// The one of the previous page; omit it for the first page.
     pub cursor: Option<String>,
 }
 

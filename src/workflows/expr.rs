@@ -6,6 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// Comparison or `and`/`or`/`not`.
+///
 /// A condition: a comparison, or `and` / `or` / `not` of conditions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged, deny_unknown_fields)]
@@ -20,12 +22,14 @@ pub enum Condition {
         not: Box<Condition>,
     },
     Compare {
-        /// A path into the context, e.g. `steps.find.output.total` or `input.email`
-        /// (`{{…}}` around it is accepted).
+        /// Path, e.g. `input.email`.
+        ///
+        /// Into the context, e.g. `steps.find.output.total`; `{{…}}` around it is accepted.
         field: String,
         operator: Operator,
-        /// What to compare with (a list for `in`; unused by `exists`). May itself be a
-        /// `{{…}}` reference.
+        /// What to compare with.
+        ///
+        /// A list for `in`; unused by `exists`. May itself be a `{{…}}` reference.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         value: Option<Value>,
     },

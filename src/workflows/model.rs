@@ -40,19 +40,24 @@ impl Trigger {
     }
 }
 
-/// What happens when a step's call fails.
+/// On a failed step call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorPolicy {
-    /// Attempts after the first, 0 to 10 (default 0).
+    /// 0 to 10 (default 0).
+    ///
+    /// Attempts after the first.
     #[serde(default)]
     pub retries: u32,
-    /// Wait before the first retry in milliseconds, doubled for each next one (default
-    /// 1000, 10 to 60000).
+    /// Retry delay, ms (default 1000).
+    ///
+    /// Before the first retry, in milliseconds, doubled for each next one; 10 to 60000.
     #[serde(default = "default_backoff")]
     pub backoff_ms: u64,
-    /// After the last failed attempt: `fail` the execution (default) or `continue` with
-    /// the next step (the step is recorded as failed).
+    /// `fail` (default) or `continue`.
+    ///
+    /// After the last failed attempt: `fail` the execution (default) or `continue` with the next
+    /// step (the step is recorded as failed).
     #[serde(default)]
     pub then: Then,
 }
@@ -82,22 +87,31 @@ pub enum Then {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
-    /// Unique in the workflow: letters, digits, `_` and `-`, up to 64 characters. Later
-    /// steps read its result as `{{steps.<id>.output.<path>}}`.
+    /// Unique; letters, digits, `_`, `-`.
+    ///
+    /// Unique in the workflow, up to 64 characters. Later steps read its result as
+    /// `{{steps.<id>.output.<path>}}`.
     pub id: String,
-    /// The tool to call, by name (see `tools/list`).
+    /// The tool's name.
+    ///
+    /// See `tools/list`.
     pub tool: String,
-    /// The tool's arguments. Strings may hold `{{input.x}}`, `{{vars.y}}` and
-    /// `{{steps.<id>.output.<path>}}`; a string that is one reference takes the value
-    /// with its type.
+    /// Tool arguments; may use `{{…}}`.
+    ///
+    /// Strings may hold `{{input.x}}`, `{{vars.y}}` and `{{steps.<id>.output.<path>}}`; a string
+    /// that is one reference takes the value with its type.
     #[serde(default)]
     pub arguments: Map<String, Value>,
-    /// Run the step only when this holds; otherwise it is skipped.
+    /// Run the step only if true.
+    ///
+    /// Otherwise it is skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<Condition>,
     #[serde(default)]
     pub on_error: ErrorPolicy,
-    /// Seconds one attempt may take, 1 to 600 (default 60).
+    /// 1 to 600 seconds (default 60).
+    ///
+    /// How long one attempt may take.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u32>,
 }

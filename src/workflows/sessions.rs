@@ -26,9 +26,10 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_session_tool_calls",
                 "List a session's tool calls",
-                "The successful tool calls of an MCP session, oldest first (default: this \
-                 session), with their arguments (secrets redacted): the material for \
-                 extract_workflow. Your own calls, or anyone's with audit:read.",
+                "List an MCP session's successful tool calls: the material for \
+                 extract_workflow.\n\n\
+                 Oldest first (default: this session), with their arguments (secrets redacted). \
+                 Your own calls, or anyone's with audit:read.",
                 &["workflows:read"],
                 Hints::READ,
             ),
@@ -38,10 +39,11 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "extract_workflow",
                 "Turn a session's calls into a workflow",
-                "Save chosen calls of a session as a draft workflow, one step per call (ids s1, \
-                 s2, …) in the order they were made. Each of `parameterize_fields` (`s1.email`, \
-                 `s2.set.status`) becomes `{{input.<last part>}}`; the answer lists the inputs \
-                 with the values they had, to run it again with new ones.",
+                "Save chosen calls of a session as a draft workflow, one step per call.\n\n\
+                 Steps get ids s1, s2, … in the order the calls were made. Each of \
+                 `parameterize_fields` (`s1.email`, `s2.set.status`) becomes \
+                 `{{input.<last part>}}`; the answer lists the inputs with the values they had, to \
+                 run it again with new ones.",
                 &["workflows:write"],
                 Hints::CREATE,
             ),
@@ -63,7 +65,9 @@ pub struct ToolCall {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
-    /// An MCP session id (see whoami); default: the session of this call.
+    /// MCP session id (default: this one).
+    ///
+    /// See whoami; default: the session of this call.
     pub session_id: Option<String>,
 }
 
@@ -119,11 +123,15 @@ pub struct ExtractArgs {
     pub workflow_name: String,
     #[serde(default)]
     pub description: String,
-    /// Default: the session of this call.
+    /// Default: this session.
     pub session_id: Option<String>,
-    /// Ids from list_session_tool_calls, in any order (default: every call of the session).
+    /// Call ids to use (default: all).
+    ///
+    /// Ids from list_session_tool_calls, in any order; default: every call of the session.
     pub selected_step_ids: Option<Vec<String>>,
-    /// `<step id>.<argument path>` fields to turn into inputs, e.g. `s1.email`.
+    /// Inputs to make, e.g. `s1.email`.
+    ///
+    /// `<step id>.<argument path>` fields to turn into inputs.
     #[serde(default)]
     pub parameterize_fields: Vec<String>,
     #[serde(default)]

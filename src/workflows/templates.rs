@@ -22,9 +22,10 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_workflow_templates",
                 "List workflow templates",
-                "Ready-made CRM workflows; filter by category, difficulty (beginner, \
-                 intermediate, advanced), a word of the name or description, or a required \
-                 connection.",
+                "List ready-made CRM workflows; filter by category, difficulty, word, \
+                 connection.\n\n\
+                 Difficulty: beginner, intermediate, advanced. The word is one of the name or \
+                 description; the connection is one a template requires.",
                 &["workflows:read"],
                 Hints::READ,
             ),
@@ -54,8 +55,9 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "use_workflow_template",
                 "Create a workflow from a template",
-                "Save a template as a draft workflow of this tenant (optionally renamed and with \
-                 variables overridden); review it, then set it active with update_workflow.",
+                "Save a template as a draft workflow; review it, then activate it with \
+                 update_workflow.\n\n\
+                 It may be renamed and its variables overridden.",
                 &["workflows:write"],
                 Hints::CREATE,
             ),
@@ -275,9 +277,13 @@ pub fn library() -> &'static [Template] {
 pub struct ListArgs {
     pub category: Option<String>,
     pub difficulty: Option<Difficulty>,
-    /// A word of the name or description (any case).
+    /// A word of the name or description.
+    ///
+    /// Any case.
     pub search: Option<String>,
-    /// Only templates needing this connection (e.g. `llm`); none of the built-in ones needs one.
+    /// Required connection, e.g. `llm`.
+    ///
+    /// Only templates needing this connection; none of the built-in ones needs one.
     pub connection: Option<String>,
 }
 
@@ -375,6 +381,8 @@ pub struct UseArgs {
     pub template_id: String,
     /// Default: the template's name.
     pub name: Option<String>,
+    /// Variable values by name.
+    ///
     /// Values replacing the template's variables of the same name.
     #[serde(default)]
     pub variables: Map<String, Value>,

@@ -60,6 +60,32 @@ fn every_tool_is_fully_declared() {
                 "{name}: a read-only tool destroys nothing"
             );
         }
+
+        // What `tools/list` gives: the summary, and every hint MCP gives a meaning to.
+        let listed = &tool.listing;
+        let summary = listed.description.as_deref().unwrap_or_default();
+        assert!(
+            (20..=160).contains(&summary.chars().count()) && !summary.contains('\n'),
+            "{name}: the summary (first paragraph) is one line of 20 to 160 characters: {summary:?}"
+        );
+        assert!(
+            t.description
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with(summary.split(' ').next().unwrap_or_default()),
+            "{name}: the summary comes from the description"
+        );
+        assert!(
+            listed.output_schema.is_none(),
+            "{name}: no output schema listed"
+        );
+        let l = listed.annotations.as_ref().expect("listed annotations");
+        assert_eq!(l.read_only_hint, a.read_only_hint, "{name}");
+        assert_eq!(l.open_world_hint, a.open_world_hint, "{name}");
+        if a.read_only_hint == Some(false) {
+            assert_eq!(l.destructive_hint, a.destructive_hint, "{name}");
+            assert_eq!(l.idempotent_hint, a.idempotent_hint, "{name}");
+        }
     }
 }
 

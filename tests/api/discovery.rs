@@ -239,5 +239,9 @@ async fn a_header_narrows_http_callers_to_compact_but_never_back() {
         compact_bytes <= 4 * 1024,
         "compact tools/list is {compact_bytes} bytes"
     );
+    assert!(
+        full_bytes <= 60 * 1024,
+        "tools/list for every tool is {full_bytes} bytes"
+    );
     assert!(reader_bytes < full_bytes);
 }

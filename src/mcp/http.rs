@@ -128,8 +128,23 @@ async fn inspect_body(
             );
         }
     };
-    // Read as rmcp will, so that JSON which is not a JSON-RPC message gets a JSON-RPC error
-    // (rmcp itself answers those with a plain-text 415).
+    if let Some(principal) = parts.extensions.get::<Principal>()
+        && let Some(name) = called_tool(&bytes)
+        && let Some(tool) = app.catalog.get(&name).filter(|t| app.filter.allows(&t.def))
+        && !permits(principal, tool)
+    {
+        return insufficient_scope(&app, &parts, principal, tool).await;
+    }
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes.clone())))
+        .await;
+    // rmcp answers a body that is not a JSON-RPC message with a plain-text 415, having done
+    // nothing with it: answer with a JSON-RPC error instead. Reading the body as rmcp does
+    // only then keeps the parse off the path of every good request (it is the costliest
+    // step of a small call).
+    if response.status() != StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        return response;
+    }
     if let Err(error) = serde_json::from_slice::<rmcp::model::ClientJsonRpcMessage>(&bytes) {
         return match serde_json::from_slice::<serde_json::Value>(&bytes) {
             Err(error) => jsonrpc_error(
@@ -149,15 +164,7 @@ async fn inspect_body(
             }
         };
     }
-    if let Some(principal) = parts.extensions.get::<Principal>()
-        && let Some(name) = called_tool(&bytes)
-        && let Some(tool) = app.catalog.get(&name).filter(|t| app.filter.allows(&t.def))
-        && !permits(principal, tool)
-    {
-        return insufficient_scope(&app, &parts, principal, tool).await;
-    }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    response
 }
 
 /// The tool a `tools/call` body names, if it is one.

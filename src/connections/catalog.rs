@@ -63,9 +63,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "get_tool_catalog_entry",
                 "Get a tool catalog entry",
-                "Get one catalog tool with its schemas, hints, needed scopes and last refresh.\n\n\
-                 Its full input and output schemas, hints, the scopes a caller needs and when it \
-                 was last refreshed.",
+                "Get one catalog tool with its full input and output schemas, hints, the scopes \
+                 a caller needs and when it was last refreshed.",
                 &["connections:read"],
                 Hints::READ,
             ),
@@ -598,9 +597,9 @@ async fn get_tool_catalog_entry(ctx: ToolCtx, args: EntryArgs) -> Result<Catalog
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshArgs {
-    /// Default: every remote one.
+    /// A connection's id or name (default: every remote one).
     ///
-    /// A connection's id or name; omit for every remote MCP and HTTP connection.
+    /// Omit it to refresh every remote MCP and HTTP connection.
     pub connection: Option<String>,
 }
 

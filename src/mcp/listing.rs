@@ -168,7 +168,7 @@ fn inline_single_use(root: &mut JsonObject) {
             return;
         };
         let mut uses: HashMap<String, usize> = HashMap::new();
-        count_refs(&Value::Object(root.clone()), &mut uses);
+        root.values().for_each(|v| count_refs(v, &mut uses));
         let inlinable: HashMap<String, JsonObject> = defs
             .iter()
             .filter(|(name, def)| uses.get(&format!("#/$defs/{name}")) == Some(&1) && !has_ref(def))

@@ -142,7 +142,7 @@ fn supports_form(request: &RequestContext<RoleServer>) -> bool {
 
 /// Arguments as shown to a person, cut to a readable length.
 fn shown(args: &JsonObject) -> String {
-    let text = crate::access::audit::redact(&Value::Object(args.clone())).to_string();
+    let text = crate::access::audit::redact_object(args).to_string();
     if text.chars().count() > 600 {
         format!("{}…", text.chars().take(600).collect::<String>())
     } else {

@@ -66,14 +66,16 @@ pub fn router(app: Arc<App>, options: &HttpOptions, shutdown: CancellationToken)
             .enforce_origin_validation()
     };
     let mcp_app = app.clone();
-    let mcp = StreamableHttpService::new(
+    // Shared rather than used as a tower service: that would clone it, and its configuration
+    // (host and origin lists), twice per request.
+    let mcp = Arc::new(StreamableHttpService::new(
         move || Ok(AgentCrm::http(mcp_app.clone())),
         Arc::new(LocalSessionManager::default()),
         config,
-    );
+    ));
     // Outermost first: authenticate, then check the body, then rmcp.
     let mcp = axum::Router::new()
-        .fallback_service(mcp)
+        .fallback(move |request: Request| async move { mcp.handle(request).await })
         .layer(middleware::from_fn_with_state(
             (options.max_body_bytes, app.clone()),
             inspect_body,

@@ -13,7 +13,7 @@ use super::context::{ToolCtx, Transport};
 use super::filter::denial;
 use crate::access::Principal;
 use crate::access::approval::{ApprovalPolicy, Sensitive};
-use crate::access::audit::{AuditEvent, redact};
+use crate::access::audit::{AuditEvent, redact_object};
 use crate::access::ratelimit::Class;
 use crate::app::App;
 use crate::connections::catalog as remote_catalog;
@@ -73,7 +73,7 @@ pub async fn invoke(app: &Arc<App>, call: Invocation<'_>) -> Result<Value, ToolE
         builtin(app, &call, &request_id).await
     };
     let mut audit = AuditEvent::by(call.principal, "tool", call.tool, "ok");
-    audit.arguments = Some(redact(&Value::Object(call.arguments.clone())));
+    audit.arguments = Some(redact_object(call.arguments));
     audit.transport = Some(call.transport.as_str());
     audit.request_id = Some(request_id);
     audit.duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::expr::substitute;
 use super::model::{Definition, Step, Then};
 use crate::access::Scopes;
-use crate::access::audit::redact;
+use crate::access::audit::{redact, redact_object};
 use crate::access::principal::{Principal, PrincipalKind, Role};
 use crate::app::App;
 use crate::error::ToolError;
@@ -274,7 +274,7 @@ async fn run_step(
         .bind(&step.id)
         .bind(&step.tool)
         .bind(attempt as i32)
-        .bind(redact(&Value::Object(arguments.clone())))
+        .bind(redact_object(&arguments))
         .bind(process_id())
         .fetch_optional(pool)
         .await?

@@ -167,6 +167,9 @@ fn unknown_tool(name: &str) -> McpError {
     McpError::invalid_params(format!("Unknown tool: {name}"), None)
 }
 
+// Handlers that await are boxed: rmcp runs each request in a task whose future is as large
+// as the largest handler's, and moving a large one into and through the spawn showed in perf
+// as memcpy on every call.
 impl ServerHandler for AgentCrm {
     // Logging is deprecated (SEP-2577), but clients and the conformance suite still use it.
     #[allow(deprecated)]
@@ -231,17 +234,20 @@ impl ServerHandler for AgentCrm {
         request: GetPromptRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
-        let principal = self.principal(&ctx)?;
-        prompts::get(
-            &self.app,
-            &principal,
-            self.transport,
-            &request.name,
-            &request.arguments,
-        )
+        Box::pin(async move {
+            let principal = self.principal(&ctx)?;
+            prompts::get(
+                &self.app,
+                &principal,
+                self.transport,
+                &request.name,
+                &request.arguments,
+            )
+            .await
+            .map(Into::into)
+            .map_err(|e| self.protocol_error(e))
+        })
         .await
-        .map(Into::into)
-        .map_err(|e| self.protocol_error(e))
     }
 
     async fn complete(
@@ -249,22 +255,25 @@ impl ServerHandler for AgentCrm {
         request: CompleteRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, McpError> {
-        let principal = self.principal(&ctx)?;
-        let completion = match &request.r#ref {
-            Reference::Prompt(prompt) => prompts::complete(
-                &self.app,
-                &principal,
-                self.transport,
-                &prompt.name,
-                &request.argument.name,
-                &request.argument.value,
-            )
-            .await
-            .map_err(|e| self.protocol_error(e))?,
-            // Resource ids are UUIDs: nothing to complete.
-            _ => CompletionInfo::default(),
-        };
-        Ok(CompleteResult::new(completion))
+        Box::pin(async move {
+            let principal = self.principal(&ctx)?;
+            let completion = match &request.r#ref {
+                Reference::Prompt(prompt) => prompts::complete(
+                    &self.app,
+                    &principal,
+                    self.transport,
+                    &prompt.name,
+                    &request.argument.name,
+                    &request.argument.value,
+                )
+                .await
+                .map_err(|e| self.protocol_error(e))?,
+                // Resource ids are UUIDs: nothing to complete.
+                _ => CompletionInfo::default(),
+            };
+            Ok(CompleteResult::new(completion))
+        })
+        .await
     }
 
     #[allow(deprecated)]
@@ -284,11 +293,14 @@ impl ServerHandler for AgentCrm {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        let principal = self.principal(&ctx)?;
-        let resources = resources::listed(&self.app, &principal)
-            .await
-            .map_err(|e| self.resource_error(e))?;
-        Ok(ListResourcesResult::with_all_items(resources))
+        Box::pin(async move {
+            let principal = self.principal(&ctx)?;
+            let resources = resources::listed(&self.app, &principal)
+                .await
+                .map_err(|e| self.resource_error(e))?;
+            Ok(ListResourcesResult::with_all_items(resources))
+        })
+        .await
     }
 
     async fn list_resource_templates(
@@ -307,13 +319,16 @@ impl ServerHandler for AgentCrm {
         request: ReadResourceRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
-        let principal = self.principal(&ctx)?;
-        let value = self.readable(&principal, &request.uri).await?;
-        Ok(ReadResourceResult::new(vec![
-            ResourceContents::text(value.to_string(), request.uri)
-                .with_mime_type("application/json"),
-        ])
-        .into())
+        Box::pin(async move {
+            let principal = self.principal(&ctx)?;
+            let value = self.readable(&principal, &request.uri).await?;
+            Ok(ReadResourceResult::new(vec![
+                ResourceContents::text(value.to_string(), request.uri)
+                    .with_mime_type("application/json"),
+            ])
+            .into())
+        })
+        .await
     }
 
     #[allow(deprecated)]
@@ -322,13 +337,16 @@ impl ServerHandler for AgentCrm {
         request: SubscribeRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        let principal = self.principal(&ctx)?;
-        self.readable(&principal, &request.uri).await?;
-        let session = self.session_id(&ctx).unwrap_or_else(|| "stdio".into());
-        self.app
-            .subscriptions
-            .subscribe_session(&request.uri, &session, ctx.peer.clone());
-        Ok(())
+        Box::pin(async move {
+            let principal = self.principal(&ctx)?;
+            self.readable(&principal, &request.uri).await?;
+            let session = self.session_id(&ctx).unwrap_or_else(|| "stdio".into());
+            self.app
+                .subscriptions
+                .subscribe_session(&request.uri, &session, ctx.peer.clone());
+            Ok(())
+        })
+        .await
     }
 
     #[allow(deprecated)]
@@ -422,9 +440,7 @@ impl ServerHandler for AgentCrm {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        // Boxed: rmcp spawns a task per request whose future is as large as the largest
-        // handler's, and moving this one (the audit event, the tool context, the gate) into
-        // and through the spawn was ~8% of a `get_customer` call's CPU in perf (memcpy).
+        // The audit event, the tool context and the gate: the largest of the handlers.
         Box::pin(self.call(request, ctx)).await
     }
 }

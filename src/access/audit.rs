@@ -130,14 +130,13 @@ pub fn redact_object(map: &serde_json::Map<String, Value>) -> Value {
     )
 }
 
+/// Whether `key` names a secret, in any case (compared in place: no lowercase copy).
 fn is_secret(key: &str) -> bool {
-    // Most keys hold no capital letter: no lowercase copy for them.
-    if key.bytes().any(|b| b.is_ascii_uppercase()) {
-        let lower = key.to_ascii_lowercase();
-        SECRET_KEYS.iter().any(|s| lower.contains(s))
-    } else {
-        SECRET_KEYS.iter().any(|s| key.contains(s))
-    }
+    SECRET_KEYS.iter().any(|secret| {
+        key.as_bytes()
+            .windows(secret.len())
+            .any(|part| part.eq_ignore_ascii_case(secret.as_bytes()))
+    })
 }
 
 /// `s` without NUL characters, which PostgreSQL text and jsonb refuse.
@@ -227,7 +226,7 @@ async fn writer(pool: PgPool, mut receiver: mpsc::Receiver<Pending>) {
 async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<(), sqlx::Error> {
     let events = batch.iter().map(|(e, _)| e);
     // Columns borrow from the events: nothing is copied but the encoded parameters.
-    let text = |f: for<'e> fn(&'e AuditEvent) -> Option<&'e str>| {
+    let column = |f: for<'e> fn(&'e AuditEvent) -> Option<&'e str>| {
         events.clone().map(f).collect::<Vec<_>>()
     };
     sqlx::query(
@@ -239,11 +238,11 @@ async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<(), sqlx::Error> {
          $13::text[], $14::text[])",
     )
     .bind(events.clone().map(|e| e.tenant_id).collect::<Vec<_>>())
-    .bind(text(|e| Some(e.kind)))
-    .bind(text(|e| Some(&e.action)))
-    .bind(text(|e| e.principal_kind.map(|k| k.as_str())))
+    .bind(column(|e| Some(e.kind)))
+    .bind(column(|e| Some(&e.action)))
+    .bind(column(|e| e.principal_kind.map(|k| k.as_str())))
     .bind(events.clone().map(|e| e.principal_id).collect::<Vec<_>>())
-    .bind(text(|e| e.principal_name.as_deref()))
+    .bind(column(|e| e.principal_name.as_deref()))
     .bind(events.clone().map(|e| e.on_behalf_of).collect::<Vec<_>>())
     .bind(
         events
@@ -251,12 +250,12 @@ async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<(), sqlx::Error> {
             .map(|e| e.arguments.as_ref())
             .collect::<Vec<_>>(),
     )
-    .bind(text(|e| Some(e.outcome)))
-    .bind(text(|e| e.error_code.as_deref()))
+    .bind(column(|e| Some(e.outcome)))
+    .bind(column(|e| e.error_code.as_deref()))
     .bind(events.clone().map(|e| e.duration_ms).collect::<Vec<_>>())
-    .bind(text(|e| e.transport))
-    .bind(text(|e| e.session_id.as_deref()))
-    .bind(text(|e| e.request_id.as_deref()))
+    .bind(column(|e| e.transport))
+    .bind(column(|e| e.session_id.as_deref()))
+    .bind(column(|e| e.request_id.as_deref()))
     .execute(pool)
     .await?;
     Ok(())
@@ -273,12 +272,14 @@ mod tests {
             "name": "x",
             "client_secret": "acs_123",
             "config": { "api_key": "k", "nested": [{ "Authorization": "Bearer t" }] },
+            "DB_PASSWORD": "hunter2",
         });
         let redacted = redact(&args).to_string();
         assert!(
             !redacted.contains("acs_123")
                 && !redacted.contains("Bearer t")
                 && !redacted.contains("\"k\"")
+                && !redacted.contains("hunter2")
         );
         assert!(redacted.contains("\"name\":\"x\""));
     }

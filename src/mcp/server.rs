@@ -446,6 +446,8 @@ impl ServerHandler for AgentCrm {
 }
 
 impl AgentCrm {
+    /// A `tools/call`: filter, scopes, rate limit, approval gate, the tool, then its audit
+    /// record, which the answer waits for.
     async fn call(
         &self,
         request: CallToolRequestParams,

@@ -212,17 +212,49 @@ impl ToolCtx {
     /// The first half of [`ToolCtx::approval`], for a tool that must first end its
     /// transaction: why the operation is held, if it is.
     pub async fn held(&self, operation: &Sensitive) -> Result<Option<String>, ToolError> {
-        if !self.principal.is_agent() || self.approved_action.is_some() {
+        // Operations by agents are held: an agent is the caller or in the chain it acts for.
+        if !self.principal.involves_agent() || self.approved_action.is_some() {
             return Ok(None);
         }
         let policy = ApprovalPolicy::load(self.app.store.pool(), self.principal.tenant_id).await?;
         Ok(policy.holds(self.tool, operation))
     }
 
+    /// [`ToolCtx::approval`] for a call whose targets were resolved from a filter: what is
+    /// stored (and run once approved) is `pinned`, the call with the targets shown to the
+    /// person deciding, never the filter resolved again later.
+    pub async fn approval_pinned(
+        &self,
+        operation: Sensitive,
+        summary: impl Into<String>,
+        pinned: serde_json::Map<String, Value>,
+    ) -> Result<(), ToolError> {
+        match self.held(&operation).await? {
+            None => Ok(()),
+            Some(reason) => {
+                let arguments = Value::Object(pinned);
+                Err(self
+                    .hold_arguments(&reason, &summary.into(), None, arguments)
+                    .await)
+            }
+        }
+    }
+
     /// The second half: stores the call as a pending action and returns the answer to give.
     pub async fn hold(&self, reason: &str, summary: &str, about: Option<About>) -> ToolError {
-        let action_id = match store_hold(self.app.store.pool(), self, summary, reason, about).await
-        {
+        let arguments = Value::Object((*self.arguments).clone());
+        self.hold_arguments(reason, summary, about, arguments).await
+    }
+
+    async fn hold_arguments(
+        &self,
+        reason: &str,
+        summary: &str,
+        about: Option<About>,
+        arguments: Value,
+    ) -> ToolError {
+        let pool = self.app.store.pool();
+        let action_id = match store_hold(pool, self, summary, reason, about, arguments).await {
             Ok(id) => id,
             Err(error) => return error.into(),
         };
@@ -245,30 +277,41 @@ async fn store_hold(
     summary: &str,
     reason: &str,
     about: Option<About>,
+    arguments: Value,
 ) -> Result<Uuid, StoreError> {
     let principal = &ctx.principal;
+    // The agent whose call it is (the first of the chain), and the chain approval runs for.
+    let members = principal.members();
+    let agent = members
+        .iter()
+        .find(|m| m.kind == crate::access::PrincipalKind::Agent);
+    let (agent_id, agent_name) = agent.map_or((principal.id, principal.name.clone()), |a| {
+        (Some(a.id), a.name.clone())
+    });
     let (customer_id, customer_name) = about
         .map(|a| (Some(a.customer_id), Some(a.customer_name)))
         .unwrap_or_default();
     let mut tx = pool.begin().await?;
     let id: Uuid = sqlx::query_scalar(
         "INSERT INTO pending_actions (tenant_id, tool, arguments, summary, hold_reason, customer_id,
-             customer_name, agent_id, agent_name, scopes, history)
+             customer_name, agent_id, agent_name, scopes, history, chain)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
                  jsonb_build_array(jsonb_build_object('at', now(), 'by', $9::text, 'action', 'held',
-                                                      'state', 'pending', 'note', $5::text)))
+                                                      'state', 'pending', 'note', $5::text)),
+                 $11)
          RETURNING id",
     )
     .bind(principal.tenant_id)
     .bind(ctx.tool)
-    .bind(Value::Object((*ctx.arguments).clone()))
+    .bind(arguments)
     .bind(summary)
     .bind(reason)
     .bind(customer_id)
     .bind(&customer_name)
-    .bind(principal.id)
-    .bind(&principal.name)
+    .bind(agent_id)
+    .bind(&agent_name)
     .bind(principal.scopes.names())
+    .bind(crate::access::delegation::chain_json(&members))
     .fetch_one(&mut *tx)
     .await?;
     crate::crm::events::emit(
@@ -281,7 +324,7 @@ async fn store_hold(
             "pending_action": {
                 "id": id, "tool": ctx.tool, "summary": summary, "hold_reason": reason,
                 "customer_id": customer_id, "customer_name": customer_name,
-                "agent_id": principal.id, "agent_name": principal.name, "state": "pending",
+                "agent_id": agent_id, "agent_name": agent_name, "state": "pending",
             }
         }),
     )

@@ -23,6 +23,8 @@ pub struct AuditEvent {
     pub principal_id: Option<Uuid>,
     pub principal_name: Option<String>,
     pub on_behalf_of: Option<Uuid>,
+    /// For work done on someone's behalf: everyone the call acted for (identity first).
+    pub chain: Option<Value>,
     /// Already redacted.
     pub arguments: Option<Value>,
     /// `ok`, `error` or `refused`.
@@ -49,6 +51,7 @@ impl AuditEvent {
             principal_id: None,
             principal_name: None,
             on_behalf_of: None,
+            chain: None,
             arguments: None,
             outcome,
             error_code: None,
@@ -73,6 +76,7 @@ impl AuditEvent {
             principal_id: principal.id,
             principal_name: Some(principal.name.clone()),
             on_behalf_of: principal.on_behalf_of,
+            chain: principal.chain_json(),
             arguments: None,
             outcome,
             error_code: None,
@@ -232,10 +236,10 @@ async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO audit_events (tenant_id, kind, action, principal_kind, principal_id, \
          principal_name, on_behalf_of, arguments, outcome, error_code, duration_ms, transport, \
-         session_id, request_id) \
+         session_id, request_id, chain) \
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], \
          $6::text[], $7::uuid[], $8::jsonb[], $9::text[], $10::text[], $11::float8[], $12::text[], \
-         $13::text[], $14::text[])",
+         $13::text[], $14::text[], $15::jsonb[])",
     )
     .bind(events.clone().map(|e| e.tenant_id).collect::<Vec<_>>())
     .bind(column(|e| Some(e.kind)))
@@ -256,6 +260,7 @@ async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<(), sqlx::Error> {
     .bind(column(|e| e.transport))
     .bind(column(|e| e.session_id.as_deref()))
     .bind(column(|e| e.request_id.as_deref()))
+    .bind(events.clone().map(|e| e.chain.as_ref()).collect::<Vec<_>>())
     .execute(pool)
     .await?;
     Ok(())
@@ -322,6 +327,8 @@ pub struct AuditRecord {
     pub principal_id: Option<Uuid>,
     pub principal_name: Option<String>,
     pub on_behalf_of: Option<Uuid>,
+    /// Work done on someone's behalf: every principal it acted for, the identity first.
+    pub chain: Option<Value>,
     /// The call's arguments, secrets redacted.
     pub arguments: Option<Value>,
     pub outcome: String,
@@ -363,7 +370,7 @@ pub async fn list(
 ) -> Result<(Vec<AuditRecord>, i64), sqlx::Error> {
     let mut query = QueryBuilder::new(
         "SELECT id, at, kind, action, principal_kind, principal_id, principal_name, on_behalf_of, \
-         arguments, outcome, error_code, duration_ms, transport, session_id, request_id FROM audit_events",
+         chain, arguments, outcome, error_code, duration_ms, transport, session_id, request_id FROM audit_events",
     );
     push_filters(&mut query, tenant_id, filter);
     query

@@ -13,7 +13,7 @@ use serde_json::Value;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::principal::Principal;
+use super::principal::{Principal, PrincipalKind};
 use crate::error::ToolError;
 use crate::store::StoreError;
 
@@ -88,19 +88,45 @@ pub struct Policy {
 pub const EXPLICIT_GRANT_SCOPES: [&str; 2] = ["customers:delete", "customers:export"];
 
 impl Policy {
-    /// Loads the policy of `principal` (three small queries for agents, none for humans).
+    /// Loads the policy of `principal`: for work done on someone's behalf, the
+    /// intersection of the policies of every agent in its chain (three small queries per
+    /// agent; none for people, who have no restrictions beyond their scopes).
     pub async fn load(pool: &PgPool, principal: &Principal) -> Result<Policy, StoreError> {
         let mut policy = Policy {
             tenant_id: principal.tenant_id,
-            is_agent: principal.is_agent(),
             ..Policy::default()
         };
-        let Some(agent_id) = principal.is_agent().then_some(principal.id).flatten() else {
-            return Ok(policy);
+        let agents: Vec<Uuid> = match &principal.delegation {
+            Some(delegation) => delegation
+                .members
+                .iter()
+                .filter(|m| m.kind == PrincipalKind::Agent)
+                .map(|m| m.id)
+                .collect(),
+            None => principal
+                .is_agent()
+                .then_some(principal.id)
+                .flatten()
+                .into_iter()
+                .collect(),
+        };
+        for agent_id in agents {
+            let agent = Policy::load_agent(pool, principal.tenant_id, agent_id).await?;
+            policy = policy.intersect(agent);
+        }
+        Ok(policy)
+    }
+
+    /// One agent's own field rules, conditions and grants.
+    async fn load_agent(pool: &PgPool, tenant_id: Uuid, agent_id: Uuid) -> Result<Policy, StoreError> {
+        let mut policy = Policy {
+            tenant_id,
+            is_agent: true,
+            ..Policy::default()
         };
         let fields: Vec<(String, Vec<String>)> =
             sqlx::query_as("SELECT resource, allowed_fields FROM field_rules WHERE tenant_id = $1 AND agent_id = $2")
-                .bind(principal.tenant_id)
+                .bind(tenant_id)
                 .bind(agent_id)
                 .fetch_all(pool)
                 .await?;
@@ -111,7 +137,7 @@ impl Policy {
         let conditions: Vec<(String, String, String, Value)> = sqlx::query_as(
             "SELECT resource, field, op, value FROM row_conditions WHERE tenant_id = $1 AND agent_id = $2 ORDER BY id",
         )
-        .bind(principal.tenant_id)
+        .bind(tenant_id)
         .bind(agent_id)
         .fetch_all(pool)
         .await?;
@@ -130,7 +156,7 @@ impl Policy {
         let grants: Vec<(String, Option<Vec<Uuid>>, Vec<Uuid>)> = sqlx::query_as(
             "SELECT scope, only_ids, except_ids FROM grants WHERE tenant_id = $1 AND agent_id = $2 ORDER BY scope",
         )
-        .bind(principal.tenant_id)
+        .bind(tenant_id)
         .bind(agent_id)
         .fetch_all(pool)
         .await?;
@@ -143,6 +169,87 @@ impl Policy {
             })
             .collect();
         Ok(policy)
+    }
+
+    /// What both policies allow: fields both show, rows both conditions match, objects
+    /// both grants cover (an agent without a grant for an explicit-grant scope has none).
+    pub fn intersect(self, other: Policy) -> Policy {
+        let mut field_rules = self.field_rules.clone();
+        for (resource, allowed) in &other.field_rules {
+            field_rules
+                .entry(resource.clone())
+                .and_modify(|mine| mine.retain(|f| allowed.contains(f)))
+                .or_insert_with(|| allowed.clone());
+        }
+        let mut conditions = self.conditions.clone();
+        for (resource, list) in &other.conditions {
+            conditions
+                .entry(resource.clone())
+                .or_default()
+                .extend(list.iter().cloned());
+        }
+        let scopes: BTreeSet<String> = self
+            .grants
+            .iter()
+            .chain(&other.grants)
+            .map(|g| g.scope.clone())
+            .collect();
+        let grant_of = |policy: &Policy, scope: &str| -> Option<Grant> {
+            match policy.grants.iter().find(|g| g.scope == scope) {
+                Some(grant) => Some(grant.clone()),
+                // No grant: every object, unless the scope needs an explicit one.
+                None if policy.is_agent && EXPLICIT_GRANT_SCOPES.contains(&scope) => Some(Grant {
+                    scope: scope.to_owned(),
+                    only_ids: Some(Vec::new()),
+                    except_ids: Vec::new(),
+                }),
+                None => None,
+            }
+        };
+        let grants = scopes
+            .into_iter()
+            .filter_map(|scope| match (grant_of(&self, &scope), grant_of(&other, &scope)) {
+                (Some(a), Some(b)) => Some(Grant {
+                    scope,
+                    only_ids: match (a.only_ids, b.only_ids) {
+                        (Some(a), Some(b)) => Some(a.into_iter().filter(|id| b.contains(id)).collect()),
+                        (Some(x), None) | (None, Some(x)) => Some(x),
+                        (None, None) => None,
+                    },
+                    except_ids: a
+                        .except_ids
+                        .into_iter()
+                        .chain(b.except_ids)
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect(),
+                }),
+                (Some(g), None) | (None, Some(g)) => Some(g),
+                (None, None) => None,
+            })
+            .collect();
+        Policy {
+            field_rules,
+            conditions,
+            grants,
+            tenant_id: self.tenant_id,
+            is_agent: self.is_agent || other.is_agent,
+        }
+    }
+
+    /// Does this policy restrict anything beyond scopes (fields, rows or objects)?
+    pub fn is_restricted(&self) -> bool {
+        !self.field_rules.is_empty()
+            || !self.conditions.is_empty()
+            || self
+                .grants
+                .iter()
+                .any(|g| g.only_ids.is_some() || !g.except_ids.is_empty())
+    }
+
+    /// Does it restrict `resource` (its fields or rows)?
+    pub fn restricts(&self, resource: &str) -> bool {
+        self.field_rules.contains_key(resource) || self.conditions.contains_key(resource)
     }
 
     /// May this field of `resource` be read or written?

@@ -222,6 +222,7 @@ pub async fn principal_for_api_key(
         role: Some(role),
         on_behalf_of: Some(row.owner_id),
         scopes,
+        delegation: None,
     }))
 }
 
@@ -277,6 +278,7 @@ pub async fn principal_for_client(
         role: None,
         on_behalf_of: None,
         scopes: Scopes::parse(&row.scopes).unwrap_or(Scopes::NONE),
+        delegation: None,
     }))
 }
 

@@ -150,6 +150,7 @@ fn agent_principal(id: Uuid, tenant_id: Uuid, name: String, scopes: Scopes) -> P
         role: None,
         on_behalf_of: None,
         scopes,
+        delegation: None,
     }
 }
 

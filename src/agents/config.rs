@@ -10,6 +10,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::access::Principal;
+use crate::access::delegation::Member;
 use crate::access::store::Agent;
 use crate::app::App;
 use crate::connections::catalog as tool_catalog;
@@ -350,11 +351,31 @@ pub struct Runnable {
     pub updated_by_name: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// Who owns the definition (none: its creator is gone, admins only) and who last
+    /// changed what it does: both are in the chain of every run.
+    pub owner: Option<Value>,
+    pub behaviour_by: Option<Value>,
 }
 
-pub const RUNNABLE_COLUMNS: &str = "agent_id, tenant_id, kind, definition, overrides, paused, updated_by_name, created_at, updated_at";
+pub const RUNNABLE_COLUMNS: &str = "agent_id, tenant_id, kind, definition, overrides, paused, \
+     updated_by_name, created_at, updated_at, owner, behaviour_by";
 
 impl Runnable {
+    pub fn owner(&self) -> Option<Member> {
+        self.owner
+            .as_ref()
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+
+    /// The owner and the last editor, as chain members of its runs.
+    pub fn owner_members(&self) -> Vec<Member> {
+        [&self.owner, &self.behaviour_by]
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_value::<Member>(v.clone()).ok())
+            .collect()
+    }
+
     pub fn kind(&self) -> Result<Kind, ToolError> {
         match self.kind.as_str() {
             "prompt" => Ok(Kind::Prompt),
@@ -435,5 +456,6 @@ pub fn principal_of(agent: &Agent) -> Principal {
         role: None,
         on_behalf_of: None,
         scopes: crate::access::Scopes::parse(&agent.scopes).unwrap_or(crate::access::Scopes::NONE),
+        delegation: None,
     }
 }

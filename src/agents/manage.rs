@@ -277,6 +277,7 @@ async fn create_agent(ctx: ToolCtx, args: CreateArgs) -> Result<AgentConfigOut, 
             role: None,
             on_behalf_of: None,
             scopes,
+            delegation: None,
         },
     };
     let warnings = config.check(&ctx.app, kind, &identity).await?;

@@ -20,8 +20,9 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::config::{Config, Runnable, principal_of};
+use super::config::{Config, Runnable};
 use crate::access::Principal;
+use crate::access::delegation::{self, Cause, Member};
 use crate::access::audit::redact;
 use crate::access::store::Agent;
 use crate::app::App;
@@ -32,7 +33,7 @@ use crate::connections::platforms::Resolved;
 use crate::error::ToolError;
 use crate::mcp::context::Transport;
 use crate::mcp::filter::denial;
-use crate::mcp::invoke::{Invocation, invoke};
+use crate::mcp::call::{Call, invoke};
 use crate::store::StoreError;
 use crate::workflows::engine::{lease, process_id};
 
@@ -61,7 +62,7 @@ impl Trigger {
                 Transport::Stdio => "stdio",
                 Transport::Http => "http",
                 Transport::Workflow => "workflow",
-                Transport::Agent => "agent",
+                Transport::Agent | Transport::Approval => "agent",
             },
             kind: Some(principal.kind.as_str().to_owned()),
             id: principal.id,
@@ -81,8 +82,38 @@ pub struct NewRun<'a> {
     pub due_at: Option<DateTime<Utc>>,
     pub parent_run_id: Option<Uuid>,
     pub chain_depth: i32,
+    /// Who the run acts for besides the agent (whoever started it, the runnable's owner and
+    /// last editor); the agent identity goes first.
+    pub acts_for: Vec<Member>,
+    pub cause: Cause,
     /// Claimed by this process at once (a manual run it is about to drive).
     pub claim: bool,
+}
+
+impl NewRun<'_> {
+    /// The agent, then who started the run, then the runnable's owner and last editor.
+    fn chain(&self) -> Vec<Member> {
+        let mut members = vec![Member {
+            kind: crate::access::PrincipalKind::Agent,
+            id: self.agent.id,
+            name: self.agent.name.clone(),
+            person: None,
+        }];
+        for member in self
+            .acts_for
+            .iter()
+            .cloned()
+            .chain(self.runnable.owner_members())
+        {
+            if !members
+                .iter()
+                .any(|m| m.kind == member.kind && m.id == member.id)
+            {
+                members.push(member);
+            }
+        }
+        members
+    }
 }
 
 /// Queues a run; `None` when that due time of that schedule already has its run.
@@ -102,12 +133,12 @@ pub async fn queue(
         "INSERT INTO agent_runs (tenant_id, agent_id, agent_name, agent_kind, run_type, source,
              triggered_by_kind, triggered_by_id, triggered_by_name, schedule_id, due_at,
              parent_run_id, chain_depth, prompt, input, config, status, lease_owner, lease_until,
-             started_at)
+             started_at, chain, cause)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
                  CASE WHEN $17 THEN 'running' ELSE 'queued' END,
                  CASE WHEN $17 THEN $18::uuid END,
                  CASE WHEN $17 THEN now() + make_interval(secs => $19) END,
-                 CASE WHEN $17 THEN now() END)
+                 CASE WHEN $17 THEN now() END, $20, $21)
          ON CONFLICT (schedule_id, due_at) DO NOTHING
          RETURNING id",
     )
@@ -130,6 +161,8 @@ pub async fn queue(
     .bind(new.claim)
     .bind(process_id())
     .bind(lease().as_secs_f64())
+    .bind(delegation::chain_json(&new.chain()))
+    .bind(new.cause.json())
     .fetch_optional(&mut *tx)
     .await
     .map_err(StoreError::from)?;
@@ -160,6 +193,8 @@ struct Claimed {
     total_tokens: i64,
     log: Value,
     deadline: DateTime<Utc>,
+    chain: Value,
+    cause: Value,
 }
 
 /// How a run ended.
@@ -233,7 +268,7 @@ async fn drive(app: &Arc<App>, id: Uuid, lost: &AtomicBool) -> Result<(), ToolEr
          WHERE id = $1 AND lease_owner = $2 AND status = 'running'
          RETURNING id, tenant_id, agent_id, agent_name, agent_kind, prompt, input, config,
                    transcript, tool_calls, prompt_tokens, completion_tokens, total_tokens, log,
-                   deadline",
+                   deadline, chain, cause",
     )
     .bind(id)
     .bind(process_id())
@@ -255,15 +290,17 @@ async fn drive(app: &Arc<App>, id: Uuid, lost: &AtomicBool) -> Result<(), ToolEr
         },
         log: serde_json::from_value(run.log.clone()).unwrap_or_default(),
     };
-    let agent = match agent_now(pool, run.tenant_id, run.agent_id).await? {
-        Ok(agent) => agent,
-        Err(reason) => return finish(app, id, Some(&state), Ending::error(reason)).await,
+    let principal = match acting(pool, &run).await {
+        Ok(principal) => principal,
+        Err(ToolError::Store(error)) => return Err(ToolError::Store(error)),
+        Err(refused) => {
+            return finish(app, id, Some(&state), Ending::error(refused.to_string())).await;
+        }
     };
     if !config.enabled {
         let ending = Ending::error(format!("agent `{}` is disabled", run.agent_name));
         return finish(app, id, Some(&state), ending).await;
     }
-    let principal = principal_of(&agent);
     let ending = match run.agent_kind.as_str() {
         "workflow" => run_workflow(app, &run, &config, &principal, &mut state).await?,
         _ => run_prompt(app, &run, &config, &principal, &mut state, lost).await?,
@@ -274,25 +311,25 @@ async fn drive(app: &Arc<App>, id: Uuid, lost: &AtomicBool) -> Result<(), ToolEr
     finish(app, id, Some(&state), ending).await
 }
 
-/// The run's agent as it is now: it must still exist and be enabled.
-async fn agent_now(
-    pool: &PgPool,
-    tenant_id: Uuid,
-    agent_id: Option<Uuid>,
-) -> Result<Result<Agent, String>, ToolError> {
-    let gone = "the agent no longer exists".to_owned();
-    let Some(agent_id) = agent_id else {
-        return Ok(Err(gone));
-    };
-    Ok(
-        match crate::access::store::get_agent(pool, tenant_id, agent_id).await? {
-            None => Err(gone),
-            Some(agent) if !agent.enabled => {
-                Err(format!("agent `{}` is disabled (enable_agent)", agent.name))
-            }
-            Some(agent) => Ok(agent),
-        },
-    )
+/// Who the run acts for, as they stand now: the agent (still there and enabled) and
+/// everyone in its chain, with the intersection of their permissions.
+async fn acting(pool: &PgPool, run: &Claimed) -> Result<Principal, ToolError> {
+    let mut members = delegation::read_chain(&run.chain);
+    if members.is_empty() {
+        let Some(agent_id) = run.agent_id else {
+            return Err(ToolError::Forbidden("the agent no longer exists".into()));
+        };
+        members.push(Member {
+            kind: crate::access::PrincipalKind::Agent,
+            id: agent_id,
+            name: run.agent_name.clone(),
+            person: None,
+        });
+    }
+    let mut cause = Cause::read(&run.cause);
+    cause.run_id = Some(run.id);
+    cause.execution_id = None;
+    delegation::resolve(pool, run.tenant_id, &members, cause).await
 }
 
 fn remaining(deadline: DateTime<Utc>) -> Option<Duration> {
@@ -646,26 +683,28 @@ async fn continue_call(
             Value::Object(map) => map.clone(),
             _ => Map::new(),
         };
-        // A fresh principal per call: scopes narrowed or the agent disabled mid-run count.
-        let principal = match agent_now(pool, run.tenant_id, run.agent_id).await? {
-            Ok(agent) => principal_of(&agent),
-            Err(reason) => {
+        // A fresh principal per call: scopes narrowed or someone disabled mid-run count.
+        let principal = match acting(pool, run).await {
+            Ok(principal) => principal,
+            Err(ToolError::Store(error)) => return Err(ToolError::Store(error)),
+            Err(refused) => {
                 return Err(ToolError::Forbidden(format!(
-                    "{reason}; {} cannot call tools",
+                    "{refused}; {} cannot call tools",
                     principal.name
                 )));
             }
         };
         invoke(
             app,
-            Invocation {
-                principal: &principal,
-                transport: Transport::Agent,
-                tool: &call.name,
-                arguments: &arguments,
-                timeout: left,
-                purpose: "Agent run",
-            },
+            Call::on_behalf(
+                app,
+                principal,
+                Transport::Agent,
+                &call.name,
+                arguments,
+                "Agent run",
+            )
+            .with_timeout(left),
         )
         .await
     };
@@ -776,14 +815,15 @@ async fn run_workflow(
             save(pool, run.id, state).await?;
             let started = invoke(
                 app,
-                Invocation {
-                    principal,
-                    transport: Transport::Agent,
-                    tool: "execute_workflow",
-                    arguments: &arguments,
-                    timeout: left,
-                    purpose: "Agent run",
-                },
+                Call::on_behalf(
+                    app,
+                    principal.clone(),
+                    Transport::Agent,
+                    "execute_workflow",
+                    arguments,
+                    "Agent run",
+                )
+                .with_timeout(left),
             )
             .await;
             let entry = state
@@ -922,6 +962,7 @@ async fn finish(
         role: None,
         on_behalf_of: None,
         scopes: crate::access::Scopes::NONE,
+        delegation: None,
     };
     crate::crm::events::emit(&mut tx, &actor, "agent.run.completed", id, summary.clone()).await?;
     crate::mcp::resources::notify_changed(&mut tx, crate::mcp::resources::run_uri(id)).await?;

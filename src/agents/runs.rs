@@ -12,6 +12,8 @@ use uuid::Uuid;
 use super::callbacks::{self, Callback};
 use super::config::{find, find_runnable};
 use super::runner::{self, NewRun, Trigger};
+use crate::access::Scopes;
+use crate::access::delegation::{self, Cause};
 use crate::error::ToolError;
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::{ToolCtx, Transport};
@@ -238,6 +240,12 @@ async fn run_agent(ctx: ToolCtx, args: RunArgs) -> Result<RunDetail, ToolError> 
                 .into(),
         ));
     }
+    delegation::may_run_as(
+        &ctx.principal,
+        Scopes::parse(&agent.scopes).unwrap_or(Scopes::EVERY),
+        &agent.name,
+    )?;
+    let cause = Cause::started_by(&ctx.principal)?;
     if !agent.enabled {
         return Err(ToolError::Conflict(format!(
             "agent `{}` is disabled (enable_agent)",
@@ -275,6 +283,9 @@ async fn run_agent(ctx: ToolCtx, args: RunArgs) -> Result<RunDetail, ToolError> 
             due_at: None,
             parent_run_id: None,
             chain_depth: 0,
+            // The run acts for whoever started it too: never more than they may do.
+            acts_for: ctx.principal.members(),
+            cause,
             claim: true,
         },
     )

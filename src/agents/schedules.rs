@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::config::find_runnable;
+use crate::access::delegation::{self, Cause, Member};
 use super::runner::{MAX_CHAIN_DEPTH, NewRun, Trigger, queue};
 use crate::app::App;
 use crate::error::ToolError;
@@ -355,6 +356,11 @@ async fn check(
 async fn schedule_agent(ctx: ToolCtx, args: ScheduleArgs) -> Result<Schedule, ToolError> {
     let kind = exactly_one_timing(&args)?;
     let (agent, _) = find_runnable(&ctx.app, ctx.principal.tenant_id, &args.agent).await?;
+    delegation::may_run_as(
+        &ctx.principal,
+        crate::access::Scopes::parse(&agent.scopes).unwrap_or(crate::access::Scopes::EVERY),
+        &agent.name,
+    )?;
     let checked = check(&ctx, &args, kind).await?;
     let id = Uuid::new_v4();
     let now = Utc::now();
@@ -403,9 +409,9 @@ async fn schedule_agent(ctx: ToolCtx, args: ScheduleArgs) -> Result<Schedule, To
         "INSERT INTO agent_schedules (id, tenant_id, agent_id, kind, cron, timezone,
              interval_seconds, run_at, start_at, after_agent_id, after_status, enabled, prompt,
              callback_url, callback_secret_encrypted, next_run_at, created_by_kind,
-             created_by_id, created_by_name, created_at, updated_at)
+             created_by_id, created_by_name, created_at, updated_at, creator)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                 $18, $19, $20, $20)",
+                 $18, $19, $20, $20, $21)",
     )
     .bind(id)
     .bind(ctx.principal.tenant_id)
@@ -427,6 +433,7 @@ async fn schedule_agent(ctx: ToolCtx, args: ScheduleArgs) -> Result<Schedule, To
     .bind(ctx.principal.id)
     .bind(&ctx.principal.name)
     .bind(now)
+    .bind(serde_json::to_value(Member::of(&ctx.principal)).unwrap_or_default())
     .execute(&mut *tx)
     .await
     .map_err(StoreError::from)?;
@@ -499,7 +506,24 @@ pub struct UpdateArgs {
     pub callback_secret: Option<String>,
 }
 
+/// Only a schedule's creator (or an admin) changes or deletes it.
+async fn may_change(ctx: &ToolCtx, id: Uuid) -> Result<(), ToolError> {
+    let creator: Option<Option<Value>> =
+        sqlx::query_scalar("SELECT creator FROM agent_schedules WHERE tenant_id = $1 AND id = $2")
+            .bind(ctx.principal.tenant_id)
+            .bind(id)
+            .fetch_optional(ctx.app.store.pool())
+            .await
+            .map_err(StoreError::from)?;
+    let Some(creator) = creator else {
+        return Err(ToolError::NotFound(format!("no schedule {id} in this tenant")));
+    };
+    let creator = creator.and_then(|v| serde_json::from_value::<Member>(v).ok());
+    delegation::may_manage(&ctx.principal, creator.as_ref(), &format!("schedule {id}"))
+}
+
 async fn update_schedule(ctx: ToolCtx, args: UpdateArgs) -> Result<Schedule, ToolError> {
+    may_change(&ctx, args.schedule_id).await?;
     let current = load(&ctx, args.schedule_id).await?;
     let bad = ToolError::InvalidRequest;
     // Timing fields must fit the schedule's kind; changing kind is a new schedule.
@@ -633,6 +657,7 @@ pub struct Deleted {
 }
 
 async fn delete_schedule(ctx: ToolCtx, args: ScheduleIdArgs) -> Result<Deleted, ToolError> {
+    may_change(&ctx, args.schedule_id).await?;
     let deleted: Option<Uuid> = sqlx::query_scalar(
         "DELETE FROM agent_schedules WHERE tenant_id = $1 AND id = $2 RETURNING id",
     )
@@ -691,6 +716,21 @@ struct Due {
     next_run_at: DateTime<Utc>,
     created_at: DateTime<Utc>,
     created_by_name: String,
+    creator: Option<Value>,
+}
+
+/// A schedule's creator as the chain member its runs act for (none when unknown: such a
+/// run acts for nobody and does not run).
+fn creator_members(creator: &Option<Value>) -> Vec<Member> {
+    match creator.as_ref().map(|v| serde_json::from_value::<Member>(v.clone())) {
+        Some(Ok(member)) => vec![member],
+        _ => vec![Member {
+            kind: crate::access::PrincipalKind::User,
+            id: Uuid::nil(),
+            name: "the schedule's creator".into(),
+            person: None,
+        }],
+    }
 }
 
 /// Queues the run of every due schedule, once per due time.
@@ -699,7 +739,7 @@ pub async fn fire_due(app: &App) -> Result<(), ToolError> {
     let mut tx = pool.begin().await.map_err(StoreError::from)?;
     let due: Vec<Due> = sqlx::query_as(
         "SELECT id, tenant_id, agent_id, kind, cron, timezone, interval_seconds, run_at, start_at,
-                prompt, next_run_at, created_at, created_by_name
+                prompt, next_run_at, created_at, created_by_name, creator
          FROM agent_schedules
          WHERE enabled AND next_run_at <= now() AND kind <> 'after'
          ORDER BY next_run_at LIMIT 50
@@ -764,6 +804,8 @@ pub async fn fire_due(app: &App) -> Result<(), ToolError> {
                 due_at: Some(schedule.next_run_at),
                 parent_run_id: None,
                 chain_depth: 0,
+                acts_for: creator_members(&schedule.creator),
+                cause: Cause::default(),
                 claim: false,
             },
         )
@@ -789,9 +831,10 @@ pub async fn chain(
         id: Uuid,
         agent_id: Uuid,
         prompt: String,
+        creator: Option<Value>,
     }
     let chained: Vec<Chained> = sqlx::query_as(
-        "SELECT s.id, s.agent_id, s.prompt FROM agent_schedules s
+        "SELECT s.id, s.agent_id, s.prompt, s.creator FROM agent_schedules s
          WHERE s.tenant_id = $1 AND s.kind = 'after' AND s.after_agent_id = $2 AND s.enabled
            AND (s.after_status = $3 OR s.after_status = 'any')",
     )
@@ -852,6 +895,11 @@ pub async fn chain(
                 due_at: None,
                 parent_run_id: Some(run_id),
                 chain_depth: depth + 1,
+                acts_for: creator_members(&schedule.creator),
+                cause: Cause {
+                    depth: 0,
+                    ..Cause::default()
+                },
                 claim: false,
             },
         )

@@ -179,17 +179,22 @@ async fn bulk_update_customers(ctx: ToolCtx, args: BulkArgs) -> Result<BulkOut, 
     let target = match &args.customer_ids {
         Some(_) => "listed by id".to_owned(),
         None => format!(
-            "matching the filter {}; resolved again when it runs",
+            "matching the filter {} when it was held; these records, not the filter again",
             ctx.arguments.get("filter").cloned().unwrap_or(json!({}))
         ),
     };
-    ctx.approval(
+    // A held call is stored with the ids it matched now: approval acts on what the person
+    // was shown, never on the filter resolved again later.
+    let mut pinned = (*ctx.arguments).clone();
+    pinned.remove("filter");
+    pinned.insert("customer_ids".into(), json!(ids));
+    ctx.approval_pinned(
         Sensitive::Bulk { records },
         format!(
             "Update {records} customers ({target}): set {}",
             ctx.arguments.get("set").cloned().unwrap_or(json!({}))
         ),
-        None,
+        pinned,
     )
     .await?;
     let pool = ctx.app.store.pool().clone();

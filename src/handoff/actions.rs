@@ -13,15 +13,16 @@ use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::{Entry, notify_changed};
-use crate::access::audit::{AuditEvent, redact};
+use crate::access::audit::redact;
+use crate::access::delegation::{self, Cause, Member};
 use crate::access::principal::{PrincipalKind, Role};
 use crate::access::{Principal, Scopes};
 use crate::app::App;
 use crate::crm::events;
 use crate::error::ToolError;
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
-use crate::mcp::context::ToolCtx;
-use crate::mcp::filter::denial;
+use crate::mcp::call::{Call, invoke};
+use crate::mcp::context::{ToolCtx, Transport};
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo, fetch_page};
 
@@ -356,9 +357,8 @@ async fn decide_pending_action(
     // Run it in a task of its own: a caller that goes away does not cut it half-way.
     let app = ctx.app.clone();
     let decider = principal.clone();
-    let transport = ctx.transport;
     let run = tokio::spawn(async move {
-        let outcome = execute(&app, transport, decider.tenant_id, &decided).await;
+        let outcome = execute(&app, decider.tenant_id, &decided).await;
         record_outcome(&app, &decider, decided.id, outcome).await
     });
     let pending_action = run
@@ -392,82 +392,53 @@ async fn why_not(pool: &PgPool, principal: &Principal, id: Uuid, is_admin: bool)
 /// Runs an approved action as its agent, as it stands now: the agent must still exist, be
 /// enabled and hold the tool's scopes (never more than the held call had); the tool itself
 /// re-applies the agent's field rules, conditions and grants.
-async fn execute(
-    app: &Arc<App>,
-    transport: crate::mcp::context::Transport,
-    tenant_id: Uuid,
-    action: &PendingAction,
-) -> Result<Value, String> {
+/// Runs an approved call through the one call path, for the chain it was held for (the
+/// agent first), with everyone's permissions of this moment and never more than it had
+/// when it was held.
+async fn execute(app: &Arc<App>, tenant_id: Uuid, action: &PendingAction) -> Result<Value, String> {
     let pool = app.store.pool();
-    let held_scopes: Vec<String> =
-        sqlx::query_scalar("SELECT scopes FROM pending_actions WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant_id)
-            .bind(action.id)
-            .fetch_one(pool)
-            .await
-            .map_err(|e| format!("the database refused: {e}"))?;
-    let agent_id = action
-        .agent_id
-        .ok_or_else(|| format!("the agent {} was deleted", action.agent_name))?;
-    let agent = crate::access::store::get_agent(pool, tenant_id, agent_id)
+    let (held_scopes, chain): (Vec<String>, Value) = sqlx::query_as(
+        "SELECT scopes, chain FROM pending_actions WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant_id)
+    .bind(action.id)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| format!("the database refused: {e}"))?;
+    let mut members = delegation::read_chain(&chain);
+    if members.is_empty() {
+        let agent_id = action
+            .agent_id
+            .ok_or_else(|| format!("the agent {} was deleted", action.agent_name))?;
+        members.push(Member {
+            kind: PrincipalKind::Agent,
+            id: agent_id,
+            name: action.agent_name.clone(),
+            person: None,
+        });
+    }
+    let mut principal = delegation::resolve(pool, tenant_id, &members, Cause::default())
         .await
-        .map_err(|e| format!("the database refused: {e}"))?
-        .ok_or_else(|| format!("the agent {} was deleted", action.agent_name))?;
-    if !agent.enabled {
-        return Err(format!("the agent {} is disabled", agent.name));
-    }
-    let scopes = Scopes::parse(&agent.scopes).unwrap_or(Scopes::NONE);
-    let held = Scopes::parse(&held_scopes).unwrap_or(Scopes::NONE);
-    let principal = Principal {
-        tenant_id,
-        kind: PrincipalKind::Agent,
-        id: Some(agent.id),
-        name: agent.name.clone(),
-        role: None,
-        on_behalf_of: None,
-        scopes: scopes.intersect(held),
-    };
-    let tool = app
-        .catalog
-        .get(&action.action_type)
-        .filter(|t| app.filter.allows(&t.def))
-        .ok_or_else(|| format!("`{}` is not available on this server", action.action_type))?;
-    if let Some(denied) = denial(&principal, tool) {
-        return Err(denied.describe(tool.def.name, &principal.name));
-    }
+        .map_err(|e| e.to_body("").error_description)?;
+    principal.scopes = principal
+        .scopes
+        .intersect(Scopes::parse(&held_scopes).unwrap_or(Scopes::NONE));
     let Value::Object(arguments) = action.arguments.clone() else {
         return Err("the stored arguments are not an object".into());
     };
-    let request_id = Uuid::now_v7().to_string();
-    let ctx = ToolCtx {
-        app: app.clone(),
-        transport,
-        principal: principal.clone(),
-        request_id: request_id.clone(),
-        session_id: None,
-        filter: app.filter.clone(),
-        progress: None,
-        tool: tool.def.name,
-        arguments: Arc::new(arguments.clone()),
-        approved_action: Some(action.id),
-        client: None,
-    };
-    let started = std::time::Instant::now();
-    let outcome = tool.call(ctx, arguments.clone()).await;
-    // The run is the agent's call: it goes in the audit trail as such.
-    let mut audit = AuditEvent::by(&principal, "tool", tool.def.name, "ok");
-    audit.arguments = Some(redact(&Value::Object(arguments)));
-    audit.transport = Some("approval");
-    audit.request_id = Some(request_id.clone());
-    audit.duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-    if let Err(error) = &outcome {
-        audit.outcome = "error";
-        audit.error_code = serde_json::to_value(error.code())
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned));
-    }
-    app.audit.record(audit).await;
-    outcome.map_err(|error| error.to_body(&request_id).error_description)
+    let mut call = Call::on_behalf(
+        app,
+        principal,
+        Transport::Approval,
+        &action.action_type,
+        arguments,
+        "Approved action",
+    );
+    call.approved_action = Some(action.id);
+    let request_id = call.request_id.clone();
+    invoke(app, call)
+        .await
+        .map_err(|error| error.to_body(&request_id).error_description)
 }
 
 async fn record_outcome(

@@ -175,6 +175,11 @@ pub const TAKES_SECRETS: [&str; 5] = [
     "update_schedule",
 ];
 
+/// Tools that decide for people (a held action, a handoff ticket): a person does that,
+/// interactively, in their own client. They are never workflow steps, held calls, agent
+/// tools or triggered work, whoever owns the work (SPEC §1, §4).
+pub const NEEDS_PERSON: [&str; 2] = ["decide_pending_action", "update_handoff"];
+
 /// Does a call of `name` carry a secret, in its arguments or its answer?
 pub fn handles_secrets(name: &str) -> bool {
     RETURNS_SECRETS.contains(&name) || TAKES_SECRETS.contains(&name)
@@ -194,6 +199,8 @@ pub struct RegisteredTool {
     /// Blocked for agents whatever their scopes (SPEC §1): the admin toolset and anything
     /// needing the `admin` scope.
     pub humans_only: bool,
+    /// Only a person's own call from their client runs it ([`NEEDS_PERSON`]).
+    pub needs_person: bool,
     handler: Handler,
     validate: fn(&JsonObject) -> Result<(), ToolError>,
 }
@@ -274,12 +281,14 @@ where
         || def.scopes.contains(&"admin")
         || def.scopes.contains(&"handoff:decide")
         || def.scopes.contains(&"agents:write");
+    let needs_person = NEEDS_PERSON.contains(&def.name);
     RegisteredTool {
         def,
         listing: super::listing::lean(&tool),
         tool,
         required,
         humans_only,
+        needs_person,
         handler,
         validate,
     }

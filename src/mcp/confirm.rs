@@ -8,14 +8,12 @@ use std::time::Duration;
 
 use rmcp::model::{
     ElicitRequest, ElicitRequestParams, ElicitResult, ElicitationAction, ElicitationSchema,
-    InputRequest, InputRequests, InputRequiredResult, InputResponses, JsonObject,
+    InputRequest, InputRequests, InputRequiredResult, JsonObject,
 };
-use rmcp::service::RequestContext;
-use rmcp::{RoleServer, model::ProtocolVersion};
 use serde_json::Value;
 
 use super::catalog::{RegisteredTool, Toolset};
-use super::context::ToolCtx;
+use super::context::{ClientSide, ToolCtx};
 use crate::access::approval::{ApprovalPolicy, Sensitive};
 use crate::error::ToolError;
 
@@ -30,29 +28,25 @@ pub enum Gate {
     Ask(InputRequiredResult),
 }
 
-/// What a call produced: its result, or a question for the caller.
-pub enum Ran {
-    Done(Value),
-    Ask(InputRequiredResult),
-}
-
+/// The holds and confirmations in front of a call's handler. `purpose` names the path in a
+/// held call's summary.
 pub async fn gate(
     ctx: &ToolCtx,
     tool: &RegisteredTool,
     args: &JsonObject,
-    answers: Option<&InputResponses>,
-    request: &RequestContext<RoleServer>,
+    purpose: &str,
 ) -> Result<Gate, ToolError> {
     let hints = tool.def.hints;
     if hints.read_only || tool.def.toolset == Toolset::Handoff {
         return Ok(Gate::Run);
     }
-    if ctx.principal.is_agent() {
+    // Agents' calls (an agent anywhere in the chain) in the policy's held tools.
+    if ctx.principal.involves_agent() {
         let Some(reason) = ctx.held(&Sensitive::Listed).await? else {
             return Ok(Gate::Run);
         };
         tool.validate(args)?;
-        let summary = format!("Call `{}` with {}", tool.def.name, shown(args));
+        let summary = format!("{purpose}: call `{}` with {}", tool.def.name, shown(args));
         return Err(ctx.hold(&reason, &summary, None).await);
     }
     if !hints.destructive {
@@ -64,13 +58,19 @@ pub async fn gate(
     }
     tool.validate(args)?;
     let name = tool.def.name;
-    if let Some(answer) = answers.and_then(|a| a.get(CONFIRM)) {
+    let Some(client) = ctx.client.as_ref().filter(|_| ctx.principal.delegation.is_none()) else {
+        return Err(ToolError::Forbidden(format!(
+            "`{name}` needs a person's confirmation in their client, which {} cannot ask for",
+            ctx.transport.describe()
+        )));
+    };
+    if let Some(answer) = client.answers.as_ref().and_then(|a| a.get(CONFIRM)) {
         let answer = serde_json::from_value::<ElicitResult>(answer.clone()).map_err(|e| {
             ToolError::InvalidRequest(format!("the confirmation answer is malformed: {e}"))
         })?;
         return judge(name, answer);
     }
-    if !supports_form(request) {
+    if !supports_form(client) {
         return Err(ToolError::Forbidden(format!(
             "`{name}` needs your confirmation (this tenant's approval policy sets \
              confirm_destructive), and this client cannot ask for it: it does not support MCP \
@@ -89,10 +89,7 @@ pub async fn gate(
             .build()
             .map_err(|e| ToolError::Internal(format!("confirmation schema: {e}")))?,
     };
-    let modern = request
-        .protocol_version()
-        .is_some_and(|v: ProtocolVersion| !v.has_initialize());
-    if modern {
+    if client.modern {
         let mut requests = InputRequests::new();
         requests.insert(
             CONFIRM.into(),
@@ -100,7 +97,7 @@ pub async fn gate(
         );
         return Ok(Gate::Ask(InputRequiredResult::new(Some(requests), None)));
     }
-    let asked = tokio::time::timeout(ASK_TIMEOUT, request.peer.create_elicitation(question)).await;
+    let asked = tokio::time::timeout(ASK_TIMEOUT, client.peer.create_elicitation(question)).await;
     match asked {
         Ok(Ok(answer)) => judge(name, answer),
         Ok(Err(error)) => Err(ToolError::Forbidden(format!(
@@ -133,10 +130,11 @@ fn judge(name: &str, answer: ElicitResult) -> Result<Gate, ToolError> {
 
 /// Whether the client takes form elicitation: declared in `_meta` (2026-07-28) or at
 /// `initialize`. A declaration naming no mode means form.
-fn supports_form(request: &RequestContext<RoleServer>) -> bool {
-    request
-        .client_capabilities()
-        .and_then(|c| c.elicitation)
+fn supports_form(client: &ClientSide) -> bool {
+    client
+        .capabilities
+        .as_ref()
+        .and_then(|c| c.elicitation.as_ref())
         .is_some_and(|e| e.form.is_some() || e.url.is_none())
 }
 

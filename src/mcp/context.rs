@@ -20,6 +20,8 @@ pub enum Transport {
     Workflow,
     /// A tool call of a prompt agent's run.
     Agent,
+    /// A held call, run once a person approved it.
+    Approval,
 }
 
 impl Transport {
@@ -29,6 +31,7 @@ impl Transport {
             Transport::Http => "http",
             Transport::Workflow => "workflow",
             Transport::Agent => "agent",
+            Transport::Approval => "approval",
         }
     }
 
@@ -38,6 +41,7 @@ impl Transport {
             Transport::Stdio | Transport::Http => "this client",
             Transport::Workflow => "a workflow run",
             Transport::Agent => "an agent run",
+            Transport::Approval => "an approved action",
         }
     }
 }

@@ -128,10 +128,10 @@ pub fn parse_toolsets(names: &[String]) -> Result<Option<BTreeSet<Toolset>>, Fil
         .map(Some)
 }
 
-/// May `principal` use `tool`? It needs every scope the tool declares, and agents never
-/// get tools reserved for humans.
+/// May `principal` use `tool`? It needs every scope the tool declares, and agents (an
+/// agent anywhere in the chain a call acts for) never get tools reserved for humans.
 pub fn permits(principal: &Principal, tool: &RegisteredTool) -> bool {
-    principal.scopes.contains(tool.required) && !(tool.humans_only && principal.is_agent())
+    principal.scopes.contains(tool.required) && !(tool.humans_only && principal.involves_agent())
 }
 
 /// Why a principal may not use a tool (`None` when [`permits`] holds).
@@ -144,7 +144,7 @@ pub enum Denial {
 }
 
 pub fn denial(principal: &Principal, tool: &RegisteredTool) -> Option<Denial> {
-    if tool.humans_only && principal.is_agent() {
+    if tool.humans_only && principal.involves_agent() {
         return Some(Denial::HumansOnly);
     }
     if principal.scopes.contains(tool.required) {

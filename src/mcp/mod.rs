@@ -1,5 +1,6 @@
 //! The MCP layer: tool catalog, filtering, the shared handler and both transports.
 
+pub mod call;
 pub mod catalog;
 pub mod confirm;
 pub mod context;
@@ -7,7 +8,6 @@ pub mod discovery;
 pub mod docs;
 pub mod filter;
 pub mod http;
-pub mod invoke;
 pub mod listing;
 pub mod prompts;
 pub mod resources;

@@ -9,7 +9,7 @@ use rmcp::model::{CompletionInfo, GetPromptResult, Prompt, PromptArgument, Promp
 use serde_json::{Map, Value, json};
 
 use super::context::Transport;
-use super::invoke::{Invocation, invoke};
+use super::call::{Call, invoke};
 use super::resources::customer_uri;
 use crate::access::Principal;
 use crate::app::App;
@@ -122,14 +122,8 @@ async fn call(
     };
     invoke(
         app,
-        Invocation {
-            principal,
-            transport,
-            tool,
-            arguments: &arguments,
-            timeout: Duration::from_secs(10),
-            purpose: "Prompt",
-        },
+        Call::on_behalf(app, principal.clone(), transport, tool, arguments, "Prompt")
+            .with_timeout(Duration::from_secs(10)),
     )
     .await
 }

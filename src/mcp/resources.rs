@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::context::Transport;
 use super::filter::visible;
-use super::invoke::{Invocation, invoke};
+use super::call::{Call, invoke};
 use crate::access::Principal;
 use crate::app::App;
 use crate::error::ToolError;
@@ -151,14 +151,8 @@ pub async fn read(
     arguments.insert(kind.id_argument.into(), Value::String(id.to_string()));
     let value = invoke(
         app,
-        Invocation {
-            principal,
-            transport,
-            tool: kind.tool,
-            arguments: &arguments,
-            timeout: Duration::from_secs(30),
-            purpose: "Resource read",
-        },
+        Call::on_behalf(app, principal.clone(), transport, kind.tool, arguments, "Resource read")
+            .with_timeout(Duration::from_secs(30)),
     )
     .await?;
     Ok(match kind.unwrap {

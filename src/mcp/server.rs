@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Instant;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
@@ -16,18 +15,15 @@ use rmcp::model::{
 };
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
-use tracing::Instrument;
 
-use super::catalog::{RegisteredTool, Toolset};
-use super::confirm::{Gate, Ran, gate};
-use super::context::{ClientSide, Progress, ToolCtx, Transport};
-use super::filter::{ToolFilter, denial, listed, parse_toolsets, permits};
-use super::invoke::admit;
+use super::call::{Call, CallError, Done, perform};
+use super::catalog::Toolset;
+use super::context::{ClientSide, Progress, Transport};
+use super::filter::{ToolFilter, listed, parse_toolsets};
 use super::{prompts, resources};
 use crate::access::Principal;
-use crate::access::audit::{AuditEvent, redact_object};
 use crate::app::App;
-use crate::error::{ErrorCode as ToolErrorCode, ToolError};
+use crate::error::ToolError;
 
 /// Every protocol version rmcp negotiates: `initialize`-based generations with HTTP
 /// sessions, and the stateless 2026-07-28.
@@ -446,8 +442,7 @@ impl ServerHandler for AgentCrm {
 }
 
 impl AgentCrm {
-    /// A `tools/call`: filter, scopes, rate limit, approval gate, the tool, then its audit
-    /// record, which the answer waits for.
+    /// A `tools/call`, through the one call path (`call::perform`).
     async fn call(
         &self,
         request: CallToolRequestParams,
@@ -458,114 +453,47 @@ impl AgentCrm {
         let filter = self.request_filter(&ctx)?;
         let principal = self.principal(&ctx)?;
         let request_id = uuid::Uuid::now_v7().to_string();
-        let session_id = self.session_id(&ctx);
-        let progress_token = ctx
+        let progress = ctx
             .meta
             .get_progress_token()
-            .or_else(|| request.meta.as_ref().and_then(|m| m.get_progress_token()));
-        let name = request.name.as_ref();
-        let args = request.arguments.unwrap_or_default();
-        let mut audit = AuditEvent::by(&principal, "tool", name, "ok");
-        audit.arguments = Some(redact_object(&args));
-        audit.transport = Some(self.transport.as_str());
-        audit.session_id = session_id.clone();
-        audit.request_id = Some(request_id.clone());
-
-        let Some(tool) = self.app.catalog.get(name).filter(|t| filter.allows(&t.def)) else {
-            audit.outcome = "refused";
-            audit.error_code = Some("unknown_tool".into());
-            self.app.audit.record(audit).await;
-            return Err(unknown_tool(name));
-        };
-        let span = tracing::info_span!(
-            "tool",
-            tool = tool.def.name,
-            request_id = %request_id,
-            transport = self.transport.as_str(),
-            principal = %principal.name,
-        );
-        let started = Instant::now();
-        let outcome = if !permits(&principal, tool) {
-            Err(refusal(&principal, tool))
-        } else if let Err(error) = admit(&self.app, &principal, tool.def.scopes).await {
-            Err(error)
-        } else {
-            let tool_ctx = ToolCtx {
-                app: self.app.clone(),
-                transport: self.transport,
+            .or_else(|| request.meta.as_ref().and_then(|m| m.get_progress_token()))
+            .map(|token| Progress {
+                peer: ctx.peer.clone(),
+                token,
+            });
+        let outcome = perform(
+            &self.app,
+            Call {
                 principal,
-                request_id: request_id.clone(),
-                session_id,
+                transport: self.transport,
+                tool: request.name.to_string(),
+                arguments: request.arguments.unwrap_or_default(),
                 filter,
-                progress: progress_token.map(|token| Progress {
-                    peer: ctx.peer.clone(),
-                    token,
-                }),
-                tool: tool.def.name,
-                arguments: Arc::new(args.clone()),
-                approved_action: None,
+                request_id: request_id.clone(),
+                session_id: self.session_id(&ctx),
+                progress,
                 client: Some(ClientSide {
                     peer: ctx.peer.clone(),
                     modern: ctx.protocol_version().is_some_and(|v| !v.has_initialize()),
                     capabilities: ctx.client_capabilities(),
-                    answers: request.input_responses.clone(),
+                    answers: request.input_responses,
                 }),
-            };
-            let answers = request.input_responses.as_ref();
-            async {
-                match gate(&tool_ctx, tool, &args, answers, &ctx).await? {
-                    Gate::Run => match tool.call(tool_ctx, args).await {
-                        Err(ToolError::NeedsInput(question)) => Ok(Ran::Ask(*question)),
-                        other => other.map(Ran::Done),
-                    },
-                    Gate::Ask(question) => Ok(Ran::Ask(question)),
-                }
-            }
-            .instrument(span.clone())
-            .await
-        };
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        audit.duration_ms = Some(elapsed_ms);
-        let mut result = {
-            let _enter = span.enter();
-            match outcome {
-                Ok(Ran::Ask(question)) => {
-                    tracing::info!(elapsed_ms, "tool call awaits the caller's confirmation");
-                    audit.outcome = "input_required";
-                    self.app.audit.record(audit).await;
-                    return Ok(question.into());
-                }
-                Ok(Ran::Done(value)) => {
-                    tracing::info!(elapsed_ms, "tool call succeeded");
-                    CallToolResult::structured(value)
-                }
-                Err(error) => {
-                    let body = error.to_body(&request_id);
-                    match body.error {
-                        ToolErrorCode::Internal => {
-                            tracing::error!(elapsed_ms, %error, "tool call failed")
-                        }
-                        ToolErrorCode::PendingApproval => {
-                            tracing::info!(elapsed_ms, "tool call held for approval")
-                        }
-                        code => tracing::info!(elapsed_ms, ?code, "tool call refused"),
-                    }
-                    audit.outcome = match body.error {
-                        ToolErrorCode::Internal => "error",
-                        ToolErrorCode::PendingApproval => "held",
-                        _ => "refused",
-                    };
-                    audit.error_code = serde_json::to_value(body.error)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned));
-                    let value = serde_json::to_value(&body)
-                        .map_err(|e| McpError::internal_error(e.to_string(), None))?;
-                    CallToolResult::structured_error(value)
-                }
+                timeout: None,
+                purpose: "Client call",
+                approved_action: None,
+            },
+        )
+        .await;
+        let mut result = match outcome {
+            Ok(Done::Ask(question)) => return Ok(question.into()),
+            Ok(Done::Value(value)) => CallToolResult::structured(value),
+            Err(CallError::UnknownTool(name)) => return Err(unknown_tool(&name)),
+            Err(CallError::Tool(error)) => {
+                let value = serde_json::to_value(error.to_body(&request_id))
+                    .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+                CallToolResult::structured_error(value)
             }
         };
-        // The answer waits for its audit record: none is lost once the caller has it.
-        self.app.audit.record(audit).await;
         let mut meta = rmcp::model::JsonObject::new();
         meta.insert("agentcrm/request_id".into(), request_id.into());
         result.meta = Some(rmcp::model::MetaObject(meta));
@@ -620,15 +548,6 @@ fn unwrap_run_tool(request: CallToolRequestParams) -> CallToolRequestParams {
     inner.name = run.name.into();
     inner.arguments = Some(run.arguments);
     inner
-}
-
-/// Why `principal` may not use `tool`, in words it can act on.
-fn refusal(principal: &Principal, tool: &RegisteredTool) -> ToolError {
-    let reason = denial(principal, tool).map_or_else(
-        || format!("`{}` is not available", tool.def.name),
-        |d| d.describe(tool.def.name, &principal.name),
-    );
-    ToolError::Forbidden(reason)
 }
 
 /// Toolsets named for the log line at start-up.

@@ -22,11 +22,12 @@ use super::expr::substitute;
 use super::model::{Definition, Step, Then};
 use crate::access::Scopes;
 use crate::access::audit::{redact, redact_object};
-use crate::access::principal::{Principal, PrincipalKind, Role};
+use crate::access::delegation::{self, Cause};
+use crate::access::principal::Principal;
 use crate::app::App;
 use crate::error::ToolError;
 use crate::mcp::context::{Progress, Transport};
-use crate::mcp::invoke::{Invocation, invoke};
+use crate::mcp::call::{Call, invoke};
 use crate::store::StoreError;
 
 pub const CHANNEL: &str = "agentcrm_workflows";
@@ -57,11 +58,12 @@ pub fn process_id() -> Uuid {
 struct Claimed {
     id: Uuid,
     tenant_id: Uuid,
+    workflow_id: Uuid,
     definition: Value,
     input: Value,
-    started_by_kind: String,
-    started_by_id: Option<Uuid>,
-    started_by_name: String,
+    /// Everyone the execution acts for, the identity first.
+    chain: Value,
+    cause: Value,
     scopes: Vec<String>,
     next_step: i32,
     results: Value,
@@ -116,8 +118,8 @@ async fn drive(
 ) -> Result<(), EngineError> {
     let pool = app.store.pool();
     let Some(mut exec): Option<Claimed> = sqlx::query_as(
-        "SELECT id, tenant_id, definition, input, started_by_kind, started_by_id, started_by_name,
-                scopes, next_step, results
+        "SELECT id, tenant_id, workflow_id, definition, input, chain, cause, scopes, next_step,
+                results
          FROM workflow_executions WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
     )
     .bind(id)
@@ -322,7 +324,7 @@ async fn run_step(
     Ok(Some(json!({ "status": "failed", "error": last_error })))
 }
 
-/// One call of a step's tool as the execution's principal, as it stands now.
+/// One call of a step's tool for the execution's chain, as it stands now.
 async fn call(
     app: &Arc<App>,
     exec: &Claimed,
@@ -332,88 +334,34 @@ async fn call(
     let principal = principal_now(app.store.pool(), exec).await?;
     invoke(
         app,
-        Invocation {
-            principal: &principal,
-            transport: Transport::Workflow,
-            tool: &step.tool,
-            arguments,
-            timeout: step.timeout(),
-            purpose: "Workflow step",
-        },
+        Call::on_behalf(
+            app,
+            principal,
+            Transport::Workflow,
+            &step.tool,
+            arguments.clone(),
+            "Workflow step",
+        )
+        .with_timeout(step.timeout()),
     )
     .await
 }
 
-/// Who the execution runs as, now: still there, still enabled, with today's scopes, and
-/// never more than it had when the execution started.
+/// Who the execution acts for, now: everyone in its chain still there and enabled, with
+/// the intersection of their permissions of this moment, and never more than it had when
+/// it started. Its steps' events carry it as their cause.
 async fn principal_now(pool: &PgPool, exec: &Claimed) -> Result<Principal, ToolError> {
     let started_with = Scopes::parse(&exec.scopes).unwrap_or(Scopes::NONE);
-    let gone = || {
-        ToolError::Forbidden(format!(
-            "{} ({}), who started this execution, no longer exists or is disabled",
-            exec.started_by_name, exec.started_by_kind
-        ))
-    };
-    let id = exec.started_by_id.ok_or_else(gone)?;
-    let (kind, scopes, role, on_behalf_of) = match exec.started_by_kind.as_str() {
-        "agent" => {
-            let agent = crate::access::store::get_agent(pool, exec.tenant_id, id)
-                .await?
-                .filter(|a| a.enabled)
-                .ok_or_else(gone)?;
-            let scopes = Scopes::parse(&agent.scopes).unwrap_or(Scopes::NONE);
-            (PrincipalKind::Agent, scopes, None, None)
-        }
-        "user" | "local_owner" => {
-            let user = crate::access::store::get_user(pool, exec.tenant_id, id)
-                .await?
-                .ok_or_else(gone)?;
-            let role = Role::parse(&user.role).ok_or_else(gone)?;
-            let granted = Scopes::parse(&user.scopes).unwrap_or(Scopes::NONE);
-            let kind = if exec.started_by_kind == "user" {
-                PrincipalKind::User
-            } else {
-                PrincipalKind::LocalOwner
-            };
-            (
-                kind,
-                Principal::human_scopes(role, granted),
-                Some(role),
-                None,
-            )
-        }
-        "api_key" => {
-            let owner: Option<(Uuid, String, Vec<String>)> = sqlx::query_as(
-                "SELECT u.id, u.role, u.scopes FROM api_keys k
-                 JOIN users u ON u.tenant_id = k.tenant_id AND u.id = k.owner_user_id
-                 WHERE k.tenant_id = $1 AND k.id = $2 AND k.revoked_at IS NULL",
-            )
-            .bind(exec.tenant_id)
-            .bind(id)
-            .fetch_optional(pool)
-            .await
-            .map_err(StoreError::from)?;
-            let (owner, role, granted) = owner.ok_or_else(gone)?;
-            let role = Role::parse(&role).ok_or_else(gone)?;
-            let granted = Scopes::parse(&granted).unwrap_or(Scopes::NONE);
-            (
-                PrincipalKind::ApiKey,
-                Principal::human_scopes(role, granted),
-                Some(role),
-                Some(owner),
-            )
-        }
-        _ => return Err(gone()),
-    };
-    Ok(Principal {
-        tenant_id: exec.tenant_id,
-        kind,
-        id: Some(id),
-        name: exec.started_by_name.clone(),
-        role,
-        on_behalf_of,
-        scopes: scopes.intersect(started_with),
-    })
+    let mut cause = Cause::read(&exec.cause);
+    if !cause.workflows.contains(&exec.workflow_id) {
+        cause.workflows.push(exec.workflow_id);
+    }
+    cause.execution_id = Some(exec.id);
+    cause.run_id = None;
+    let members = delegation::read_chain(&exec.chain);
+    let mut principal = delegation::resolve(pool, exec.tenant_id, &members, cause).await?;
+    principal.scopes = principal.scopes.intersect(started_with);
+    Ok(principal)
 }
 
 /// A step whose condition did not hold (fenced on the lease, like every attempt).

@@ -1,0 +1,392 @@
+//! Work done on someone's behalf (SPEC §1): workflow steps, event- and schedule-triggered
+//! runs, agent runs and approved actions act for a **chain** of principals — who started
+//! it, the owner of the workflow or agent, whoever last changed its behaviour, the agent
+//! identity. A call made for a chain has the intersection of everyone's permissions, as
+//! they stand when the call runs: scopes here, field rules, conditions and grants in
+//! `Policy::load`. Nothing runs with more than every member of its chain may do.
+//!
+//! Ownership lives here too: only the owner of a workflow, runnable agent or schedule, or
+//! an admin, changes it; an agent never changes what a person owns.
+
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::principal::{Principal, PrincipalKind, Role};
+use super::scopes::Scopes;
+use crate::error::ToolError;
+use crate::store::StoreError;
+
+/// Work started by work (an event of a workflow's run triggering another workflow, a run
+/// started by a step) stops at this depth: such chains are logged and audited, not run.
+pub const MAX_CAUSE_DEPTH: u32 = 5;
+
+/// One principal of a chain, as stored with the work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Member {
+    pub kind: PrincipalKind,
+    pub id: Uuid,
+    pub name: String,
+    /// The person behind a user, the local owner or an API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<Uuid>,
+}
+
+impl Member {
+    /// The principal itself as a member (its identity, not its chain).
+    pub fn of(principal: &Principal) -> Member {
+        Member {
+            kind: principal.kind,
+            id: principal.id.unwrap_or_default(),
+            name: principal.name.clone(),
+            person: person_of(principal),
+        }
+    }
+
+    fn same(&self, other: &Member) -> bool {
+        self.kind == other.kind && self.id == other.id
+    }
+}
+
+/// The person a principal is or acts for (none for agents).
+fn person_of(principal: &Principal) -> Option<Uuid> {
+    match principal.kind {
+        PrincipalKind::User | PrincipalKind::LocalOwner => principal.id,
+        PrincipalKind::ApiKey => principal.on_behalf_of,
+        PrincipalKind::Agent => None,
+    }
+}
+
+/// What caused a piece of work, carried by the events it writes and the work it starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cause {
+    /// 0 for a client's own call; each step of work started by work adds one.
+    #[serde(default)]
+    pub depth: u32,
+    /// The workflows of the cause chain: none of them is triggered again by it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workflows: Vec<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<Uuid>,
+}
+
+impl Cause {
+    /// The cause of work that `principal` starts now: one deeper than the work it does,
+    /// refused past [`MAX_CAUSE_DEPTH`].
+    pub fn started_by(principal: &Principal) -> Result<Cause, ToolError> {
+        let Some(delegation) = &principal.delegation else {
+            return Ok(Cause::default());
+        };
+        let depth = delegation.cause.depth + 1;
+        if depth > MAX_CAUSE_DEPTH {
+            return Err(ToolError::Forbidden(format!(
+                "work started by work stops at depth {MAX_CAUSE_DEPTH}: this would be depth \
+                 {depth} (a loop of triggers or runs?)"
+            )));
+        }
+        Ok(Cause {
+            depth,
+            workflows: delegation.cause.workflows.clone(),
+            execution_id: None,
+            run_id: None,
+        })
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+
+    pub fn read(value: &serde_json::Value) -> Cause {
+        serde_json::from_value(value.clone()).unwrap_or_default()
+    }
+}
+
+/// The chain a call acts for (the identity first) and its cause.
+#[derive(Debug, Clone, Default)]
+pub struct Delegation {
+    pub members: Vec<Member>,
+    pub cause: Cause,
+}
+
+/// `principal`'s chain followed by `more`, each principal once.
+pub fn chain(principal: &Principal, more: impl IntoIterator<Item = Member>) -> Vec<Member> {
+    let mut members = principal.members();
+    for member in more {
+        if !members.iter().any(|m| m.same(&member)) {
+            members.push(member);
+        }
+    }
+    members
+}
+
+/// Who owns what `principal` creates: the person behind a user or an API key (so a key
+/// edits what its person owns), or the agent itself.
+pub async fn owner_member(pool: &PgPool, principal: &Principal) -> Result<Member, StoreError> {
+    if principal.kind != PrincipalKind::ApiKey {
+        return Ok(Member::of(principal));
+    }
+    let person = principal.on_behalf_of.unwrap_or_default();
+    let name: Option<String> =
+        sqlx::query_scalar("SELECT name FROM users WHERE tenant_id = $1 AND id = $2")
+            .bind(principal.tenant_id)
+            .bind(person)
+            .fetch_optional(pool)
+            .await?;
+    Ok(Member {
+        kind: PrincipalKind::User,
+        id: person,
+        name: name.unwrap_or_else(|| principal.name.clone()),
+        person: Some(person),
+    })
+}
+
+/// May `caller` change, delete, pause or cancel something `owner` owns? Its owner or an
+/// admin may; an API key only what its own person owns; an agent only what it owns itself.
+/// `owner: None` (its creator is gone) leaves it to admins.
+pub fn may_manage(caller: &Principal, owner: Option<&Member>, what: &str) -> Result<(), ToolError> {
+    let allowed = if caller.involves_agent() {
+        caller.is_agent()
+            && owner.is_some_and(|o| o.kind == PrincipalKind::Agent && Some(o.id) == caller.id)
+    } else {
+        let admin = caller.role == Some(Role::Admin)
+            && matches!(caller.kind, PrincipalKind::User | PrincipalKind::LocalOwner);
+        admin
+            || owner.is_some_and(|o| o.kind != PrincipalKind::Agent && o.person == person_of(caller))
+    };
+    if allowed {
+        return Ok(());
+    }
+    let whose = owner.map_or_else(|| "nobody (its creator is gone)".to_owned(), |o| {
+        format!("{} ({})", o.name, o.kind.as_str())
+    });
+    Err(ToolError::Forbidden(format!(
+        "{what} belongs to {whose}: only its owner or an admin may change it{}",
+        if caller.involves_agent() {
+            ", and agents never change what a person owns"
+        } else if caller.kind == PrincipalKind::ApiKey {
+            " (an API key acts only on what its own person owns)"
+        } else {
+            ""
+        }
+    )))
+}
+
+/// An admin person at a client (not an API key, not an agent, not work on someone's behalf).
+pub fn is_admin_person(principal: &Principal) -> bool {
+    principal.role == Some(Role::Admin)
+        && matches!(principal.kind, PrincipalKind::User | PrincipalKind::LocalOwner)
+        && !principal.involves_agent()
+}
+
+/// Making an agent identity run (attaching it to a definition, running or scheduling it)
+/// needs at least the identity's scopes, or an admin: nobody borrows an agent's identity
+/// to do what they may not do themselves.
+pub fn may_run_as(caller: &Principal, identity: Scopes, agent: &str) -> Result<(), ToolError> {
+    if is_admin_person(caller) || caller.scopes.contains(identity) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = identity
+        .names()
+        .into_iter()
+        .filter(|s| !caller.scopes.names().contains(s))
+        .collect();
+    Err(ToolError::Forbidden(format!(
+        "agent `{agent}` holds scopes you do not ({}): only an admin or someone holding all \
+         of its scopes may run it or give it work",
+        missing.join(", ")
+    )))
+}
+
+/// May `reader` see the record of work done for `members`? Admins (people, not agents)
+/// and the members themselves (a person also through its API keys) may.
+pub fn may_read(reader: &Principal, members: &[Member]) -> bool {
+    if reader.role == Some(Role::Admin) && !reader.involves_agent() {
+        return true;
+    }
+    let me = Member::of(reader);
+    members
+        .iter()
+        .any(|m| m.same(&me) || (me.person.is_some() && m.person == me.person))
+}
+
+/// The principal `members` make, as they stand now: the first member's identity with the
+/// intersection of everyone's scopes. A member that is gone, disabled or revoked stops
+/// the work: nobody's permission is borrowed.
+pub async fn resolve(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    members: &[Member],
+    cause: Cause,
+) -> Result<Principal, ToolError> {
+    let Some(first) = members.first() else {
+        return Err(ToolError::Forbidden(
+            "this work names nobody it acts for, so it runs for nobody".into(),
+        ));
+    };
+    let mut scopes = Scopes::EVERY;
+    let mut identity_role = None;
+    let mut identity_person = None;
+    for (index, member) in members.iter().enumerate() {
+        let (role, member_scopes, person) = current(pool, tenant_id, member).await?.ok_or_else(|| {
+            ToolError::Forbidden(format!(
+                "{} ({}), on whose behalf this runs, no longer exists, is disabled or was \
+                 revoked",
+                member.name,
+                member.kind.as_str()
+            ))
+        })?;
+        scopes = scopes.intersect(member_scopes);
+        if index == 0 {
+            identity_role = role;
+            identity_person = person;
+        }
+    }
+    Ok(Principal {
+        tenant_id,
+        kind: first.kind,
+        id: Some(first.id),
+        name: first.name.clone(),
+        role: identity_role,
+        on_behalf_of: (first.kind == PrincipalKind::ApiKey)
+            .then_some(identity_person)
+            .flatten(),
+        scopes,
+        delegation: Some(Arc::new(Delegation {
+            members: members.to_vec(),
+            cause,
+        })),
+    })
+}
+
+/// A member's role (people and keys), scopes and person now; `None` when it is gone.
+async fn current(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    member: &Member,
+) -> Result<Option<(Option<Role>, Scopes, Option<Uuid>)>, StoreError> {
+    let known = |names: &[String]| Scopes::parse(names).unwrap_or(Scopes::NONE);
+    Ok(match member.kind {
+        PrincipalKind::User | PrincipalKind::LocalOwner => {
+            let row: Option<(String, Vec<String>)> =
+                sqlx::query_as("SELECT role, scopes FROM users WHERE tenant_id = $1 AND id = $2")
+                    .bind(tenant_id)
+                    .bind(member.id)
+                    .fetch_optional(pool)
+                    .await?;
+            row.and_then(|(role, granted)| {
+                let role = Role::parse(&role)?;
+                Some((
+                    Some(role),
+                    Principal::human_scopes(role, known(&granted)),
+                    Some(member.id),
+                ))
+            })
+        }
+        PrincipalKind::ApiKey => {
+            let row: Option<(Vec<String>, Uuid, String, Vec<String>)> = sqlx::query_as(
+                "SELECT k.scopes, u.id, u.role, u.scopes FROM api_keys k
+                 JOIN users u ON u.tenant_id = k.tenant_id AND u.id = k.owner_user_id
+                 WHERE k.tenant_id = $1 AND k.id = $2 AND k.revoked_at IS NULL",
+            )
+            .bind(tenant_id)
+            .bind(member.id)
+            .fetch_optional(pool)
+            .await?;
+            row.and_then(|(own, person, role, granted)| {
+                let role = Role::parse(&role)?;
+                let owner = Principal::human_scopes(role, known(&granted));
+                // The key's own scopes, never its owner's (an empty list inherits them).
+                let scopes = if own.is_empty() {
+                    owner
+                } else {
+                    known(&own).intersect(owner)
+                };
+                Some((Some(role), scopes, Some(person)))
+            })
+        }
+        PrincipalKind::Agent => super::store::get_agent(pool, tenant_id, member.id)
+            .await?
+            .filter(|a| a.enabled)
+            .map(|a| (None, known(&a.scopes), None)),
+    })
+}
+
+/// Reads a stored chain (`[]` or unreadable: nobody, which runs nothing).
+pub fn read_chain(value: &serde_json::Value) -> Vec<Member> {
+    serde_json::from_value(value.clone()).unwrap_or_default()
+}
+
+pub fn chain_json(members: &[Member]) -> serde_json::Value {
+    serde_json::to_value(members).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(kind: PrincipalKind, role: Option<Role>) -> Principal {
+        Principal {
+            tenant_id: Uuid::nil(),
+            kind,
+            id: Some(Uuid::new_v4()),
+            name: "p".into(),
+            role,
+            on_behalf_of: (kind == PrincipalKind::ApiKey).then(Uuid::new_v4),
+            scopes: Scopes::EVERY,
+            delegation: None,
+        }
+    }
+
+    #[test]
+    fn owners_admins_and_nobody_else_manage() {
+        let member = principal(PrincipalKind::User, Some(Role::Member));
+        let admin = principal(PrincipalKind::User, Some(Role::Admin));
+        let agent = principal(PrincipalKind::Agent, None);
+        let admin_key = principal(PrincipalKind::ApiKey, Some(Role::Admin));
+        let owned_by_member = Member::of(&member);
+        let owned_by_agent = Member::of(&agent);
+        assert!(may_manage(&member, Some(&owned_by_member), "it").is_ok());
+        assert!(may_manage(&admin, Some(&owned_by_member), "it").is_ok());
+        assert!(may_manage(&admin, None, "it").is_ok());
+        assert!(may_manage(&member, None, "it").is_err());
+        assert!(may_manage(&agent, Some(&owned_by_member), "it").is_err());
+        assert!(may_manage(&agent, Some(&owned_by_agent), "it").is_ok());
+        assert!(may_manage(&member, Some(&owned_by_agent), "it").is_err());
+        // A key of an admin is a machine: not its person's admin powers over others' work.
+        assert!(may_manage(&admin_key, Some(&owned_by_member), "it").is_err());
+        let own = Member {
+            kind: PrincipalKind::User,
+            id: admin_key.on_behalf_of.unwrap(),
+            name: "a".into(),
+            person: admin_key.on_behalf_of,
+        };
+        assert!(may_manage(&admin_key, Some(&own), "it").is_ok());
+    }
+
+    #[test]
+    fn causes_deepen_and_stop() {
+        let mut p = principal(PrincipalKind::User, Some(Role::Admin));
+        assert_eq!(Cause::started_by(&p).unwrap().depth, 0);
+        p.delegation = Some(Arc::new(Delegation {
+            members: vec![],
+            cause: Cause {
+                depth: MAX_CAUSE_DEPTH - 1,
+                ..Cause::default()
+            },
+        }));
+        assert_eq!(Cause::started_by(&p).unwrap().depth, MAX_CAUSE_DEPTH);
+        p.delegation = Some(Arc::new(Delegation {
+            members: vec![],
+            cause: Cause {
+                depth: MAX_CAUSE_DEPTH,
+                ..Cause::default()
+            },
+        }));
+        assert!(Cause::started_by(&p).is_err());
+    }
+}

@@ -1,0 +1,263 @@
+//! The one path of every tool call: a client's `tools/call` (and `run_tool`, unwrapped to
+//! the call it names), a workflow step, a prompt agent's tool call, an approved action's
+//! execution, and the reads behind resources, prompts and completion. It admits, checks,
+//! holds, runs and audits, in that order; no caller has checks of its own.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmcp::model::{InputRequiredResult, JsonObject};
+use serde_json::Value;
+use tracing::Instrument;
+
+use super::catalog::RegisteredTool;
+use super::confirm::{Gate, gate};
+use super::context::{ClientSide, Progress, ToolCtx, Transport};
+use super::filter::{ToolFilter, denial};
+use crate::access::Principal;
+use crate::access::audit::{AuditEvent, redact_object};
+use crate::access::ratelimit::Class;
+use crate::app::App;
+use crate::connections::catalog as remote_catalog;
+use crate::error::{ErrorCode, ToolError};
+
+/// A call to make: who, through what, which tool, with what.
+pub struct Call {
+    pub principal: Principal,
+    pub transport: Transport,
+    pub tool: String,
+    pub arguments: JsonObject,
+    /// The filter in force (configuration, narrowed by a request's headers).
+    pub filter: Arc<ToolFilter>,
+    pub request_id: String,
+    pub session_id: Option<String>,
+    pub progress: Option<Progress>,
+    /// The client on the line: only a client's own call has one. Work done on someone's
+    /// behalf has nobody to ask.
+    pub client: Option<ClientSide>,
+    /// The call fails (as `internal`, naming the limit) when it takes longer.
+    pub timeout: Option<Duration>,
+    /// Why the call is made, for a held call's summary (e.g. "Workflow step").
+    pub purpose: &'static str,
+    /// Set only when a person approved this held call: the approval hook lets it through.
+    pub approved_action: Option<uuid::Uuid>,
+}
+
+impl Call {
+    /// A call made on a principal's behalf, without a client on the line.
+    pub fn on_behalf(
+        app: &App,
+        principal: Principal,
+        transport: Transport,
+        tool: &str,
+        arguments: JsonObject,
+        purpose: &'static str,
+    ) -> Call {
+        Call {
+            principal,
+            transport,
+            tool: tool.to_owned(),
+            arguments,
+            filter: app.filter.clone(),
+            request_id: uuid::Uuid::now_v7().to_string(),
+            session_id: None,
+            progress: None,
+            client: None,
+            timeout: None,
+            purpose,
+            approved_action: None,
+        }
+    }
+
+    pub fn with_timeout(mut self, limit: Duration) -> Call {
+        self.timeout = Some(limit);
+        self
+    }
+}
+
+/// What a call produced: its result, or a question for the caller first.
+pub enum Done {
+    Value(Value),
+    Ask(InputRequiredResult),
+}
+
+#[derive(Debug)]
+pub enum CallError {
+    /// No such tool, or not one this caller's filter lets through.
+    UnknownTool(String),
+    Tool(ToolError),
+}
+
+impl From<CallError> for ToolError {
+    fn from(error: CallError) -> ToolError {
+        match error {
+            CallError::UnknownTool(name) => {
+                ToolError::Forbidden(format!("`{name}` is not available on this server"))
+            }
+            CallError::Tool(error) => error,
+        }
+    }
+}
+
+/// Counts a call against the caller's rate limits: every call, plus the search and bulk
+/// classes for tools that need those scopes.
+pub async fn admit(app: &App, principal: &Principal, scopes: &[&str]) -> Result<(), ToolError> {
+    let mut classes = vec![Class::Calls];
+    for (scope, class) in [("search", Class::Search), ("bulk", Class::Bulk)] {
+        if scopes.contains(&scope) {
+            classes.push(class);
+        }
+    }
+    match app.limiter.check(principal, &classes).await? {
+        Ok(()) => Ok(()),
+        Err(limited) => Err(ToolError::RateLimited(
+            format!(
+                "Rate limit reached ({} class): {} may make at most {} calls per {} s. \
+                 Retry in {} s.",
+                limited.class.name(),
+                principal.name,
+                limited.limit.max,
+                limited.limit.window_seconds,
+                limited.retry_after
+            ),
+            limited.retry_after,
+        )),
+    }
+}
+
+/// A call made on someone's behalf, as a plain result (a question cannot be asked).
+pub async fn invoke(app: &Arc<App>, call: Call) -> Result<Value, ToolError> {
+    match perform(app, call).await? {
+        Done::Value(value) => Ok(value),
+        Done::Ask(_) => Err(ToolError::Forbidden(
+            "this call needs a person's answer, and nobody is there to ask".into(),
+        )),
+    }
+}
+
+/// Admits, checks, holds, runs and audits one call. The answer waits for its audit record:
+/// none is lost once the caller has it.
+pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
+    let mut audit = AuditEvent::by(&call.principal, "tool", call.tool.as_str(), "ok");
+    audit.arguments = Some(redact_object(&call.arguments));
+    audit.transport = Some(call.transport.as_str());
+    audit.session_id = call.session_id.clone();
+    audit.request_id = Some(call.request_id.clone());
+    let started = Instant::now();
+    // Tools of the tenant's remote MCP servers are for workflows and agents.
+    if call.client.is_none() && remote_catalog::is_remote(&call.tool) {
+        let outcome = remote(app, &call).await;
+        finish(app, audit, started, outcome.as_ref().err().map(ToolError::code)).await;
+        return outcome.map(Done::Value).map_err(CallError::Tool);
+    }
+    let Some(tool) = app
+        .catalog
+        .get(&call.tool)
+        .filter(|t| call.filter.allows(&t.def))
+    else {
+        audit.outcome = "refused";
+        audit.error_code = Some("unknown_tool".into());
+        app.audit.record(audit).await;
+        return Err(CallError::UnknownTool(call.tool));
+    };
+    let span = tracing::info_span!(
+        "tool",
+        tool = tool.def.name,
+        request_id = %call.request_id,
+        transport = call.transport.as_str(),
+        principal = %call.principal.name,
+    );
+    let outcome = checked(app, tool, call).instrument(span.clone()).await;
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    span.in_scope(|| match &outcome {
+        Ok(Done::Ask(_)) => tracing::info!(elapsed_ms, "tool call awaits the caller's answer"),
+        Ok(Done::Value(_)) => tracing::info!(elapsed_ms, "tool call succeeded"),
+        Err(error) => match error.code() {
+            ErrorCode::Internal => tracing::error!(elapsed_ms, %error, "tool call failed"),
+            ErrorCode::PendingApproval => tracing::info!(elapsed_ms, "tool call held"),
+            code => tracing::info!(elapsed_ms, ?code, "tool call refused"),
+        },
+    });
+    if let Ok(Done::Ask(_)) = &outcome {
+        audit.outcome = "input_required";
+    }
+    finish(app, audit, started, outcome.as_ref().err().map(ToolError::code)).await;
+    outcome.map_err(CallError::Tool)
+}
+
+/// Every check, the approval gate, then the tool.
+async fn checked(app: &Arc<App>, tool: &RegisteredTool, call: Call) -> Result<Done, ToolError> {
+    let principal = &call.principal;
+    if let Some(denied) = denial(principal, tool) {
+        return Err(ToolError::Forbidden(
+            denied.describe(tool.def.name, &principal.name),
+        ));
+    }
+    // Deciding for people is done by a person in their own client, never by work done on
+    // someone's behalf (a workflow step, a trigger, a schedule, an agent), whoever owns it.
+    if tool.needs_person && !(principal.is_person_at_client() && call.client.is_some()) {
+        return Err(ToolError::Forbidden(format!(
+            "`{}` is decided by a person in their own client; no workflow, trigger, schedule \
+             or agent may call it, on anyone's behalf",
+            tool.def.name
+        )));
+    }
+    admit(app, principal, tool.def.scopes).await?;
+    let ctx = ToolCtx {
+        app: app.clone(),
+        transport: call.transport,
+        principal: call.principal.clone(),
+        request_id: call.request_id.clone(),
+        session_id: call.session_id.clone(),
+        filter: call.filter.clone(),
+        progress: call.progress.clone(),
+        tool: tool.def.name,
+        arguments: Arc::new(call.arguments.clone()),
+        approved_action: call.approved_action,
+        client: call.client.clone(),
+    };
+    if call.approved_action.is_none() {
+        match gate(&ctx, tool, &call.arguments, call.purpose).await? {
+            Gate::Run => {}
+            Gate::Ask(question) => return Ok(Done::Ask(question)),
+        }
+    }
+    let running = tool.call(ctx, call.arguments);
+    let result = match call.timeout {
+        None => running.await,
+        Some(limit) => match tokio::time::timeout(limit, running).await {
+            Ok(result) => result,
+            Err(_) => Err(ToolError::Internal(format!(
+                "`{}` took longer than {} s",
+                tool.def.name,
+                limit.as_secs()
+            ))),
+        },
+    };
+    match result {
+        Err(ToolError::NeedsInput(question)) => Ok(Done::Ask(*question)),
+        other => other.map(Done::Value),
+    }
+}
+
+async fn remote(app: &Arc<App>, call: &Call) -> Result<Value, ToolError> {
+    admit(app, &call.principal, &[]).await?;
+    let timeout = call.timeout.unwrap_or(Duration::from_secs(60));
+    remote_catalog::call(app, &call.principal, &call.tool, &call.arguments, timeout).await
+}
+
+/// Records the call's outcome in the audit trail.
+async fn finish(app: &App, mut audit: AuditEvent, started: Instant, failed: Option<ErrorCode>) {
+    audit.duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    if let Some(code) = failed {
+        audit.outcome = match code {
+            ErrorCode::PendingApproval => "held",
+            ErrorCode::Internal => "error",
+            _ => "refused",
+        };
+        audit.error_code = serde_json::to_value(code)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned));
+    }
+    app.audit.record(audit).await;
+}

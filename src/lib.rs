@@ -10,6 +10,7 @@ pub mod cli;
 pub mod connections;
 pub mod crm;
 pub mod error;
+pub mod events;
 pub mod handoff;
 pub mod jobs;
 pub mod mcp;

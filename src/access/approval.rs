@@ -314,7 +314,7 @@ async fn store_hold(
     .bind(crate::access::delegation::chain_json(&members))
     .fetch_one(&mut *tx)
     .await?;
-    crate::crm::events::emit(
+    crate::events::emit(
         &mut tx,
         principal,
         "handoff.created",

@@ -214,6 +214,27 @@ pub fn may_read(reader: &Principal, members: &[Member]) -> bool {
         .any(|m| m.same(&me) || (me.person.is_some() && m.person == me.person))
 }
 
+/// Adds ` AND <reader may read it>` to a query over rows with a `chain` column: admins read
+/// every row, anyone else the rows of work done for them.
+pub fn push_readable(query: &mut sqlx::QueryBuilder<sqlx::Postgres>, reader: &Principal) {
+    if reader.role == Some(Role::Admin) && !reader.involves_agent() {
+        return;
+    }
+    let me = Member::of(reader);
+    query
+        .push(" AND EXISTS (SELECT 1 FROM jsonb_array_elements(chain) m WHERE (m->>'kind' = ")
+        .push_bind(me.kind.as_str())
+        .push(" AND m->>'id' = ")
+        .push_bind(me.id.to_string())
+        .push(")");
+    if let Some(person) = me.person {
+        query
+            .push(" OR m->>'person' = ")
+            .push_bind(person.to_string());
+    }
+    query.push(")");
+}
+
 /// The principal `members` make, as they stand now: the first member's identity with the
 /// intersection of everyone's scopes. A member that is gone, disabled or revoked stops
 /// the work: nobody's permission is borrowed.

@@ -12,6 +12,7 @@ use super::config::{
     Config, Kind, Overrides, RUNNABLE_COLUMNS, Runnable, find, find_runnable, principal_of,
 };
 use crate::access::Scopes;
+use crate::access::delegation::{self, Member};
 use crate::access::store::Agent;
 use crate::error::ToolError;
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
@@ -232,6 +233,12 @@ async fn create_agent(ctx: ToolCtx, args: CreateArgs) -> Result<AgentConfigOut, 
                 ));
             }
             let (agent, runnable) = find(&ctx.app, tenant, agent).await?;
+            // Nobody borrows an identity wider than themselves.
+            delegation::may_run_as(
+                &ctx.principal,
+                Scopes::parse(&agent.scopes).unwrap_or(Scopes::EVERY),
+                &agent.name,
+            )?;
             if runnable.is_some() {
                 return Err(ToolError::Conflict(format!(
                     "agent `{}` is already runnable; use set_agent_config",
@@ -314,15 +321,19 @@ async fn create_agent(ctx: ToolCtx, args: CreateArgs) -> Result<AgentConfigOut, 
             }
         }
     };
+    let owner = delegation::owner_member(pool, &ctx.principal).await?;
     let runnable: Runnable = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO agent_runnables (agent_id, tenant_id, kind, definition, updated_by_name)
-         VALUES ($1, $2, $3, $4, $5) RETURNING {RUNNABLE_COLUMNS}"
+        "INSERT INTO agent_runnables (agent_id, tenant_id, kind, definition, updated_by_name,
+             owner, behaviour_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {RUNNABLE_COLUMNS}"
     )))
     .bind(agent.id)
     .bind(tenant)
     .bind(kind.as_str())
     .bind(serde_json::to_value(&config).unwrap_or_default())
     .bind(&ctx.principal.name)
+    .bind(serde_json::to_value(owner).unwrap_or_default())
+    .bind(serde_json::to_value(Member::of(&ctx.principal)).unwrap_or_default())
     .fetch_one(&mut *tx)
     .await
     .map_err(StoreError::from)?;
@@ -362,9 +373,19 @@ pub struct SetArgs {
     pub overrides: Overrides,
 }
 
+/// Only a runnable's owner or an admin changes it.
+fn may_change(ctx: &ToolCtx, agent: &Agent, runnable: &Runnable) -> Result<(), ToolError> {
+    delegation::may_manage(
+        &ctx.principal,
+        runnable.owner().as_ref(),
+        &format!("agent `{}`'s definition", agent.name),
+    )
+}
+
 async fn set_agent_config(ctx: ToolCtx, args: SetArgs) -> Result<AgentConfigOut, ToolError> {
     let tenant = ctx.principal.tenant_id;
     let (agent, runnable) = find_runnable(&ctx.app, tenant, &args.agent).await?;
+    may_change(&ctx, &agent, &runnable)?;
     let kind = runnable.kind()?;
     if kind == Kind::Workflow {
         let o = &args.overrides;
@@ -385,13 +406,16 @@ async fn set_agent_config(ctx: ToolCtx, args: SetArgs) -> Result<AgentConfigOut,
         .check(&ctx.app, kind, &principal_of(&agent))
         .await?;
     let runnable: Runnable = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE agent_runnables SET overrides = $3, updated_by_name = $4, updated_at = now()
+        "UPDATE agent_runnables SET overrides = $3, updated_by_name = $4, updated_at = now(),
+             behaviour_by = $5
          WHERE tenant_id = $1 AND agent_id = $2 RETURNING {RUNNABLE_COLUMNS}"
     )))
     .bind(tenant)
     .bind(agent.id)
     .bind(serde_json::to_value(&overrides).unwrap_or_default())
     .bind(&ctx.principal.name)
+    // Whoever changes what it does is who its runs act for from now on (with its owner).
+    .bind(serde_json::to_value(Member::of(&ctx.principal)).unwrap_or_default())
     .fetch_one(ctx.app.store.pool())
     .await
     .map_err(StoreError::from)?;
@@ -404,7 +428,8 @@ async fn set_columns(
     change: &'static str,
 ) -> Result<(Agent, Runnable), ToolError> {
     let tenant = ctx.principal.tenant_id;
-    let (agent, _) = find_runnable(&ctx.app, tenant, agent).await?;
+    let (agent, runnable) = find_runnable(&ctx.app, tenant, agent).await?;
+    may_change(ctx, &agent, &runnable)?;
     let mut tx = ctx
         .app
         .store
@@ -457,7 +482,31 @@ pub struct Deleted {
 
 async fn delete_agent(ctx: ToolCtx, args: AgentArgs) -> Result<Deleted, ToolError> {
     let tenant = ctx.principal.tenant_id;
-    let (agent, _) = find(&ctx.app, tenant, &args.agent).await?;
+    let (agent, runnable) = find(&ctx.app, tenant, &args.agent).await?;
+    // An identity goes with its credentials: an admin's to delete, or the owner's of a
+    // runnable agent whose identity create_agent made for it (never one an admin registered).
+    if !delegation::is_admin_person(&ctx.principal) {
+        let made_for_it: Option<bool> = sqlx::query_scalar(
+            "SELECT kind = 'internal' AND created_by IS NOT DISTINCT FROM $3
+             FROM agents WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(agent.id)
+        .bind(ctx.principal.on_behalf_of.or(ctx.principal.id))
+        .fetch_optional(ctx.app.store.pool())
+        .await
+        .map_err(StoreError::from)?;
+        match (&runnable, made_for_it) {
+            (Some(runnable), Some(true)) => may_change(&ctx, &agent, runnable)?,
+            _ => {
+                return Err(ToolError::Forbidden(format!(
+                    "agent `{}` was registered by an admin (or for someone else): only an \
+                     admin deletes it",
+                    agent.name
+                )));
+            }
+        }
+    }
     sqlx::query("DELETE FROM agents WHERE tenant_id = $1 AND id = $2")
         .bind(tenant)
         .bind(agent.id)

@@ -964,7 +964,7 @@ async fn finish(
         scopes: crate::access::Scopes::NONE,
         delegation: None,
     };
-    crate::crm::events::emit(&mut tx, &actor, "agent.run.completed", id, summary.clone()).await?;
+    crate::events::emit(&mut tx, &actor, "agent.run.completed", id, summary.clone()).await?;
     crate::mcp::resources::notify_changed(&mut tx, crate::mcp::resources::run_uri(id)).await?;
     if let Some(schedule_id) = ended.schedule_id {
         sqlx::query("UPDATE agent_schedules SET last_run_at = now() WHERE id = $1")

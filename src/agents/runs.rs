@@ -15,6 +15,8 @@ use super::runner::{self, NewRun, Trigger};
 use crate::access::Scopes;
 use crate::access::delegation::{self, Cause};
 use crate::error::ToolError;
+use crate::mcp::shaping::{Reader, marker};
+use sqlx::{Postgres, QueryBuilder};
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::{ToolCtx, Transport};
 use crate::store::StoreError;
@@ -165,29 +167,54 @@ async fn detail(ctx: &ToolCtx, id: Uuid) -> Result<RunDetail, ToolError> {
         log: Value,
         config: Value,
     }
-    let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS}, tool_calls, transcript, log, config FROM agent_runs
-         WHERE tenant_id = $1 AND id = $2"
-    )))
-    .bind(ctx.principal.tenant_id)
-    .bind(id)
-    .fetch_optional(ctx.app.store.pool())
-    .await
-    .map_err(StoreError::from)?
-    .ok_or_else(|| ToolError::NotFound(format!("no agent run {id} in this tenant")))?;
+    let mut query = QueryBuilder::<Postgres>::new(format!(
+        "SELECT {COLUMNS}, tool_calls, transcript, log, config FROM agent_runs WHERE tenant_id = "
+    ));
+    query.push_bind(ctx.principal.tenant_id);
+    query.push(" AND id = ").push_bind(id);
+    delegation::push_readable(&mut query, &ctx.principal);
+    let mut row: Row = query
+        .build_query_as()
+        .fetch_optional(ctx.app.store.pool())
+        .await
+        .map_err(StoreError::from)?
+        .ok_or_else(|| ToolError::NotFound(format!("no agent run {id} that this caller can see")))?;
+    // Its data was read for the run's chain: shown as the reader's own policy allows.
+    let reader = Reader::of(ctx).await?;
+    let mut hidden = false;
     let mut tool_calls = row.tool_calls;
     if let Value::Array(calls) = &mut tool_calls {
         for call in calls {
             if let Value::Object(call) = call {
                 call.remove("result_text");
+                let name = call
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                for key in ["arguments", "output"] {
+                    if let Some(value) = call.get_mut(key) {
+                        hidden |= reader.shape(&name, value);
+                    }
+                }
             }
+        }
+    }
+    let mut transcript = row.transcript;
+    if hidden {
+        // The model read what the tools answered: what it said holds the same data.
+        transcript = marker("tool results in this transcript are not yours to read");
+        if row.run.output.is_some() {
+            row.run.output = Some(marker(
+                "the run read data that is not yours to read, and its output may repeat it",
+            ));
         }
     }
     Ok(RunDetail {
         callbacks: callbacks::of_run(&ctx.app, ctx.principal.tenant_id, id).await?,
         run: row.run,
         tool_calls,
-        transcript: row.transcript,
+        transcript,
         log: row.log,
         config: row.config,
     })
@@ -374,6 +401,7 @@ async fn list_agent_runs(ctx: ToolCtx, args: ListArgs) -> Result<RunList, ToolEr
         |q| {
             q.push(" FROM agent_runs WHERE tenant_id = ")
                 .push_bind(tenant);
+            delegation::push_readable(q, &ctx.principal);
             if let Some(agent) = agent {
                 q.push(" AND agent_id = ").push_bind(agent);
             }
@@ -404,6 +432,29 @@ async fn list_agent_runs(ctx: ToolCtx, args: ListArgs) -> Result<RunList, ToolEr
     )
     .await
     .map_err(StoreError::from)?;
+    let mut runs: Vec<AgentRun> = runs;
+    let ids: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
+    let tools: Vec<(Uuid, Vec<String>)> = sqlx::query_as(
+        "SELECT id, array(SELECT DISTINCT c->>'name' FROM jsonb_array_elements(tool_calls) c
+                          WHERE c->>'name' IS NOT NULL)
+         FROM agent_runs WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(ctx.app.store.pool())
+    .await
+    .map_err(StoreError::from)?;
+    let reader = Reader::of(&ctx).await?;
+    for run in &mut runs {
+        let unreadable = tools
+            .iter()
+            .find(|(id, _)| *id == run.id)
+            .is_some_and(|(_, names)| names.iter().any(|n| reader.hidden(n).is_some()));
+        if unreadable && run.output.is_some() {
+            run.output = Some(marker(
+                "the run read data that is not yours to read, and its output may repeat it",
+            ));
+        }
+    }
     Ok(RunList {
         runs,
         page: page.info(total),

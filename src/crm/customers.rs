@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::events;
+use crate::events;
 use crate::access::approval::{About, Sensitive};
 use crate::access::policy::{Policy, Resource, Shaped};
 use crate::error::ToolError;

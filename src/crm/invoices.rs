@@ -10,7 +10,7 @@ use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::customers::{CUSTOMERS, display_name, find};
-use super::events;
+use crate::events;
 use crate::access::approval::{About, Sensitive};
 use crate::access::policy::Policy;
 use crate::error::ToolError;

@@ -3,7 +3,6 @@
 
 pub mod bulk;
 pub mod customers;
-pub mod events;
 pub mod interactions;
 pub mod invoices;
 pub mod quotes;

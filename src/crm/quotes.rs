@@ -9,7 +9,7 @@ use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::customers::{CUSTOMERS, display_name, find};
-use super::events;
+use crate::events;
 use super::invoices::{
     Draft, InvoiceLine, InvoiceOut, Line, LineArgs, LineTable, currency, db_error, discount_bps,
     insert_invoice, insert_lines, load_invoice, resolve_lines, totals,

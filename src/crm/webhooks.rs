@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::events::EVENT_TYPES;
+use crate::events::EVENT_TYPES;
 use crate::access::secrets::random_bytes;
 use crate::error::ToolError;
 use crate::jobs::outbound::check_url;

@@ -18,11 +18,12 @@ use crate::access::delegation::{self, Cause, Member};
 use crate::access::principal::{PrincipalKind, Role};
 use crate::access::{Principal, Scopes};
 use crate::app::App;
-use crate::crm::events;
+use crate::events;
 use crate::error::ToolError;
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::call::{Call, invoke};
 use crate::mcp::context::{ToolCtx, Transport};
+use crate::mcp::shaping::Reader;
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo, fetch_page};
 
@@ -179,6 +180,18 @@ fn shown(mut action: PendingAction) -> PendingAction {
     action
 }
 
+/// A held call's arguments and result as the reader's own permissions show them (the agent
+/// whose call it was sees what it sent).
+fn shape(reader: &Reader, action: &mut PendingAction) {
+    if reader.is(action.agent_id) {
+        return;
+    }
+    reader.shape(&action.action_type, &mut action.arguments);
+    if let Some(result) = &mut action.result {
+        reader.shape(&action.action_type, result);
+    }
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionIdArgs {
@@ -189,9 +202,9 @@ async fn get_pending_action(
     ctx: ToolCtx,
     args: ActionIdArgs,
 ) -> Result<PendingActionOut, ToolError> {
-    Ok(PendingActionOut {
-        pending_action: visible(ctx.app.store.pool(), &ctx.principal, args.action_id).await?,
-    })
+    let mut pending_action = visible(ctx.app.store.pool(), &ctx.principal, args.action_id).await?;
+    shape(&Reader::of(&ctx).await?, &mut pending_action);
+    Ok(PendingActionOut { pending_action })
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -260,8 +273,16 @@ async fn list_pending_actions(
     )
     .await
     .map_err(StoreError::from)?;
+    let reader = Reader::of(&ctx).await?;
     Ok(PendingActionList {
-        pending_actions: pending_actions.into_iter().map(shown).collect(),
+        pending_actions: pending_actions
+            .into_iter()
+            .map(|action| {
+                let mut action = shown(action);
+                shape(&reader, &mut action);
+                action
+            })
+            .collect(),
         page: page.info(total),
     })
 }

@@ -12,7 +12,7 @@ use super::{Entry, notify_changed};
 use crate::access::Principal;
 use crate::access::principal::Role;
 use crate::crm::customers::{display_name, find};
-use crate::crm::events;
+use crate::events;
 use crate::error::ToolError;
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;

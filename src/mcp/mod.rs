@@ -12,4 +12,5 @@ pub mod listing;
 pub mod prompts;
 pub mod resources;
 pub mod server;
+pub mod shaping;
 pub mod stdio;

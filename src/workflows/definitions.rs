@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::expr::{Condition, Evaluation, Substitution, substitute};
 use super::model::{Definition, Step, Trigger, validate};
+use crate::access::delegation::{self, Member};
 use crate::error::ToolError;
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
@@ -145,14 +146,34 @@ pub struct Workflow {
     pub steps: Value,
     pub workflow_metadata: Value,
     pub created_by_name: String,
+    /// Who owns it (only they or an admin change it) and who last changed what it does:
+    /// it acts for both, never with more than either may do.
+    #[schemars(with = "Member")]
+    pub owner: Value,
+    #[schemars(with = "Member")]
+    pub behaviour_by: Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 pub const COLUMNS: &str = "id, name, description, status, version, trigger_type, trigger_config, \
-     variables, steps, workflow_metadata, created_by_name, created_at, updated_at";
+     variables, steps, workflow_metadata, created_by_name, owner, behaviour_by, created_at, \
+     updated_at";
 
 impl Workflow {
+    pub fn owner(&self) -> Option<Member> {
+        serde_json::from_value(self.owner.clone()).ok()
+    }
+
+    /// Who an execution of it acts for besides whoever starts it: its owner and its last
+    /// editor.
+    pub fn acts_for(&self) -> Vec<Member> {
+        [&self.owner, &self.behaviour_by]
+            .into_iter()
+            .filter_map(|v| serde_json::from_value::<Member>(v.clone()).ok())
+            .collect()
+    }
+
     /// The stored definition (valid: it was checked when saved).
     pub fn definition(&self) -> Result<Definition, ToolError> {
         let object = |v: &Value| v.as_object().cloned().unwrap_or_default();
@@ -245,7 +266,43 @@ async fn imported(ctx: &ToolCtx, definition: &Definition) -> Result<Vec<String>,
     Ok(entries.into_iter().map(|e| e.name).collect())
 }
 
-/// Saves a checked workflow (also used by templates and extraction).
+/// Event triggers hand a workflow whole records of the events' resources: who it acts for
+/// must be able to read that resource, and an agent limited by field rules, row conditions
+/// or object grants cannot have one at all (as with webhooks).
+pub(crate) async fn check_trigger_for(
+    ctx: &ToolCtx,
+    definition: &Definition,
+) -> Result<(), ToolError> {
+    if definition.trigger_type != Trigger::Event {
+        return Ok(());
+    }
+    let event = definition
+        .trigger_config
+        .get("event")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if let Some(scope) = crate::events::read_scope(event)
+        && !ctx
+            .principal
+            .scopes
+            .contains(crate::access::Scopes::parse(&[scope]).unwrap_or_default())
+    {
+        return Err(ToolError::Forbidden(format!(
+            "`{event}` events carry records that need `{scope}`, which {} does not hold",
+            ctx.principal.name
+        )));
+    }
+    if ctx.policy().await?.is_restricted() {
+        return Err(ToolError::Forbidden(
+            "a caller limited by field rules, row conditions or object grants cannot create \
+             event triggers: events carry whole records; ask an admin"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Saves a checked workflow (also used by templates and extraction), owned by the caller.
 pub(crate) async fn insert(ctx: &ToolCtx, args: CreateArgs) -> Result<Workflow, ToolError> {
     check_text(&args.name, &args.description)?;
     let definition = Definition {
@@ -259,11 +316,14 @@ pub(crate) async fn insert(ctx: &ToolCtx, args: CreateArgs) -> Result<Workflow, 
         ctx.app.catalog,
         &imported(ctx, &definition).await?,
     )?;
+    check_trigger_for(ctx, &definition).await?;
     let principal = &ctx.principal;
+    let owner = delegation::owner_member(ctx.app.store.pool(), principal).await?;
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO workflows (tenant_id, name, description, status, trigger_type, trigger_config,
-             variables, steps, workflow_metadata, created_by_kind, created_by_id, created_by_name)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
+             variables, steps, workflow_metadata, created_by_kind, created_by_id, created_by_name,
+             owner, behaviour_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING {COLUMNS}"
     )))
     .bind(principal.tenant_id)
     .bind(args.name.trim())
@@ -277,6 +337,8 @@ pub(crate) async fn insert(ctx: &ToolCtx, args: CreateArgs) -> Result<Workflow, 
     .bind(principal.kind.as_str())
     .bind(principal.id)
     .bind(&principal.name)
+    .bind(serde_json::to_value(owner).unwrap_or_default())
+    .bind(serde_json::to_value(Member::of(principal)).unwrap_or_default())
     .fetch_one(ctx.app.store.pool())
     .await
     .map_err(db_error)
@@ -409,6 +471,11 @@ async fn update_workflow(ctx: ToolCtx, args: UpdateArgs) -> Result<WorkflowOut, 
     let tenant = ctx.principal.tenant_id;
     let mut tx = pool.begin().await.map_err(StoreError::from)?;
     let current = load(&mut *tx, tenant, args.workflow_id, true).await?;
+    delegation::may_manage(
+        &ctx.principal,
+        current.owner().as_ref(),
+        &format!("workflow `{}`", current.name),
+    )?;
     if let Some(version) = args.version
         && version != current.version
     {
@@ -444,13 +511,22 @@ async fn update_workflow(ctx: ToolCtx, args: UpdateArgs) -> Result<WorkflowOut, 
         ctx.app.catalog,
         &imported(&ctx, &definition).await?,
     )?;
+    if changes_behaviour {
+        check_trigger_for(&ctx, &definition).await?;
+    }
+    // Whoever changes what it does is who it acts for from now on (with its owner).
+    let behaviour_by = if changes_behaviour {
+        serde_json::to_value(Member::of(&ctx.principal)).unwrap_or_default()
+    } else {
+        current.behaviour_by.clone()
+    };
     let status = args
         .status
         .map_or(current.status.clone(), |s| s.as_str().to_owned());
     let workflow: Workflow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE workflows SET name = $3, description = $4, status = $5, trigger_type = $6,
              trigger_config = $7, variables = $8, steps = $9, workflow_metadata = $10,
-             version = version + $11, updated_at = now(),
+             version = version + $11, updated_at = now(), behaviour_by = $12,
              next_run_at = CASE WHEN $11 = 1 OR status <> $5 THEN NULL ELSE next_run_at END
          WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
     )))
@@ -469,6 +545,7 @@ async fn update_workflow(ctx: ToolCtx, args: UpdateArgs) -> Result<WorkflowOut, 
             .unwrap_or(current.workflow_metadata),
     )
     .bind(i32::from(changes_behaviour))
+    .bind(behaviour_by)
     .fetch_one(&mut *tx)
     .await
     .map_err(db_error)?;
@@ -483,6 +560,18 @@ pub struct Deleted {
 }
 
 async fn delete_workflow(ctx: ToolCtx, args: WorkflowIdArgs) -> Result<Deleted, ToolError> {
+    let current = load(
+        ctx.app.store.pool(),
+        ctx.principal.tenant_id,
+        args.workflow_id,
+        false,
+    )
+    .await?;
+    delegation::may_manage(
+        &ctx.principal,
+        current.owner().as_ref(),
+        &format!("workflow `{}`", current.name),
+    )?;
     let deleted: Option<Uuid> =
         sqlx::query_scalar("DELETE FROM workflows WHERE tenant_id = $1 AND id = $2 RETURNING id")
             .bind(ctx.principal.tenant_id)

@@ -563,7 +563,7 @@ pub fn start(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHan
             if let Err(error) = super::schedule::fire_due(&pool).await {
                 tracing::warn!(%error, "workflow executions: could not start scheduled ones");
             }
-            if let Err(error) = super::triggers::on_events(&pool).await {
+            if let Err(error) = super::triggers::on_events(&app).await {
                 tracing::warn!(%error, "workflow executions: could not read events");
             }
             crate::jobs::queue::start_due(

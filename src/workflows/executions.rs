@@ -7,11 +7,14 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::definitions::load;
 use super::engine::{self, process_id};
+use crate::access::delegation::{self, Cause};
 use crate::error::ToolError;
+use crate::mcp::shaping::{Reader, marker};
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;
@@ -126,18 +129,25 @@ pub struct ExecutionOut {
     pub steps: Vec<StepRun>,
 }
 
+/// An execution the caller may read (its starter, owner, last editor, or an admin), as
+/// the caller's policy shows it.
 async fn load_execution(ctx: &ToolCtx, id: Uuid) -> Result<ExecutionOut, ToolError> {
     let pool = ctx.app.store.pool();
-    let execution: Execution = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM workflow_executions WHERE tenant_id = $1 AND id = $2"
-    )))
-    .bind(ctx.principal.tenant_id)
-    .bind(id)
-    .fetch_optional(pool)
-    .await
-    .map_err(StoreError::from)?
-    .ok_or_else(|| ToolError::NotFound(format!("no workflow execution {id} in this tenant")))?;
-    let steps = sqlx::query_as(
+    let mut query = QueryBuilder::<Postgres>::new(format!(
+        "SELECT {COLUMNS} FROM workflow_executions WHERE tenant_id = "
+    ));
+    query.push_bind(ctx.principal.tenant_id);
+    query.push(" AND id = ").push_bind(id);
+    delegation::push_readable(&mut query, &ctx.principal);
+    let mut execution: Execution = query
+        .build_query_as()
+        .fetch_optional(pool)
+        .await
+        .map_err(StoreError::from)?
+        .ok_or_else(|| {
+            ToolError::NotFound(format!("no workflow execution {id} that this caller can see"))
+        })?;
+    let mut steps: Vec<StepRun> = sqlx::query_as(
         "SELECT step_index, step_id, tool, attempt, status, arguments, output, error, started_at,
                 finished_at
          FROM workflow_step_runs WHERE execution_id = $1 ORDER BY id",
@@ -146,7 +156,29 @@ async fn load_execution(ctx: &ToolCtx, id: Uuid) -> Result<ExecutionOut, ToolErr
     .fetch_all(pool)
     .await
     .map_err(StoreError::from)?;
+    let reader = Reader::of(ctx).await?;
+    let mut hidden = false;
+    for step in &mut steps {
+        if let Some(arguments) = &mut step.arguments {
+            hidden |= reader.shape(&step.tool, arguments);
+        }
+        if let Some(output) = &mut step.output {
+            hidden |= reader.shape(&step.tool, output);
+        }
+    }
+    shape(&reader, &mut execution, hidden);
     Ok(ExecutionOut { execution, steps })
+}
+
+/// An execution's input and output as `reader` may see them: a triggered one's event by
+/// the event's scope, the output (a step's) hidden when any step's data was.
+fn shape(reader: &Reader, execution: &mut Execution, steps_hidden: bool) {
+    if let Some(event) = execution.input.get_mut("event") {
+        reader.shape_event(event);
+    }
+    if steps_hidden && let Some(output) = &mut execution.output {
+        *output = marker("a step's data is not yours to read, and this output is a step's");
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -177,6 +209,16 @@ async fn execute_workflow(ctx: ToolCtx, args: ExecuteArgs) -> Result<ExecutionOu
             "the workflow is paused: set it to active (or draft) to run it".into(),
         ));
     }
+    // Work started by work is one step deeper, and never starts a workflow of its own cause.
+    let cause = Cause::started_by(principal)?;
+    if cause.workflows.contains(&workflow.id) {
+        return Err(ToolError::Forbidden(format!(
+            "workflow `{}` is already running in the chain of work that makes this call",
+            workflow.name
+        )));
+    }
+    // It acts for the caller, and for its owner and last editor: never more than any may do.
+    let chain = delegation::chain(principal, workflow.acts_for());
     let definition = json!({
         "trigger_type": workflow.trigger_type, "trigger_config": workflow.trigger_config,
         "variables": workflow.variables, "steps": workflow.steps,
@@ -185,9 +227,9 @@ async fn execute_workflow(ctx: ToolCtx, args: ExecuteArgs) -> Result<ExecutionOu
     let id: Uuid = sqlx::query_scalar(
         "INSERT INTO workflow_executions (tenant_id, workflow_id, workflow_name, workflow_version,
              definition, input, status, source, started_by_kind, started_by_id, started_by_name,
-             scopes, lease_owner, lease_until, started_at)
+             scopes, lease_owner, lease_until, started_at, chain, cause)
          VALUES ($1, $2, $3, $4, $5, $6, 'running', 'manual', $7, $8, $9, $10, $11,
-                 now() + make_interval(secs => $12), now())
+                 now() + make_interval(secs => $12), now(), $13, $14)
          RETURNING id",
     )
     .bind(principal.tenant_id)
@@ -202,6 +244,8 @@ async fn execute_workflow(ctx: ToolCtx, args: ExecuteArgs) -> Result<ExecutionOu
     .bind(principal.scopes.names())
     .bind(process_id())
     .bind(engine::lease().as_secs_f64())
+    .bind(delegation::chain_json(&chain))
+    .bind(cause.json())
     .fetch_one(pool)
     .await
     .map_err(StoreError::from)?;
@@ -268,6 +312,7 @@ async fn list_workflow_executions(
         |q| {
             q.push(" FROM workflow_executions WHERE tenant_id = ")
                 .push_bind(tenant);
+            delegation::push_readable(q, &ctx.principal);
             if let Some(workflow) = args.workflow_id {
                 q.push(" AND workflow_id = ").push_bind(workflow);
             }
@@ -280,6 +325,13 @@ async fn list_workflow_executions(
     )
     .await
     .map_err(StoreError::from)?;
+    let reader = Reader::of(&ctx).await?;
+    let mut executions: Vec<Execution> = executions;
+    for execution in &mut executions {
+        // A list does not carry the steps: an output is shown to readers of every step's data.
+        let hidden = execution.output.is_some() && !steps_readable(&ctx, &reader, execution.id).await?;
+        shape(&reader, execution, hidden);
+    }
     Ok(ExecutionList {
         executions,
         page: page.info(total),
@@ -299,10 +351,44 @@ async fn get_workflow_execution(
     load_execution(&ctx, args.execution_id).await
 }
 
+/// Does `reader` see the data of every tool the execution's steps called?
+async fn steps_readable(ctx: &ToolCtx, reader: &Reader, id: Uuid) -> Result<bool, ToolError> {
+    let tools: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT tool FROM workflow_step_runs WHERE execution_id = $1")
+            .bind(id)
+            .fetch_all(ctx.app.store.pool())
+            .await
+            .map_err(StoreError::from)?;
+    Ok(tools.iter().all(|t| reader.hidden(t).is_none()))
+}
+
 async fn cancel_workflow_execution(
     ctx: ToolCtx,
     args: ExecutionIdArgs,
 ) -> Result<ExecutionOut, ToolError> {
+    // Only someone it acts for (its starter, the workflow's owner) or an admin stops it.
+    let chain: Option<Value> = sqlx::query_scalar(
+        "SELECT chain FROM workflow_executions WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(ctx.principal.tenant_id)
+    .bind(args.execution_id)
+    .fetch_optional(ctx.app.store.pool())
+    .await
+    .map_err(StoreError::from)?;
+    let members = chain.map(|c| delegation::read_chain(&c)).unwrap_or_default();
+    if !delegation::may_read(&ctx.principal, &members) {
+        return Err(ToolError::NotFound(format!(
+            "no workflow execution {} that this caller can see",
+            args.execution_id
+        )));
+    }
+    let first = members.first();
+    if members
+        .iter()
+        .all(|m| delegation::may_manage(&ctx.principal, Some(m), "this execution").is_err())
+    {
+        delegation::may_manage(&ctx.principal, first, "this execution")?;
+    }
     let updated = sqlx::query(
         "UPDATE workflow_executions SET cancel_requested = true, updated_at = now(),
              status = CASE WHEN status IN ('queued', 'waiting_approval') THEN 'cancelled' ELSE status END,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::expr::{Condition, references};
-use crate::crm::events::EVENT_TYPES;
+use crate::events::EVENT_TYPES;
 use crate::error::ToolError;
 use crate::mcp::catalog::{Catalog, handles_secrets};
 

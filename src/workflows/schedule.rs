@@ -9,6 +9,7 @@ use sqlx::PgPool;
 
 use super::engine::CHANNEL;
 use super::triggers::{TRIGGERED_COLUMNS, Triggered};
+use crate::access::delegation::Cause;
 use crate::jobs::cron;
 
 fn zone(config: &Map<String, Value>) -> Result<chrono_tz::Tz, String> {
@@ -71,14 +72,22 @@ pub async fn fire_due(pool: &PgPool) -> Result<(), sqlx::Error> {
     } in due
     {
         if let Some(due_at) = next_run_at {
-            started += workflow
-                .queue(
-                    &mut tx,
-                    "schedule",
-                    json!({ "scheduled_for": due_at }),
-                    None,
-                )
-                .await?;
+            match workflow.acting(pool, Cause::default()).await {
+                Ok(acting) => {
+                    started += workflow
+                        .queue(
+                            &mut tx,
+                            &acting,
+                            "schedule",
+                            json!({ "scheduled_for": due_at }),
+                            None,
+                        )
+                        .await?;
+                }
+                Err(reason) => {
+                    tracing::warn!(workflow = %workflow.id, reason, "scheduled workflow not started");
+                }
+            }
         }
         sqlx::query("UPDATE workflows SET next_run_at = $2 WHERE id = $1")
             .bind(workflow.id)

@@ -9,7 +9,6 @@ use serde_json::{Map, Value, json};
 
 use super::definitions::{CreateArgs, Workflow, insert};
 use super::model::{ErrorPolicy, Step, Trigger};
-use crate::access::Scopes;
 use crate::error::ToolError;
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
@@ -29,7 +28,7 @@ pub fn tools() -> Vec<RegisteredTool> {
                 "List an MCP session's successful tool calls: the material for \
                  extract_workflow.\n\n\
                  Oldest first (default: this session), with their arguments (secrets redacted). \
-                 Your own calls, or anyone's with audit:read.",
+                 Your own calls (an admin: anyone's).",
                 &["workflows:read"],
                 Hints::READ,
             ),
@@ -87,12 +86,11 @@ fn session(ctx: &ToolCtx, given: Option<String>) -> Result<String, ToolError> {
     })
 }
 
+/// The calls of a session: a session belongs to whoever opened it, so anyone else (an
+/// admin person, who holds every scope, excepted) sees only their own calls in it.
 async fn calls(ctx: &ToolCtx, session_id: &str) -> Result<Vec<ToolCall>, ToolError> {
-    let own_only = !ctx
-        .principal
-        .scopes
-        .contains(Scopes::parse(&["audit:read"]).unwrap_or_default());
-    let calls = sqlx::query_as(
+    let own_only = !crate::access::delegation::is_admin_person(&ctx.principal);
+    let calls: Vec<ToolCall> = sqlx::query_as(
         "SELECT id::text AS id, at, action AS tool, coalesce(arguments, '{}') AS arguments, principal_name
          FROM audit_events
          WHERE tenant_id = $1 AND session_id = $2 AND kind = 'tool' AND outcome = 'ok'

@@ -9,14 +9,18 @@ use uuid::Uuid;
 
 use super::engine::CHANNEL;
 use super::expr::Condition;
-use crate::access::Scopes;
+use crate::access::audit::AuditEvent;
+use crate::access::delegation::{self, Cause, MAX_CAUSE_DEPTH, Member};
+use crate::access::policy::Policy;
+use crate::access::{Principal, Scopes};
+use crate::app::App;
 
 /// Events are read once they are this old: a transaction that wrote a lower event id and
 /// commits later is still seen (one that takes longer would be missed).
 const SETTLE_SECS: f64 = 1.0;
 
-/// A workflow started by a trigger: it runs as whoever created it, with their
-/// permissions of the moment.
+/// A workflow started by a trigger: it acts for its owner and its last editor, with the
+/// intersection of their permissions of the moment (never every scope).
 #[derive(sqlx::FromRow)]
 pub(super) struct Triggered {
     pub id: Uuid,
@@ -26,19 +30,38 @@ pub(super) struct Triggered {
     pub trigger_config: Value,
     pub variables: Value,
     pub steps: Value,
-    pub created_by_kind: String,
-    pub created_by_id: Option<Uuid>,
-    pub created_by_name: String,
+    pub owner: Value,
+    pub behaviour_by: Value,
 }
 
 pub(super) const TRIGGERED_COLUMNS: &str = "id, tenant_id, name, version, trigger_config, \
-     variables, steps, created_by_kind, created_by_id, created_by_name";
+     variables, steps, owner, behaviour_by";
 
 impl Triggered {
+    fn chain(&self) -> Vec<Member> {
+        let mut members: Vec<Member> = Vec::new();
+        for value in [&self.owner, &self.behaviour_by] {
+            if let Ok(member) = serde_json::from_value::<Member>(value.clone())
+                && !members.iter().any(|m| m.kind == member.kind && m.id == member.id)
+            {
+                members.push(member);
+            }
+        }
+        members
+    }
+
+    /// Who it acts for, now; `Err` with the reason when someone of its chain is gone.
+    pub(super) async fn acting(&self, pool: &PgPool, cause: Cause) -> Result<Principal, String> {
+        delegation::resolve(pool, self.tenant_id, &self.chain(), cause)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Queues an execution (once per event: a second insert for the same event is a no-op).
     pub(super) async fn queue(
         &self,
         tx: &mut sqlx::PgConnection,
+        acting: &Principal,
         source: &str,
         input: Value,
         event_id: Option<i64>,
@@ -47,11 +70,16 @@ impl Triggered {
             "trigger_type": source, "trigger_config": self.trigger_config,
             "variables": self.variables, "steps": self.steps,
         });
+        let cause = acting
+            .delegation
+            .as_ref()
+            .map(|d| d.cause.clone())
+            .unwrap_or_default();
         let inserted = sqlx::query(
             "INSERT INTO workflow_executions (tenant_id, workflow_id, workflow_name,
                  workflow_version, definition, input, source, trigger_event_id,
-                 started_by_kind, started_by_id, started_by_name, scopes)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                 started_by_kind, started_by_id, started_by_name, scopes, chain, cause)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              ON CONFLICT (workflow_id, trigger_event_id) DO NOTHING",
         )
         .bind(self.tenant_id)
@@ -62,17 +90,42 @@ impl Triggered {
         .bind(input)
         .bind(source)
         .bind(event_id)
-        .bind(&self.created_by_kind)
-        .bind(self.created_by_id)
-        .bind(&self.created_by_name)
-        .bind(Scopes::EVERY.names())
+        .bind(acting.kind.as_str())
+        .bind(acting.id)
+        .bind(&acting.name)
+        .bind(acting.scopes.names())
+        .bind(delegation::chain_json(&self.chain()))
+        .bind(cause.json())
         .execute(tx)
         .await?;
         Ok(inserted.rows_affected())
     }
+
+    /// A trigger that did not start its workflow, in the audit trail and the log.
+    async fn refused(&self, app: &App, event_id: i64, event_type: &str, code: &str, reason: &str) {
+        tracing::warn!(workflow = %self.id, event = event_id, reason, "workflow trigger stopped");
+        let owner = serde_json::from_value::<Member>(self.owner.clone()).ok();
+        let mut audit = AuditEvent::anonymous("tool", "workflow.trigger", "refused");
+        audit.tenant_id = Some(self.tenant_id);
+        audit.principal_kind = owner.as_ref().map(|o| o.kind);
+        audit.principal_id = owner.as_ref().map(|o| o.id);
+        audit.principal_name = owner.map(|o| o.name);
+        audit.chain = Some(delegation::chain_json(&self.chain()));
+        audit.error_code = Some(code.to_owned());
+        audit.transport = Some("workflow");
+        audit.arguments = Some(json!({
+            "workflow_id": self.id, "workflow": self.name, "event_id": event_id,
+            "event_type": event_type, "reason": reason,
+        }));
+        app.audit.record(audit).await;
+    }
 }
 
-pub async fn on_events(pool: &PgPool) -> Result<(), sqlx::Error> {
+/// Starts event-triggered workflows for the events past the shared cursor. An event starts
+/// a workflow only if who it acts for may read what the event carries; never a workflow of
+/// the event's own cause chain; and never past the cause depth limit.
+pub async fn on_events(app: &App) -> Result<(), sqlx::Error> {
+    let pool = app.store.pool();
     let mut tx = pool.begin().await?;
     let Some(last): Option<i64> = sqlx::query_scalar(
         "SELECT last_event_id FROM workflow_event_cursor WHERE id = 1 FOR UPDATE SKIP LOCKED",
@@ -82,8 +135,8 @@ pub async fn on_events(pool: &PgPool) -> Result<(), sqlx::Error> {
     else {
         return Ok(());
     };
-    let events: Vec<(i64, Uuid, String, Value)> = sqlx::query_as(
-        "SELECT id, tenant_id, type, payload FROM events
+    let events: Vec<(i64, Uuid, String, Value, Value)> = sqlx::query_as(
+        "SELECT id, tenant_id, type, payload, cause FROM events
          WHERE id > $1 AND created_at < now() - make_interval(secs => $2)
          ORDER BY id LIMIT 500",
     )
@@ -95,7 +148,7 @@ pub async fn on_events(pool: &PgPool) -> Result<(), sqlx::Error> {
         return Ok(());
     };
     let mut started = 0;
-    for (event_id, tenant_id, event_type, payload) in events {
+    for (event_id, tenant_id, event_type, payload, cause) in events {
         let workflows: Vec<Triggered> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {TRIGGERED_COLUMNS}
              FROM workflows WHERE tenant_id = $1 AND status = 'active' AND trigger_type = 'event'
@@ -105,8 +158,17 @@ pub async fn on_events(pool: &PgPool) -> Result<(), sqlx::Error> {
         .bind(&event_type)
         .fetch_all(&mut *tx)
         .await?;
+        if workflows.is_empty() {
+            continue;
+        }
+        let cause = Cause::read(&cause);
         let event = json!({ "id": event_id, "type": event_type, "payload": payload });
         for workflow in workflows {
+            // Work of this workflow's own run (directly or further down) never restarts it.
+            if cause.workflows.contains(&workflow.id) {
+                tracing::debug!(workflow = %workflow.id, event = event_id, "own event: not triggered");
+                continue;
+            }
             let condition = workflow
                 .trigger_config
                 .get("condition")
@@ -114,8 +176,41 @@ pub async fn on_events(pool: &PgPool) -> Result<(), sqlx::Error> {
             if condition.is_some_and(|c| !c.evaluate(&json!({ "event": event })).result) {
                 continue;
             }
+            let depth = cause.depth + 1;
+            if depth > MAX_CAUSE_DEPTH {
+                let reason = format!(
+                    "the event was written by work {} levels deep; triggered work stops at \
+                     {MAX_CAUSE_DEPTH} (a loop of workflows?)",
+                    cause.depth
+                );
+                workflow
+                    .refused(app, event_id, &event_type, "loop_stopped", &reason)
+                    .await;
+                continue;
+            }
+            let next = Cause {
+                depth,
+                workflows: cause.workflows.clone(),
+                execution_id: None,
+                run_id: None,
+            };
+            let acting = match workflow.acting(pool, next).await {
+                Ok(acting) => acting,
+                Err(reason) => {
+                    workflow
+                        .refused(app, event_id, &event_type, "forbidden", &reason)
+                        .await;
+                    continue;
+                }
+            };
+            if let Some(reason) = event_refusal(pool, &acting, &event_type).await {
+                workflow
+                    .refused(app, event_id, &event_type, "forbidden", &reason)
+                    .await;
+                continue;
+            }
             started += workflow
-                .queue(&mut tx, "event", json!({ "event": event }), Some(event_id))
+                .queue(&mut tx, &acting, "event", json!({ "event": event }), Some(event_id))
                 .await?;
         }
     }
@@ -130,4 +225,26 @@ pub async fn on_events(pool: &PgPool) -> Result<(), sqlx::Error> {
             .await?;
     }
     tx.commit().await
+}
+
+/// Why the events of `event_type` may not reach work acting for `acting`: it cannot read
+/// what they carry, or field rules, row conditions or object grants apply to it.
+async fn event_refusal(pool: &PgPool, acting: &Principal, event_type: &str) -> Option<String> {
+    let scope = crate::events::read_scope(event_type)
+        .and_then(|s| Scopes::parse(&[s]).ok())
+        .unwrap_or(Scopes::EVERY);
+    if !acting.scopes.contains(scope) {
+        return Some(format!(
+            "who the workflow acts for may not read what `{event_type}` events carry"
+        ));
+    }
+    match Policy::load(pool, acting).await {
+        Ok(policy) if policy.is_restricted() => Some(
+            "field rules, row conditions or object grants apply to who the workflow acts for, \
+             and events carry whole records"
+                .into(),
+        ),
+        Ok(_) => None,
+        Err(error) => Some(format!("its policy could not be read: {error}")),
+    }
 }

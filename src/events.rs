@@ -1,5 +1,6 @@
 //! Change events (SPEC §3), appended to the outbox inside the transaction of the change,
-//! so an event exists exactly when its change committed.
+//! so an event exists exactly when its change committed. An event carries its cause (the
+//! work done on someone's behalf that wrote it), so triggered work never loops.
 
 use serde_json::Value;
 use uuid::Uuid;
@@ -14,9 +15,15 @@ pub async fn emit(
     subject_id: Uuid,
     payload: Value,
 ) -> Result<(), StoreError> {
+    let cause = principal
+        .delegation
+        .as_ref()
+        .map(|d| d.cause.json())
+        .unwrap_or_else(|| Value::Object(Default::default()));
     sqlx::query(
-        "INSERT INTO events (tenant_id, type, subject_id, payload, principal_kind, principal_id)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO events (tenant_id, type, subject_id, payload, principal_kind, principal_id,
+             cause)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(principal.tenant_id)
     .bind(event_type)
@@ -24,6 +31,7 @@ pub async fn emit(
     .bind(payload)
     .bind(principal.kind.as_str())
     .bind(principal.id)
+    .bind(cause)
     .execute(tx)
     .await?;
     Ok(())
@@ -42,3 +50,16 @@ pub const EVENT_TYPES: [&str; 10] = [
     "workflow.execution.completed",
     "agent.run.completed",
 ];
+
+/// The scope whose holder may read what an event of `event_type` carries.
+pub fn read_scope(event_type: &str) -> Option<&'static str> {
+    Some(match event_type.split('.').next()? {
+        "customer" => "customers:read",
+        "interaction" => "interactions:read",
+        "handoff" => "handoff",
+        "invoice" => "invoices:read",
+        "workflow" => "workflows:read",
+        "agent" => "agents:read",
+        _ => return None,
+    })
+}

@@ -156,14 +156,16 @@ pub fn may_manage(caller: &Principal, owner: Option<&Member>, what: &str) -> Res
         let admin = caller.role == Some(Role::Admin)
             && matches!(caller.kind, PrincipalKind::User | PrincipalKind::LocalOwner);
         admin
-            || owner.is_some_and(|o| o.kind != PrincipalKind::Agent && o.person == person_of(caller))
+            || owner
+                .is_some_and(|o| o.kind != PrincipalKind::Agent && o.person == person_of(caller))
     };
     if allowed {
         return Ok(());
     }
-    let whose = owner.map_or_else(|| "nobody (its creator is gone)".to_owned(), |o| {
-        format!("{} ({})", o.name, o.kind.as_str())
-    });
+    let whose = owner.map_or_else(
+        || "nobody (its creator is gone)".to_owned(),
+        |o| format!("{} ({})", o.name, o.kind.as_str()),
+    );
     Err(ToolError::Forbidden(format!(
         "{what} belongs to {whose}: only its owner or an admin may change it{}",
         if caller.involves_agent() {
@@ -179,7 +181,10 @@ pub fn may_manage(caller: &Principal, owner: Option<&Member>, what: &str) -> Res
 /// An admin person at a client (not an API key, not an agent, not work on someone's behalf).
 pub fn is_admin_person(principal: &Principal) -> bool {
     principal.role == Some(Role::Admin)
-        && matches!(principal.kind, PrincipalKind::User | PrincipalKind::LocalOwner)
+        && matches!(
+            principal.kind,
+            PrincipalKind::User | PrincipalKind::LocalOwner
+        )
         && !principal.involves_agent()
 }
 
@@ -253,14 +258,15 @@ pub async fn resolve(
     let mut identity_role = None;
     let mut identity_person = None;
     for (index, member) in members.iter().enumerate() {
-        let (role, member_scopes, person) = current(pool, tenant_id, member).await?.ok_or_else(|| {
-            ToolError::Forbidden(format!(
-                "{} ({}), on whose behalf this runs, no longer exists, is disabled or was \
+        let (role, member_scopes, person) =
+            current(pool, tenant_id, member).await?.ok_or_else(|| {
+                ToolError::Forbidden(format!(
+                    "{} ({}), on whose behalf this runs, no longer exists, is disabled or was \
                  revoked",
-                member.name,
-                member.kind.as_str()
-            ))
-        })?;
+                    member.name,
+                    member.kind.as_str()
+                ))
+            })?;
         scopes = scopes.intersect(member_scopes);
         if index == 0 {
             identity_role = role;

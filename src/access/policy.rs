@@ -118,7 +118,11 @@ impl Policy {
     }
 
     /// One agent's own field rules, conditions and grants.
-    async fn load_agent(pool: &PgPool, tenant_id: Uuid, agent_id: Uuid) -> Result<Policy, StoreError> {
+    async fn load_agent(
+        pool: &PgPool,
+        tenant_id: Uuid,
+        agent_id: Uuid,
+    ) -> Result<Policy, StoreError> {
         let mut policy = Policy {
             tenant_id,
             is_agent: true,
@@ -208,25 +212,29 @@ impl Policy {
         };
         let grants = scopes
             .into_iter()
-            .filter_map(|scope| match (grant_of(&self, &scope), grant_of(&other, &scope)) {
-                (Some(a), Some(b)) => Some(Grant {
-                    scope,
-                    only_ids: match (a.only_ids, b.only_ids) {
-                        (Some(a), Some(b)) => Some(a.into_iter().filter(|id| b.contains(id)).collect()),
-                        (Some(x), None) | (None, Some(x)) => Some(x),
-                        (None, None) => None,
-                    },
-                    except_ids: a
-                        .except_ids
-                        .into_iter()
-                        .chain(b.except_ids)
-                        .collect::<BTreeSet<_>>()
-                        .into_iter()
-                        .collect(),
-                }),
-                (Some(g), None) | (None, Some(g)) => Some(g),
-                (None, None) => None,
-            })
+            .filter_map(
+                |scope| match (grant_of(&self, &scope), grant_of(&other, &scope)) {
+                    (Some(a), Some(b)) => Some(Grant {
+                        scope,
+                        only_ids: match (a.only_ids, b.only_ids) {
+                            (Some(a), Some(b)) => {
+                                Some(a.into_iter().filter(|id| b.contains(id)).collect())
+                            }
+                            (Some(x), None) | (None, Some(x)) => Some(x),
+                            (None, None) => None,
+                        },
+                        except_ids: a
+                            .except_ids
+                            .into_iter()
+                            .chain(b.except_ids)
+                            .collect::<BTreeSet<_>>()
+                            .into_iter()
+                            .collect(),
+                    }),
+                    (Some(g), None) | (None, Some(g)) => Some(g),
+                    (None, None) => None,
+                },
+            )
             .collect();
         Policy {
             field_rules,

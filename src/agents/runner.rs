@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use super::config::{Config, Runnable};
 use crate::access::Principal;
-use crate::access::delegation::{self, Cause, Member};
 use crate::access::audit::redact;
+use crate::access::delegation::{self, Cause, Member};
 use crate::access::store::Agent;
 use crate::app::App;
 use crate::connections::catalog as tool_catalog;
@@ -31,9 +31,9 @@ use crate::connections::llm::{self, ChatRequest, LlmError, Message, ResponseForm
 use crate::connections::manage::{self, ProbeFailure, record_status};
 use crate::connections::platforms::Resolved;
 use crate::error::ToolError;
+use crate::mcp::call::{Call, invoke};
 use crate::mcp::context::Transport;
 use crate::mcp::filter::denial;
-use crate::mcp::call::{Call, invoke};
 use crate::store::StoreError;
 use crate::workflows::engine::{lease, process_id};
 

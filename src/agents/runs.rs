@@ -15,12 +15,12 @@ use super::runner::{self, NewRun, Trigger};
 use crate::access::Scopes;
 use crate::access::delegation::{self, Cause};
 use crate::error::ToolError;
-use crate::mcp::shaping::{Reader, marker};
-use sqlx::{Postgres, QueryBuilder};
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::{ToolCtx, Transport};
+use crate::mcp::shaping::{Reader, marker};
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo, fetch_page};
+use sqlx::{Postgres, QueryBuilder};
 
 const MAX_WAIT_SECONDS: u32 = 300;
 
@@ -178,7 +178,9 @@ async fn detail(ctx: &ToolCtx, id: Uuid) -> Result<RunDetail, ToolError> {
         .fetch_optional(ctx.app.store.pool())
         .await
         .map_err(StoreError::from)?
-        .ok_or_else(|| ToolError::NotFound(format!("no agent run {id} that this caller can see")))?;
+        .ok_or_else(|| {
+            ToolError::NotFound(format!("no agent run {id} that this caller can see"))
+        })?;
     // Its data was read for the run's chain: shown as the reader's own policy allows.
     let reader = Reader::of(ctx).await?;
     let mut hidden = false;

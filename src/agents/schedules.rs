@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::config::find_runnable;
-use crate::access::delegation::{self, Cause, Member};
 use super::runner::{MAX_CHAIN_DEPTH, NewRun, Trigger, queue};
+use crate::access::delegation::{self, Cause, Member};
 use crate::app::App;
 use crate::error::ToolError;
 use crate::jobs::cron::{self, parse as parse_cron, timezone as parse_timezone};
@@ -516,7 +516,9 @@ async fn may_change(ctx: &ToolCtx, id: Uuid) -> Result<(), ToolError> {
             .await
             .map_err(StoreError::from)?;
     let Some(creator) = creator else {
-        return Err(ToolError::NotFound(format!("no schedule {id} in this tenant")));
+        return Err(ToolError::NotFound(format!(
+            "no schedule {id} in this tenant"
+        )));
     };
     let creator = creator.and_then(|v| serde_json::from_value::<Member>(v).ok());
     delegation::may_manage(&ctx.principal, creator.as_ref(), &format!("schedule {id}"))
@@ -722,7 +724,10 @@ struct Due {
 /// A schedule's creator as the chain member its runs act for (none when unknown: such a
 /// run acts for nobody and does not run).
 fn creator_members(creator: &Option<Value>) -> Vec<Member> {
-    match creator.as_ref().map(|v| serde_json::from_value::<Member>(v.clone())) {
+    match creator
+        .as_ref()
+        .map(|v| serde_json::from_value::<Member>(v.clone()))
+    {
         Some(Ok(member)) => vec![member],
         _ => vec![Member {
             kind: crate::access::PrincipalKind::User,

@@ -8,10 +8,10 @@ use serde_json::{Value, json};
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::events;
 use crate::access::approval::{About, Sensitive};
 use crate::access::policy::{Policy, Resource, Shaped};
 use crate::error::ToolError;
+use crate::events;
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;

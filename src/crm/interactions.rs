@@ -10,9 +10,9 @@ use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::customers::{CUSTOMERS, find};
-use crate::events;
 use crate::access::policy::Policy;
 use crate::error::ToolError;
+use crate::events;
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;

@@ -10,10 +10,10 @@ use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::customers::{CUSTOMERS, display_name, find};
-use crate::events;
 use crate::access::approval::{About, Sensitive};
 use crate::access::policy::Policy;
 use crate::error::ToolError;
+use crate::events;
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;

@@ -9,7 +9,6 @@ use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::customers::{CUSTOMERS, display_name, find};
-use crate::events;
 use super::invoices::{
     Draft, InvoiceLine, InvoiceOut, Line, LineArgs, LineTable, currency, db_error, discount_bps,
     insert_invoice, insert_lines, load_invoice, resolve_lines, totals,
@@ -17,6 +16,7 @@ use super::invoices::{
 use crate::access::approval::{About, Sensitive};
 use crate::access::policy::Policy;
 use crate::error::ToolError;
+use crate::events;
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;

@@ -6,9 +6,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::events::EVENT_TYPES;
 use crate::access::secrets::random_bytes;
 use crate::error::ToolError;
+use crate::events::EVENT_TYPES;
 use crate::jobs::outbound::check_url;
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;

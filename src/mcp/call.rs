@@ -147,7 +147,13 @@ pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
     // Tools of the tenant's remote MCP servers are for workflows and agents.
     if call.client.is_none() && remote_catalog::is_remote(&call.tool) {
         let outcome = remote(app, &call).await;
-        finish(app, audit, started, outcome.as_ref().err().map(ToolError::code)).await;
+        finish(
+            app,
+            audit,
+            started,
+            outcome.as_ref().err().map(ToolError::code),
+        )
+        .await;
         return outcome.map(Done::Value).map_err(CallError::Tool);
     }
     let Some(tool) = app
@@ -181,7 +187,13 @@ pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
     if let Ok(Done::Ask(_)) = &outcome {
         audit.outcome = "input_required";
     }
-    finish(app, audit, started, outcome.as_ref().err().map(ToolError::code)).await;
+    finish(
+        app,
+        audit,
+        started,
+        outcome.as_ref().err().map(ToolError::code),
+    )
+    .await;
     outcome.map_err(CallError::Tool)
 }
 

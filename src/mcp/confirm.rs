@@ -58,7 +58,11 @@ pub async fn gate(
     }
     tool.validate(args)?;
     let name = tool.def.name;
-    let Some(client) = ctx.client.as_ref().filter(|_| ctx.principal.delegation.is_none()) else {
+    let Some(client) = ctx
+        .client
+        .as_ref()
+        .filter(|_| ctx.principal.delegation.is_none())
+    else {
         return Err(ToolError::Forbidden(format!(
             "`{name}` needs a person's confirmation in their client, which {} cannot ask for",
             ctx.transport.describe()

@@ -8,8 +8,8 @@ use std::time::Duration;
 use rmcp::model::{CompletionInfo, GetPromptResult, Prompt, PromptArgument, PromptMessage, Role};
 use serde_json::{Map, Value, json};
 
-use super::context::Transport;
 use super::call::{Call, invoke};
+use super::context::Transport;
 use super::resources::customer_uri;
 use crate::access::Principal;
 use crate::app::App;

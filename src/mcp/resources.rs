@@ -11,9 +11,9 @@ use rmcp::model::{Resource, ResourceTemplate};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::call::{Call, invoke};
 use super::context::Transport;
 use super::filter::visible;
-use super::call::{Call, invoke};
 use crate::access::Principal;
 use crate::app::App;
 use crate::error::ToolError;
@@ -151,8 +151,15 @@ pub async fn read(
     arguments.insert(kind.id_argument.into(), Value::String(id.to_string()));
     let value = invoke(
         app,
-        Call::on_behalf(app, principal.clone(), transport, kind.tool, arguments, "Resource read")
-            .with_timeout(Duration::from_secs(30)),
+        Call::on_behalf(
+            app,
+            principal.clone(),
+            transport,
+            kind.tool,
+            arguments,
+            "Resource read",
+        )
+        .with_timeout(Duration::from_secs(30)),
     )
     .await?;
     Ok(match kind.unwrap {

@@ -76,12 +76,18 @@ impl Reader {
 
     /// An event's payload (a triggered execution's input): it needs the event's read scope.
     pub fn shape_event(&self, event: &mut Value) -> bool {
-        let event_type = event.get("type").and_then(Value::as_str).unwrap_or_default();
+        let event_type = event
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let scope = crate::events::read_scope(event_type)
             .and_then(|s| Scopes::parse(&[s]).ok())
             .unwrap_or(Scopes::EVERY);
         let reason = if !self.principal.scopes.contains(scope) {
-            Some(format!("`{event_type}` events need a scope {} does not hold", self.principal.name))
+            Some(format!(
+                "`{event_type}` events need a scope {} does not hold",
+                self.principal.name
+            ))
         } else if self.restricted {
             Some(format!(
                 "field rules, row conditions or object grants apply to {}",

@@ -26,8 +26,8 @@ use crate::access::delegation::{self, Cause};
 use crate::access::principal::Principal;
 use crate::app::App;
 use crate::error::ToolError;
-use crate::mcp::context::{Progress, Transport};
 use crate::mcp::call::{Call, invoke};
+use crate::mcp::context::{Progress, Transport};
 use crate::store::StoreError;
 
 pub const CHANNEL: &str = "agentcrm_workflows";

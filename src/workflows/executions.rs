@@ -14,9 +14,9 @@ use super::definitions::load;
 use super::engine::{self, process_id};
 use crate::access::delegation::{self, Cause};
 use crate::error::ToolError;
-use crate::mcp::shaping::{Reader, marker};
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
+use crate::mcp::shaping::{Reader, marker};
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo, fetch_page};
 
@@ -145,7 +145,9 @@ async fn load_execution(ctx: &ToolCtx, id: Uuid) -> Result<ExecutionOut, ToolErr
         .await
         .map_err(StoreError::from)?
         .ok_or_else(|| {
-            ToolError::NotFound(format!("no workflow execution {id} that this caller can see"))
+            ToolError::NotFound(format!(
+                "no workflow execution {id} that this caller can see"
+            ))
         })?;
     let mut steps: Vec<StepRun> = sqlx::query_as(
         "SELECT step_index, step_id, tool, attempt, status, arguments, output, error, started_at,
@@ -329,7 +331,8 @@ async fn list_workflow_executions(
     let mut executions: Vec<Execution> = executions;
     for execution in &mut executions {
         // A list does not carry the steps: an output is shown to readers of every step's data.
-        let hidden = execution.output.is_some() && !steps_readable(&ctx, &reader, execution.id).await?;
+        let hidden =
+            execution.output.is_some() && !steps_readable(&ctx, &reader, execution.id).await?;
         shape(&reader, execution, hidden);
     }
     Ok(ExecutionList {
@@ -375,7 +378,9 @@ async fn cancel_workflow_execution(
     .fetch_optional(ctx.app.store.pool())
     .await
     .map_err(StoreError::from)?;
-    let members = chain.map(|c| delegation::read_chain(&c)).unwrap_or_default();
+    let members = chain
+        .map(|c| delegation::read_chain(&c))
+        .unwrap_or_default();
     if !delegation::may_read(&ctx.principal, &members) {
         return Err(ToolError::NotFound(format!(
             "no workflow execution {} that this caller can see",

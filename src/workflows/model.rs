@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::expr::{Condition, references};
-use crate::events::EVENT_TYPES;
 use crate::error::ToolError;
+use crate::events::EVENT_TYPES;
 use crate::mcp::catalog::{Catalog, handles_secrets};
 
 pub const MAX_STEPS: usize = 50;

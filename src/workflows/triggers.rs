@@ -42,7 +42,9 @@ impl Triggered {
         let mut members: Vec<Member> = Vec::new();
         for value in [&self.owner, &self.behaviour_by] {
             if let Ok(member) = serde_json::from_value::<Member>(value.clone())
-                && !members.iter().any(|m| m.kind == member.kind && m.id == member.id)
+                && !members
+                    .iter()
+                    .any(|m| m.kind == member.kind && m.id == member.id)
             {
                 members.push(member);
             }
@@ -210,7 +212,13 @@ pub async fn on_events(app: &App) -> Result<(), sqlx::Error> {
                 continue;
             }
             started += workflow
-                .queue(&mut tx, &acting, "event", json!({ "event": event }), Some(event_id))
+                .queue(
+                    &mut tx,
+                    &acting,
+                    "event",
+                    json!({ "event": event }),
+                    Some(event_id),
+                )
                 .await?;
         }
     }

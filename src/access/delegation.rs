@@ -146,16 +146,15 @@ pub async fn owner_member(pool: &PgPool, principal: &Principal) -> Result<Member
 }
 
 /// May `caller` change, delete, pause or cancel something `owner` owns? Its owner or an
-/// admin may; an API key only what its own person owns; an agent only what it owns itself.
+/// admin may (see [`is_admin_person`]); a narrowed API key only what its own person owns;
+/// an agent only what it owns itself.
 /// `owner: None` (its creator is gone) leaves it to admins.
 pub fn may_manage(caller: &Principal, owner: Option<&Member>, what: &str) -> Result<(), ToolError> {
     let allowed = if caller.involves_agent() {
         caller.is_agent()
             && owner.is_some_and(|o| o.kind == PrincipalKind::Agent && Some(o.id) == caller.id)
     } else {
-        let admin = caller.role == Some(Role::Admin)
-            && matches!(caller.kind, PrincipalKind::User | PrincipalKind::LocalOwner);
-        admin
+        is_admin_person(caller)
             || owner
                 .is_some_and(|o| o.kind != PrincipalKind::Agent && o.person == person_of(caller))
     };
@@ -171,21 +170,25 @@ pub fn may_manage(caller: &Principal, owner: Option<&Member>, what: &str) -> Res
         if caller.involves_agent() {
             ", and agents never change what a person owns"
         } else if caller.kind == PrincipalKind::ApiKey {
-            " (an API key acts only on what its own person owns)"
+            " (a narrowed API key acts only on what its own person owns)"
         } else {
             ""
         }
     )))
 }
 
-/// An admin person at a client (not an API key, not an agent, not work on someone's behalf).
+/// An admin with an admin's authority over others' work: the person, or an API key of
+/// theirs that carries all of their permissions. A narrowed key is a machine credential
+/// and acts only on what its own person owns; no agent is an admin, nor work an agent is
+/// part of.
 pub fn is_admin_person(principal: &Principal) -> bool {
     principal.role == Some(Role::Admin)
-        && matches!(
-            principal.kind,
-            PrincipalKind::User | PrincipalKind::LocalOwner
-        )
         && !principal.involves_agent()
+        && match principal.kind {
+            PrincipalKind::User | PrincipalKind::LocalOwner => true,
+            PrincipalKind::ApiKey => principal.scopes == Scopes::EVERY,
+            PrincipalKind::Agent => false,
+        }
 }
 
 /// Making an agent identity run (attaching it to a definition, running or scheduling it)
@@ -210,7 +213,7 @@ pub fn may_run_as(caller: &Principal, identity: Scopes, agent: &str) -> Result<(
 /// May `reader` see the record of work done for `members`? Admins (people, not agents)
 /// and the members themselves (a person also through its API keys) may.
 pub fn may_read(reader: &Principal, members: &[Member]) -> bool {
-    if reader.role == Some(Role::Admin) && !reader.involves_agent() {
+    if is_admin_person(reader) {
         return true;
     }
     let me = Member::of(reader);
@@ -222,7 +225,7 @@ pub fn may_read(reader: &Principal, members: &[Member]) -> bool {
 /// Adds ` AND <reader may read it>` to a query over rows with a `chain` column: admins read
 /// every row, anyone else the rows of work done for them.
 pub fn push_readable(query: &mut sqlx::QueryBuilder<sqlx::Postgres>, reader: &Principal) {
-    if reader.role == Some(Role::Admin) && !reader.involves_agent() {
+    if is_admin_person(reader) {
         return;
     }
     let me = Member::of(reader);
@@ -384,15 +387,19 @@ mod tests {
         assert!(may_manage(&agent, Some(&owned_by_member), "it").is_err());
         assert!(may_manage(&agent, Some(&owned_by_agent), "it").is_ok());
         assert!(may_manage(&member, Some(&owned_by_agent), "it").is_err());
-        // A key of an admin is a machine: not its person's admin powers over others' work.
-        assert!(may_manage(&admin_key, Some(&owned_by_member), "it").is_err());
+        // A key of an admin with all of its person's permissions acts as the admin; a
+        // narrowed one is a machine: no admin powers over others' work.
+        assert!(may_manage(&admin_key, Some(&owned_by_member), "it").is_ok());
+        let mut narrowed = admin_key.clone();
+        narrowed.scopes = Scopes::parse(&["workflows:write"]).unwrap();
+        assert!(may_manage(&narrowed, Some(&owned_by_member), "it").is_err());
         let own = Member {
             kind: PrincipalKind::User,
             id: admin_key.on_behalf_of.unwrap(),
             name: "a".into(),
             person: admin_key.on_behalf_of,
         };
-        assert!(may_manage(&admin_key, Some(&own), "it").is_ok());
+        assert!(may_manage(&narrowed, Some(&own), "it").is_ok());
     }
 
     #[test]

@@ -302,6 +302,12 @@ async fn check_tools(
                  and the run log; it cannot be an agent's tool"
             )));
         }
+        if crate::mcp::catalog::needs_person(name) {
+            return Err(ToolError::InvalidRequest(format!(
+                "`{name}` is decided by a person in their own client; it cannot be an agent's \
+                 tool"
+            )));
+        }
         if tool_catalog::is_remote(name) {
             match imported.iter().find(|e| &e.name == name) {
                 None => {

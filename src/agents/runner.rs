@@ -363,6 +363,7 @@ async fn offered_tools(
     };
     for name in &config.selected_tools {
         if crate::mcp::catalog::handles_secrets(name)
+            || crate::mcp::catalog::needs_person(name)
             || super::config::NOT_FOR_AGENTS.contains(&name.as_str())
         {
             continue;

@@ -180,6 +180,11 @@ pub const TAKES_SECRETS: [&str; 5] = [
 /// tools or triggered work, whoever owns the work (SPEC §1, §4).
 pub const NEEDS_PERSON: [&str; 2] = ["decide_pending_action", "update_handoff"];
 
+/// Is `name` a tool only a person at their own client may call?
+pub fn needs_person(name: &str) -> bool {
+    NEEDS_PERSON.contains(&name)
+}
+
 /// Does a call of `name` carry a secret, in its arguments or its answer?
 pub fn handles_secrets(name: &str) -> bool {
     RETURNS_SECRETS.contains(&name) || TAKES_SECRETS.contains(&name)
@@ -281,7 +286,7 @@ where
         || def.scopes.contains(&"admin")
         || def.scopes.contains(&"handoff:decide")
         || def.scopes.contains(&"agents:write");
-    let needs_person = NEEDS_PERSON.contains(&def.name);
+    let needs_person = needs_person(def.name);
     RegisteredTool {
         def,
         listing: super::listing::lean(&tool),

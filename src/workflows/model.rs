@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::expr::{Condition, references};
 use crate::error::ToolError;
 use crate::events::EVENT_TYPES;
-use crate::mcp::catalog::{Catalog, handles_secrets};
+use crate::mcp::catalog::{Catalog, handles_secrets, needs_person};
 
 pub const MAX_STEPS: usize = 50;
 /// Tools a step may not call: a workflow starting workflows could run without end.
@@ -188,6 +188,13 @@ pub fn validate(
             return invalid(format!(
                 "{name}.tool: `{}` takes or answers with a secret, which a workflow would \
                  store; call it directly",
+                step.tool
+            ));
+        }
+        if needs_person(&step.tool) {
+            return invalid(format!(
+                "{name}.tool: `{}` is decided by a person in their own client, never by a \
+                 workflow, whoever owns it",
                 step.tool
             ));
         }

@@ -441,7 +441,7 @@ async fn agents_cannot_manage_agents_or_exceed_their_grants() {
         "--name",
         "orchestrator",
         "--scopes",
-        "agents:read,agents:write,agents:execute",
+        "agents:read,agents:write,agents:execute,customers:read",
     ]);
     let as_agent = agent_client(&db, &caller).await;
     let tools = as_agent.list_all_tools().await.unwrap();
@@ -462,7 +462,7 @@ async fn agents_cannot_manage_agents_or_exceed_their_grants() {
     )
     .await;
     assert_eq!(error_code(&refused), "forbidden");
-    // One agent may run another; the run says so.
+    // One agent may run another that it holds every scope of; the run says so.
     let run = call_ok(
         &as_agent,
         "run_agent",

@@ -306,7 +306,7 @@ async fn approval_rechecks_the_agents_permissions_and_runs_once_under_concurrent
 }
 
 #[tokio::test]
-async fn a_held_bulk_change_resolves_its_filter_when_approved() {
+async fn a_held_bulk_change_acts_on_the_records_shown_when_it_was_held() {
     let db = TestDb::new().await;
     let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
     let policy = call_ok(
@@ -379,7 +379,8 @@ async fn a_held_bulk_change_resolves_its_filter_when_approved() {
             .contains("more than 3"),
         "{seen}"
     );
-    // Two more match by the time a person approves: the filter is resolved then.
+    // Two more match by the time a person approves: approval acts on the five it was held
+    // for (shown to the person), never on the filter resolved again.
     for i in 5..7 {
         create(
             &admin,
@@ -397,9 +398,18 @@ async fn a_held_bulk_change_resolves_its_filter_when_approved() {
         approved["pending_action"]["state"], "executed",
         "{approved}"
     );
-    assert_eq!(approved["pending_action"]["result"]["affected"], 7);
+    assert_eq!(approved["pending_action"]["result"]["affected"], 5);
     let customers = call_ok(&admin, "list_customers", json!({ "status": "customer" })).await;
-    assert_eq!(customers["total"], 7);
+    assert_eq!(customers["total"], 5);
+    let mut changed: Vec<String> = customers["customers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
+    changed.sort();
+    vips.sort();
+    assert_eq!(changed, vips, "exactly the records it was held for");
 
     // A tool the policy lists is held whatever its arguments; bad arguments are refused first.
     let customer =

@@ -8,6 +8,7 @@ mod cli;
 mod clients;
 mod connections;
 mod crm;
+mod delegation;
 mod discovery;
 mod embedded;
 mod fake_llm;

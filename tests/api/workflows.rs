@@ -520,13 +520,15 @@ async fn an_execution_left_by_a_dead_process_is_resumed_once_by_another() {
         let id: uuid::Uuid = sqlx::query_scalar(
             "INSERT INTO workflow_executions (tenant_id, workflow_id, workflow_name, workflow_version,
                  definition, status, source, started_by_kind, started_by_id, started_by_name, scopes,
-                 next_step, results, lease_owner, lease_until, started_at)
+                 next_step, results, lease_owner, lease_until, started_at, chain)
              SELECT w.tenant_id, w.id, w.name, w.version,
                     jsonb_build_object('steps', w.steps, 'variables', w.variables),
                     'running', 'manual', 'user', u.id, u.name, ARRAY['customers:read', 'interactions:write'],
                     1, jsonb_build_object('first', jsonb_build_object('status', 'succeeded',
                         'output', jsonb_build_object('customers', jsonb_build_array(jsonb_build_object('id', c.id))))),
-                    gen_random_uuid(), now() - interval '1 minute', now()
+                    gen_random_uuid(), now() - interval '1 minute', now(),
+                    jsonb_build_array(jsonb_build_object('kind', 'user', 'id', u.id, 'name', u.name,
+                                                         'person', u.id))
              FROM workflows w JOIN users u ON u.tenant_id = w.tenant_id
                   JOIN customers c ON c.tenant_id = w.tenant_id
              WHERE w.id = $1::uuid LIMIT 1

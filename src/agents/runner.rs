@@ -31,11 +31,11 @@ use crate::connections::llm::{self, ChatRequest, LlmError, Message, ResponseForm
 use crate::connections::manage::{self, ProbeFailure, record_status};
 use crate::connections::platforms::Resolved;
 use crate::error::ToolError;
+use crate::jobs::queue::{lease, process_id};
 use crate::mcp::call::{Call, invoke};
 use crate::mcp::context::Transport;
 use crate::mcp::filter::denial;
 use crate::store::StoreError;
-use crate::workflows::engine::{lease, process_id};
 
 pub const CHANNEL: &str = "agentcrm_agent_runs";
 const POLL: Duration = Duration::from_secs(1);

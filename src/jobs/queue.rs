@@ -2,7 +2,7 @@
 //! items while a slot is free, then wait for a notification or the next poll.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -10,6 +10,27 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// How long a leased item (a workflow execution, an agent run) stays with a process that
+/// stops renewing it (default 30 s; `AGENTCRM_WORKFLOW_LEASE_SECS`, 2 to 3600). Renewed
+/// every third of it.
+pub fn lease() -> Duration {
+    static LEASE: OnceLock<Duration> = OnceLock::new();
+    *LEASE.get_or_init(|| {
+        let seconds = std::env::var("AGENTCRM_WORKFLOW_LEASE_SECS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|s| (2..=3600).contains(s))
+            .unwrap_or(30);
+        Duration::from_secs(seconds)
+    })
+}
+
+/// This process, as a lease holder.
+pub fn process_id() -> Uuid {
+    static ID: OnceLock<Uuid> = OnceLock::new();
+    *ID.get_or_init(Uuid::new_v4)
+}
 
 /// Claims items with `claim` and runs each in a task of its own, while `slots` has room.
 pub async fn start_due<C, CF, R, RF>(slots: &Arc<Semaphore>, what: &str, claim: C, run: R)
@@ -67,7 +88,7 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     pub fn start(pool: PgPool, table: &'static str, id: Uuid) -> Heartbeat {
-        let lease = crate::workflows::engine::lease();
+        let lease = lease();
         let renew = move || {
             let pool = pool.clone();
             async move {
@@ -76,7 +97,7 @@ impl Heartbeat {
                      WHERE id = $1 AND lease_owner = $2 AND status = 'running'"
                 )))
                 .bind(id)
-                .bind(crate::workflows::engine::process_id())
+                .bind(process_id())
                 .bind(lease.as_secs_f64())
                 .execute(&pool)
                 .await?;

@@ -9,8 +9,8 @@
 //! never more than it had when it started. A step held for approval pauses the execution
 //! (`waiting_approval`) until the pending action is decided.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -26,33 +26,15 @@ use crate::access::delegation::{self, Cause};
 use crate::access::principal::Principal;
 use crate::app::App;
 use crate::error::ToolError;
+use crate::jobs::queue::{lease, process_id};
 use crate::mcp::call::{Call, invoke};
 use crate::mcp::context::{Progress, Transport};
 use crate::store::StoreError;
 
 pub const CHANNEL: &str = "agentcrm_workflows";
-/// How long an execution stays with a process that stops renewing it (default 30 s;
-/// `AGENTCRM_WORKFLOW_LEASE_SECS`, 2 to 3600). Renewed every third of it.
-pub fn lease() -> Duration {
-    static LEASE: OnceLock<Duration> = OnceLock::new();
-    *LEASE.get_or_init(|| {
-        let seconds = std::env::var("AGENTCRM_WORKFLOW_LEASE_SECS")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|s| (2..=3600).contains(s))
-            .unwrap_or(30);
-        Duration::from_secs(seconds)
-    })
-}
 const POLL: Duration = Duration::from_secs(1);
 /// Executions one process runs at once.
 const PARALLEL: usize = 4;
-
-/// This process, as a lease holder.
-pub fn process_id() -> Uuid {
-    static ID: OnceLock<Uuid> = OnceLock::new();
-    *ID.get_or_init(Uuid::new_v4)
-}
 
 #[derive(sqlx::FromRow)]
 struct Claimed {

@@ -11,9 +11,10 @@ use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::definitions::load;
-use super::engine::{self, process_id};
+use super::engine;
 use crate::access::delegation::{self, Cause};
 use crate::error::ToolError;
+use crate::jobs::queue::{lease, process_id};
 use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::mcp::context::ToolCtx;
 use crate::mcp::shaping::{Reader, marker};
@@ -245,7 +246,7 @@ async fn execute_workflow(ctx: ToolCtx, args: ExecuteArgs) -> Result<ExecutionOu
     .bind(&principal.name)
     .bind(principal.scopes.names())
     .bind(process_id())
-    .bind(engine::lease().as_secs_f64())
+    .bind(lease().as_secs_f64())
     .bind(delegation::chain_json(&chain))
     .bind(cause.json())
     .fetch_one(pool)

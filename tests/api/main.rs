@@ -17,6 +17,7 @@ mod fuzz;
 mod handoff;
 mod helpers;
 mod http;
+mod matrix;
 mod oauth;
 mod policy;
 mod ratelimit;

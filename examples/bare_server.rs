@@ -12,10 +12,9 @@ use agentcrm::access::cache::AuthCache;
 use agentcrm::access::ratelimit::RateLimiter;
 use agentcrm::access::store::principal_for_api_key;
 use agentcrm::app::App;
-use agentcrm::mcp::catalog::Catalog;
-use agentcrm::mcp::context::{ToolCtx, Transport};
-use agentcrm::mcp::filter::ToolFilter;
 use agentcrm::store::Store;
+use agentcrm::toolkit::context::{ToolCtx, Transport};
+use agentcrm::toolkit::filter::ToolFilter;
 use axum::serve::ListenerExt;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ListToolsResult,
@@ -104,7 +103,7 @@ async fn main() {
         limiter: RateLimiter::start(store.pool().clone()),
         auth_cache: AuthCache::default(),
         store,
-        catalog: Catalog::builtin(),
+        catalog: agentcrm::catalog::builtin(),
         filter: Arc::new(ToolFilter::default()),
         list_output_schemas: false,
         local_owner: None,

@@ -9,9 +9,9 @@ use crate::access::ratelimit::RateLimiter;
 use crate::access::tokens::TokenKeys;
 use crate::access::vault::Vault;
 use crate::jobs::outbound::OutboundOptions;
-use crate::mcp::catalog::Catalog;
-use crate::mcp::filter::ToolFilter;
 use crate::store::Store;
+use crate::toolkit::catalog::Catalog;
+use crate::toolkit::filter::ToolFilter;
 
 pub struct App {
     pub store: Store,

@@ -13,8 +13,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::error::ToolError;
-use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;
+use crate::toolkit::context::ToolCtx;
 
 /// Which operations by agents are held for a person. Omitted fields take their defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -10,10 +10,10 @@ use crate::access::policy::{Condition, Grant};
 use crate::access::ratelimit::Standing;
 use crate::access::{PrincipalKind, Role, Scopes};
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
-use crate::mcp::context::{ToolCtx, Transport};
-use crate::mcp::filter::{Denial, denial, visible};
 use crate::store::{DatabaseKind, tenants};
+use crate::toolkit::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
+use crate::toolkit::context::{ToolCtx, Transport};
+use crate::toolkit::filter::{Denial, denial, visible};
 
 pub fn tools() -> Vec<RegisteredTool> {
     vec![

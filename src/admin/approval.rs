@@ -7,8 +7,8 @@ use serde::Serialize;
 use super::ADMIN;
 use crate::access::approval::ApprovalPolicy;
 use crate::error::ToolError;
-use crate::mcp::catalog::{Catalog, Hints, RegisteredTool, Toolset, handles_secrets, tool};
-use crate::mcp::context::ToolCtx;
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, handles_secrets, tool};
+use crate::toolkit::context::ToolCtx;
 
 pub fn tools() -> Vec<RegisteredTool> {
     let def = |name, title, description, scopes, hints| {
@@ -85,7 +85,7 @@ async fn set_approval_policy(ctx: ToolCtx, policy: ApprovalPolicy) -> Result<Pol
         ));
     }
     for name in &policy.held_tools {
-        let tool = Catalog::builtin().get(name).ok_or_else(|| {
+        let tool = crate::catalog::builtin().get(name).ok_or_else(|| {
             ToolError::InvalidRequest(format!("held_tools: there is no tool `{name}`"))
         })?;
         if tool.def.hints.read_only

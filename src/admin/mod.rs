@@ -13,9 +13,9 @@ use crate::access::ratelimit::{self, Class, Limit};
 use crate::access::store::{self as access, Agent, ApiKey};
 use crate::access::{Principal, PrincipalKind, Role, Scopes};
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
-use crate::mcp::context::ToolCtx;
 use crate::store::page::{PageArgs, PageInfo};
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::context::ToolCtx;
 
 mod approval;
 

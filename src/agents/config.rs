@@ -17,8 +17,8 @@ use crate::connections::catalog as tool_catalog;
 use crate::connections::llm::ResponseFormat;
 use crate::connections::platforms::Platform;
 use crate::error::ToolError;
-use crate::mcp::catalog::handles_secrets;
 use crate::store::StoreError;
+use crate::toolkit::catalog::handles_secrets;
 
 pub const DEFAULT_MAX_TOOL_CALLS: u32 = 10;
 pub const DEFAULT_TIMEOUT_SECONDS: u32 = 120;
@@ -302,7 +302,7 @@ async fn check_tools(
                  and the run log; it cannot be an agent's tool"
             )));
         }
-        if crate::mcp::catalog::needs_person(name) {
+        if crate::toolkit::catalog::needs_person(name) {
             return Err(ToolError::InvalidRequest(format!(
                 "`{name}` is decided by a person in their own client; it cannot be an agent's \
                  tool"

@@ -15,9 +15,9 @@ use crate::access::Scopes;
 use crate::access::delegation::{self, Member};
 use crate::access::store::Agent;
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
-use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::context::ToolCtx;
 
 pub fn tools() -> Vec<RegisteredTool> {
     let def = |name, title, description, scopes, hints| {

@@ -10,7 +10,7 @@ pub mod runs;
 pub mod schedules;
 pub mod templates;
 
-use crate::mcp::catalog::RegisteredTool;
+use crate::toolkit::catalog::RegisteredTool;
 
 pub fn tools() -> Vec<RegisteredTool> {
     let mut tools = manage::tools();

@@ -33,9 +33,9 @@ use crate::connections::platforms::Resolved;
 use crate::error::ToolError;
 use crate::jobs::queue::{lease, process_id};
 use crate::mcp::call::{Call, invoke};
-use crate::mcp::context::Transport;
-use crate::mcp::filter::denial;
 use crate::store::StoreError;
+use crate::toolkit::context::Transport;
+use crate::toolkit::filter::denial;
 
 pub const CHANNEL: &str = "agentcrm_agent_runs";
 const POLL: Duration = Duration::from_secs(1);
@@ -362,8 +362,8 @@ async fn offered_tools(
         tool_catalog::remote_entries(app, principal.tenant_id, Some(&remote)).await?
     };
     for name in &config.selected_tools {
-        if crate::mcp::catalog::handles_secrets(name)
-            || crate::mcp::catalog::needs_person(name)
+        if crate::toolkit::catalog::handles_secrets(name)
+            || crate::toolkit::catalog::needs_person(name)
             || super::config::NOT_FOR_AGENTS.contains(&name.as_str())
         {
             continue;

@@ -15,11 +15,11 @@ use super::runner::{self, NewRun, Trigger};
 use crate::access::Scopes;
 use crate::access::delegation::{self, Cause};
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
-use crate::mcp::context::{ToolCtx, Transport};
 use crate::mcp::shaping::{Reader, marker};
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo, fetch_page};
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::context::{ToolCtx, Transport};
 use sqlx::{Postgres, QueryBuilder};
 
 const MAX_WAIT_SECONDS: u32 = 300;

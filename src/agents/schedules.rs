@@ -20,10 +20,10 @@ use crate::app::App;
 use crate::error::ToolError;
 use crate::jobs::cron::{self, parse as parse_cron, timezone as parse_timezone};
 use crate::jobs::outbound::check_url;
-use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
-use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo, fetch_page};
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::context::ToolCtx;
 
 const MIN_INTERVAL_SECONDS: u32 = 60;
 const MAX_SCHEDULES_PER_AGENT: i64 = 50;

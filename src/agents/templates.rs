@@ -7,8 +7,8 @@ use serde_json::{Map, Value, json};
 
 use super::config::Kind;
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
-use crate::mcp::context::ToolCtx;
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::context::ToolCtx;
 
 pub fn tools() -> Vec<RegisteredTool> {
     vec![tool(
@@ -217,11 +217,10 @@ async fn list_agent_templates(_ctx: ToolCtx, args: ListArgs) -> Result<TemplateL
 mod tests {
     use super::*;
     use crate::access::Scopes;
-    use crate::mcp::catalog::Catalog;
 
     #[test]
     fn every_template_uses_existing_tools_its_scopes_allow() {
-        let catalog = Catalog::builtin();
+        let catalog = crate::catalog::builtin();
         for template in library() {
             let scopes = Scopes::parse(template.scopes).expect("known scopes");
             for name in template.selected_tools {

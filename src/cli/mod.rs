@@ -22,11 +22,10 @@ use crate::access::vault::Vault;
 use crate::access::{Principal, Role};
 use crate::app::App;
 use crate::jobs::outbound::OutboundOptions;
-use crate::mcp::catalog::Catalog;
-use crate::mcp::filter::ToolFilter;
 use crate::mcp::http::{DEFAULT_ALLOWED_HOSTS, DEFAULT_ALLOWED_ORIGINS, HttpOptions};
 use crate::store::tenants::{self, LOCAL_TENANT_SLUG};
 use crate::store::{DatabaseKind, Store, embedded};
+use crate::toolkit::filter::ToolFilter;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -158,7 +157,7 @@ pub(crate) enum CliError {
     #[error("{0}")]
     Credentials(String),
     #[error(transparent)]
-    Filter(#[from] crate::mcp::filter::FilterError),
+    Filter(#[from] crate::toolkit::filter::FilterError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("could not listen on {0}: {1}")]
@@ -249,7 +248,7 @@ async fn start(
     local_owner_allowed: bool,
     public_url: Option<&str>,
 ) -> Result<Arc<App>, CliError> {
-    let catalog = Catalog::builtin();
+    let catalog = crate::catalog::builtin();
     let mut filter = ToolFilter::from_lists(
         catalog,
         &tools.toolsets,
@@ -541,7 +540,7 @@ async fn run_migrate(args: DbArgs) -> Result<(), CliError> {
 }
 
 fn run_catalog(args: CatalogArgs) -> Result<(), CliError> {
-    let files = crate::mcp::docs::render(Catalog::builtin());
+    let files = crate::mcp::docs::render(crate::catalog::builtin());
     if args.check {
         let problems = crate::mcp::docs::check(&args.out, &files);
         if !problems.is_empty() {

@@ -22,11 +22,11 @@ use super::remote;
 use crate::access::{Principal, Scopes};
 use crate::app::App;
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
-use crate::mcp::context::ToolCtx;
-use crate::mcp::filter::visible;
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo};
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::context::ToolCtx;
+use crate::toolkit::filter::visible;
 
 /// Separates a connection's name from its tool's name. Built-in tools never contain it.
 pub const SEPARATOR: &str = "__";
@@ -464,7 +464,7 @@ pub struct CatalogList {
 /// The summary of a description (its first paragraph, as `tools/list` gives it): a list
 /// stays short.
 fn short(description: &str) -> String {
-    truncate(&crate::mcp::listing::summary(description), 200)
+    truncate(&crate::toolkit::listing::summary(description), 200)
 }
 
 /// Every catalog tool `ctx`'s caller may use, in a stable order.

@@ -16,10 +16,10 @@ use super::platforms::{Platform, Resolved, no_credentials, resolve};
 use super::remote::{self, RemoteError};
 use crate::app::App;
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
-use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo, fetch_page};
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::context::ToolCtx;
 
 const MAX_CONNECTIONS: i64 = 200;
 

@@ -8,7 +8,7 @@ pub mod manage;
 pub mod platforms;
 pub mod remote;
 
-use crate::mcp::catalog::RegisteredTool;
+use crate::toolkit::catalog::RegisteredTool;
 
 pub fn tools() -> Vec<RegisteredTool> {
     let mut tools = manage::tools();

@@ -17,9 +17,9 @@ use crate::access::Principal;
 use crate::access::approval::Sensitive;
 use crate::access::policy::Policy;
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
-use crate::mcp::context::{Progress, ToolCtx};
 use crate::store::StoreError;
+use crate::toolkit::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
+use crate::toolkit::context::{Progress, ToolCtx};
 
 const BATCH: usize = 1_000;
 const PARALLEL_BATCHES: usize = 2;

@@ -12,10 +12,10 @@ use crate::access::approval::{About, Sensitive};
 use crate::access::policy::{Policy, Resource, Shaped};
 use crate::error::ToolError;
 use crate::events;
-use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
-use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo};
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::context::ToolCtx;
 
 /// Customers as the policy sees them. Conditions may name these fields.
 pub const CUSTOMERS: Resource = Resource {

@@ -14,10 +14,10 @@ use crate::access::approval::{About, Sensitive};
 use crate::access::policy::Policy;
 use crate::error::ToolError;
 use crate::events;
-use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
-use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo, fetch_page};
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::context::ToolCtx;
 
 pub fn tools() -> Vec<RegisteredTool> {
     let def = |name, title, description, scopes, hints| {

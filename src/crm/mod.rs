@@ -10,7 +10,7 @@ pub mod reports;
 pub mod search;
 pub mod webhooks;
 
-use crate::mcp::catalog::RegisteredTool;
+use crate::toolkit::catalog::RegisteredTool;
 
 pub fn tools() -> Vec<RegisteredTool> {
     let mut tools = customers::tools();

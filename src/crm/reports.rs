@@ -11,9 +11,9 @@ use sqlx::{Postgres, QueryBuilder};
 use super::customers::CUSTOMERS;
 use crate::access::Scopes;
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
-use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;
+use crate::toolkit::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
+use crate::toolkit::context::ToolCtx;
 
 pub fn tools() -> Vec<RegisteredTool> {
     vec![tool(

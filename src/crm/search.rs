@@ -16,9 +16,9 @@ use super::interactions::Interaction;
 use crate::access::Scopes;
 use crate::access::policy::{Policy, Shaped};
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
-use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;
+use crate::toolkit::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
+use crate::toolkit::context::ToolCtx;
 
 const MAX_RESULTS: u32 = 50;
 /// Rows ranked per kind of match (full text, trigram), whatever the number matching.

@@ -10,10 +10,10 @@ use crate::access::secrets::random_bytes;
 use crate::error::ToolError;
 use crate::events::EVENT_TYPES;
 use crate::jobs::outbound::check_url;
-use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
-use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo, fetch_page};
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::context::ToolCtx;
 
 const SECRET_PREFIX: &str = "whsec_";
 const MAX_WEBHOOKS: i64 = 100;

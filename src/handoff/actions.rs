@@ -21,11 +21,11 @@ use crate::app::App;
 use crate::error::ToolError;
 use crate::events;
 use crate::mcp::call::{Call, invoke};
-use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
-use crate::mcp::context::{ToolCtx, Transport};
 use crate::mcp::shaping::Reader;
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo, fetch_page};
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::context::{ToolCtx, Transport};
 
 pub fn tools() -> Vec<RegisteredTool> {
     let def = |name, title, description, scopes, hints| {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::mcp::catalog::RegisteredTool;
+use crate::toolkit::catalog::RegisteredTool;
 
 pub fn tools() -> Vec<RegisteredTool> {
     let mut tools = tickets::tools();

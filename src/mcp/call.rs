@@ -10,16 +10,16 @@ use rmcp::model::{InputRequiredResult, JsonObject};
 use serde_json::Value;
 use tracing::Instrument;
 
-use super::catalog::RegisteredTool;
 use super::confirm::{Gate, gate};
-use super::context::{ClientSide, Progress, ToolCtx, Transport};
-use super::filter::{ToolFilter, denial};
 use crate::access::Principal;
 use crate::access::audit::{AuditEvent, redact_object};
 use crate::access::ratelimit::Class;
 use crate::app::App;
 use crate::connections::catalog as remote_catalog;
 use crate::error::{ErrorCode, ToolError};
+use crate::toolkit::catalog::RegisteredTool;
+use crate::toolkit::context::{ClientSide, Progress, ToolCtx, Transport};
+use crate::toolkit::filter::{ToolFilter, denial};
 
 /// A call to make: who, through what, which tool, with what.
 pub struct Call {

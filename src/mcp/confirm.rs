@@ -12,10 +12,10 @@ use rmcp::model::{
 };
 use serde_json::Value;
 
-use super::catalog::{RegisteredTool, Toolset};
-use super::context::{ClientSide, ToolCtx};
 use crate::access::approval::{ApprovalPolicy, Sensitive};
 use crate::error::ToolError;
+use crate::toolkit::catalog::{RegisteredTool, Toolset};
+use crate::toolkit::context::{ClientSide, ToolCtx};
 
 /// The key of the confirmation question in an input-required result and its answer.
 const CONFIRM: &str = "agentcrm_confirm";

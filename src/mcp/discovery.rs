@@ -10,10 +10,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::catalog::{Hints, RegisteredTool, Toolset, tool};
-use super::context::ToolCtx;
-use super::filter::visible;
 use crate::error::ToolError;
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::context::ToolCtx;
+use crate::toolkit::filter::visible;
 
 pub const RUN_TOOL: &str = "run_tool";
 const MAX_RESULTS: u32 = 50;
@@ -164,7 +164,7 @@ async fn find_tools(ctx: ToolCtx, args: FindArgs) -> Result<FoundTools, ToolErro
         .map(|(_, t)| Found {
             name: t.def.name,
             title: t.def.title,
-            description: super::listing::summary(t.def.description),
+            description: crate::toolkit::listing::summary(t.def.description),
             toolset: t.def.toolset,
             read_only: t.def.hints.read_only,
         })

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use super::catalog::{Catalog, RegisteredTool, Toolset};
+use crate::toolkit::catalog::{Catalog, RegisteredTool, Toolset};
 
 /// Relative path -> file contents, for every generated file.
 pub fn render(catalog: &Catalog) -> BTreeMap<PathBuf, String> {

@@ -17,8 +17,6 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::catalog::RegisteredTool;
-use super::filter::{Denial, denial, permits};
 use super::server::AgentCrm;
 use crate::access::Principal;
 use crate::access::audit::AuditEvent;
@@ -27,6 +25,8 @@ use crate::access::identity::{self, AuthError, Credential};
 use crate::access::oauth;
 use crate::access::secrets::{API_KEY_PREFIX, digest};
 use crate::app::App;
+use crate::toolkit::catalog::RegisteredTool;
+use crate::toolkit::filter::{Denial, denial, permits};
 
 #[derive(Debug, Clone)]
 pub struct HttpOptions {

@@ -1,14 +1,10 @@
 //! The MCP layer: tool catalog, filtering, the shared handler and both transports.
 
 pub mod call;
-pub mod catalog;
 pub mod confirm;
-pub mod context;
 pub mod discovery;
 pub mod docs;
-pub mod filter;
 pub mod http;
-pub mod listing;
 pub mod prompts;
 pub mod resources;
 pub mod server;

@@ -9,11 +9,11 @@ use rmcp::model::{CompletionInfo, GetPromptResult, Prompt, PromptArgument, Promp
 use serde_json::{Map, Value, json};
 
 use super::call::{Call, invoke};
-use super::context::Transport;
 use super::resources::customer_uri;
 use crate::access::Principal;
 use crate::app::App;
 use crate::error::ToolError;
+use crate::toolkit::context::Transport;
 
 pub const TRIAGE: &str = "triage_customer";
 pub const PIPELINE: &str = "weekly_pipeline_review";

@@ -12,11 +12,11 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::call::{Call, invoke};
-use super::context::Transport;
-use super::filter::visible;
 use crate::access::Principal;
 use crate::app::App;
 use crate::error::ToolError;
+use crate::toolkit::context::Transport;
+use crate::toolkit::filter::visible;
 
 /// One kind of resource.
 pub struct Kind {

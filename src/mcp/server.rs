@@ -17,13 +17,13 @@ use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 
 use super::call::{Call, CallError, Done, perform};
-use super::catalog::Toolset;
-use super::context::{ClientSide, Progress, Transport};
-use super::filter::{ToolFilter, listed, parse_toolsets};
 use super::{prompts, resources};
 use crate::access::Principal;
 use crate::app::App;
 use crate::error::ToolError;
+use crate::toolkit::catalog::Toolset;
+use crate::toolkit::context::{ClientSide, Progress, Transport};
+use crate::toolkit::filter::{ToolFilter, listed, parse_toolsets};
 
 /// Every protocol version rmcp negotiates: `initialize`-based generations with HTTP
 /// sessions, and the stateless 2026-07-28.

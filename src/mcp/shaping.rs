@@ -5,12 +5,12 @@
 
 use serde_json::{Value, json};
 
-use super::catalog::{Catalog, Toolset};
-use super::context::ToolCtx;
-use super::filter::denial;
 use crate::access::{Principal, Scopes};
 use crate::connections::catalog as remote_catalog;
 use crate::error::ToolError;
+use crate::toolkit::catalog::{Catalog, Toolset};
+use crate::toolkit::context::ToolCtx;
+use crate::toolkit::filter::denial;
 
 /// Who reads a log, with what they may read.
 pub struct Reader {

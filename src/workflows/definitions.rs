@@ -12,10 +12,10 @@ use super::expr::{Condition, Evaluation, Substitution, substitute};
 use super::model::{Definition, Step, Trigger, validate};
 use crate::access::delegation::{self, Member};
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
-use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo, fetch_page};
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::context::ToolCtx;
 
 const READ: &[&str] = &["workflows:read"];
 const WRITE: &[&str] = &["workflows:write"];

@@ -22,10 +22,10 @@ use super::model::{Step, Trigger};
 use crate::connections::llm::{self, ChatRequest, Message, ResponseFormat};
 use crate::connections::platforms::Resolved;
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
-use crate::mcp::context::{ClientSide, ToolCtx};
-use crate::mcp::filter::visible;
 use crate::store::StoreError;
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::context::{ClientSide, ToolCtx};
+use crate::toolkit::filter::visible;
 
 const ANSWER: &str = "agentcrm_draft";
 const ASK_TIMEOUT: Duration = Duration::from_secs(300);

@@ -28,8 +28,8 @@ use crate::app::App;
 use crate::error::ToolError;
 use crate::jobs::queue::{lease, process_id};
 use crate::mcp::call::{Call, invoke};
-use crate::mcp::context::{Progress, Transport};
 use crate::store::StoreError;
+use crate::toolkit::context::{Progress, Transport};
 
 pub const CHANNEL: &str = "agentcrm_workflows";
 const POLL: Duration = Duration::from_secs(1);

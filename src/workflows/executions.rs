@@ -15,11 +15,11 @@ use super::engine;
 use crate::access::delegation::{self, Cause};
 use crate::error::ToolError;
 use crate::jobs::queue::{lease, process_id};
-use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
-use crate::mcp::context::ToolCtx;
 use crate::mcp::shaping::{Reader, marker};
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo, fetch_page};
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::context::ToolCtx;
 
 const MAX_WAIT_SECONDS: u32 = 120;
 

@@ -13,7 +13,7 @@ pub mod sessions;
 pub mod templates;
 pub mod triggers;
 
-use crate::mcp::catalog::RegisteredTool;
+use crate::toolkit::catalog::RegisteredTool;
 
 pub fn tools() -> Vec<RegisteredTool> {
     let mut tools = definitions::tools();

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::expr::{Condition, references};
 use crate::error::ToolError;
 use crate::events::EVENT_TYPES;
-use crate::mcp::catalog::{Catalog, handles_secrets, needs_person};
+use crate::toolkit::catalog::{Catalog, handles_secrets, needs_person};
 
 pub const MAX_STEPS: usize = 50;
 /// Tools a step may not call: a workflow starting workflows could run without end.
@@ -309,7 +309,7 @@ fn check_reference(
 /// Argument names against the tool's input schema, and the whole input when no value
 /// waits for a substitution.
 fn check_arguments(
-    tool: &crate::mcp::catalog::RegisteredTool,
+    tool: &crate::toolkit::catalog::RegisteredTool,
     arguments: &Map<String, Value>,
 ) -> Result<(), String> {
     let schema = tool.input_schema();

@@ -10,9 +10,9 @@ use serde_json::{Map, Value, json};
 use super::definitions::{CreateArgs, Workflow, insert};
 use super::model::{ErrorPolicy, Step, Trigger};
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
-use crate::mcp::context::ToolCtx;
 use crate::store::StoreError;
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::context::ToolCtx;
 
 const MAX_CALLS: i64 = 200;
 

@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 use super::definitions::{CreateArgs, WorkflowOut, insert};
 use super::model::Trigger;
 use crate::error::ToolError;
-use crate::mcp::catalog::{Hints, RegisteredTool, Toolset, tool};
-use crate::mcp::context::ToolCtx;
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::context::ToolCtx;
 
 pub fn tools() -> Vec<RegisteredTool> {
     let def = |name, title, description, scopes, hints| {
@@ -427,7 +427,6 @@ async fn use_workflow_template(ctx: ToolCtx, args: UseArgs) -> Result<WorkflowOu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mcp::catalog::Catalog;
     use crate::workflows::model::{Definition, validate};
 
     #[test]
@@ -441,7 +440,7 @@ mod tests {
                 steps: serde_json::from_value(t.steps.clone())
                     .unwrap_or_else(|e| panic!("{}: {e}", t.id)),
             };
-            validate(&definition, Catalog::builtin(), &[])
+            validate(&definition, crate::catalog::builtin(), &[])
                 .unwrap_or_else(|e| panic!("{}: {e}", t.id));
         }
     }

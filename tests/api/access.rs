@@ -1,7 +1,7 @@
 //! The permission layer seen through MCP: the admin toolset, scope filtering of every
 //! registered tool, tenant isolation, and the audit trail.
 
-use agentcrm::mcp::catalog::{Catalog, Toolset};
+use agentcrm::toolkit::catalog::Toolset;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -220,7 +220,7 @@ async fn every_tool_is_hidden_from_and_refused_to_callers_without_its_scopes() {
             .into_iter()
             .map(|t| t.name.to_string())
             .collect();
-        for tool in Catalog::builtin().iter() {
+        for tool in agentcrm::catalog::builtin().iter() {
             let name = tool.def.name;
             let for_humans = tool.def.toolset == Toolset::Admin
                 || tool.def.scopes.contains(&"admin")

@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use agentcrm::mcp::catalog::{Catalog, RETURNS_SECRETS, TAKES_SECRETS};
+use agentcrm::toolkit::catalog::{RETURNS_SECRETS, TAKES_SECRETS};
 
 #[test]
 fn every_tool_is_fully_declared() {
-    let catalog = Catalog::builtin();
+    let catalog = agentcrm::catalog::builtin();
     assert!(catalog.iter().count() > 0);
     for name in RETURNS_SECRETS.iter().chain(&TAKES_SECRETS) {
         assert!(catalog.get(name).is_some(), "{name} is a tool");

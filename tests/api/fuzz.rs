@@ -18,7 +18,6 @@ use std::process::{Child, ChildStdin, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use agentcrm::mcp::catalog::Catalog;
 use serde_json::{Map, Value, json};
 
 use crate::helpers::*;
@@ -1705,7 +1704,7 @@ where
     F: FnMut(u64, String, Value, bool) -> Fut,
     Fut: std::future::Future<Output = Result<Value, String>>,
 {
-    let catalog = Catalog::builtin();
+    let catalog = agentcrm::catalog::builtin();
     let mut state = FuzzState {
         findings: Findings::new(seed),
         tally: Tally::default(),

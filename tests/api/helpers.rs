@@ -390,7 +390,7 @@ pub fn run_ok(command: &mut Command) -> String {
 
 /// Every tool of the catalog, in order: what a caller holding every scope is offered.
 pub fn all_tool_names() -> Vec<String> {
-    agentcrm::mcp::catalog::Catalog::builtin()
+    agentcrm::catalog::builtin()
         .iter()
         .map(|t| t.def.name.to_owned())
         .collect()
@@ -413,8 +413,8 @@ pub async fn agent_client(db: &TestDb, agent: &Value) -> Client {
 }
 
 /// The tools of one toolset, in catalog order.
-pub fn toolset_tool_names(toolset: agentcrm::mcp::catalog::Toolset) -> Vec<String> {
-    agentcrm::mcp::catalog::Catalog::builtin()
+pub fn toolset_tool_names(toolset: agentcrm::toolkit::catalog::Toolset) -> Vec<String> {
+    agentcrm::catalog::builtin()
         .iter()
         .filter(|t| t.def.toolset == toolset)
         .map(|t| t.def.name.to_owned())

@@ -175,7 +175,7 @@ async fn http_request_headers_narrow_but_never_widen() {
         &[("X-MCP-Toolsets", "crm")],
     )
     .await;
-    let crm = toolset_tool_names(agentcrm::mcp::catalog::Toolset::Crm);
+    let crm = toolset_tool_names(agentcrm::toolkit::catalog::Toolset::Crm);
     assert!(!crm.is_empty());
     assert_eq!(tool_names(&none), crm, "only the crm toolset");
     let (_, bad) = stateless(

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use agentcrm::access::Scopes;
-use agentcrm::mcp::catalog::{Catalog, RegisteredTool, handles_secrets};
+use agentcrm::toolkit::catalog::{Catalog, RegisteredTool, handles_secrets};
 use rmcp::model::CallToolRequestParams;
 use serde_json::{Map, Value, json};
 
@@ -80,7 +80,7 @@ fn step_tools(catalog: &Catalog) -> Vec<&RegisteredTool> {
 
 /// Workflows of `client` calling every step tool, `CHUNK` steps each, with `extra` fields.
 async fn probe_workflows(client: &Client, label: &str, extra: Value) -> Result<Vec<String>, Value> {
-    let tools = step_tools(Catalog::builtin());
+    let tools = step_tools(agentcrm::catalog::builtin());
     let mut ids = Vec::new();
     for (n, chunk) in tools.chunks(CHUNK).enumerate() {
         let steps: Vec<Value> = chunk
@@ -117,7 +117,7 @@ fn check_steps(
     mismatches: &mut Vec<String>,
     counts: &mut (usize, usize),
 ) {
-    let catalog = Catalog::builtin();
+    let catalog = agentcrm::catalog::builtin();
     let steps = execution["steps"].as_array().unwrap();
     assert!(!steps.is_empty(), "{what}: no steps ran: {execution}");
     for step in steps {
@@ -184,7 +184,7 @@ async fn every_tool_by_every_principal_along_every_path_is_bounded_by_its_chain(
     let server = HttpServer::start(db.command(&["http"]));
     let url = server.mcp_url();
     let admin = http_client(&url, &db.admin_key, Generation::Stateless).await;
-    let catalog = Catalog::builtin();
+    let catalog = agentcrm::catalog::builtin();
     let mut principals = Vec::new();
     let member_scopes = with_workflows(&[
         "customers:read",

@@ -274,9 +274,7 @@ async fn stdio_filters_tools_by_configuration() {
     let mut read_only = RawStdio::start(&db, &["--read-only"]);
     let names = listed(&mut read_only);
     for name in all_tool_names() {
-        let tool = agentcrm::mcp::catalog::Catalog::builtin()
-            .get(&name)
-            .unwrap();
+        let tool = agentcrm::catalog::builtin().get(&name).unwrap();
         assert_eq!(
             names.contains(&name),
             tool.def.hints.read_only,
@@ -287,7 +285,7 @@ async fn stdio_filters_tools_by_configuration() {
     let mut only_crm = RawStdio::start(&db, &["--toolsets", "crm"]);
     assert_eq!(
         listed(&mut only_crm),
-        toolset_tool_names(agentcrm::mcp::catalog::Toolset::Crm)
+        toolset_tool_names(agentcrm::toolkit::catalog::Toolset::Crm)
     );
 }
 

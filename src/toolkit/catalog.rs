@@ -1,10 +1,11 @@
-//! The tool catalog: every tool declared once, with its toolset, scopes and annotations
-//! beside the code that runs it. `tools/list`, the generated `schemas/` and `tools/`, and
-//! call dispatch all read this one registry.
+//! Tool declarations: every tool declared once, with its toolset, scopes and annotations
+//! beside the code that runs it, and the registry type they are collected in
+//! (`crate::catalog::builtin` assembles this server's). `tools/list`, the generated
+//! `schemas/` and `tools/`, and call dispatch all read that one registry.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use rmcp::model::{JsonObject, Tool, ToolAnnotations};
@@ -412,22 +413,6 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The built-in catalog, built once per process.
-    pub fn builtin() -> &'static Catalog {
-        static CATALOG: OnceLock<Catalog> = OnceLock::new();
-        CATALOG.get_or_init(|| {
-            let mut tools = crate::account::tools();
-            tools.extend(crate::admin::tools());
-            tools.extend(crate::crm::tools());
-            tools.extend(crate::handoff::tools());
-            tools.extend(crate::workflows::tools());
-            tools.extend(crate::agents::tools());
-            tools.extend(crate::connections::tools());
-            tools.extend(super::discovery::tools());
-            Catalog::new(tools)
-        })
-    }
-
     pub fn new(tools: Vec<RegisteredTool>) -> Catalog {
         let mut by_name = HashMap::with_capacity(tools.len());
         for (index, tool) in tools.iter().enumerate() {

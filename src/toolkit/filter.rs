@@ -4,8 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use super::catalog::{Catalog, RegisteredTool, ToolDef, Toolset};
 use crate::access::{Principal, Scopes};
+use crate::toolkit::catalog::{Catalog, RegisteredTool, ToolDef, Toolset};
 
 /// Restrictions from configuration, optionally narrowed per request. Every field only
 /// ever removes tools.
@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn every_rule_only_removes_tools() {
-        let catalog = Catalog::builtin();
+        let catalog = crate::catalog::builtin();
         let all = names(catalog, &ToolFilter::default());
         assert!(all.contains(&"whoami") && all.contains(&"server_info"));
 
@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn narrowing_never_widens() {
-        let catalog = Catalog::builtin();
+        let catalog = crate::catalog::builtin();
         let config = ToolFilter::from_lists(catalog, &[], false, &list(&["whoami"]), &[]).unwrap();
         let request =
             ToolFilter::from_lists(catalog, &[], false, &list(&["server_info"]), &[]).unwrap();
@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn unknown_names_are_refused() {
-        let catalog = Catalog::builtin();
+        let catalog = crate::catalog::builtin();
         assert_eq!(
             ToolFilter::from_lists(catalog, &list(&["crms"]), false, &[], &[]),
             Err(FilterError::UnknownToolset("crms".into()))

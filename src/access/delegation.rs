@@ -243,6 +243,21 @@ pub fn push_readable(query: &mut sqlx::QueryBuilder<sqlx::Postgres>, reader: &Pr
     query.push(")");
 }
 
+/// `SELECT <columns> FROM <table> WHERE tenant_id = … AND id = …`, limited to the rows of
+/// work `reader` may read ([`push_readable`]): one record of a log of work.
+pub fn select_readable(
+    columns_and_table: &str,
+    reader: &Principal,
+    id: Uuid,
+) -> sqlx::QueryBuilder<sqlx::Postgres> {
+    let mut query =
+        sqlx::QueryBuilder::new(format!("SELECT {columns_and_table} WHERE tenant_id = "));
+    query.push_bind(reader.tenant_id);
+    query.push(" AND id = ").push_bind(id);
+    push_readable(&mut query, reader);
+    query
+}
+
 /// The principal `members` make, as they stand now: the first member's identity with the
 /// intersection of everyone's scopes. A member that is gone, disabled or revoked stops
 /// the work: nobody's permission is borrowed.

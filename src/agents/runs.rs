@@ -20,7 +20,6 @@ use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo, fetch_page};
 use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
 use crate::toolkit::context::{ToolCtx, Transport};
-use sqlx::{Postgres, QueryBuilder};
 
 const MAX_WAIT_SECONDS: u32 = 300;
 
@@ -167,20 +166,16 @@ async fn detail(ctx: &ToolCtx, id: Uuid) -> Result<RunDetail, ToolError> {
         log: Value,
         config: Value,
     }
-    let mut query = QueryBuilder::<Postgres>::new(format!(
-        "SELECT {COLUMNS}, tool_calls, transcript, log, config FROM agent_runs WHERE tenant_id = "
-    ));
-    query.push_bind(ctx.principal.tenant_id);
-    query.push(" AND id = ").push_bind(id);
-    delegation::push_readable(&mut query, &ctx.principal);
-    let mut row: Row = query
-        .build_query_as()
-        .fetch_optional(ctx.app.store.pool())
-        .await
-        .map_err(StoreError::from)?
-        .ok_or_else(|| {
-            ToolError::NotFound(format!("no agent run {id} that this caller can see"))
-        })?;
+    let mut row: Row = delegation::select_readable(
+        &format!("{COLUMNS}, tool_calls, transcript, log, config FROM agent_runs"),
+        &ctx.principal,
+        id,
+    )
+    .build_query_as()
+    .fetch_optional(ctx.app.store.pool())
+    .await
+    .map_err(StoreError::from)?
+    .ok_or_else(|| ToolError::NotFound(format!("no agent run {id} that this caller can see")))?;
     // Its data was read for the run's chain: shown as the reader's own policy allows.
     let reader = Reader::of(ctx).await?;
     let mut hidden = false;

@@ -203,7 +203,10 @@ async fn get_pending_action(
     args: ActionIdArgs,
 ) -> Result<PendingActionOut, ToolError> {
     let mut pending_action = visible(ctx.app.store.pool(), &ctx.principal, args.action_id).await?;
-    shape(&Reader::of(&ctx).await?, &mut pending_action);
+    // An agent reads what it sent as it sent it (and without loading anyone's policy).
+    if ctx.principal.id != pending_action.agent_id {
+        shape(&Reader::of(&ctx).await?, &mut pending_action);
+    }
     Ok(PendingActionOut { pending_action })
 }
 

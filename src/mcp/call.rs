@@ -145,45 +145,39 @@ pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
     audit.request_id = Some(call.request_id.clone());
     let started = Instant::now();
     // Tools of the tenant's remote MCP servers are for workflows and agents.
-    if call.client.is_none() && remote_catalog::is_remote(&call.tool) {
-        let outcome = remote(app, &call).await;
-        finish(
-            app,
-            audit,
-            started,
-            outcome.as_ref().err().map(ToolError::code),
-        )
-        .await;
-        return outcome.map(Done::Value).map_err(CallError::Tool);
-    }
-    let Some(tool) = app
-        .catalog
-        .get(&call.tool)
-        .filter(|t| call.filter.allows(&t.def))
-    else {
-        audit.outcome = "refused";
-        audit.error_code = Some("unknown_tool".into());
-        app.audit.record(audit).await;
-        return Err(CallError::UnknownTool(call.tool));
+    let outcome = if call.client.is_none() && remote_catalog::is_remote(&call.tool) {
+        remote(app, &call).await.map(Done::Value)
+    } else {
+        let Some(tool) = app
+            .catalog
+            .get(&call.tool)
+            .filter(|t| call.filter.allows(&t.def))
+        else {
+            audit.outcome = "refused";
+            audit.error_code = Some("unknown_tool".into());
+            app.audit.record(audit).await;
+            return Err(CallError::UnknownTool(call.tool));
+        };
+        let span = tracing::info_span!(
+            "tool",
+            tool = tool.def.name,
+            request_id = %call.request_id,
+            transport = call.transport.as_str(),
+            principal = %call.principal.name,
+        );
+        let outcome = checked(app, tool, call).instrument(span.clone()).await;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        span.in_scope(|| match &outcome {
+            Ok(Done::Ask(_)) => tracing::info!(elapsed_ms, "tool call awaits the caller's answer"),
+            Ok(Done::Value(_)) => tracing::info!(elapsed_ms, "tool call succeeded"),
+            Err(error) => match error.code() {
+                ErrorCode::Internal => tracing::error!(elapsed_ms, %error, "tool call failed"),
+                ErrorCode::PendingApproval => tracing::info!(elapsed_ms, "tool call held"),
+                code => tracing::info!(elapsed_ms, ?code, "tool call refused"),
+            },
+        });
+        outcome
     };
-    let span = tracing::info_span!(
-        "tool",
-        tool = tool.def.name,
-        request_id = %call.request_id,
-        transport = call.transport.as_str(),
-        principal = %call.principal.name,
-    );
-    let outcome = checked(app, tool, call).instrument(span.clone()).await;
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    span.in_scope(|| match &outcome {
-        Ok(Done::Ask(_)) => tracing::info!(elapsed_ms, "tool call awaits the caller's answer"),
-        Ok(Done::Value(_)) => tracing::info!(elapsed_ms, "tool call succeeded"),
-        Err(error) => match error.code() {
-            ErrorCode::Internal => tracing::error!(elapsed_ms, %error, "tool call failed"),
-            ErrorCode::PendingApproval => tracing::info!(elapsed_ms, "tool call held"),
-            code => tracing::info!(elapsed_ms, ?code, "tool call refused"),
-        },
-    });
     if let Ok(Done::Ask(_)) = &outcome {
         audit.outcome = "input_required";
     }

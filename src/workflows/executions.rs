@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::definitions::load;
@@ -134,22 +133,20 @@ pub struct ExecutionOut {
 /// the caller's policy shows it.
 async fn load_execution(ctx: &ToolCtx, id: Uuid) -> Result<ExecutionOut, ToolError> {
     let pool = ctx.app.store.pool();
-    let mut query = QueryBuilder::<Postgres>::new(format!(
-        "SELECT {COLUMNS} FROM workflow_executions WHERE tenant_id = "
-    ));
-    query.push_bind(ctx.principal.tenant_id);
-    query.push(" AND id = ").push_bind(id);
-    delegation::push_readable(&mut query, &ctx.principal);
-    let mut execution: Execution = query
-        .build_query_as()
-        .fetch_optional(pool)
-        .await
-        .map_err(StoreError::from)?
-        .ok_or_else(|| {
-            ToolError::NotFound(format!(
-                "no workflow execution {id} that this caller can see"
-            ))
-        })?;
+    let mut execution: Execution = delegation::select_readable(
+        &format!("{COLUMNS} FROM workflow_executions"),
+        &ctx.principal,
+        id,
+    )
+    .build_query_as()
+    .fetch_optional(pool)
+    .await
+    .map_err(StoreError::from)?
+    .ok_or_else(|| {
+        ToolError::NotFound(format!(
+            "no workflow execution {id} that this caller can see"
+        ))
+    })?;
     let mut steps: Vec<StepRun> = sqlx::query_as(
         "SELECT step_index, step_id, tool, attempt, status, arguments, output, error, started_at,
                 finished_at

@@ -29,22 +29,8 @@ async fn member(db: &TestDb, email: &str, scopes: &[&str], key_scopes: &[&str]) 
 
 /// A stdio client through a new API key of `email`, narrowed to `scopes` when given.
 async fn key_client(db: &TestDb, email: &str, scopes: &[&str]) -> Client {
-    let mut args = vec![
-        "create-api-key",
-        "--tenant",
-        "acme",
-        "--user",
-        email,
-        "--name",
-        "key",
-    ];
-    let joined = scopes.join(",");
-    if !scopes.is_empty() {
-        args.extend(["--scopes", &joined]);
-    }
-    let key = db.admin(&args);
     let mut command = db.server(&["stdio"]);
-    command.env("AGENTCRM_API_KEY", key["key"].as_str().unwrap());
+    command.env("AGENTCRM_API_KEY", db.api_key(email, scopes));
     stdio_client(command, Generation::Stateless).await
 }
 

@@ -95,6 +95,27 @@ impl TestDb {
             .unwrap_or_else(|_| panic!("admin printed JSON: {stdout}"))
     }
 
+    /// A new API key of `email` (a user of tenant `acme`), narrowed to `scopes` when given.
+    pub fn api_key(&self, email: &str, scopes: &[&str]) -> String {
+        let joined = scopes.join(",");
+        let mut args = vec![
+            "create-api-key",
+            "--tenant",
+            "acme",
+            "--user",
+            email,
+            "--name",
+            "key",
+        ];
+        if !scopes.is_empty() {
+            args.extend(["--scopes", &joined]);
+        }
+        self.admin(&args)["key"]
+            .as_str()
+            .expect("the key is printed once")
+            .to_owned()
+    }
+
     /// `agentcrm <args>` on this database, as the tenant admin (by API key), with the
     /// server keys set and outgoing calls allowed to reach the tests' local receivers.
     pub fn command(&self, args: &[&str]) -> Command {

@@ -211,23 +211,7 @@ async fn every_tool_by_every_principal_along_every_path_is_bounded_by_its_chain(
         "--scopes",
         &member_scopes.join(","),
     ]);
-    let key_of = |email: &str, scopes: &[&str]| {
-        let mut args = vec![
-            "create-api-key",
-            "--tenant",
-            "acme",
-            "--user",
-            email,
-            "--name",
-            "matrix",
-        ];
-        let joined = scopes.join(",");
-        if !scopes.is_empty() {
-            args.extend(["--scopes", &joined]);
-        }
-        db.admin(&args)["key"].as_str().unwrap().to_owned()
-    };
-
+    let key_of = |email: &str, scopes: &[&str]| db.api_key(email, scopes);
     // The admin probes through a key of its own: the tests' admin key polls, and each key
     // has its own rate limits.
     principals.push(Principal {

@@ -447,6 +447,14 @@ async fn execute(app: &Arc<App>, tenant_id: Uuid, action: &PendingAction) -> Res
     principal.scopes = principal
         .scopes
         .intersect(Scopes::parse(&held_scopes).unwrap_or(Scopes::NONE));
+    // Calls that carry secrets are never held (their answers would be stored): refused
+    // here too, whatever the row says.
+    if crate::toolkit::catalog::handles_secrets(&action.action_type) {
+        return Err(format!(
+            "`{}` carries a secret and is never run from a held call",
+            action.action_type
+        ));
+    }
     let Value::Object(arguments) = action.arguments.clone() else {
         return Err("the stored arguments are not an object".into());
     };

@@ -1,7 +1,8 @@
 //! The permission matrix, generated from the catalog: every tool, called by every kind of
 //! principal (an admin, a member, a narrowed API key, agents with field rules, with row
 //! conditions and with object grants), along every path work takes (a direct call,
-//! `run_tool`, a workflow started by hand, by an event and by a schedule, an agent run), is
+//! `run_tool`, a workflow started by hand, by an event and by a schedule, an agent run, an
+//! approved action), is
 //! refused for lack of permission exactly when the intersection of the chain it acts for
 //! lacks it — never wider. Calls carry arguments no tool accepts, so a permitted call stops
 //! at validation and nothing is changed by the probing itself.
@@ -536,6 +537,96 @@ async fn every_tool_by_every_principal_along_every_path_is_bounded_by_its_chain(
             );
         }
     }
+
+    // Approved actions: a held call of every tool (stored as the approval hook stores one,
+    // for the chain it acted for), approved by a person and run for that chain. A person's
+    // own calls are never held: theirs are held when an agent is in the chain too.
+    let deciding = http_client(
+        &url,
+        &db.api_key("owner@acme.test", &[]),
+        Generation::Stateless,
+    )
+    .await;
+    let mut members = Vec::new();
+    for p in &principals {
+        let me = call_ok(&p.client, "whoami", json!({})).await["principal"].clone();
+        let person = me["on_behalf_of"]
+            .as_str()
+            .or(if p.agent { None } else { me["id"].as_str() });
+        members.push(
+            json!({ "kind": me["kind"], "id": me["id"], "name": me["name"], "person": person }),
+        );
+    }
+    let tenant: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE slug = 'acme'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let field_ruled = principals
+        .iter()
+        .position(|p| p.label == "field-ruled agent")
+        .unwrap();
+    for (i, p) in principals.iter().enumerate() {
+        let (chain, chain_scopes, agent) = if p.agent {
+            (json!([members[i]]), p.scopes, &members[i])
+        } else {
+            (
+                json!([members[i], members[field_ruled]]),
+                p.scopes.intersect(principals[field_ruled].scopes),
+                &members[field_ruled],
+            )
+        };
+        let what = format!("{} / approved action", p.label);
+        let counts = totals.entry(what.clone()).or_default();
+        for tool in catalog.iter() {
+            let action: uuid::Uuid = sqlx::query_scalar(
+                "INSERT INTO pending_actions (tenant_id, tool, arguments, summary, hold_reason,
+                     agent_id, agent_name, scopes, chain)
+                 VALUES ($1, $2, '{\"__matrix_probe\": true}', 'matrix', 'matrix', $3::uuid, $4,
+                         $5, $6)
+                 RETURNING id",
+            )
+            .bind(tenant)
+            .bind(tool.def.name)
+            .bind(agent["id"].as_str().unwrap())
+            .bind(agent["name"].as_str().unwrap())
+            .bind(Scopes::EVERY.to_strings())
+            .bind(&chain)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            let decided = call_ok(
+                &deciding,
+                "decide_pending_action",
+                json!({ "action_id": action, "decision": "approve" }),
+            )
+            .await["pending_action"]
+                .clone();
+            let error = decided["error"].as_str().unwrap_or_default();
+            if handles_secrets(tool.def.name) {
+                assert_eq!(decided["state"], "failed", "{what}: {decided}");
+                assert!(
+                    error.contains("never run from a held call"),
+                    "{what}: {error}"
+                );
+                continue;
+            }
+            let refused = decided["state"] == "failed" && permission_refusal(error);
+            let allowed = expected(tool, chain_scopes, true, false);
+            if refused == allowed {
+                mismatches.push(format!(
+                    "{what}: `{}` {}: {error}",
+                    tool.def.name,
+                    if refused { "refused" } else { "permitted" }
+                ));
+            }
+            if refused {
+                counts.1 += 1;
+            } else {
+                counts.0 += 1;
+            }
+        }
+    }
+    deciding.cancel().await.unwrap();
 
     eprintln!("matrix cells: {totals:?}");
     // Every cell saw both outcomes where its scopes leave room for both: a matrix of only

@@ -133,6 +133,12 @@ pub struct AgentConfigOut {
     pub warnings: Vec<String>,
     pub updated_by: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// Who owns the definition (only they or an admin change it; none: admins only) and
+    /// who last changed what it does: its runs act for both, besides the agent.
+    #[schemars(with = "Option<Member>")]
+    pub owner: Option<Value>,
+    #[schemars(with = "Option<Member>")]
+    pub behaviour_by: Option<Value>,
 }
 
 fn out(
@@ -159,6 +165,8 @@ fn out(
         warnings,
         updated_by: runnable.updated_by_name.clone(),
         updated_at: runnable.updated_at,
+        owner: runnable.owner.clone(),
+        behaviour_by: runnable.behaviour_by.clone(),
     })
 }
 

@@ -131,6 +131,10 @@ pub struct AgentRun {
     pub completion_tokens: i64,
     pub total_tokens: i64,
     pub duration_ms: Option<i64>,
+    /// Who it acts for: the agent, whoever started it, the definition's owner and last
+    /// editor. Its tool calls may do only what all of them may.
+    #[schemars(with = "Vec<crate::access::delegation::Member>")]
+    pub acts_for: Value,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -138,8 +142,8 @@ pub struct AgentRun {
 
 const COLUMNS: &str = "id, agent_id, agent_name, agent_kind, run_type, source, triggered_by_name, \
      schedule_id, parent_run_id, prompt, input, status, output, error, tool_call_count, \
-     prompt_tokens, completion_tokens, total_tokens, duration_ms, created_at, started_at, \
-     finished_at";
+     prompt_tokens, completion_tokens, total_tokens, duration_ms, chain AS acts_for, created_at, \
+     started_at, finished_at";
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct RunDetail {

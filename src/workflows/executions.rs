@@ -100,13 +100,18 @@ pub struct Execution {
     /// While `waiting_approval`: the pending action a person must decide.
     pub waiting_action_id: Option<Uuid>,
     pub started_by_name: String,
+    /// Who it acts for (the identity first): whoever started it, the workflow's owner and
+    /// last editor. Its steps may do only what all of them may.
+    #[schemars(with = "Vec<crate::access::delegation::Member>")]
+    pub acts_for: Value,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
 }
 
 const COLUMNS: &str = "id, workflow_id, workflow_name, workflow_version, status, source, input, \
-     output, error, waiting_action_id, started_by_name, created_at, started_at, finished_at";
+     output, error, waiting_action_id, started_by_name, chain AS acts_for, created_at, \
+     started_at, finished_at";
 
 #[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
 pub struct StepRun {

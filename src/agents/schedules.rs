@@ -302,6 +302,14 @@ async fn check(
         Some(after) => {
             let (previous, _) =
                 super::config::find(&ctx.app, ctx.principal.tenant_id, after).await?;
+            // The chained run receives the previous run's output: whoever chains them must
+            // be able to have run that agent too.
+            delegation::may_run_as(
+                &ctx.principal,
+                crate::access::Scopes::parse(&previous.scopes)
+                    .unwrap_or(crate::access::Scopes::EVERY),
+                &previous.name,
+            )?;
             let status = args
                 .after_status
                 .clone()

@@ -465,6 +465,17 @@ async fn an_agents_identity_is_not_borrowed() {
                 "config": { "workflow_id": hers } }),
     )
     .await;
+    // Chaining its agent after the finance agent would hand it the finance run's output.
+    refused(
+        &call(
+            &member,
+            "schedule_agent",
+            json!({ "agent": "mine", "after_agent": "finance" }),
+        )
+        .await,
+        "forbidden",
+        "agent `finance` holds scopes you do not",
+    );
     call_ok(&member, "delete_agent", json!({ "agent": "mine" })).await;
     member.cancel().await.unwrap();
     admin.cancel().await.unwrap();

@@ -472,7 +472,7 @@ async fn create_api_key(ctx: ToolCtx, args: CreateApiKeyArgs) -> Result<CreatedA
     let owner = access::get_user(pool, p.tenant_id, user_id)
         .await?
         .ok_or_else(|| not_found("user", user_id))?;
-    let requested = scopes(&args.scopes)?;
+    let mut requested = scopes(&args.scopes)?;
     let role = Role::parse(&owner.role).unwrap_or(Role::Member);
     let owned = Principal::human_scopes(role, Scopes::parse(&owner.scopes).unwrap_or_default());
     if !owned.contains(requested) {
@@ -481,6 +481,35 @@ async fn create_api_key(ctx: ToolCtx, args: CreateApiKeyArgs) -> Result<CreatedA
             owner.email,
             owned.names()
         )));
+    }
+    // A key never exceeds its maker: made through a narrower credential (a narrowed key),
+    // it gets at most that credential's scopes, also when none are listed (which would
+    // otherwise inherit all of its owner's).
+    let effective = if requested.is_empty() {
+        owned
+    } else {
+        requested
+    };
+    if !p.scopes.contains(effective) {
+        if !requested.is_empty() {
+            let beyond: Vec<&str> = requested
+                .names()
+                .into_iter()
+                .filter(|s| !p.scopes.names().contains(s))
+                .collect();
+            return Err(ToolError::Forbidden(format!(
+                "a key cannot be wider than the credential that makes it: {} does not hold {}",
+                p.name,
+                beyond.join(", ")
+            )));
+        }
+        requested = p.scopes.intersect(owned);
+        if requested.is_empty() {
+            return Err(ToolError::Forbidden(format!(
+                "{} holds none of {}'s scopes, so it cannot make a key for them",
+                p.name, owner.email
+            )));
+        }
     }
     let (api_key, key) = access::create_api_key(pool, p.tenant_id, owner.id, &args.name, requested)
         .await

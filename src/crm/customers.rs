@@ -14,7 +14,7 @@ use crate::error::ToolError;
 use crate::events;
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo};
-use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, check_stored_json, tool};
 use crate::toolkit::context::ToolCtx;
 
 /// Customers as the policy sees them. Conditions may name these fields.
@@ -509,7 +509,17 @@ fn write_error(error: sqlx::Error, email: Option<&str>) -> ToolError {
     StoreError::from(error).into()
 }
 
+impl CustomerFields {
+    fn check_sizes(&self) -> Result<(), ToolError> {
+        match &self.custom_fields {
+            Some(fields) => check_stored_json("custom_fields", fields),
+            None => Ok(()),
+        }
+    }
+}
+
 async fn create_customer(ctx: ToolCtx, args: CustomerFields) -> Result<CustomerOut, ToolError> {
+    args.check_sizes()?;
     let policy = ctx.policy().await?;
     let given = args.given();
     policy.check_write(&CUSTOMERS, given.iter().map(|(f, _)| *f))?;
@@ -576,6 +586,7 @@ pub struct UpdateArgs {
 }
 
 async fn update_customer(ctx: ToolCtx, args: UpdateArgs) -> Result<CustomerOut, ToolError> {
+    args.fields.check_sizes()?;
     let policy = ctx.policy().await?;
     let given = args.fields.given();
     if given.is_empty() {

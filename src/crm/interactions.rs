@@ -15,7 +15,7 @@ use crate::error::ToolError;
 use crate::events;
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo, fetch_page};
-use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, check_stored_json, tool};
 use crate::toolkit::context::ToolCtx;
 
 pub fn tools() -> Vec<RegisteredTool> {
@@ -165,6 +165,9 @@ fn check_error(error: sqlx::Error) -> ToolError {
 }
 
 async fn log_interaction(ctx: ToolCtx, args: LogArgs) -> Result<InteractionOut, ToolError> {
+    if let Some(metadata) = &args.metadata {
+        check_stored_json("metadata", metadata)?;
+    }
     let policy = ctx.policy().await?;
     let mut tx = ctx
         .app

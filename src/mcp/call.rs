@@ -69,6 +69,12 @@ impl Call {
         }
     }
 
+    /// Under a request's narrowed filter instead of the configured one.
+    pub fn with_filter(mut self, filter: Arc<ToolFilter>) -> Call {
+        self.filter = filter;
+        self
+    }
+
     pub fn with_timeout(mut self, limit: Duration) -> Call {
         self.timeout = Some(limit);
         self

@@ -14,6 +14,7 @@ use crate::access::Principal;
 use crate::app::App;
 use crate::error::ToolError;
 use crate::toolkit::context::Transport;
+use crate::toolkit::filter::ToolFilter;
 
 pub const TRIAGE: &str = "triage_customer";
 pub const PIPELINE: &str = "weekly_pipeline_review";
@@ -81,17 +82,18 @@ async fn customers(
     app: &Arc<App>,
     principal: &Principal,
     transport: Transport,
+    filter: &Arc<ToolFilter>,
     text: &str,
     limit: u32,
 ) -> Result<Vec<(String, String)>, ToolError> {
     if let Ok(id) = uuid::Uuid::parse_str(text) {
         let arguments = json!({ "customer_id": id });
-        let found = call(app, principal, transport, "get_customer", arguments).await?;
+        let found = call(app, principal, transport, filter, "get_customer", arguments).await?;
         let name = full_name(&found["customer"]);
         return Ok(vec![(id.to_string(), name)]);
     }
     let arguments = json!({ "query": text, "types": ["customer"], "limit": limit });
-    let found = call(app, principal, transport, "search", arguments).await?;
+    let found = call(app, principal, transport, filter, "search", arguments).await?;
     Ok(found["results"]
         .as_array()
         .into_iter()
@@ -114,6 +116,7 @@ async fn call(
     app: &Arc<App>,
     principal: &Principal,
     transport: Transport,
+    filter: &Arc<ToolFilter>,
     tool: &str,
     arguments: Value,
 ) -> Result<Value, ToolError> {
@@ -123,7 +126,8 @@ async fn call(
     invoke(
         app,
         Call::on_behalf(app, principal.clone(), transport, tool, arguments, "Prompt")
-            .with_timeout(Duration::from_secs(10)),
+            .with_timeout(Duration::from_secs(10))
+            .with_filter(filter.clone()),
     )
     .await
 }
@@ -133,6 +137,7 @@ pub async fn get(
     app: &Arc<App>,
     principal: &Principal,
     transport: Transport,
+    filter: &Arc<ToolFilter>,
     name: &str,
     arguments: &Option<Map<String, Value>>,
 ) -> Result<GetPromptResult, ToolError> {
@@ -141,7 +146,7 @@ pub async fn get(
             let wanted = argument(arguments, "customer").ok_or_else(|| {
                 ToolError::InvalidRequest("the `customer` argument is required".into())
             })?;
-            let (id, customer) = customers(app, principal, transport, wanted, 1)
+            let (id, customer) = customers(app, principal, transport, filter, wanted, 1)
                 .await?
                 .into_iter()
                 .next()
@@ -212,6 +217,7 @@ pub async fn complete(
     app: &Arc<App>,
     principal: &Principal,
     transport: Transport,
+    filter: &Arc<ToolFilter>,
     prompt: &str,
     argument: &str,
     value: &str,
@@ -221,12 +227,13 @@ pub async fn complete(
             if value.trim().is_empty() {
                 Vec::new()
             } else {
-                let mut names: Vec<String> = customers(app, principal, transport, value, 10)
-                    .await?
-                    .into_iter()
-                    .map(|(_, name)| name)
-                    .filter(|n| !n.is_empty())
-                    .collect();
+                let mut names: Vec<String> =
+                    customers(app, principal, transport, filter, value, 10)
+                        .await?
+                        .into_iter()
+                        .map(|(_, name)| name)
+                        .filter(|n| !n.is_empty())
+                        .collect();
                 names.dedup();
                 names
             }

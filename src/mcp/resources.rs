@@ -16,7 +16,7 @@ use crate::access::Principal;
 use crate::app::App;
 use crate::error::ToolError;
 use crate::toolkit::context::Transport;
-use crate::toolkit::filter::visible;
+use crate::toolkit::filter::{ToolFilter, visible};
 
 /// One kind of resource.
 pub struct Kind {
@@ -112,9 +112,9 @@ pub fn parse(uri: &str) -> Option<(&'static Kind, Uuid)> {
     })
 }
 
-/// The templates of the kinds `principal` may read.
-pub fn templates(app: &App, principal: &Principal) -> Vec<ResourceTemplate> {
-    let readable: Vec<&str> = visible(app.catalog, &app.filter, principal)
+/// The templates of the kinds `principal` may read under `filter`.
+pub fn templates(app: &App, principal: &Principal, filter: &ToolFilter) -> Vec<ResourceTemplate> {
+    let readable: Vec<&str> = visible(app.catalog, filter, principal)
         .map(|t| t.def.name)
         .collect();
     KINDS
@@ -134,11 +134,13 @@ pub async fn listed(app: &App, principal: &Principal) -> Result<Vec<Resource>, T
     crate::handoff::resources::open_items(app.store.pool(), principal).await
 }
 
-/// The resource's JSON, read with `principal`'s permissions through its tool.
+/// The resource's JSON, read with `principal`'s permissions through its tool, under the
+/// request's `filter` (a tool a request narrowed away is not read through either).
 pub async fn read(
     app: &Arc<App>,
     principal: &Principal,
     transport: Transport,
+    filter: &Arc<ToolFilter>,
     uri: &str,
 ) -> Result<Value, ToolError> {
     let Some((kind, id)) = parse(uri) else {
@@ -159,7 +161,8 @@ pub async fn read(
             arguments,
             "Resource read",
         )
-        .with_timeout(Duration::from_secs(30)),
+        .with_timeout(Duration::from_secs(30))
+        .with_filter(filter.clone()),
     )
     .await?;
     Ok(match kind.unwrap {

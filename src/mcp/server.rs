@@ -232,10 +232,12 @@ impl ServerHandler for AgentCrm {
     ) -> Result<GetPromptResponse, McpError> {
         Box::pin(async move {
             let principal = self.principal(&ctx)?;
+            let filter = self.request_filter(&ctx)?;
             prompts::get(
                 &self.app,
                 &principal,
                 self.transport,
+                &filter,
                 &request.name,
                 &request.arguments,
             )
@@ -258,6 +260,7 @@ impl ServerHandler for AgentCrm {
                     &self.app,
                     &principal,
                     self.transport,
+                    &self.request_filter(&ctx)?,
                     &prompt.name,
                     &request.argument.name,
                     &request.argument.value,
@@ -306,7 +309,7 @@ impl ServerHandler for AgentCrm {
     ) -> Result<ListResourceTemplatesResult, McpError> {
         let principal = self.principal(&ctx)?;
         Ok(ListResourceTemplatesResult::with_all_items(
-            resources::templates(&self.app, &principal),
+            resources::templates(&self.app, &principal, &*self.request_filter(&ctx)?),
         ))
     }
 
@@ -317,7 +320,8 @@ impl ServerHandler for AgentCrm {
     ) -> Result<ReadResourceResponse, McpError> {
         Box::pin(async move {
             let principal = self.principal(&ctx)?;
-            let value = self.readable(&principal, &request.uri).await?;
+            let filter = self.request_filter(&ctx)?;
+            let value = self.readable(&principal, &filter, &request.uri).await?;
             Ok(ReadResourceResult::new(vec![
                 ResourceContents::text(value.to_string(), request.uri)
                     .with_mime_type("application/json"),
@@ -335,7 +339,8 @@ impl ServerHandler for AgentCrm {
     ) -> Result<(), McpError> {
         Box::pin(async move {
             let principal = self.principal(&ctx)?;
-            self.readable(&principal, &request.uri).await?;
+            let filter = self.request_filter(&ctx)?;
+            self.readable(&principal, &filter, &request.uri).await?;
             let session = self.session_id(&ctx).unwrap_or_else(|| "stdio".into());
             self.app
                 .subscriptions
@@ -377,10 +382,11 @@ impl ServerHandler for AgentCrm {
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
         let principal = self.principal(context.request_context())?;
+        let filter = self.request_filter(context.request_context())?;
         let mut allowed = Vec::new();
         for uri in context.accepted().resource_subscriptions.iter().flatten() {
             // A URI the caller may not read is acknowledged but never notified.
-            if resources::read(&self.app, &principal, self.transport, uri)
+            if resources::read(&self.app, &principal, self.transport, &filter, uri)
                 .await
                 .is_ok()
             {
@@ -504,9 +510,10 @@ impl AgentCrm {
     async fn readable(
         &self,
         principal: &Principal,
+        filter: &Arc<ToolFilter>,
         uri: &str,
     ) -> Result<serde_json::Value, McpError> {
-        resources::read(&self.app, principal, self.transport, uri)
+        resources::read(&self.app, principal, self.transport, filter, uri)
             .await
             .map_err(|e| self.resource_error(e))
     }

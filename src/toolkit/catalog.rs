@@ -406,6 +406,26 @@ fn storable(args: &JsonObject) -> Result<(), ToolError> {
     Ok(())
 }
 
+/// The most a free-form JSON field stored with a record may take, serialized (custom
+/// fields, interaction metadata, workflow metadata): records stay small to read and index.
+pub const MAX_STORED_JSON: usize = 64 * 1024;
+
+/// Refuses a free-form JSON field larger than [`MAX_STORED_JSON`], naming it and the cap.
+pub fn check_stored_json(
+    field: &str,
+    value: &serde_json::Map<String, Value>,
+) -> Result<(), ToolError> {
+    let size = serde_json::to_vec(value).map_or(usize::MAX, |bytes| bytes.len());
+    if size > MAX_STORED_JSON {
+        return Err(ToolError::InvalidRequest(format!(
+            "`{field}` takes at most {} KB of JSON ({} KB given)",
+            MAX_STORED_JSON / 1024,
+            size.div_ceil(1024)
+        )));
+    }
+    Ok(())
+}
+
 /// The registry of every tool this server has, in a stable order.
 pub struct Catalog {
     tools: Vec<RegisteredTool>,

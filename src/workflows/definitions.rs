@@ -14,7 +14,7 @@ use crate::access::delegation::{self, Member};
 use crate::error::ToolError;
 use crate::store::StoreError;
 use crate::store::page::{PageArgs, PageInfo, fetch_page};
-use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
+use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, check_stored_json, tool};
 use crate::toolkit::context::ToolCtx;
 
 const READ: &[&str] = &["workflows:read"];
@@ -305,6 +305,7 @@ pub(crate) async fn check_trigger_for(
 /// Saves a checked workflow (also used by templates and extraction), owned by the caller.
 pub(crate) async fn insert(ctx: &ToolCtx, args: CreateArgs) -> Result<Workflow, ToolError> {
     check_text(&args.name, &args.description)?;
+    check_stored_json("workflow_metadata", &args.workflow_metadata)?;
     let definition = Definition {
         trigger_type: args.trigger_type,
         trigger_config: args.trigger_config,
@@ -483,6 +484,9 @@ async fn update_workflow(ctx: ToolCtx, args: UpdateArgs) -> Result<WorkflowOut, 
             "the workflow is at version {}, not {version}: read it again",
             current.version
         )));
+    }
+    if let Some(metadata) = &args.workflow_metadata {
+        check_stored_json("workflow_metadata", metadata)?;
     }
     let name = args.name.unwrap_or_else(|| current.name.clone());
     let description = args

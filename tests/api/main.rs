@@ -1,6 +1,7 @@
 //! Integration tests: the real `agentcrm` binary, spoken to over MCP (stdio and streamable
 //! HTTP) by real clients, against real PostgreSQL.
 
+mod abuse;
 mod access;
 mod agents;
 mod catalog;

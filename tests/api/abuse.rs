@@ -1,0 +1,177 @@
+//! Findings of the red-team pass on abuse and limits (issue 17), each a test that failed
+//! before its fix.
+
+use rmcp::model::{
+    ArgumentInfo, CompleteRequestParams, GetPromptRequestParams, ReadResourceRequestParams,
+    Reference,
+};
+use serde_json::json;
+
+use crate::helpers::*;
+
+fn stdio_with_key(db: &TestDb, key: String) -> std::process::Command {
+    let mut command = db.server(&["stdio"]);
+    command.env("AGENTCRM_API_KEY", key);
+    command
+}
+
+/// 6. A key made through a narrowed key is never wider than it: not when scopes are listed,
+/// and not when none are (which would inherit all of the owner's).
+#[tokio::test]
+async fn a_key_never_mints_a_key_wider_than_itself() {
+    let db = TestDb::new().await;
+    let narrow = db.api_key("owner@acme.test", &["admin", "customers:read"]);
+    let client = stdio_client(stdio_with_key(&db, narrow), Generation::Stateless).await;
+    let wider = call(
+        &client,
+        "create_api_key",
+        json!({ "name": "wider", "scopes": ["customers:read", "customers:delete"] }),
+    )
+    .await;
+    assert_eq!(error_code(&wider), "forbidden", "{wider:?}");
+    let text = wider.structured_content.unwrap()["error_description"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(text.contains("customers:delete"), "{text}");
+    let inherited = call_ok(&client, "create_api_key", json!({ "name": "inherit" })).await;
+    let mut scopes: Vec<String> =
+        serde_json::from_value(inherited["api_key"]["scopes"].clone()).unwrap();
+    scopes.sort();
+    assert_eq!(scopes, ["admin", "customers:read"], "{inherited}");
+    // And the new key can do no more than that.
+    let made = stdio_client(
+        stdio_with_key(&db, inherited["key"].as_str().unwrap().to_owned()),
+        Generation::Stateless,
+    )
+    .await;
+    let me = call_ok(&made, "whoami", json!({})).await;
+    let mut held: Vec<String> = serde_json::from_value(me["scopes"].clone()).unwrap();
+    held.sort();
+    assert_eq!(held, ["admin", "customers:read"]);
+    let narrower = call_ok(
+        &client,
+        "create_api_key",
+        json!({ "name": "narrower", "scopes": ["customers:read"] }),
+    )
+    .await;
+    assert_eq!(narrower["api_key"]["scopes"], json!(["customers:read"]));
+    made.cancel().await.unwrap();
+    client.cancel().await.unwrap();
+}
+
+/// 8. Narrowing headers hold for everything that reads through the narrowed tools:
+/// resources, prompts and completion.
+#[tokio::test]
+async fn narrowing_headers_hold_for_resources_prompts_and_completion() {
+    let db = TestDb::new().await;
+    let server = HttpServer::start(db.command(&["http"]));
+    let admin = http_client(&server.mcp_url(), &db.admin_key, Generation::Sessions).await;
+    let created = call_ok(
+        &admin,
+        "create_customer",
+        json!({ "first_name": "Gabriel", "last_name": "Silva" }),
+    )
+    .await;
+    let id = created["customer"]["id"].as_str().unwrap().to_owned();
+    let uri = format!("agentcrm://customers/{id}");
+    let narrowed = http_client_with_headers(
+        &server.mcp_url(),
+        &db.admin_key,
+        &[("x-mcp-exclude-tools", "get_customer,search")],
+    )
+    .await;
+    // Without the header all three work (the same credential).
+    admin
+        .read_resource(ReadResourceRequestParams::new(uri.clone()))
+        .await
+        .expect("readable without narrowing");
+    let read = narrowed
+        .read_resource(ReadResourceRequestParams::new(uri.clone()))
+        .await;
+    assert!(read.is_err(), "{read:?}");
+    let prompt = narrowed
+        .get_prompt(
+            GetPromptRequestParams::new("triage_customer")
+                .with_arguments(json!({ "customer": id }).as_object().unwrap().clone()),
+        )
+        .await;
+    assert!(prompt.is_err(), "{prompt:?}");
+    let completion = narrowed
+        .complete(CompleteRequestParams::new(
+            Reference::for_prompt("triage_customer"),
+            ArgumentInfo::new("customer", "gab"),
+        ))
+        .await;
+    match completion {
+        Err(_) => {}
+        Ok(done) => assert!(
+            done.completion.values.is_empty(),
+            "{:?}",
+            done.completion.values
+        ),
+    }
+    let templates = narrowed.list_all_resource_templates().await.unwrap();
+    assert!(
+        !templates
+            .iter()
+            .any(|t| t.uri_template.starts_with("agentcrm://customers/")),
+        "{templates:?}"
+    );
+    narrowed.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}
+
+/// 9. Free-form JSON stored with a record is capped, and the error names the field.
+#[tokio::test]
+async fn stored_json_fields_are_capped() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let big = "x".repeat(70 * 1024);
+    let refused = call(
+        &admin,
+        "create_customer",
+        json!({ "first_name": "Big", "custom_fields": { "blob": big } }),
+    )
+    .await;
+    assert_eq!(error_code(&refused), "invalid_request");
+    let text = refused.structured_content.unwrap()["error_description"].clone();
+    assert!(
+        text.as_str()
+            .unwrap()
+            .contains("`custom_fields` takes at most 64 KB"),
+        "{text}"
+    );
+    let customer = call_ok(
+        &admin,
+        "create_customer",
+        json!({ "first_name": "Small", "custom_fields": { "note": "x".repeat(1000) } }),
+    )
+    .await;
+    let id = customer["customer"]["id"].clone();
+    let update = call(
+        &admin,
+        "update_customer",
+        json!({ "customer_id": id, "version": 1, "custom_fields": { "blob": big } }),
+    )
+    .await;
+    assert_eq!(error_code(&update), "invalid_request");
+    let logged = call(
+        &admin,
+        "log_interaction",
+        json!({ "customer_id": id, "type": "note", "metadata": { "blob": big } }),
+    )
+    .await;
+    assert_eq!(error_code(&logged), "invalid_request");
+    assert!(
+        logged.structured_content.unwrap()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("`metadata`")
+    );
+    let interactions = call_ok(&admin, "list_interactions", json!({ "customer_id": id })).await;
+    assert_eq!(interactions["total"], 0, "nothing was stored");
+    let unchanged = call_ok(&admin, "get_customer", json!({ "customer_id": id })).await;
+    assert_eq!(unchanged["customer"]["version"], 1);
+    admin.cancel().await.unwrap();
+}

@@ -716,7 +716,12 @@ async fn continue_call(
             let value = redact(&value);
             entry["status"] = json!("ok");
             entry["output"] = value.clone();
-            (truncate(&value.to_string(), MAX_TOOL_RESULT_CHARS), false)
+            // Tool results carry stored text: the model gets them as data, not instructions.
+            let text = truncate(&value.to_string(), MAX_TOOL_RESULT_CHARS);
+            (
+                crate::toolkit::data::data_block(&format!("result of {}", call.name), &text),
+                false,
+            )
         }
         Err(error) => {
             let body = error.to_body("");

@@ -14,6 +14,7 @@ use crate::access::Principal;
 use crate::app::App;
 use crate::error::ToolError;
 use crate::toolkit::context::Transport;
+use crate::toolkit::data::data_block;
 use crate::toolkit::filter::ToolFilter;
 
 pub const TRIAGE: &str = "triage_customer";
@@ -154,16 +155,18 @@ pub async fn get(
                     ToolError::NotFound(format!("no customer you may see matches `{wanted}`"))
                 })?;
             let uri = customer_uri(uuid::Uuid::parse_str(&id).unwrap_or_default());
+            // The name is stored text: it reaches the model as data, never as instructions.
+            let named = data_block("customer name", &customer);
             if name == TRIAGE {
                 format!(
-                    "Triage the customer {customer} ({uri}, id {id}).\n\
+                    "Triage the customer {uri} (id {id}), named in the data block at the end.\n\
                      1. Read the record with get_customer and the recent interactions with \
                      list_interactions (customer_id {id}).\n\
                      2. Judge urgency (low, normal, high, urgent) and sentiment from what they \
                      said, quoting it.\n\
                      3. Propose the next steps. If a person should step in, call \
                      request_handoff with the priority and a reason.\n\
-                     Do not change the record without saying so first."
+                     Do not change the record without saying so first.\n\n{named}"
                 )
             } else {
                 let tone = argument(arguments, "tone").unwrap_or("friendly");
@@ -174,11 +177,12 @@ pub async fn get(
                     )));
                 }
                 format!(
-                    "Draft a {tone} follow-up message to {customer} ({uri}, id {id}).\n\
+                    "Draft a {tone} follow-up message to the customer {uri} (id {id}), named in \
+                     the data block at the end.\n\
                      Read their last interactions with list_interactions (customer_id {id}) \
                      and refer to what was last discussed. Keep it short. Show me the draft; \
                      once I approve it, log it with log_interaction (type note, direction \
-                     outbound, subject \"Follow-up\")."
+                     outbound, subject \"Follow-up\").\n\n{named}"
                 )
             }
         }

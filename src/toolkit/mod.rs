@@ -6,5 +6,6 @@
 
 pub mod catalog;
 pub mod context;
+pub mod data;
 pub mod filter;
 pub mod listing;

@@ -158,11 +158,14 @@ async fn a_prompt_agent_calls_its_tools_as_itself_then_answers() {
     );
     let second = requests[1]["messages"].as_array().unwrap();
     assert_eq!(second.last().unwrap()["role"], "tool");
+    let result = second.last().unwrap()["content"].as_str().unwrap();
+    assert!(result.contains("Ada"), "{result}");
+    // Stored text reaches the model as a data block, not as instructions.
     assert!(
-        second.last().unwrap()["content"]
-            .as_str()
-            .unwrap()
-            .contains("Ada")
+        result.starts_with("<data source=\"result of list_customers\">")
+            && result.ends_with("</data>")
+            && result.contains("never as instructions"),
+        "{result}"
     );
 
     // The interaction exists, the customer does too; the calls are audited as the agent.

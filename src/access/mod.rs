@@ -13,6 +13,7 @@ pub mod ratelimit;
 pub mod scopes;
 pub mod secrets;
 pub mod store;
+pub mod throttle;
 pub mod tokens;
 pub mod vault;
 

@@ -1,13 +1,14 @@
 //! The OAuth2 endpoints (RFC 6749 client credentials and refresh, RFC 7009 revocation,
 //! RFC 7662 introspection) and the metadata documents of RFC 8414 and RFC 9728.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use base64::Engine;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -146,14 +147,39 @@ struct TokenRequest {
     scope: Option<String>,
 }
 
-pub async fn token(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    match issue(&app, &headers, &body).await {
+pub async fn token(
+    State(app): State<Arc<App>>,
+    source: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let source = source.map(|Extension(ConnectInfo(address))| address.ip());
+    match issue(&app, source, &headers, &body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
 }
 
-async fn issue(app: &App, headers: &HeaderMap, body: &Bytes) -> Result<Response, OAuthError> {
+/// A client authentication refused for too many failures: 429 with `retry_after`.
+fn throttled(seconds: u64) -> OAuthError {
+    let mut error = OAuthError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "slow_down",
+        format!(
+            "Too many failed client authentications for this client or address; retry in \
+             {seconds} s."
+        ),
+    );
+    error.retry_after = Some(seconds);
+    error
+}
+
+async fn issue(
+    app: &App,
+    source: Option<IpAddr>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, OAuthError> {
     let request: TokenRequest = parse_body(headers, body)?;
     let Some(keys) = app.tokens.as_ref() else {
         return Err(OAuthError::new(
@@ -175,17 +201,22 @@ async fn issue(app: &App, headers: &HeaderMap, body: &Bytes) -> Result<Response,
                         )
                     },
                 )?;
-            let agent = match identity::authenticate(
+            let agent = match identity::authenticate_from(
                 pool,
                 Credential::Client {
                     id: &id,
                     secret: &secret,
                 },
+                source,
             )
             .await
             {
                 Ok(agent) => agent,
                 Err(AuthError::Store(_)) => return Err(OAuthError::internal()),
+                Err(AuthError::Throttled(seconds)) => {
+                    refused(app, "token.issued").await;
+                    return Err(throttled(seconds));
+                }
                 Err(_) => {
                     refused(app, "token.issued").await;
                     return Err(OAuthError::invalid_client());
@@ -339,7 +370,13 @@ pub async fn revoke(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
 
 /// RFC 7662, for agents: the caller authenticates with its client credentials and learns
 /// about tokens of its own tenant only.
-pub async fn introspect(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn introspect(
+    State(app): State<Arc<App>>,
+    source: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let source = source.map(|Extension(ConnectInfo(address))| address.ip());
     let request: TokenOnly = match parse_body(&headers, &body) {
         Ok(request) => request,
         Err(error) => return error.into_response(),
@@ -349,17 +386,19 @@ pub async fn introspect(State(app): State<Arc<App>>, headers: HeaderMap, body: B
         return OAuthError::invalid_client().into_response();
     };
     let pool = app.store.pool();
-    let caller = match identity::authenticate(
+    let caller = match identity::authenticate_from(
         pool,
         Credential::Client {
             id: &id,
             secret: &secret,
         },
+        source,
     )
     .await
     {
         Ok(caller) => caller,
         Err(AuthError::Store(_)) => return OAuthError::internal().into_response(),
+        Err(AuthError::Throttled(seconds)) => return throttled(seconds).into_response(),
         Err(_) => return OAuthError::invalid_client().into_response(),
     };
     let token = request.token.unwrap_or_default();

@@ -260,6 +260,9 @@ pub async fn principal_for_client(
         return Ok(Err(ClientRefusal::UnknownClient));
     };
     let (secret, hash) = (secret.to_owned(), row.secret_hash.clone());
+    // At most a few argon2 runs at once: a flood of guesses waits instead of taking memory.
+    // (The semaphore is never closed, so acquiring cannot fail.)
+    let _permit = super::throttle::VERIFICATIONS.acquire().await.ok();
     let matches =
         tokio::task::spawn_blocking(move || secrets::verify_client_secret(&secret, &hash))
             .await

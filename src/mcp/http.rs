@@ -260,9 +260,14 @@ pub async fn serve(
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    // The peer address reaches handlers (failed client authentications are throttled per
+    // source address).
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }
 
 /// Resolves the caller from `X-Api-Key` or `Authorization: Bearer`, and hands the principal
@@ -337,6 +342,19 @@ fn unauthorized(error: &AuthError, resource_metadata: &str) -> Response {
             format!("Bearer error=\"invalid_token\", resource_metadata=\"{resource_metadata}\""),
             "The credentials are invalid, expired, revoked or disabled.".to_owned(),
         ),
+        AuthError::Throttled(seconds) => {
+            let body = json!({
+                "error": "rate_limited",
+                "error_description": error.to_string(),
+                "request_id": request_id,
+                "retry_after": seconds,
+            });
+            let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+            if let Ok(value) = seconds.to_string().parse() {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
+        }
         AuthError::Store(store) => {
             tracing::error!(%store, request_id, "authentication failed on the database");
             let body = json!({

@@ -213,3 +213,137 @@ async fn stored_text_reaches_models_as_data() {
     assert!(text.trim_end().ends_with("</data>"), "{text}");
     admin.cancel().await.unwrap();
 }
+
+/// Resident memory of a process, in MB (Linux).
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// 4. Wrong client secrets are throttled (per client id and source address) and argon2
+/// runs a few at a time: 30 wrong secrets in a row end in refusals with `retry_after`,
+/// the right one is refused too while they last, and 1,000 bad attempts at 64 concurrent
+/// leave memory bounded.
+#[tokio::test]
+async fn failed_client_authentications_are_throttled_and_bounded() {
+    let db = TestDb::new().await;
+    let agent = db.admin(&[
+        "create-agent",
+        "--tenant",
+        "acme",
+        "--name",
+        "target",
+        "--scopes",
+        "customers:read",
+    ]);
+    let client_id = agent["client_id"].as_str().unwrap().to_owned();
+    let secret = agent["client_secret"].as_str().unwrap().to_owned();
+    let server = HttpServer::start(db.command(&["http"]));
+    let url = format!("{}/oauth/token", server.base);
+    let http = reqwest::Client::new();
+    let attempt = |secret: String| {
+        let (http, url, client_id) = (http.clone(), url.clone(), client_id.clone());
+        async move {
+            let response = http
+                .post(url)
+                .json(&json!({ "grant_type": "client_credentials",
+                               "client_id": client_id, "client_secret": secret }))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap();
+            (status, body)
+        }
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        statuses.push(attempt("acs_wrong".into()).await);
+    }
+    // Five free failures, the sixth opens a refusal window; checked secrets are rare after.
+    assert!(statuses[..6].iter().all(|(s, _)| *s == 401), "{statuses:?}");
+    let refused: Vec<_> = statuses[6..].iter().filter(|(s, _)| *s == 429).collect();
+    assert!(refused.len() >= 20, "{statuses:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|(_, b)| b["error"] == "slow_down" && b["retry_after"].as_u64().unwrap() >= 1),
+        "{refused:?}"
+    );
+    let (status, body) = attempt(secret.clone()).await;
+    assert_eq!(
+        status, 429,
+        "refused while the window lasts, even when right: {body}"
+    );
+
+    // A flood of guesses from many made-up addresses is not possible here (one loopback
+    // address); a second agent's flood through its own id measures memory.
+    let other = db.admin(&[
+        "create-agent",
+        "--tenant",
+        "acme",
+        "--name",
+        "flooded",
+        "--scopes",
+        "customers:read",
+    ]);
+    let flooded = other["client_id"].as_str().unwrap().to_owned();
+    let pid = server.child.id();
+    let before = rss_mb(pid);
+    let peak = std::sync::Arc::new(std::sync::Mutex::new(before));
+    let watching = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                let now = rss_mb(pid);
+                {
+                    let mut max = peak.lock().unwrap();
+                    *max = max.max(now);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let permit = semaphore.clone().acquire_owned().await.unwrap();
+        let (http, url, flooded) = (http.clone(), url.clone(), flooded.clone());
+        tasks.push(tokio::spawn(async move {
+            let status = http
+                .post(url)
+                .json(&json!({ "grant_type": "client_credentials",
+                               "client_id": flooded, "client_secret": format!("acs_guess{i}") }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+            drop(permit);
+            status
+        }));
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    for task in tasks {
+        *counts.entry(task.await.unwrap()).or_insert(0) += 1;
+    }
+    watching.abort();
+    let peak = *peak.lock().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let after = rss_mb(pid);
+    eprintln!(
+        "credential flood: RSS before {before:.1} MB, peak {peak:.1} MB, after {after:.1} MB; \
+         answers {counts:?}"
+    );
+    assert!(counts.get(&429).copied().unwrap_or(0) >= 900, "{counts:?}");
+    assert!(
+        peak - before < 150.0,
+        "memory grew {:.1} MB under the flood",
+        peak - before
+    );
+}

@@ -137,6 +137,13 @@ struct HttpArgs {
     /// Largest accepted request body in bytes
     #[arg(long, env = "AGENTCRM_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Seconds a connection may take to send a request's headers, and may sit idle between
+    /// requests, before it is closed
+    #[arg(long, env = "AGENTCRM_HEADER_TIMEOUT_SECS", default_value_t = 15)]
+    header_timeout_secs: u64,
+    /// Open connections at most; more are answered 503 and closed
+    #[arg(long, env = "AGENTCRM_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
 }
 
 #[derive(Debug, Args)]
@@ -478,6 +485,8 @@ async fn run_http(args: HttpArgs) -> Result<(), CliError> {
         allowed_hosts: defaulted(args.allowed_hosts, &DEFAULT_ALLOWED_HOSTS),
         allowed_origins: defaulted(args.allowed_origins, &DEFAULT_ALLOWED_ORIGINS),
         max_body_bytes: args.max_body_bytes,
+        header_timeout: std::time::Duration::from_secs(args.header_timeout_secs.clamp(1, 3600)),
+        max_connections: args.max_connections.max(1),
     };
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await

@@ -5,17 +5,18 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
+use hyper::body::Incoming;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use super::server::AgentCrm;
 use crate::access::Principal;
@@ -36,6 +37,11 @@ pub struct HttpOptions {
     /// Accepted browser `Origin` values (scheme://host:port, `:*` for any port); `*` accepts any.
     pub allowed_origins: Vec<String>,
     pub max_body_bytes: usize,
+    /// How long a connection may take to send a request's headers, or sit idle between
+    /// requests (silent connections and slowloris included).
+    pub header_timeout: std::time::Duration,
+    /// Open connections at most; more are answered 503 and closed.
+    pub max_connections: usize,
 }
 
 pub const DEFAULT_ALLOWED_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
@@ -245,7 +251,10 @@ async fn healthz(State(app): State<Arc<App>>) -> (StatusCode, Json<serde_json::V
     }
 }
 
-/// Serves until `shutdown` is cancelled, then finishes in-flight requests.
+/// Serves until `shutdown` is cancelled, then finishes in-flight requests. Each connection
+/// gets `header_timeout` to send a request's headers (and no longer to sit idle between
+/// requests), and at most `max_connections` are open at once: past that a connection gets a
+/// 503 and is closed, so silent or trickling clients cannot hold the server's sockets.
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
@@ -253,21 +262,84 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let router = router(app, options, shutdown.clone());
-    // Responses go out in several writes (SSE framing): without TCP_NODELAY, Nagle's
-    // algorithm and delayed ACKs add ~40 ms to many of them.
-    let listener = listener.tap_io(|tcp| {
+    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
+    let (closing, _) = tokio::sync::watch::channel(());
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors, or a connection reset before it was accepted.
+                    tracing::warn!(%error, "could not accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        // Responses go out in several writes (SSE framing): without TCP_NODELAY, Nagle's
+        // algorithm and delayed ACKs add ~40 ms to many of them.
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
-    });
-    // The peer address reaches handlers (failed client authentications are throttled per
-    // source address).
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(tcp));
+            continue;
+        };
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            // The peer address (failed client authentications are throttled per address).
+            request.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().oneshot(request.map(Body::new))
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(options.header_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+            .with_upgrades();
+        let mut closing = closing.subscribe();
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "connection ended");
+                    }
+                }
+                _ = closing.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "connection ended");
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
+    // Finish in-flight requests: every connection ends, then its slot comes back.
+    drop(listener);
+    closing.send_replace(());
+    let _all = slots
+        .acquire_many(u32::try_from(options.max_connections).unwrap_or(u32::MAX))
+        .await;
+    Ok(())
+}
+
+/// A connection past the cap: a plain 503 and the socket closed.
+async fn refuse(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"error":"unavailable","error_description":"Too many open connections; retry shortly."}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        tcp.write_all(response.as_bytes()),
     )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await
+    .await;
+    let _ = tcp.shutdown().await;
 }
 
 /// Resolves the caller from `X-Api-Key` or `Authorization: Bearer`, and hands the principal

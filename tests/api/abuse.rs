@@ -347,3 +347,123 @@ async fn failed_client_authentications_are_throttled_and_bounded() {
         peak - before
     );
 }
+
+/// TCP connections on the server's side of `port` (not the listening socket), from
+/// /proc/net/tcp and tcp6, in states other than TIME_WAIT.
+fn server_connections(port: u16) -> usize {
+    let local = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|file| std::fs::read_to_string(file).ok())
+        .flat_map(|table| table.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 3
+                && fields[1].ends_with(&local)
+                && fields[3] != "0A" // LISTEN
+                && fields[3] != "06" // TIME_WAIT
+        })
+        .count()
+}
+
+/// 5. Silent and trickling (slowloris) connections are closed after the header timeout,
+/// and past the connection cap a connection gets a clear 503.
+#[tokio::test]
+async fn silent_and_trickling_connections_are_closed_and_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new().await;
+    let mut command = db.command(&["http"]);
+    command
+        .env("AGENTCRM_HEADER_TIMEOUT_SECS", "2")
+        .env("AGENTCRM_MAX_CONNECTIONS", "64");
+    let server = HttpServer::start(command);
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+    let healthz = format!("{}/healthz", server.base);
+    assert_eq!(reqwest::get(&healthz).await.unwrap().status().as_u16(), 200);
+
+    // 100 silent connections: 64 are held (for now), the rest are refused at once.
+    let mut silent = Vec::new();
+    for _ in 0..100 {
+        silent.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    let mut refused = 0;
+    for socket in silent.iter_mut().skip(64) {
+        let mut answer = vec![0; 256];
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(2), socket.read(&mut answer)).await;
+        if let Ok(Ok(n)) = read
+            && String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 503")
+        {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 36, "connections past the cap get a 503");
+    let held = server_connections(port);
+
+    // Trickling headers (slowloris) on what frees up later, and silence: all closed by the
+    // server within the timeout (plus a margin), not held.
+    let started = std::time::Instant::now();
+    let mut closed = 0;
+    for socket in silent.iter_mut().take(64) {
+        let mut byte = [0; 1];
+        let deadline = std::time::Duration::from_secs(6).saturating_sub(started.elapsed());
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(deadline, socket.read(&mut byte)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 64, "silent connections are closed by the server");
+    let mut trickling = Vec::new();
+    for _ in 0..20 {
+        let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+        socket
+            .write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .await
+            .unwrap();
+        trickling.push(socket);
+    }
+    let started = std::time::Instant::now();
+    let mut cut = vec![false; trickling.len()];
+    while started.elapsed() < std::time::Duration::from_secs(8) && cut.iter().any(|c| !c) {
+        for (i, socket) in trickling.iter_mut().enumerate() {
+            if !cut[i] && socket.write_all(b"X-Slow: a\r\n").await.is_err() {
+                cut[i] = true;
+            }
+        }
+        for (i, socket) in trickling.iter_mut().enumerate() {
+            let mut answer = [0; 256];
+            if !cut[i]
+                && let Ok(Ok(n)) = tokio::time::timeout(
+                    std::time::Duration::from_millis(10),
+                    socket.read(&mut answer),
+                )
+                .await
+            {
+                // EOF, or hyper's 408 before it closes.
+                cut[i] = n == 0 || String::from_utf8_lossy(&answer[..n]).contains("408");
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let lasted = started.elapsed();
+    assert!(
+        cut.iter().all(|c| *c),
+        "slowloris connections are cut: {cut:?}"
+    );
+    drop(trickling);
+    drop(silent);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let after = server_connections(port);
+    assert_eq!(
+        reqwest::get(&healthz).await.unwrap().status().as_u16(),
+        200,
+        "the server answers again"
+    );
+    eprintln!(
+        "connection hygiene: server-side connections with 100 silent clients {held} (cap 64, \
+         36 refused with 503), after {after}; 20 slowloris connections cut within {:.1} s",
+        lasted.as_secs_f64()
+    );
+    assert!(held <= 64 + 36, "{held}");
+    assert!(after <= 1, "connections were released: {after}");
+}

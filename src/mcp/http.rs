@@ -79,12 +79,16 @@ pub fn router(app: Arc<App>, options: &HttpOptions, shutdown: CancellationToken)
         Arc::new(LocalSessionManager::default()),
         config,
     ));
-    // Outermost first: authenticate, then check the body, then rmcp.
+    // Outermost first: authenticate, then the session's owner, then check the body, then rmcp.
     let mcp = axum::Router::new()
         .fallback(move |request: Request| async move { mcp.handle(request).await })
         .layer(middleware::from_fn_with_state(
             (options.max_body_bytes, app.clone()),
             inspect_body,
+        ))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(SessionOwners::default()),
+            bind_session,
         ))
         .layer(middleware::from_fn_with_state(app.clone(), authenticate));
     axum::Router::new()
@@ -106,6 +110,95 @@ pub fn router(app: Arc<App>, options: &HttpOptions, shutdown: CancellationToken)
         )
         .nest("/mcp", mcp)
         .with_state(app)
+}
+
+/// Who opened each MCP session of this process (sessions live in the process that made
+/// them). A session belongs to that principal: anyone else's request, stream or DELETE with
+/// its id is answered as if the session did not exist.
+#[derive(Default)]
+struct SessionOwners {
+    owners: std::sync::Mutex<std::collections::HashMap<String, (Owner, std::time::Instant)>>,
+}
+
+/// A principal as a session owner: tenant, kind and id.
+type Owner = (uuid::Uuid, &'static str, Option<uuid::Uuid>);
+
+/// Sessions tracked before idle ones (a day without a request) are forgotten.
+const MAX_TRACKED_SESSIONS: usize = 10_000;
+
+fn owner(principal: &Principal) -> Owner {
+    (principal.tenant_id, principal.kind.as_str(), principal.id)
+}
+
+impl SessionOwners {
+    /// Is `session` `who`'s? Unknown sessions are nobody's.
+    fn owned_by(&self, session: &str, who: &Owner) -> bool {
+        let Ok(mut owners) = self.owners.lock() else {
+            return false;
+        };
+        match owners.get_mut(session) {
+            Some((owner, used)) if owner == who => {
+                *used = std::time::Instant::now();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn bind(&self, session: String, who: Owner) {
+        let Ok(mut owners) = self.owners.lock() else {
+            return;
+        };
+        if owners.len() >= MAX_TRACKED_SESSIONS {
+            let day = std::time::Duration::from_secs(86_400);
+            owners.retain(|_, (_, used)| used.elapsed() < day);
+        }
+        owners.insert(session, (who, std::time::Instant::now()));
+    }
+
+    fn forget(&self, session: &str) {
+        if let Ok(mut owners) = self.owners.lock() {
+            owners.remove(session);
+        }
+    }
+}
+
+/// Binds a new session to the principal that opened it, and lets only that principal use
+/// it: a request, GET stream or DELETE with someone else's session id gets rmcp's own 404.
+async fn bind_session(
+    State(sessions): State<Arc<SessionOwners>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(who) = request.extensions().get::<Principal>().map(owner) else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let deleting = request.method() == Method::DELETE;
+    if let Some(session) = &given
+        && !sessions.owned_by(session, &who)
+    {
+        return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
+    }
+    let response = next.run(request).await;
+    match given {
+        Some(session) if deleting && response.status().is_success() => sessions.forget(&session),
+        Some(_) => {}
+        None => {
+            if let Some(session) = response
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+            {
+                sessions.bind(session.to_owned(), who);
+            }
+        }
+    }
+    response
 }
 
 /// Reads a POST body once before rmcp does, to answer two things in HTTP terms:

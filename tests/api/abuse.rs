@@ -467,3 +467,118 @@ async fn silent_and_trickling_connections_are_closed_and_capped() {
     assert!(held <= 64 + 36, "{held}");
     assert!(after <= 1, "connections were released: {after}");
 }
+
+/// 3. A session belongs to whoever opened it: with a valid credential of another tenant
+/// (or another principal of the same one) and the session's id, a request, a GET stream
+/// and a DELETE all get 404, and the owner's session goes on undisturbed.
+#[tokio::test]
+async fn sessions_belong_to_whoever_opened_them() {
+    let db = TestDb::new().await;
+    db.admin(&["create-tenant", "--slug", "globex", "--name", "Globex"]);
+    db.admin(&[
+        "create-user",
+        "--tenant",
+        "globex",
+        "--email",
+        "g@globex.test",
+        "--name",
+        "G",
+        "--role",
+        "admin",
+    ]);
+    let theirs = db.admin(&[
+        "create-api-key",
+        "--tenant",
+        "globex",
+        "--user",
+        "g@globex.test",
+        "--name",
+        "k",
+    ])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let colleague = db.api_key("owner@acme.test", &[]);
+    let server = HttpServer::start(db.command(&["http"]));
+    let url = server.mcp_url();
+    let http = reqwest::Client::new();
+    let post = |key: &str, session: Option<&str>, body: serde_json::Value| {
+        let mut request = http
+            .post(&url)
+            .header("X-Api-Key", key)
+            .header("Accept", "application/json, text/event-stream")
+            .header("MCP-Protocol-Version", "2025-11-25")
+            .json(&body);
+        if let Some(session) = session {
+            request = request.header("Mcp-Session-Id", session);
+        }
+        request.send()
+    };
+    let init = post(&db.admin_key, None, initialize_request(1))
+        .await
+        .unwrap();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = crate::http::read_message(init).await;
+    post(
+        &db.admin_key,
+        Some(&session),
+        json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
+    )
+    .await
+    .unwrap();
+    let call = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                       "params": { "name": "whoami", "arguments": {} } });
+    for intruder in [&theirs, &colleague] {
+        let posted = post(intruder, Some(&session), call.clone()).await.unwrap();
+        assert_eq!(
+            posted.status().as_u16(),
+            404,
+            "a call into someone's session"
+        );
+        let stream = http
+            .get(&url)
+            .header("X-Api-Key", intruder.as_str())
+            .header("Accept", "text/event-stream")
+            .header("Mcp-Session-Id", &session)
+            .header("MCP-Protocol-Version", "2025-11-25")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status().as_u16(), 404, "someone's GET stream");
+        let deleted = http
+            .delete(&url)
+            .header("X-Api-Key", intruder.as_str())
+            .header("Mcp-Session-Id", &session)
+            .header("MCP-Protocol-Version", "2025-11-25")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deleted.status().as_u16(), 404, "someone's DELETE");
+    }
+    let mine = post(&db.admin_key, Some(&session), call).await.unwrap();
+    assert_eq!(mine.status().as_u16(), 200);
+    let answer = crate::http::read_message(mine).await;
+    assert_eq!(
+        answer["result"]["structuredContent"]["principal"]["name"], "tests",
+        "{answer}"
+    );
+    let calls = post(
+        &db.admin_key,
+        Some(&session),
+        json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                "params": { "name": "list_session_tool_calls", "arguments": {} } }),
+    )
+    .await
+    .unwrap();
+    let listed = crate::http::read_message(calls).await;
+    let names: Vec<&str> = listed["result"]["structuredContent"]["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["principal_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["tests"], "only the owner's calls: {listed}");
+}

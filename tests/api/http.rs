@@ -106,7 +106,7 @@ async fn stateless(
 }
 
 /// The JSON-RPC message of a response, whether sent as JSON or as an SSE stream.
-async fn read_message(response: reqwest::Response) -> Value {
+pub async fn read_message(response: reqwest::Response) -> Value {
     let is_sse = response
         .headers()
         .get("content-type")

@@ -474,30 +474,7 @@ async fn silent_and_trickling_connections_are_closed_and_capped() {
 #[tokio::test]
 async fn sessions_belong_to_whoever_opened_them() {
     let db = TestDb::new().await;
-    db.admin(&["create-tenant", "--slug", "globex", "--name", "Globex"]);
-    db.admin(&[
-        "create-user",
-        "--tenant",
-        "globex",
-        "--email",
-        "g@globex.test",
-        "--name",
-        "G",
-        "--role",
-        "admin",
-    ]);
-    let theirs = db.admin(&[
-        "create-api-key",
-        "--tenant",
-        "globex",
-        "--user",
-        "g@globex.test",
-        "--name",
-        "k",
-    ])["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let theirs = db.other_tenant_key("globex");
     let colleague = db.api_key("owner@acme.test", &[]);
     let server = HttpServer::start(db.command(&["http"]));
     let url = server.mcp_url();

@@ -186,31 +186,11 @@ async fn customers_are_created_read_updated_and_deleted() {
 #[tokio::test]
 async fn other_tenants_customers_do_not_exist() {
     let db = TestDb::new().await;
-    db.admin(&["create-tenant", "--slug", "globex", "--name", "Globex"]);
-    db.admin(&[
-        "create-user",
-        "--tenant",
-        "globex",
-        "--email",
-        "g@globex.test",
-        "--name",
-        "G",
-        "--role",
-        "admin",
-    ]);
-    let key = db.admin(&[
-        "create-api-key",
-        "--tenant",
-        "globex",
-        "--user",
-        "g@globex.test",
-        "--name",
-        "k",
-    ]);
+    let key = db.other_tenant_key("globex");
     let mut command = agentcrm(&["stdio"]);
     command
         .env("DATABASE_URL", &db.url)
-        .env("AGENTCRM_API_KEY", key["key"].as_str().unwrap());
+        .env("AGENTCRM_API_KEY", &key);
     let globex = stdio_client(command, Generation::Stateless).await;
     let theirs = create(
         &globex,

@@ -95,6 +95,35 @@ impl TestDb {
             .unwrap_or_else(|_| panic!("admin printed JSON: {stdout}"))
     }
 
+    /// Another tenant `slug` with an admin `admin@<slug>.test`, and an API key of that admin.
+    pub fn other_tenant_key(&self, slug: &str) -> String {
+        let email = format!("admin@{slug}.test");
+        self.admin(&["create-tenant", "--slug", slug, "--name", slug]);
+        self.admin(&[
+            "create-user",
+            "--tenant",
+            slug,
+            "--email",
+            &email,
+            "--name",
+            "Admin",
+            "--role",
+            "admin",
+        ]);
+        self.admin(&[
+            "create-api-key",
+            "--tenant",
+            slug,
+            "--user",
+            &email,
+            "--name",
+            "key",
+        ])["key"]
+            .as_str()
+            .expect("the key is printed once")
+            .to_owned()
+    }
+
     /// A new API key of `email` (a user of tenant `acme`), narrowed to `scopes` when given.
     pub fn api_key(&self, email: &str, scopes: &[&str]) -> String {
         let joined = scopes.join(",");

@@ -66,7 +66,7 @@ UPDATE pending_actions SET chain = jsonb_build_array(jsonb_build_object(
     'kind', 'agent', 'id', agent_id, 'name', agent_name))
 WHERE agent_id IS NOT NULL;
 
--- Events: what caused them (`{"depth", "workflows", "execution_id", "run_id"}`), so that
+-- Events: what caused them (`{"depth", "workflows"}`), so that
 -- triggered work never re-triggers a workflow of its own cause chain and chains stay short.
 ALTER TABLE events ADD COLUMN cause jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(cause) = 'object');
 

@@ -69,10 +69,6 @@ pub struct Cause {
     /// The workflows of the cause chain: none of them is triggered again by it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workflows: Vec<Uuid>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub execution_id: Option<Uuid>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub run_id: Option<Uuid>,
 }
 
 impl Cause {
@@ -92,8 +88,6 @@ impl Cause {
         Ok(Cause {
             depth,
             workflows: delegation.cause.workflows.clone(),
-            execution_id: None,
-            run_id: None,
         })
     }
 
@@ -115,13 +109,26 @@ pub struct Delegation {
 
 /// `principal`'s chain followed by `more`, each principal once.
 pub fn chain(principal: &Principal, more: impl IntoIterator<Item = Member>) -> Vec<Member> {
-    let mut members = principal.members();
-    for member in more {
-        if !members.iter().any(|m| m.same(&member)) {
-            members.push(member);
+    distinct(principal.members().into_iter().chain(more))
+}
+
+/// `members` in order, each principal once (its first place).
+pub fn distinct(members: impl IntoIterator<Item = Member>) -> Vec<Member> {
+    let mut out: Vec<Member> = Vec::new();
+    for member in members {
+        if !out.iter().any(|m| m.same(&member)) {
+            out.push(member);
         }
     }
-    members
+    out
+}
+
+/// The members stored as JSON values (an owner, a last editor), skipping absent ones.
+pub fn stored_members<'a>(values: impl IntoIterator<Item = &'a serde_json::Value>) -> Vec<Member> {
+    values
+        .into_iter()
+        .filter_map(|v| serde_json::from_value::<Member>(v.clone()).ok())
+        .collect()
 }
 
 /// Who owns what `principal` creates: the person behind a user or an API key (so a key
@@ -147,17 +154,12 @@ pub async fn owner_member(pool: &PgPool, principal: &Principal) -> Result<Member
 
 /// May `caller` change, delete, pause or cancel something `owner` owns? Its owner or an
 /// admin may (see [`is_admin_person`]); a narrowed API key only what its own person owns;
-/// an agent only what it owns itself.
+/// an agent only what it owns itself. Work done on someone's behalf may only if everyone
+/// it acts for owns it: an admin running a member's workflow lends it no admin authority.
 /// `owner: None` (its creator is gone) leaves it to admins.
 pub fn may_manage(caller: &Principal, owner: Option<&Member>, what: &str) -> Result<(), ToolError> {
-    let allowed = if caller.involves_agent() {
-        caller.is_agent()
-            && owner.is_some_and(|o| o.kind == PrincipalKind::Agent && Some(o.id) == caller.id)
-    } else {
-        is_admin_person(caller)
-            || owner
-                .is_some_and(|o| o.kind != PrincipalKind::Agent && o.person == person_of(caller))
-    };
+    let allowed = is_admin_person(caller)
+        || owner.is_some_and(|o| caller.members().iter().all(|m| owns(m, o)));
     if allowed {
         return Ok(());
     }
@@ -177,13 +179,27 @@ pub fn may_manage(caller: &Principal, owner: Option<&Member>, what: &str) -> Res
     )))
 }
 
+/// Does `member` own what `owner` owns: the same agent, or the same person (directly or
+/// through an API key)?
+fn owns(member: &Member, owner: &Member) -> bool {
+    match owner.kind {
+        PrincipalKind::Agent => member.kind == PrincipalKind::Agent && member.id == owner.id,
+        _ => {
+            member.kind != PrincipalKind::Agent
+                && member.person.is_some()
+                && member.person == owner.person
+        }
+    }
+}
+
 /// An admin with an admin's authority over others' work: the person, or an API key of
-/// theirs that carries all of their permissions. A narrowed key is a machine credential
-/// and acts only on what its own person owns; no agent is an admin, nor work an agent is
-/// part of.
+/// theirs that carries all of their permissions, at their own client. A narrowed key is a
+/// machine credential and acts only on what its own person owns; no agent is an admin, nor
+/// work done on someone's behalf.
 pub fn is_admin_person(principal: &Principal) -> bool {
     principal.role == Some(Role::Admin)
-        && !principal.involves_agent()
+        && principal.delegation.is_none()
+        && !principal.is_agent()
         && match principal.kind {
             PrincipalKind::User | PrincipalKind::LocalOwner => true,
             PrincipalKind::ApiKey => principal.scopes == Scopes::EVERY,
@@ -198,15 +214,10 @@ pub fn may_run_as(caller: &Principal, identity: Scopes, agent: &str) -> Result<(
     if is_admin_person(caller) || caller.scopes.contains(identity) {
         return Ok(());
     }
-    let missing: Vec<&str> = identity
-        .names()
-        .into_iter()
-        .filter(|s| !caller.scopes.names().contains(s))
-        .collect();
     Err(ToolError::Forbidden(format!(
         "agent `{agent}` holds scopes you do not ({}): only an admin or someone holding all \
          of its scopes may run it or give it work",
-        missing.join(", ")
+        identity.without(caller.scopes).names().join(", ")
     )))
 }
 
@@ -308,6 +319,15 @@ pub async fn resolve(
     })
 }
 
+/// The same principal, for work with another cause.
+pub fn with_cause(principal: &Principal, cause: Cause) -> Principal {
+    let members = principal.members();
+    Principal {
+        delegation: Some(Arc::new(Delegation { members, cause })),
+        ..principal.clone()
+    }
+}
+
 /// A member's role (people and keys), scopes and person now; `None` when it is gone.
 async fn current(
     pool: &PgPool,
@@ -344,13 +364,8 @@ async fn current(
             .await?;
             row.and_then(|(own, person, role, granted)| {
                 let role = Role::parse(&role)?;
-                let owner = Principal::human_scopes(role, known(&granted));
                 // The key's own scopes, never its owner's (an empty list inherits them).
-                let scopes = if own.is_empty() {
-                    owner
-                } else {
-                    known(&own).intersect(owner)
-                };
+                let scopes = super::store::api_key_scopes(&own, role, &granted);
                 Some((Some(role), scopes, Some(person)))
             })
         }
@@ -415,6 +430,16 @@ mod tests {
             person: admin_key.on_behalf_of,
         };
         assert!(may_manage(&narrowed, Some(&own), "it").is_ok());
+        // An admin running a member's workflow: the work acts for both, and the member owns
+        // neither the admin's things nor a third person's.
+        let mut delegated = admin.clone();
+        delegated.delegation = Some(Arc::new(Delegation {
+            members: vec![Member::of(&admin), Member::of(&member)],
+            cause: Cause::default(),
+        }));
+        assert!(may_manage(&delegated, Some(&Member::of(&admin)), "it").is_err());
+        assert!(may_manage(&delegated, Some(&owned_by_agent), "it").is_err());
+        assert!(!is_admin_person(&delegated));
     }
 
     #[test]

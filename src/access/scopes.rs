@@ -60,6 +60,11 @@ impl Scopes {
         Scopes(self.0 & other.0)
     }
 
+    /// The scopes of `self` that `other` lacks.
+    pub fn without(self, other: Scopes) -> Scopes {
+        Scopes(self.0 & !other.0)
+    }
+
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }

@@ -205,15 +205,8 @@ pub async fn principal_for_api_key(
     .fetch_optional(pool)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    // Stored scopes were validated on write; a name this build does not know grants nothing.
-    let known = |names: &[String]| Scopes::parse(names).unwrap_or(Scopes::NONE);
     let role = Role::parse(&row.owner_role).unwrap_or(Role::Member);
-    let owner = Principal::human_scopes(role, known(&row.owner_scopes));
-    let scopes = if row.scopes.is_empty() {
-        owner
-    } else {
-        known(&row.scopes).intersect(owner)
-    };
+    let scopes = api_key_scopes(&row.scopes, role, &row.owner_scopes);
     Ok(Some(Principal {
         tenant_id: row.tenant_id,
         kind: PrincipalKind::ApiKey,
@@ -242,6 +235,18 @@ pub enum ClientRefusal {
     UnknownClient,
     WrongSecret,
     Disabled,
+}
+
+/// What an API key may do: its own scopes within its owner's (an empty list: the owner's).
+/// Stored scopes were validated on write; a name this build does not know grants nothing.
+pub fn api_key_scopes(own: &[String], owner_role: Role, owner_granted: &[String]) -> Scopes {
+    let known = |names: &[String]| Scopes::parse(names).unwrap_or(Scopes::NONE);
+    let owner = Principal::human_scopes(owner_role, known(owner_granted));
+    if own.is_empty() {
+        owner
+    } else {
+        known(own).intersect(owner)
+    }
 }
 
 /// Checks an agent's client credentials (argon2: deliberately slow) and returns its principal.

@@ -492,15 +492,10 @@ async fn create_api_key(ctx: ToolCtx, args: CreateApiKeyArgs) -> Result<CreatedA
     };
     if !p.scopes.contains(effective) {
         if !requested.is_empty() {
-            let beyond: Vec<&str> = requested
-                .names()
-                .into_iter()
-                .filter(|s| !p.scopes.names().contains(s))
-                .collect();
             return Err(ToolError::Forbidden(format!(
                 "a key cannot be wider than the credential that makes it: {} does not hold {}",
                 p.name,
-                beyond.join(", ")
+                requested.without(p.scopes).names().join(", ")
             )));
         }
         requested = p.scopes.intersect(owned);

@@ -375,11 +375,9 @@ impl Runnable {
 
     /// The owner and the last editor, as chain members of its runs.
     pub fn owner_members(&self) -> Vec<Member> {
-        [&self.owner, &self.behaviour_by]
-            .into_iter()
-            .flatten()
-            .filter_map(|v| serde_json::from_value::<Member>(v.clone()).ok())
-            .collect()
+        crate::access::delegation::stored_members(
+            [&self.owner, &self.behaviour_by].into_iter().flatten(),
+        )
     }
 
     pub fn kind(&self) -> Result<Kind, ToolError> {

@@ -272,14 +272,9 @@ async fn create_agent(ctx: ToolCtx, args: CreateArgs) -> Result<AgentConfigOut, 
     let scopes =
         Scopes::parse(&args.scopes).map_err(|e| ToolError::InvalidRequest(e.to_string()))?;
     if !ctx.principal.scopes.contains(scopes) {
-        let beyond: Vec<&str> = scopes
-            .names()
-            .into_iter()
-            .filter(|s| !ctx.principal.scopes.names().contains(s))
-            .collect();
         return Err(ToolError::Forbidden(format!(
             "you cannot give an agent scopes you do not hold: {}",
-            beyond.join(", ")
+            scopes.without(ctx.principal.scopes).names().join(", ")
         )));
     }
     let identity = match &existing {

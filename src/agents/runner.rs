@@ -93,26 +93,17 @@ pub struct NewRun<'a> {
 impl NewRun<'_> {
     /// The agent, then who started the run, then the runnable's owner and last editor.
     fn chain(&self) -> Vec<Member> {
-        let mut members = vec![Member {
+        let agent = Member {
             kind: crate::access::PrincipalKind::Agent,
             id: self.agent.id,
             name: self.agent.name.clone(),
             person: None,
-        }];
-        for member in self
-            .acts_for
-            .iter()
-            .cloned()
-            .chain(self.runnable.owner_members())
-        {
-            if !members
-                .iter()
-                .any(|m| m.kind == member.kind && m.id == member.id)
-            {
-                members.push(member);
-            }
-        }
-        members
+        };
+        delegation::distinct(
+            std::iter::once(agent)
+                .chain(self.acts_for.iter().cloned())
+                .chain(self.runnable.owner_members()),
+        )
     }
 }
 
@@ -326,10 +317,7 @@ async fn acting(pool: &PgPool, run: &Claimed) -> Result<Principal, ToolError> {
             person: None,
         });
     }
-    let mut cause = Cause::read(&run.cause);
-    cause.run_id = Some(run.id);
-    cause.execution_id = None;
-    delegation::resolve(pool, run.tenant_id, &members, cause).await
+    delegation::resolve(pool, run.tenant_id, &members, Cause::read(&run.cause)).await
 }
 
 fn remaining(deadline: DateTime<Utc>) -> Option<Duration> {

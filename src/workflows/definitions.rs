@@ -168,10 +168,7 @@ impl Workflow {
     /// Who an execution of it acts for besides whoever starts it: its owner and its last
     /// editor.
     pub fn acts_for(&self) -> Vec<Member> {
-        [&self.owner, &self.behaviour_by]
-            .into_iter()
-            .filter_map(|v| serde_json::from_value::<Member>(v.clone()).ok())
-            .collect()
+        delegation::stored_members([&self.owner, &self.behaviour_by])
     }
 
     /// The stored definition (valid: it was checked when saved).

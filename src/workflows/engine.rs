@@ -338,8 +338,6 @@ async fn principal_now(pool: &PgPool, exec: &Claimed) -> Result<Principal, ToolE
     if !cause.workflows.contains(&exec.workflow_id) {
         cause.workflows.push(exec.workflow_id);
     }
-    cause.execution_id = Some(exec.id);
-    cause.run_id = None;
     let members = delegation::read_chain(&exec.chain);
     let mut principal = delegation::resolve(pool, exec.tenant_id, &members, cause).await?;
     principal.scopes = principal.scopes.intersect(started_with);

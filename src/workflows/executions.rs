@@ -332,10 +332,22 @@ async fn list_workflow_executions(
     .map_err(StoreError::from)?;
     let reader = Reader::of(&ctx).await?;
     let mut executions: Vec<Execution> = executions;
+    // A list does not carry the steps: an output is shown to readers of every step's data.
+    let ids: Vec<Uuid> = executions.iter().map(|e| e.id).collect();
+    let tools: Vec<(Uuid, Vec<String>)> = sqlx::query_as(
+        "SELECT execution_id, array_agg(DISTINCT tool) FROM workflow_step_runs
+         WHERE execution_id = ANY($1) GROUP BY execution_id",
+    )
+    .bind(&ids)
+    .fetch_all(ctx.app.store.pool())
+    .await
+    .map_err(StoreError::from)?;
     for execution in &mut executions {
-        // A list does not carry the steps: an output is shown to readers of every step's data.
-        let hidden =
-            execution.output.is_some() && !steps_readable(&ctx, &reader, execution.id).await?;
+        let hidden = execution.output.is_some()
+            && tools
+                .iter()
+                .find(|(id, _)| *id == execution.id)
+                .is_some_and(|(_, names)| names.iter().any(|t| reader.hidden(t).is_some()));
         shape(&reader, execution, hidden);
     }
     Ok(ExecutionList {
@@ -355,17 +367,6 @@ async fn get_workflow_execution(
     args: ExecutionIdArgs,
 ) -> Result<ExecutionOut, ToolError> {
     load_execution(&ctx, args.execution_id).await
-}
-
-/// Does `reader` see the data of every tool the execution's steps called?
-async fn steps_readable(ctx: &ToolCtx, reader: &Reader, id: Uuid) -> Result<bool, ToolError> {
-    let tools: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT tool FROM workflow_step_runs WHERE execution_id = $1")
-            .bind(id)
-            .fetch_all(ctx.app.store.pool())
-            .await
-            .map_err(StoreError::from)?;
-    Ok(tools.iter().all(|t| reader.hidden(t).is_none()))
 }
 
 async fn cancel_workflow_execution(
@@ -390,12 +391,15 @@ async fn cancel_workflow_execution(
             args.execution_id
         )));
     }
-    let first = members.first();
-    if members
+    // Its starter, the workflow's owner or last editor (or an admin) may stop it.
+    if !members
         .iter()
-        .all(|m| delegation::may_manage(&ctx.principal, Some(m), "this execution").is_err())
+        .any(|m| delegation::may_manage(&ctx.principal, Some(m), "").is_ok())
     {
-        delegation::may_manage(&ctx.principal, first, "this execution")?;
+        return Err(ToolError::Forbidden(format!(
+            "only who execution {} acts for, or an admin, may cancel it",
+            args.execution_id
+        )));
     }
     let updated = sqlx::query(
         "UPDATE workflow_executions SET cancel_requested = true, updated_at = now(),

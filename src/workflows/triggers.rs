@@ -3,6 +3,9 @@
 //! (`FOR UPDATE SKIP LOCKED`), and an execution is unique per (workflow, event), so an
 //! event starts a workflow once however many processes run.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -39,17 +42,10 @@ pub(super) const TRIGGERED_COLUMNS: &str = "id, tenant_id, name, version, trigge
 
 impl Triggered {
     fn chain(&self) -> Vec<Member> {
-        let mut members: Vec<Member> = Vec::new();
-        for value in [&self.owner, &self.behaviour_by] {
-            if let Ok(member) = serde_json::from_value::<Member>(value.clone())
-                && !members
-                    .iter()
-                    .any(|m| m.kind == member.kind && m.id == member.id)
-            {
-                members.push(member);
-            }
-        }
-        members
+        delegation::distinct(delegation::stored_members([
+            &self.owner,
+            &self.behaviour_by,
+        ]))
     }
 
     /// Who it acts for, now; `Err` with the reason when someone of its chain is gone.
@@ -150,6 +146,9 @@ pub async fn on_events(app: &App) -> Result<(), sqlx::Error> {
         return Ok(());
     };
     let mut started = 0;
+    // Who each workflow acts for, and whether its events may reach them, is the same for
+    // every event of the batch: found once per workflow.
+    let mut admitted: HashMap<Uuid, Result<Principal, String>> = HashMap::new();
     for (event_id, tenant_id, event_type, payload, cause) in events {
         let workflows: Vec<Triggered> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {TRIGGERED_COLUMNS}
@@ -190,27 +189,31 @@ pub async fn on_events(app: &App) -> Result<(), sqlx::Error> {
                     .await;
                 continue;
             }
-            let next = Cause {
-                depth,
-                workflows: cause.workflows.clone(),
-                execution_id: None,
-                run_id: None,
-            };
-            let acting = match workflow.acting(pool, next).await {
-                Ok(acting) => acting,
+            if let Entry::Vacant(slot) = admitted.entry(workflow.id) {
+                let verdict = match workflow.acting(pool, Cause::default()).await {
+                    Ok(acting) => match event_refusal(pool, &acting, &event_type).await {
+                        Some(reason) => Err(reason),
+                        None => Ok(acting),
+                    },
+                    Err(reason) => Err(reason),
+                };
+                slot.insert(verdict);
+            }
+            let acting = match &admitted[&workflow.id] {
+                Ok(acting) => delegation::with_cause(
+                    acting,
+                    Cause {
+                        depth,
+                        workflows: cause.workflows.clone(),
+                    },
+                ),
                 Err(reason) => {
                     workflow
-                        .refused(app, event_id, &event_type, "forbidden", &reason)
+                        .refused(app, event_id, &event_type, "forbidden", reason)
                         .await;
                     continue;
                 }
             };
-            if let Some(reason) = event_refusal(pool, &acting, &event_type).await {
-                workflow
-                    .refused(app, event_id, &event_type, "forbidden", &reason)
-                    .await;
-                continue;
-            }
             started += workflow
                 .queue(
                     &mut tx,

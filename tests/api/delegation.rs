@@ -883,6 +883,35 @@ async fn a_run_acts_for_the_workflows_owner_and_last_editor_too() {
         edited["workflow"]["behaviour_by"]["name"], "tests",
         "{edited}"
     );
+    // Run by an admin, a member's workflow has no admin authority over others' workflows.
+    let admins = workflow(
+        &admin,
+        json!({ "name": "admin's own",
+                "steps": [{ "id": "r", "tool": "list_customers", "arguments": {} }] }),
+    )
+    .await;
+    let rewrite = workflow(
+        &member,
+        json!({ "name": "rewrite", "steps": [{ "id": "w", "tool": "update_workflow",
+                 "arguments": { "workflow_id": admins, "description": "rewritten" } }] }),
+    )
+    .await;
+    let run = call_ok(
+        &admin,
+        "execute_workflow",
+        json!({ "workflow_id": rewrite, "wait_seconds": 20 }),
+    )
+    .await;
+    assert_eq!(run["execution"]["status"], "failed", "{run}");
+    assert!(
+        run["steps"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to"),
+        "{run}"
+    );
+    let untouched = call_ok(&admin, "get_workflow", json!({ "workflow_id": admins })).await;
+    assert_eq!(untouched["workflow"]["description"], "");
     let again = call_ok(
         &member,
         "execute_workflow",

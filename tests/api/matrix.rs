@@ -127,18 +127,32 @@ fn check_steps(
         let error = step["error"].as_str().unwrap_or_default();
         let refused = step["status"] == "failed" && permission_refusal(error);
         let allowed = expected(tool, scopes, agent, false);
-        if refused == allowed {
-            mismatches.push(format!(
-                "{what}: `{name}` {} (expected {}): {error}",
-                if refused { "refused" } else { "permitted" },
-                if allowed { "permitted" } else { "refused" },
-            ));
-        }
-        if refused {
-            counts.1 += 1;
-        } else {
-            counts.0 += 1;
-        }
+        tally(what, name, refused, allowed, error, mismatches, counts);
+    }
+}
+
+/// Records one call's outcome in its cell, and a mismatch when refusal and expectation
+/// disagree.
+fn tally(
+    what: &str,
+    tool: &str,
+    refused: bool,
+    allowed: bool,
+    detail: &str,
+    mismatches: &mut Vec<String>,
+    counts: &mut (usize, usize),
+) {
+    if refused == allowed {
+        mismatches.push(format!(
+            "{what}: `{tool}` {} (expected {}): {detail}",
+            if refused { "refused" } else { "permitted" },
+            if allowed { "permitted" } else { "refused" },
+        ));
+    }
+    if refused {
+        counts.1 += 1;
+    } else {
+        counts.0 += 1;
     }
 }
 
@@ -379,19 +393,15 @@ async fn every_tool_by_every_principal_along_every_path_is_bounded_by_its_chain(
                     }
                 };
                 let allowed = expected(tool, p.scopes, p.agent, true);
-                if refused == allowed {
-                    mismatches.push(format!(
-                        "{} / {path}: `{}` {}: {description}",
-                        p.label,
-                        tool.def.name,
-                        if refused { "refused" } else { "permitted" }
-                    ));
-                }
-                if refused {
-                    counts.1 += 1;
-                } else {
-                    counts.0 += 1;
-                }
+                tally(
+                    &format!("{} / {path}", p.label),
+                    tool.def.name,
+                    refused,
+                    allowed,
+                    &description,
+                    &mut mismatches,
+                    counts,
+                );
             }
         }
     }
@@ -612,18 +622,15 @@ async fn every_tool_by_every_principal_along_every_path_is_bounded_by_its_chain(
             }
             let refused = decided["state"] == "failed" && permission_refusal(error);
             let allowed = expected(tool, chain_scopes, true, false);
-            if refused == allowed {
-                mismatches.push(format!(
-                    "{what}: `{}` {}: {error}",
-                    tool.def.name,
-                    if refused { "refused" } else { "permitted" }
-                ));
-            }
-            if refused {
-                counts.1 += 1;
-            } else {
-                counts.0 += 1;
-            }
+            tally(
+                &what,
+                tool.def.name,
+                refused,
+                allowed,
+                error,
+                &mut mismatches,
+                counts,
+            );
         }
     }
     deciding.cancel().await.unwrap();

@@ -387,32 +387,30 @@ async fn silent_and_trickling_connections_are_closed_and_capped() {
     for _ in 0..100 {
         silent.push(tokio::net::TcpStream::connect(&address).await.unwrap());
     }
+    // Every socket ends closed by the server: at once with a 503 past the cap, after the
+    // header timeout otherwise. (A slot may still be held by the health check's connection
+    // for a moment, so one more than 36 may be refused.)
+    let started = std::time::Instant::now();
     let mut refused = 0;
-    for socket in silent.iter_mut().skip(64) {
-        let mut answer = vec![0; 256];
-        let read =
-            tokio::time::timeout(std::time::Duration::from_secs(2), socket.read(&mut answer)).await;
-        if let Ok(Ok(n)) = read
-            && String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 503")
-        {
+    let mut closed = 0;
+    for socket in silent.iter_mut() {
+        let mut answer = Vec::new();
+        let deadline = std::time::Duration::from_secs(15).saturating_sub(started.elapsed());
+        let read = tokio::time::timeout(deadline, socket.read_to_end(&mut answer)).await;
+        if String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 503") {
             refused += 1;
         }
-    }
-    assert_eq!(refused, 36, "connections past the cap get a 503");
-    let held = server_connections(port);
-
-    // Trickling headers (slowloris) on what frees up later, and silence: all closed by the
-    // server within the timeout (plus a margin), not held.
-    let started = std::time::Instant::now();
-    let mut closed = 0;
-    for socket in silent.iter_mut().take(64) {
-        let mut byte = [0; 1];
-        let deadline = std::time::Duration::from_secs(6).saturating_sub(started.elapsed());
-        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(deadline, socket.read(&mut byte)).await {
+        if read.is_ok() {
             closed += 1;
         }
     }
-    assert_eq!(closed, 64, "silent connections are closed by the server");
+    let silent_closed_in = started.elapsed();
+    let held = 100 - refused;
+    assert!(
+        (36..=37).contains(&refused),
+        "connections past the cap get a 503: {refused}"
+    );
+    assert_eq!(closed, 100, "silent connections are closed by the server");
     let mut trickling = Vec::new();
     for _ in 0..20 {
         let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
@@ -424,7 +422,7 @@ async fn silent_and_trickling_connections_are_closed_and_capped() {
     }
     let started = std::time::Instant::now();
     let mut cut = vec![false; trickling.len()];
-    while started.elapsed() < std::time::Duration::from_secs(8) && cut.iter().any(|c| !c) {
+    while started.elapsed() < std::time::Duration::from_secs(15) && cut.iter().any(|c| !c) {
         for (i, socket) in trickling.iter_mut().enumerate() {
             if !cut[i] && socket.write_all(b"X-Slow: a\r\n").await.is_err() {
                 cut[i] = true;
@@ -460,11 +458,12 @@ async fn silent_and_trickling_connections_are_closed_and_capped() {
         "the server answers again"
     );
     eprintln!(
-        "connection hygiene: server-side connections with 100 silent clients {held} (cap 64, \
-         36 refused with 503), after {after}; 20 slowloris connections cut within {:.1} s",
+        "connection hygiene: of 100 silent connections {held} held (cap 64) and {refused} \
+         refused with 503, all closed by the server within {:.1} s; server-side connections \
+         after: {after}; 20 slowloris connections cut within {:.1} s",
+        silent_closed_in.as_secs_f64(),
         lasted.as_secs_f64()
     );
-    assert!(held <= 64 + 36, "{held}");
     assert!(after <= 1, "connections were released: {after}");
 }
 

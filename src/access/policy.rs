@@ -17,13 +17,19 @@ use super::principal::{Principal, PrincipalKind};
 use crate::error::ToolError;
 use crate::store::StoreError;
 
-/// A resource as the policy sees it: a name and the fields that map to columns.
+/// A resource as the policy sees it: its table, the fields a field rule may name, and the
+/// fields that map to columns a row condition may name.
 pub struct Resource {
+    /// Also its table's name.
     pub name: &'static str,
+    /// The alias its table has in every query (`c` for customers).
+    pub alias: &'static str,
     /// (field, SQL column), for row conditions. Only these fields can be conditioned on.
     pub columns: &'static [(&'static str, &'static str)],
     /// Fields every reader may see whatever the field rules (e.g. `id`).
     pub always_visible: &'static [&'static str],
+    /// Every field of its records, the ones a field rule may name.
+    pub fields: &'static [&'static str],
 }
 
 impl Resource {
@@ -32,6 +38,72 @@ impl Resource {
             .iter()
             .find(|(f, _)| *f == field)
             .map(|(_, c)| *c)
+    }
+}
+
+/// Customers: the one resource whose field rules, row conditions and object grants are
+/// enforced. Interactions, annotations, quotes and invoices are reached only through a
+/// customer, so the customer's conditions and grants hold for them too.
+pub const CUSTOMERS: Resource = Resource {
+    name: "customers",
+    alias: "c",
+    columns: &[
+        ("first_name", "first_name"),
+        ("last_name", "last_name"),
+        ("email", "email"),
+        ("phone", "phone"),
+        ("company", "company"),
+        ("status", "status"),
+        ("assigned_to", "assigned_to"),
+    ],
+    always_visible: &["id", "version", "created_at", "updated_at"],
+    fields: &[
+        "id",
+        "first_name",
+        "last_name",
+        "email",
+        "phone",
+        "company",
+        "status",
+        "assigned_to",
+        "tags",
+        "custom_fields",
+        "version",
+        "created_at",
+        "updated_at",
+    ],
+};
+
+/// Every resource the policy enforces; field rules and conditions name one of these.
+pub const POLICED: [&Resource; 1] = [&CUSTOMERS];
+
+/// Scopes a grant may carry object exceptions for: each is enforced on every path that
+/// touches a customer (reading it is `customers:read`, and its grant also holds for writes,
+/// deletes, exports, its interactions, annotations, quotes and invoices).
+pub const GRANTABLE_SCOPES: [&str; 4] = [
+    "customers:read",
+    "customers:write",
+    "customers:delete",
+    "customers:export",
+];
+
+/// What a query does with the rows of a policed resource: it picks the grants in play.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    Delete,
+    Export,
+}
+
+impl Access {
+    fn action(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::Delete => "delete",
+            Access::Export => "export",
+        }
     }
 }
 
@@ -71,7 +143,10 @@ pub struct Grant {
 }
 
 /// The restrictions that apply to one principal. Humans have none beyond their scopes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
+///
+/// Made only by [`Policy::load`]: a query over a policed table is built from
+/// [`Policy::rows`], so no handler can reach rows without the caller's policy.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Policy {
     /// Resource -> the only fields visible and writable.
     pub field_rules: BTreeMap<String, BTreeSet<String>>,
@@ -88,14 +163,30 @@ pub struct Policy {
 pub const EXPLICIT_GRANT_SCOPES: [&str; 2] = ["customers:delete", "customers:export"];
 
 impl Policy {
+    fn empty(tenant_id: Uuid, is_agent: bool) -> Policy {
+        Policy {
+            field_rules: BTreeMap::new(),
+            conditions: BTreeMap::new(),
+            grants: Vec::new(),
+            tenant_id,
+            is_agent,
+        }
+    }
+
+    /// The rows of `resource` this caller may use for `access`.
+    pub fn rows(&self, resource: &'static Resource, access: Access) -> Rows<'_> {
+        Rows {
+            policy: self,
+            resource,
+            access,
+        }
+    }
+
     /// Loads the policy of `principal`: for work done on someone's behalf, the
     /// intersection of the policies of every agent in its chain (three small queries per
     /// agent; none for people, who have no restrictions beyond their scopes).
     pub async fn load(pool: &PgPool, principal: &Principal) -> Result<Policy, StoreError> {
-        let mut policy = Policy {
-            tenant_id: principal.tenant_id,
-            ..Policy::default()
-        };
+        let mut policy = Policy::empty(principal.tenant_id, false);
         let agents: Vec<Uuid> = match &principal.delegation {
             Some(delegation) => delegation
                 .members
@@ -123,11 +214,7 @@ impl Policy {
         tenant_id: Uuid,
         agent_id: Uuid,
     ) -> Result<Policy, StoreError> {
-        let mut policy = Policy {
-            tenant_id,
-            is_agent: true,
-            ..Policy::default()
-        };
+        let mut policy = Policy::empty(tenant_id, true);
         let fields: Vec<(String, Vec<String>)> =
             sqlx::query_as("SELECT resource, allowed_fields FROM field_rules WHERE tenant_id = $1 AND agent_id = $2")
                 .bind(tenant_id)
@@ -303,21 +390,12 @@ impl Policy {
         )))
     }
 
-    /// Adds ` AND <tenant> AND <conditions>` to a query over `resource` (whose tenant column
-    /// is `tenant_id`, qualified by `alias` when given). Values are bound, never spliced; a
-    /// condition on a field the resource does not declare matches nothing (fail closed).
-    pub fn push_predicates(
-        &self,
-        resource: &Resource,
-        alias: Option<&str>,
-        query: &mut QueryBuilder<Postgres>,
-    ) {
-        let qualified = |column: &str| match alias {
-            Some(alias) => format!("{alias}.{column}"),
-            None => column.to_owned(),
-        };
+    /// Adds `<tenant> AND <conditions>` over `resource`'s alias. Values are bound, never
+    /// spliced; a condition on a field the resource does not declare matches nothing (fail
+    /// closed).
+    fn push_conditions(&self, resource: &Resource, query: &mut QueryBuilder<Postgres>) {
+        let qualified = |column: &str| format!("{}.{column}", resource.alias);
         query
-            .push(" AND ")
             .push(qualified("tenant_id"))
             .push(" = ")
             .push_bind(self.tenant_id);
@@ -414,14 +492,9 @@ impl Policy {
         )))
     }
 
-    /// Adds object exceptions of `scope` to a list query (`id` column, qualified by `alias`).
-    pub fn push_object_filter(
-        &self,
-        scope: &str,
-        alias: Option<&str>,
-        query: &mut QueryBuilder<Postgres>,
-    ) {
-        let id = alias.map_or_else(|| "id".to_owned(), |a| format!("{a}.id"));
+    /// Adds the object exceptions of `scope` over the `id` column of `alias`.
+    fn push_object_filter(&self, scope: &str, alias: &str, query: &mut QueryBuilder<Postgres>) {
+        let id = format!("{alias}.id");
         match self.grants.iter().find(|g| g.scope == scope) {
             Some(grant) => {
                 if !grant.except_ids.is_empty() {
@@ -449,12 +522,172 @@ impl Policy {
     }
 }
 
+/// The rows of one policed resource as one caller may use them for one kind of access:
+/// its tenant, its row conditions, and the object grants of `<resource>:read` and of the
+/// access's own scope. Only [`Policy::rows`] makes one.
+pub struct Rows<'p> {
+    policy: &'p Policy,
+    resource: &'static Resource,
+    access: Access,
+}
+
+impl Rows<'_> {
+    /// Adds `<tenant> AND <conditions> AND <grants>` over the resource's alias.
+    fn push_all(&self, query: &mut QueryBuilder<Postgres>) {
+        let (policy, resource) = (self.policy, self.resource);
+        policy.push_conditions(resource, query);
+        for scope in self.scopes() {
+            policy.push_object_filter(&scope, resource.alias, query);
+        }
+    }
+
+    /// The scopes whose grants hold: reading always, and the access's own.
+    fn scopes(&self) -> Vec<String> {
+        let read = format!("{}:read", self.resource.name);
+        let own = format!("{}:{}", self.resource.name, self.access.action());
+        if own == read {
+            vec![read]
+        } else {
+            vec![read, own]
+        }
+    }
+
+    /// ` FROM <table> <alias> WHERE <policy>`: the caller goes on with ` AND …`.
+    pub fn push_from(&self, query: &mut QueryBuilder<Postgres>) {
+        query.push(format!(
+            " FROM {} {} WHERE ",
+            self.resource.name, self.resource.alias
+        ));
+        self.push_all(query);
+    }
+
+    /// `SELECT <columns> FROM <table> <alias> WHERE <policy>`.
+    pub fn select(&self, columns: &str) -> QueryBuilder<Postgres> {
+        let mut query = QueryBuilder::new(format!("SELECT {columns}"));
+        self.push_from(&mut query);
+        query
+    }
+
+    /// ` JOIN <table> <alias> ON <same tenant> AND <alias>.id = <other>.<key> AND <policy>`: rows of another
+    /// table reached through this resource (an interaction through its customer).
+    pub fn push_join(
+        &self,
+        query: &mut QueryBuilder<Postgres>,
+        other: &'static str,
+        key: &'static str,
+    ) {
+        let alias = self.resource.alias;
+        query.push(format!(
+            " JOIN {} {alias} ON {alias}.tenant_id = {other}.tenant_id AND {alias}.id = {other}.{key} AND ",
+            self.resource.name
+        ));
+        self.push_all(query);
+    }
+
+    /// `UPDATE <table> <alias> SET <set> WHERE <policy>`: the caller goes on with ` AND …`.
+    pub fn push_update(
+        &self,
+        query: &mut QueryBuilder<Postgres>,
+        set: impl FnOnce(&mut QueryBuilder<Postgres>),
+    ) {
+        query.push(format!(
+            "UPDATE {} {} SET ",
+            self.resource.name, self.resource.alias
+        ));
+        set(query);
+        query.push(" WHERE ");
+        self.push_all(query);
+    }
+
+    /// `DELETE FROM <table> <alias> WHERE <policy>`: the caller goes on with ` AND …`.
+    pub fn delete(&self) -> QueryBuilder<Postgres> {
+        let mut query = QueryBuilder::new(format!(
+            "DELETE FROM {} {} WHERE ",
+            self.resource.name, self.resource.alias
+        ));
+        self.push_all(&mut query);
+        query
+    }
+
+    /// Refuses an object the grants in play exclude, saying why (for writes, where
+    /// "not found" would hide that a grant is missing).
+    pub fn check_object(&self, id: Uuid) -> Result<(), ToolError> {
+        for scope in self.scopes() {
+            self.policy.check_object(&scope, id)?;
+        }
+        Ok(())
+    }
+}
+
 fn as_text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         other => other.to_string(),
     }
+}
+
+/// Refuses field rules, conditions or grants the policy would not enforce, naming what it
+/// does enforce: a restriction that is stored but not applied is worse than none.
+pub fn check_enforced(
+    field_rules: Option<&BTreeMap<String, Vec<String>>>,
+    conditions: Option<&BTreeMap<String, Vec<Condition>>>,
+    grants: Option<&[Grant]>,
+) -> Result<(), String> {
+    let policed = |resource: &str, what: &str| {
+        POLICED
+            .iter()
+            .copied()
+            .find(|r| r.name == resource)
+            .ok_or_else(|| {
+                format!(
+                    "{what} on `{resource}` would not be enforced; they are enforced on: {} \
+                     (interactions, annotations, quotes and invoices follow their customer's)",
+                    POLICED.map(|r| r.name).join(", ")
+                )
+            })
+    };
+    for (resource, fields) in field_rules.into_iter().flatten() {
+        let resource = policed(resource, "field rules")?;
+        if let Some(unknown) = fields
+            .iter()
+            .find(|f| !resource.fields.contains(&f.as_str()))
+        {
+            return Err(format!(
+                "field rules: `{unknown}` is not a field of {}; its fields are: {}",
+                resource.name,
+                resource.fields.join(", ")
+            ));
+        }
+    }
+    for (resource, list) in conditions.into_iter().flatten() {
+        let resource = policed(resource, "conditions")?;
+        if let Some(unknown) = list.iter().find(|c| resource.column(&c.field).is_none()) {
+            return Err(format!(
+                "conditions: {} cannot be conditioned on `{}`; only on: {}",
+                resource.name,
+                unknown.field,
+                resource
+                    .columns
+                    .iter()
+                    .map(|(f, _)| *f)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    if let Some(grant) = grants
+        .into_iter()
+        .flatten()
+        .find(|g| !GRANTABLE_SCOPES.contains(&g.scope.trim()))
+    {
+        return Err(format!(
+            "grants: object exceptions on `{}` would not be enforced; grants are enforced for: {}",
+            grant.scope,
+            GRANTABLE_SCOPES.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// Replaces an agent's field rules, conditions or grants (each only when given).

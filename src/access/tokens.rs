@@ -47,6 +47,8 @@ pub struct TokenKeys {
 
 impl TokenKeys {
     pub fn new(secret: &[u8], public_url: &str) -> TokenKeys {
+        // Already installed (a second TokenKeys in one process) is fine: it is the same one.
+        let _ = hs256::PROVIDER.install_default();
         let issuer = public_url.trim_end_matches('/').to_owned();
         let audience = format!("{issuer}/mcp");
         let mut validation = Validation::new(Algorithm::HS256);
@@ -101,6 +103,83 @@ impl TokenKeys {
             .map(|data| data.claims)
             .ok()
     }
+}
+
+/// HS256 for `jsonwebtoken`, with the `hmac` and `sha2` already in the tree. Its own
+/// `rust_crypto` backend would bring `rsa` 0.9 (RUSTSEC-2023-0071), the elliptic curves and
+/// a second generation of the digest crates only to sign HS256. Any other algorithm is
+/// refused, whatever a token's header says.
+mod hs256 {
+    use hmac::{Hmac, KeyInit, Mac};
+    use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
+    use jsonwebtoken::errors::{ErrorKind, Result};
+    use jsonwebtoken::signature::{self, Signer, Verifier};
+    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+    use sha2::Sha256;
+
+    struct Hs256(Hmac<Sha256>);
+
+    impl Hs256 {
+        fn new(algorithm: &Algorithm, secret: &[u8]) -> Result<Hs256> {
+            if *algorithm != Algorithm::HS256 {
+                return Err(ErrorKind::InvalidAlgorithm.into());
+            }
+            Hmac::<Sha256>::new_from_slice(secret)
+                .map(Hs256)
+                .map_err(|_| ErrorKind::InvalidKeyFormat.into())
+        }
+
+        fn mac(&self, message: &[u8]) -> Hmac<Sha256> {
+            let mut mac = self.0.clone();
+            mac.update(message);
+            mac
+        }
+    }
+
+    impl Signer<Vec<u8>> for Hs256 {
+        fn try_sign(&self, message: &[u8]) -> std::result::Result<Vec<u8>, signature::Error> {
+            Ok(self.mac(message).finalize().into_bytes().to_vec())
+        }
+    }
+
+    impl Verifier<Vec<u8>> for Hs256 {
+        fn verify(
+            &self,
+            message: &[u8],
+            signature: &Vec<u8>,
+        ) -> std::result::Result<(), signature::Error> {
+            // Constant-time comparison.
+            self.mac(message)
+                .verify_slice(signature)
+                .map_err(|_| signature::Error::new())
+        }
+    }
+
+    impl JwtSigner for Hs256 {
+        fn algorithm(&self) -> Algorithm {
+            Algorithm::HS256
+        }
+    }
+
+    impl JwtVerifier for Hs256 {
+        fn algorithm(&self) -> Algorithm {
+            Algorithm::HS256
+        }
+    }
+
+    fn signer(algorithm: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>> {
+        Ok(Box::new(Hs256::new(algorithm, key.as_bytes())?))
+    }
+
+    fn verifier(algorithm: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>> {
+        Ok(Box::new(Hs256::new(algorithm, key.try_get_as_bytes()?)?))
+    }
+
+    pub static PROVIDER: CryptoProvider = CryptoProvider {
+        signer_factory: signer,
+        verifier_factory: verifier,
+        key_utils: KeyUtils::new_unimplemented(),
+    };
 }
 
 #[derive(sqlx::FromRow)]
@@ -266,4 +345,60 @@ pub async fn recent_issues(
     .fetch_one(pool)
     .await?;
     Ok((count, retry))
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use hmac::{Hmac, KeyInit, Mac};
+
+    use super::*;
+
+    fn agent() -> Principal {
+        Principal {
+            kind: PrincipalKind::Agent,
+            id: Some(Uuid::now_v7()),
+            tenant_id: Uuid::now_v7(),
+            name: "bot".into(),
+            role: None,
+            on_behalf_of: None,
+            scopes: Scopes::EVERY,
+            delegation: None,
+        }
+    }
+
+    /// The token with its header replaced and signed again with `sign`.
+    fn resigned(token: &str, header: &str, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
+        let payload = token.split('.').nth(1).unwrap();
+        let message = format!("{}.{payload}", URL_SAFE_NO_PAD.encode(header));
+        let signature = URL_SAFE_NO_PAD.encode(sign(message.as_bytes()));
+        format!("{message}.{signature}")
+    }
+
+    #[test]
+    fn hs256_tokens_verify_and_nothing_else_does() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let keys = TokenKeys::new(secret, "https://crm.example");
+        let (token, claims) = keys.mint(&agent(), "client", Scopes::EVERY).unwrap();
+        assert_eq!(keys.verify(&token).unwrap().jti, claims.jti);
+        assert!(token.starts_with(&URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"HS256"}"#)));
+
+        let other = TokenKeys::new(
+            b"another secret, as long as the first",
+            "https://crm.example",
+        );
+        assert!(other.verify(&token).is_none(), "another key's signature");
+        let mut tampered = token.clone();
+        tampered.replace_range(tampered.len() - 2.., "AA");
+        assert!(keys.verify(&tampered).is_none());
+        let hs512 = resigned(&token, r#"{"alg":"HS512","typ":"JWT"}"#, |m| {
+            let mut mac = Hmac::<sha2::Sha512>::new_from_slice(secret).unwrap();
+            mac.update(m);
+            mac.finalize().into_bytes().to_vec()
+        });
+        assert!(keys.verify(&hs512).is_none(), "HS512, validly signed");
+        let none = resigned(&token, r#"{"alg":"none","typ":"JWT"}"#, |_| Vec::new());
+        assert!(keys.verify(&none).is_none(), "alg none");
+    }
 }

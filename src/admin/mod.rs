@@ -295,17 +295,20 @@ pub struct UpdatePermissionsArgs {
     pub rate_limits: Vec<RateLimitArg>,
     /// Resource -> visible fields; replaces all.
     ///
-    /// The only fields the agent may see and write, e.g.
+    /// Enforced on `customers`. The only fields the agent may see and write, e.g.
     /// `{"customers": ["first_name", "email", "phone"]}`; replaces all field rules; `{}` clears.
     pub field_rules: Option<BTreeMap<String, Vec<String>>>,
     /// Resource -> row conditions; replaces all.
     ///
-    /// Conditions every row the agent reads or writes must match, e.g.
+    /// Enforced on `customers` (and so on their interactions, annotations, quotes and
+    /// invoices). Conditions every row the agent reads or writes must match, e.g.
     /// `{"customers": [{"field": "status", "op": "eq", "value": "hot_lead"}]}`.
     pub conditions: Option<BTreeMap<String, Vec<Condition>>>,
     /// Explicit grants; replaces all.
     ///
-    /// Needed for `customers:delete` and `customers:export`; each with object exceptions.
+    /// On `customers:read`, `customers:write`, `customers:delete` or `customers:export`, each
+    /// with object exceptions (customer ids) that hold on every path touching the customer;
+    /// agents need one for `customers:delete` and `customers:export`.
     pub grants: Option<Vec<Grant>>,
 }
 
@@ -372,6 +375,12 @@ async fn update_agent_permissions(
             "resource and field names must be 1 to 100 characters".into(),
         ));
     }
+    policy::check_enforced(
+        args.field_rules.as_ref(),
+        args.conditions.as_ref(),
+        args.grants.as_deref(),
+    )
+    .map_err(ToolError::InvalidRequest)?;
     let mut agent = access::get_agent(pool, tenant, args.agent_id)
         .await?
         .ok_or_else(|| not_found("agent", args.agent_id))?;

@@ -9,13 +9,13 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::{PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use super::customers::{CUSTOMERS, Status};
 use crate::access::Principal;
 use crate::access::approval::Sensitive;
-use crate::access::policy::Policy;
+use crate::access::policy::{Access, Policy};
 use crate::error::ToolError;
 use crate::store::StoreError;
 use crate::toolkit::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
@@ -212,6 +212,7 @@ async fn bulk_update_customers(ctx: ToolCtx, args: BulkArgs) -> Result<BulkOut, 
     let job = Job {
         pool: pool.clone(),
         principal: ctx.principal.clone(),
+        policy: policy.clone(),
         task_id: task.id,
         ids,
         status: changes.status.map(Status::as_str),
@@ -238,9 +239,7 @@ async fn target_ids(
     policy: &Policy,
     args: &BulkArgs,
 ) -> Result<Vec<Uuid>, ToolError> {
-    let mut query: QueryBuilder<Postgres> =
-        QueryBuilder::new("SELECT c.id FROM customers c WHERE true");
-    policy.push_predicates(&CUSTOMERS, Some("c"), &mut query);
+    let mut query = policy.rows(&CUSTOMERS, Access::Write).select("c.id");
     match (&args.customer_ids, &args.filter) {
         (Some(ids), None) => {
             if ids.is_empty() || ids.len() > MAX_IDS {
@@ -304,6 +303,7 @@ async fn target_ids(
 struct Job {
     pool: PgPool,
     principal: Principal,
+    policy: Policy,
     task_id: Uuid,
     ids: Vec<Uuid>,
     status: Option<&'static str>,
@@ -360,35 +360,43 @@ impl Job {
         .await;
     }
 
-    /// One batch in one transaction, with a `customer.updated` event per customer.
+    /// One batch in one transaction, with a `customer.updated` event per customer; the
+    /// caller's policy still holds (a row moved out of it since is left alone).
     async fn apply(&self, batch: &[Uuid]) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "WITH changed AS (
-                 UPDATE customers SET
-                     status = coalesce($3, status),
-                     assigned_to = coalesce($4, assigned_to),
-                     tags = ARRAY(SELECT DISTINCT t FROM unnest(tags || $5::text[]) AS t WHERE NOT (t = ANY($6::text[])) ORDER BY t),
-                     version = version + 1, updated_at = now()
-                 WHERE tenant_id = $1 AND id = ANY($2)
-                 RETURNING id, status, assigned_to, tags, version)
-             INSERT INTO events (tenant_id, type, subject_id, payload, principal_kind, principal_id)
-             SELECT $1, 'customer.updated', id,
-                    jsonb_build_object('customer', jsonb_build_object('id', id, 'status', status, 'assigned_to', assigned_to,
-                                       'tags', tags, 'version', version), 'bulk', true),
-                    $7, $8
-             FROM changed",
-        )
-        .bind(self.principal.tenant_id)
-        .bind(batch)
-        .bind(self.status)
-        .bind(&self.assigned_to)
-        .bind(&self.add_tags)
-        .bind(&self.remove_tags)
-        .bind(self.principal.kind.as_str())
-        .bind(self.principal.id)
-        .execute(&mut *tx)
-        .await?;
+        let mut query = QueryBuilder::new("WITH changed AS (");
+        self.policy
+            .rows(&CUSTOMERS, Access::Write)
+            .push_update(&mut query, |set| {
+                set.push("status = coalesce(")
+                    .push_bind(self.status)
+                    .push(", status), assigned_to = coalesce(")
+                    .push_bind(self.assigned_to.clone())
+                    .push(", assigned_to), tags = ARRAY(SELECT DISTINCT t FROM unnest(tags || ")
+                    .push_bind(self.add_tags.clone())
+                    .push("::text[]) AS t WHERE NOT (t = ANY(")
+                    .push_bind(self.remove_tags.clone())
+                    .push("::text[])) ORDER BY t), version = version + 1, updated_at = now()");
+            });
+        query
+            .push(" AND c.id = ANY(")
+            .push_bind(batch.to_vec())
+            .push(
+                ") RETURNING c.id, c.status, c.assigned_to, c.tags, c.version) \
+                 INSERT INTO events (tenant_id, type, subject_id, payload, principal_kind, principal_id) \
+                 SELECT ",
+            )
+            .push_bind(self.principal.tenant_id)
+            .push(
+                ", 'customer.updated', id, \
+                 jsonb_build_object('customer', jsonb_build_object('id', id, 'status', status, \
+                 'assigned_to', assigned_to, 'tags', tags, 'version', version), 'bulk', true), ",
+            )
+            .push_bind(self.principal.kind.as_str())
+            .push(", ")
+            .push_bind(self.principal.id)
+            .push(" FROM changed");
+        query.build().execute(&mut *tx).await?;
         tx.commit().await
     }
 }

@@ -9,7 +9,7 @@ use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::access::approval::{About, Sensitive};
-use crate::access::policy::{Policy, Resource, Shaped};
+use crate::access::policy::{Access, Policy, Shaped};
 use crate::error::ToolError;
 use crate::events;
 use crate::store::StoreError;
@@ -17,20 +17,7 @@ use crate::store::page::{PageArgs, PageInfo};
 use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, check_stored_json, tool};
 use crate::toolkit::context::ToolCtx;
 
-/// Customers as the policy sees them. Conditions may name these fields.
-pub const CUSTOMERS: Resource = Resource {
-    name: "customers",
-    columns: &[
-        ("first_name", "first_name"),
-        ("last_name", "last_name"),
-        ("email", "email"),
-        ("phone", "phone"),
-        ("company", "company"),
-        ("status", "status"),
-        ("assigned_to", "assigned_to"),
-    ],
-    always_visible: &["id", "version", "created_at", "updated_at"],
-};
+pub use crate::access::policy::CUSTOMERS;
 
 pub(crate) const COLUMNS: &str = "c.id, c.first_name, c.last_name, c.email, c.phone, c.company, c.status, \
     c.assigned_to, c.tags, c.custom_fields, c.version, c.created_at, c.updated_at";
@@ -160,21 +147,7 @@ pub struct Customer {
 }
 
 /// Field names a caller can list in `fields`, filter on or sort by.
-const FIELDS: [&str; 13] = [
-    "id",
-    "first_name",
-    "last_name",
-    "email",
-    "phone",
-    "company",
-    "status",
-    "assigned_to",
-    "tags",
-    "custom_fields",
-    "version",
-    "created_at",
-    "updated_at",
-];
+const FIELDS: &[&str] = CUSTOMERS.fields;
 
 /// The record as this caller may see it, trimmed to `fields` when given.
 pub(crate) fn shape(
@@ -273,7 +246,6 @@ fn push_filters(
     policy: &Policy,
     query: &mut QueryBuilder<Postgres>,
 ) -> Result<(), ToolError> {
-    policy.push_predicates(&CUSTOMERS, Some("c"), query);
     let mut used = Vec::new();
     if let Some(status) = args.status {
         used.push("status");
@@ -321,7 +293,8 @@ async fn list_customers(ctx: ToolCtx, args: ListArgs) -> Result<CustomerList, To
     let policy = ctx.policy().await?;
     let pool = ctx.app.store.pool();
 
-    let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM customers c WHERE true"));
+    let rows = policy.rows(&CUSTOMERS, Access::Read);
+    let mut query = rows.select(COLUMNS);
     push_filters(&args, &policy, &mut query)?;
     query.push(args.order_by.sql().1);
     query
@@ -329,20 +302,20 @@ async fn list_customers(ctx: ToolCtx, args: ListArgs) -> Result<CustomerList, To
         .push_bind(page.limit)
         .push(" OFFSET ")
         .push_bind(page.offset);
-    let rows: Vec<Customer> = query
+    let found: Vec<Customer> = query
         .build_query_as()
         .fetch_all(pool)
         .await
         .map_err(StoreError::from)?;
 
-    let mut count = QueryBuilder::new("SELECT count(*) FROM customers c WHERE true");
+    let mut count = rows.select("count(*)");
     push_filters(&args, &policy, &mut count)?;
     let total: i64 = count
         .build_query_scalar()
         .fetch_one(pool)
         .await
         .map_err(StoreError::from)?;
-    let customers = rows
+    let customers = found
         .iter()
         .map(|c| shape(&policy, c, args.fields.as_deref()))
         .collect::<Result<_, _>>()?;
@@ -352,7 +325,6 @@ async fn list_customers(ctx: ToolCtx, args: ListArgs) -> Result<CustomerList, To
     })
 }
 
-/// One customer the caller may see (its tenant, its conditions), optionally locked.
 /// How a customer is named to people (e.g. in the approval queue), from the fields
 /// `policy` lets its holder see.
 pub(crate) fn display_name(policy: &Policy, customer: &Customer) -> String {
@@ -376,15 +348,17 @@ pub(crate) fn display_name(policy: &Policy, customer: &Customer) -> String {
     }
 }
 
+/// One customer the caller may use for `access` (its tenant, its conditions, the grants
+/// in play), optionally locked. Whatever touches a customer finds it here first.
 pub(crate) async fn find<'c>(
     executor: impl sqlx::PgExecutor<'c>,
     policy: &Policy,
+    access: Access,
     id: Uuid,
     for_update: bool,
 ) -> Result<Customer, ToolError> {
-    let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM customers c WHERE c.id = "));
-    query.push_bind(id);
-    policy.push_predicates(&CUSTOMERS, Some("c"), &mut query);
+    let mut query = policy.rows(&CUSTOMERS, access).select(COLUMNS);
+    query.push(" AND c.id = ").push_bind(id);
     if for_update {
         query.push(" FOR UPDATE");
     }
@@ -416,7 +390,14 @@ pub struct CustomerOut {
 async fn get_customer(ctx: ToolCtx, args: GetArgs) -> Result<CustomerOut, ToolError> {
     check_fields(args.fields.as_deref())?;
     let policy = ctx.policy().await?;
-    let customer = find(ctx.app.store.pool(), &policy, args.customer_id, false).await?;
+    let customer = find(
+        ctx.app.store.pool(),
+        &policy,
+        Access::Read,
+        args.customer_id,
+        false,
+    )
+    .await?;
     Ok(CustomerOut {
         customer: shape(&policy, &customer, args.fields.as_deref())?,
     })
@@ -491,14 +472,36 @@ fn push_value(query: &mut QueryBuilder<Postgres>, value: Value) {
     };
 }
 
-/// Database refusals a caller can act on.
-fn write_error(error: sqlx::Error, email: Option<&str>) -> ToolError {
+/// Database refusals a caller can act on. A duplicate email is named only when the
+/// caller can see the customer that has it: for anyone else, the answer must not tell
+/// that a customer outside their conditions or grants exists (nor anything about it).
+async fn write_error(
+    ctx: &ToolCtx,
+    policy: &Policy,
+    error: sqlx::Error,
+    email: Option<&str>,
+) -> ToolError {
     if let sqlx::Error::Database(db) = &error {
         if db.is_unique_violation() {
-            return ToolError::Conflict(format!(
-                "a customer with email {} already exists in this tenant",
-                email.unwrap_or("that address")
-            ));
+            let email = email.unwrap_or_default();
+            let mut visible = policy.rows(&CUSTOMERS, Access::Read).select("count(*)");
+            visible
+                .push(" AND lower(c.email) = lower(")
+                .push_bind(email.to_owned())
+                .push(")");
+            let seen: Result<i64, _> = visible
+                .build_query_scalar()
+                .fetch_one(ctx.app.store.pool())
+                .await;
+            return match seen {
+                Ok(n) if n > 0 => ToolError::Conflict(format!(
+                    "a customer with email {email} already exists in this tenant"
+                )),
+                Ok(_) => ToolError::Forbidden(
+                    "this caller may not use that email for a customer; use another".into(),
+                ),
+                Err(error) => StoreError::from(error).into(),
+            };
         }
         if db.is_check_violation() {
             return ToolError::InvalidRequest(
@@ -552,11 +555,14 @@ async fn create_customer(ctx: ToolCtx, args: CustomerFields) -> Result<CustomerO
         .begin()
         .await
         .map_err(StoreError::from)?;
-    let customer: Customer = query
-        .build_query_as()
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| write_error(e, args.email.as_deref()))?;
+    let customer: Customer = match query.build_query_as().fetch_one(&mut *tx).await {
+        Ok(customer) => customer,
+        Err(error) => {
+            return Err(
+                write_error(&ctx, &policy, error, args.email.as_deref().map(str::trim)).await,
+            );
+        }
+    };
     let payload = json!({ "customer": customer });
     events::emit(
         &mut tx,
@@ -602,7 +608,7 @@ async fn update_customer(ctx: ToolCtx, args: UpdateArgs) -> Result<CustomerOut, 
         .begin()
         .await
         .map_err(StoreError::from)?;
-    let current = find(&mut *tx, &policy, args.customer_id, true).await?;
+    let current = find(&mut *tx, &policy, Access::Write, args.customer_id, true).await?;
     if current.version != args.version {
         return Err(ToolError::Conflict(format!(
             "customer {} changed since version {} (now version {}); read it again and retry",
@@ -622,23 +628,30 @@ async fn update_customer(ctx: ToolCtx, args: UpdateArgs) -> Result<CustomerOut, 
         ));
     }
     let changed: Vec<&str> = given.iter().map(|(f, _)| *f).collect();
-    let mut query =
-        QueryBuilder::new("UPDATE customers SET version = version + 1, updated_at = now()");
-    for (field, value) in given {
-        query.push(", ").push(field).push(" = ");
-        push_value(&mut query, value);
-    }
-    query
-        .push(" WHERE tenant_id = ")
-        .push_bind(ctx.principal.tenant_id)
-        .push(" AND id = ")
-        .push_bind(args.customer_id);
-    query.push(format!(" RETURNING {}", COLUMNS.replace("c.", "")));
-    let customer: Customer = query
-        .build_query_as()
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| write_error(e, args.fields.email.as_deref()))?;
+    let mut query = QueryBuilder::new("");
+    policy
+        .rows(&CUSTOMERS, Access::Write)
+        .push_update(&mut query, |set| {
+            set.push("version = version + 1, updated_at = now()");
+            for (field, value) in given {
+                set.push(", ").push(field).push(" = ");
+                push_value(set, value);
+            }
+        });
+    query.push(" AND c.id = ").push_bind(args.customer_id);
+    query.push(format!(" RETURNING {COLUMNS}"));
+    let customer: Customer = match query.build_query_as().fetch_one(&mut *tx).await {
+        Ok(customer) => customer,
+        Err(error) => {
+            return Err(write_error(
+                &ctx,
+                &policy,
+                error,
+                args.fields.email.as_deref().map(str::trim),
+            )
+            .await);
+        }
+    };
     let payload = json!({ "customer": customer, "changed": changed });
     events::emit(
         &mut tx,
@@ -673,8 +686,16 @@ pub struct Deleted {
 
 async fn delete_customer(ctx: ToolCtx, args: DeleteArgs) -> Result<Deleted, ToolError> {
     let policy = ctx.policy().await?;
-    policy.check_object("customers:delete", args.customer_id)?;
-    let customer = find(ctx.app.store.pool(), &policy, args.customer_id, false).await?;
+    let rows = policy.rows(&CUSTOMERS, Access::Delete);
+    rows.check_object(args.customer_id)?;
+    let customer = find(
+        ctx.app.store.pool(),
+        &policy,
+        Access::Delete,
+        args.customer_id,
+        false,
+    )
+    .await?;
     let name = display_name(&policy, &customer);
     ctx.approval(
         Sensitive::CustomerDelete,
@@ -688,9 +709,8 @@ async fn delete_customer(ctx: ToolCtx, args: DeleteArgs) -> Result<Deleted, Tool
         }),
     )
     .await?;
-    let mut query = QueryBuilder::new("DELETE FROM customers c WHERE c.id = ");
-    query.push_bind(args.customer_id);
-    policy.push_predicates(&CUSTOMERS, Some("c"), &mut query);
+    let mut query = rows.delete();
+    query.push(" AND c.id = ").push_bind(args.customer_id);
     query.push(" RETURNING c.id");
     let mut tx = ctx
         .app

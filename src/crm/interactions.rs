@@ -10,7 +10,7 @@ use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::customers::{CUSTOMERS, find};
-use crate::access::policy::Policy;
+use crate::access::policy::{Access, Policy};
 use crate::error::ToolError;
 use crate::events;
 use crate::store::StoreError;
@@ -177,7 +177,7 @@ async fn log_interaction(ctx: ToolCtx, args: LogArgs) -> Result<InteractionOut, 
         .await
         .map_err(StoreError::from)?;
     // The customer must be one the caller can see; locking it keeps it from vanishing.
-    let customer = find(&mut *tx, &policy, args.customer_id, true).await?;
+    let customer = find(&mut *tx, &policy, Access::Read, args.customer_id, true).await?;
     let interaction: Interaction = sqlx::query_as(
         "INSERT INTO interactions AS i (tenant_id, customer_id, type, direction, subject, notes, occurred_at,
                                         metadata, created_by_kind, created_by_id)
@@ -251,8 +251,11 @@ fn push_interaction_filters(
     policy: &Policy,
     query: &mut QueryBuilder<Postgres>,
 ) {
-    query.push(" FROM interactions i JOIN customers c ON c.tenant_id = i.tenant_id AND c.id = i.customer_id WHERE true");
-    policy.push_predicates(&CUSTOMERS, Some("c"), query);
+    query.push(" FROM interactions i");
+    policy
+        .rows(&CUSTOMERS, Access::Read)
+        .push_join(query, "i", "customer_id");
+    query.push(" WHERE true");
     if let Some(customer) = args.customer_id {
         query.push(" AND i.customer_id = ").push_bind(customer);
     }
@@ -280,7 +283,7 @@ async fn list_interactions(
     let policy = ctx.policy().await?;
     let pool = ctx.app.store.pool();
     if let Some(customer) = args.customer_id {
-        find(pool, &policy, customer, false).await?;
+        find(pool, &policy, Access::Read, customer, false).await?;
     }
     let from = |q: &mut QueryBuilder<Postgres>| push_interaction_filters(&args, &policy, q);
     let (interactions, total) = fetch_page(
@@ -337,7 +340,7 @@ async fn add_annotation(ctx: ToolCtx, args: AnnotateArgs) -> Result<AnnotationOu
         .begin()
         .await
         .map_err(StoreError::from)?;
-    let customer = find(&mut *tx, &policy, args.customer_id, true).await?;
+    let customer = find(&mut *tx, &policy, Access::Read, args.customer_id, true).await?;
     let annotation: Annotation = sqlx::query_as(
         "INSERT INTO annotations (tenant_id, customer_id, text, tags, created_by_kind, created_by_id, created_by_name)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -385,7 +388,7 @@ async fn list_annotations(
     let page = PageArgs::of(args.limit, &args.cursor)?;
     let policy = ctx.policy().await?;
     let pool = ctx.app.store.pool();
-    let customer = find(pool, &policy, args.customer_id, false).await?;
+    let customer = find(pool, &policy, Access::Read, args.customer_id, false).await?;
     let annotations: Vec<Annotation> = sqlx::query_as(
         "SELECT id, customer_id, text, tags, created_by_kind, created_by_name, created_at FROM annotations
          WHERE tenant_id = $1 AND customer_id = $2 ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4",

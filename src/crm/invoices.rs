@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::customers::{CUSTOMERS, display_name, find};
 use crate::access::approval::{About, Sensitive};
-use crate::access::policy::Policy;
+use crate::access::policy::{Access, Policy};
 use crate::error::ToolError;
 use crate::events;
 use crate::store::StoreError;
@@ -362,12 +362,11 @@ pub(crate) async fn load_invoice(
     id: Uuid,
     for_update: bool,
 ) -> Result<Invoice, ToolError> {
-    let mut query = QueryBuilder::new(format!(
-        "SELECT {INVOICE_COLUMNS} FROM invoices v JOIN customers c ON c.tenant_id = v.tenant_id AND c.id = v.customer_id \
-         WHERE v.id = "
-    ));
-    query.push_bind(id);
-    policy.push_predicates(&CUSTOMERS, Some("c"), &mut query);
+    let mut query = QueryBuilder::new(format!("SELECT {INVOICE_COLUMNS} FROM invoices v"));
+    policy
+        .rows(&CUSTOMERS, Access::Read)
+        .push_join(&mut query, "v", "customer_id");
+    query.push(" WHERE v.id = ").push_bind(id);
     if for_update {
         query.push(" FOR UPDATE OF v");
     }
@@ -399,7 +398,7 @@ async fn create_invoice(ctx: ToolCtx, args: CreateInvoiceArgs) -> Result<Invoice
         .begin()
         .await
         .map_err(StoreError::from)?;
-    let customer = find(&mut *tx, &policy, args.customer_id, true).await?;
+    let customer = find(&mut *tx, &policy, Access::Read, args.customer_id, true).await?;
     let lines = resolve_lines(&mut tx, ctx.principal.tenant_id, &currency, &args.lines).await?;
     let draft = Draft {
         customer_id: customer.id,
@@ -664,8 +663,11 @@ fn push_invoice_filters(
     policy: &Policy,
     query: &mut QueryBuilder<Postgres>,
 ) {
-    query.push(" FROM invoices v JOIN customers c ON c.tenant_id = v.tenant_id AND c.id = v.customer_id WHERE true");
-    policy.push_predicates(&CUSTOMERS, Some("c"), query);
+    query.push(" FROM invoices v");
+    policy
+        .rows(&CUSTOMERS, Access::Read)
+        .push_join(query, "v", "customer_id");
+    query.push(" WHERE true");
     if let Some(customer) = args.customer_id {
         query.push(" AND v.customer_id = ").push_bind(customer);
     }

@@ -14,7 +14,7 @@ use super::invoices::{
     insert_invoice, insert_lines, load_invoice, resolve_lines, totals,
 };
 use crate::access::approval::{About, Sensitive};
-use crate::access::policy::Policy;
+use crate::access::policy::{Access, Policy};
 use crate::error::ToolError;
 use crate::events;
 use crate::store::StoreError;
@@ -151,12 +151,11 @@ async fn load_quote(
     id: Uuid,
     for_update: bool,
 ) -> Result<Quote, ToolError> {
-    let mut query = QueryBuilder::new(format!(
-        "SELECT {QUOTE_COLUMNS} FROM quotes q JOIN customers c ON c.tenant_id = q.tenant_id AND c.id = q.customer_id \
-         WHERE q.id = "
-    ));
-    query.push_bind(id);
-    policy.push_predicates(&CUSTOMERS, Some("c"), &mut query);
+    let mut query = QueryBuilder::new(format!("SELECT {QUOTE_COLUMNS} FROM quotes q"));
+    policy
+        .rows(&CUSTOMERS, Access::Read)
+        .push_join(&mut query, "q", "customer_id");
+    query.push(" WHERE q.id = ").push_bind(id);
     if for_update {
         query.push(" FOR UPDATE OF q");
     }
@@ -204,7 +203,7 @@ async fn create_quote(ctx: ToolCtx, args: CreateQuoteArgs) -> Result<QuoteOut, T
         .begin()
         .await
         .map_err(StoreError::from)?;
-    let customer = find(&mut *tx, &policy, args.customer_id, true).await?;
+    let customer = find(&mut *tx, &policy, Access::Read, args.customer_id, true).await?;
     let lines = resolve_lines(&mut tx, tenant, &currency, &args.lines).await?;
     let (subtotal, discount, total) = totals(&lines, bps);
     if let Some(reason) = ctx.held(&Sensitive::Quote { discount_bps: bps }).await? {
@@ -271,8 +270,11 @@ pub struct QuoteList {
 }
 
 fn push_quote_filters(args: &ListQuotesArgs, policy: &Policy, query: &mut QueryBuilder<Postgres>) {
-    query.push(" FROM quotes q JOIN customers c ON c.tenant_id = q.tenant_id AND c.id = q.customer_id WHERE true");
-    policy.push_predicates(&CUSTOMERS, Some("c"), query);
+    query.push(" FROM quotes q");
+    policy
+        .rows(&CUSTOMERS, Access::Read)
+        .push_join(query, "q", "customer_id");
+    query.push(" WHERE true");
     if let Some(customer) = args.customer_id {
         query.push(" AND q.customer_id = ").push_bind(customer);
     }
@@ -478,7 +480,14 @@ async fn convert_quote_to_invoice(
     };
     if let Some(reason) = ctx.held(&operation).await? {
         tx.rollback().await.map_err(StoreError::from)?;
-        let customer = find(ctx.app.store.pool(), &policy, quote.customer_id, false).await?;
+        let customer = find(
+            ctx.app.store.pool(),
+            &policy,
+            Access::Read,
+            quote.customer_id,
+            false,
+        )
+        .await?;
         let name = display_name(&policy, &customer);
         let summary = format!(
             "Convert quote {} into an invoice for {name}: {}.{:02} {}{}",

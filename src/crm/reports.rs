@@ -10,6 +10,7 @@ use sqlx::{Postgres, QueryBuilder};
 
 use super::customers::CUSTOMERS;
 use crate::access::Scopes;
+use crate::access::policy::Access;
 use crate::error::ToolError;
 use crate::store::StoreError;
 use crate::toolkit::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
@@ -128,9 +129,9 @@ async fn generate_report(ctx: ToolCtx, args: ReportArgs) -> Result<Report, ToolE
                     "the pipeline groups by status, a field this caller cannot see".into(),
                 )
             })?;
-            let mut q: QueryBuilder<Postgres> =
-                QueryBuilder::new("SELECT c.status, count(*) FROM customers c WHERE true");
-            policy.push_predicates(&CUSTOMERS, Some("c"), &mut q);
+            let mut q: QueryBuilder<Postgres> = policy
+                .rows(&CUSTOMERS, Access::Read)
+                .select("c.status, count(*)");
             q.push(" GROUP BY c.status ORDER BY count(*) DESC, c.status");
             let found: Vec<(String, i64)> = q
                 .build_query_as()
@@ -145,10 +146,12 @@ async fn generate_report(ctx: ToolCtx, args: ReportArgs) -> Result<Report, ToolE
         ReportKind::Interactions => {
             let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
                 "SELECT i.type, coalesce(i.direction, 'none'), coalesce(i.metadata->>'sentiment', 'unknown'), count(*) \
-                 FROM interactions i JOIN customers c ON c.tenant_id = i.tenant_id AND c.id = i.customer_id WHERE true",
+                 FROM interactions i",
             );
-            policy.push_predicates(&CUSTOMERS, Some("c"), &mut q);
-            q.push(" AND i.occurred_at >= ").push_bind(since);
+            policy
+                .rows(&CUSTOMERS, Access::Read)
+                .push_join(&mut q, "i", "customer_id");
+            q.push(" WHERE i.occurred_at >= ").push_bind(since);
             q.push(" AND i.occurred_at < ").push_bind(until);
             q.push(" GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 2, 3");
             let found: Vec<(String, String, String, i64)> = q
@@ -200,10 +203,12 @@ async fn generate_report(ctx: ToolCtx, args: ReportArgs) -> Result<Report, ToolE
                  coalesce(sum(v.total) FILTER (WHERE v.status <> 'void'), 0)::bigint, \
                  coalesce(sum(v.total) FILTER (WHERE v.status = 'paid'), 0)::bigint, \
                  coalesce(sum(v.total) FILTER (WHERE v.status = 'sent'), 0)::bigint \
-                 FROM invoices v JOIN customers c ON c.tenant_id = v.tenant_id AND c.id = v.customer_id WHERE true",
+                 FROM invoices v",
             );
-            policy.push_predicates(&CUSTOMERS, Some("c"), &mut q);
-            q.push(" AND v.created_at >= ").push_bind(since);
+            policy
+                .rows(&CUSTOMERS, Access::Read)
+                .push_join(&mut q, "v", "customer_id");
+            q.push(" WHERE v.created_at >= ").push_bind(since);
             q.push(" AND v.created_at < ").push_bind(until);
             q.push(" GROUP BY 1, 2 ORDER BY 1, 2");
             let found: Vec<(String, String, i64, i64, i64)> = q

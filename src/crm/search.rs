@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::customers::{COLUMNS, CUSTOMERS, Customer, shape};
 use super::interactions::Interaction;
 use crate::access::Scopes;
-use crate::access::policy::{Policy, Shaped};
+use crate::access::policy::{Access, Policy, Shaped};
 use crate::error::ToolError;
 use crate::store::StoreError;
 use crate::toolkit::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
@@ -166,6 +166,7 @@ async fn search(ctx: ToolCtx, args: SearchArgs) -> Result<SearchResults, ToolErr
     let mut results = Vec::new();
 
     if wanted(Kind::Customer) && may("customers:read") {
+        let rows = policy.rows(&CUSTOMERS, Access::Read);
         let restricted = policy.field_rules.contains_key(CUSTOMERS.name);
         // The text matched and highlighted: every searched field, or only the allowed ones.
         let (vector, names, headline) = if restricted {
@@ -204,8 +205,8 @@ async fn search(ctx: ToolCtx, args: SearchArgs) -> Result<SearchResults, ToolErr
         ));
         sql.push_bind(query.to_owned()).push(")), ");
         similarity(&mut sql);
-        sql.push(")::float4 AS score FROM customers c WHERE true");
-        policy.push_predicates(&CUSTOMERS, Some("c"), &mut sql);
+        sql.push(")::float4 AS score");
+        rows.push_from(&mut sql);
         sql.push(format!(" AND {vector} @@ websearch_to_tsquery('simple', "))
             .push_bind(query.to_owned())
             .push(") LIMIT ")
@@ -215,9 +216,10 @@ async fn search(ctx: ToolCtx, args: SearchArgs) -> Result<SearchResults, ToolErr
             Some(prefix) => {
                 sql.push(format!("SELECT {COLUMNS}, "));
                 similarity(&mut sql);
-                sql.push("::float4 AS score FROM customers c WHERE (SELECT count(*) FROM fts) < ")
+                sql.push("::float4 AS score");
+                rows.push_from(&mut sql);
+                sql.push(" AND (SELECT count(*) FROM fts) < ")
                     .push_bind(i64::from(limit));
-                policy.push_predicates(&CUSTOMERS, Some("c"), &mut sql);
                 sql.push(format!(" AND {FULL_NAME_PREFIX} >= (lower("))
                     .push_bind(prefix.clone())
                     .push(format!(") COLLATE \"C\") AND {FULL_NAME_PREFIX} < (lower("))
@@ -231,12 +233,10 @@ async fn search(ctx: ToolCtx, args: SearchArgs) -> Result<SearchResults, ToolErr
         }
         sql.push(format!("), fuzzy AS (SELECT {COLUMNS}, "));
         similarity(&mut sql);
-        sql.push(
-            "::float4 AS score FROM customers c \
-             WHERE (SELECT count(*) FROM fts) + (SELECT count(*) FROM pre) < ",
-        )
-        .push_bind(i64::from(limit));
-        policy.push_predicates(&CUSTOMERS, Some("c"), &mut sql);
+        sql.push("::float4 AS score");
+        rows.push_from(&mut sql);
+        sql.push(" AND (SELECT count(*) FROM fts) + (SELECT count(*) FROM pre) < ")
+            .push_bind(i64::from(limit));
         sql.push(" AND lower(")
             .push_bind(query.to_owned())
             .push(format!(
@@ -277,12 +277,14 @@ async fn search(ctx: ToolCtx, args: SearchArgs) -> Result<SearchResults, ToolErr
             "SELECT i.id, i.customer_id, i.type, i.direction, i.subject, i.notes, i.occurred_at, i.metadata, i.created_at, \
              ts_rank_cd(i.search, q.fts)::float4 AS score, \
              ts_headline('english', i.subject || ' ' || i.notes, q.fts, 'StartSel=<<, StopSel=>>, MaxFragments=2') AS highlight \
-             FROM interactions i JOIN customers c ON c.tenant_id = i.tenant_id AND c.id = i.customer_id, \
-             (SELECT websearch_to_tsquery('english', ",
+             FROM (SELECT websearch_to_tsquery('english', ",
         );
         sql.push_bind(query.to_owned())
-            .push(") AS fts) q WHERE i.search @@ q.fts");
-        policy.push_predicates(&CUSTOMERS, Some("c"), &mut sql);
+            .push(") AS fts) q, interactions i");
+        policy
+            .rows(&CUSTOMERS, Access::Read)
+            .push_join(&mut sql, "i", "customer_id");
+        sql.push(" WHERE i.search @@ q.fts");
         sql.push(" ORDER BY score DESC, i.id LIMIT ")
             .push_bind(i64::from(limit));
         let rows: Vec<InteractionHit> = sql

@@ -127,12 +127,11 @@ async fn create_webhook(
         ));
     };
     if ctx.principal.is_agent() {
-        // Events carry whole records: an agent limited to some fields or rows would
-        // receive, through its webhook, what its policy hides from it.
-        let policy = ctx.policy().await?;
-        if !policy.field_rules.is_empty() || !policy.conditions.is_empty() {
+        // Events carry whole records: an agent limited to some fields, rows or objects
+        // would receive, through its webhook, what its policy hides from it.
+        if ctx.policy().await?.is_restricted() {
             return Err(ToolError::Forbidden(
-                "an agent limited by field rules or row conditions cannot subscribe to events, \
+                "an agent limited by field rules, row conditions or object grants cannot subscribe to events, \
                  which carry whole records; ask an admin to create the webhook"
                     .into(),
             ));

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::{Entry, notify_changed};
 use crate::access::Principal;
+use crate::access::policy::Access;
 use crate::access::principal::Role;
 use crate::crm::customers::{display_name, find};
 use crate::error::ToolError;
@@ -184,7 +185,7 @@ async fn request_handoff(ctx: ToolCtx, args: RequestArgs) -> Result<HandoffOut, 
     let customer = match args.customer_id {
         Some(id) => {
             let policy = ctx.policy().await?;
-            let customer = find(pool, &policy, id, false).await?;
+            let customer = find(pool, &policy, Access::Read, id, false).await?;
             Some((customer.id, display_name(&policy, &customer)))
         }
         None => None,

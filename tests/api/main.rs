@@ -15,6 +15,7 @@ mod embedded;
 mod fake_llm;
 mod fake_mcp;
 mod fuzz;
+mod grants;
 mod handoff;
 mod helpers;
 mod http;

@@ -1,27 +1,18 @@
 //! The policy API on a real table: tenant scoping, row conditions in SQL, field rules on
 //! output and writes, object exceptions and explicit grants; and its administration.
 
-use agentcrm::access::policy::{Condition, Grant, Op, Policy, Resource, set_agent_policy};
+use agentcrm::access::policy::{Access, CUSTOMERS, Condition, Grant, Op, Policy, set_agent_policy};
 use agentcrm::access::store::principal_for_client;
 use serde_json::{Value, json};
-use sqlx::{PgPool, QueryBuilder, Row};
+use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::helpers::*;
 
-const WIDGETS: Resource = Resource {
-    name: "widgets",
-    columns: &[("name", "name"), ("status", "status"), ("owner", "owner")],
-    always_visible: &["id"],
-};
-
-async fn visible_ids(pool: &PgPool, policy: &Policy, scope: Option<&str>) -> Vec<String> {
-    let mut query = QueryBuilder::new("SELECT w.name FROM widgets w WHERE true");
-    policy.push_predicates(&WIDGETS, Some("w"), &mut query);
-    if let Some(scope) = scope {
-        policy.push_object_filter(scope, Some("w"), &mut query);
-    }
-    query.push(" ORDER BY w.name");
+/// The names of the customers `policy` lets its holder use for `access`.
+async fn visible_ids(pool: &PgPool, policy: &Policy, access: Access) -> Vec<String> {
+    let mut query = policy.rows(&CUSTOMERS, access).select("c.first_name");
+    query.push(" ORDER BY c.first_name");
     query
         .build()
         .fetch_all(pool)
@@ -58,36 +49,30 @@ async fn policies_filter_rows_strip_fields_and_guard_objects() {
         }
     };
     let (acme, globex) = (tenant("acme").await, tenant("globex").await);
-    sqlx::query(
-        "CREATE TABLE widgets (id uuid PRIMARY KEY, tenant_id uuid NOT NULL, name text NOT NULL,
-         status text, owner text, internal_note text)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
     let mut ids = std::collections::HashMap::new();
     for (name, t, status, owner) in [
         ("w1", acme, "hot_lead", "sales_team"),
-        ("w2", acme, "cold", "sales_team"),
+        ("w2", acme, "lead", "sales_team"),
         ("w3", acme, "hot_lead", "support"),
         ("w4", globex, "hot_lead", "sales_team"),
     ] {
-        let id = Uuid::new_v4();
+        let id: Uuid = sqlx::query_scalar(
+            "INSERT INTO customers (tenant_id, first_name, last_name, status, assigned_to, phone)
+             VALUES ($1, $2, 'W', $3, $4, '555') RETURNING id",
+        )
+        .bind(t)
+        .bind(name)
+        .bind(status)
+        .bind(owner)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
         ids.insert(name, id);
-        sqlx::query("INSERT INTO widgets VALUES ($1, $2, $3, $4, $5, 'vip notes')")
-            .bind(id)
-            .bind(t)
-            .bind(name)
-            .bind(status)
-            .bind(owner)
-            .execute(&pool)
-            .await
-            .unwrap();
     }
 
     let agent_id: Uuid = agent["agent"]["id"].as_str().unwrap().parse().unwrap();
     let conditions = [(
-        "widgets".to_owned(),
+        "customers".to_owned(),
         vec![
             Condition {
                 field: "status".into(),
@@ -95,7 +80,7 @@ async fn policies_filter_rows_strip_fields_and_guard_objects() {
                 value: json!("hot_lead"),
             },
             Condition {
-                field: "owner".into(),
+                field: "assigned_to".into(),
                 op: Op::In,
                 value: json!(["sales_team", "x' OR '1'='1"]),
             },
@@ -104,8 +89,8 @@ async fn policies_filter_rows_strip_fields_and_guard_objects() {
     .into_iter()
     .collect();
     let fields = [(
-        "widgets".to_owned(),
-        vec!["name".to_owned(), "status".to_owned()],
+        "customers".to_owned(),
+        vec!["first_name".to_owned(), "status".to_owned()],
     )]
     .into_iter()
     .collect();
@@ -143,10 +128,10 @@ async fn policies_filter_rows_strip_fields_and_guard_objects() {
     let policy = Policy::load(&pool, &principal).await.unwrap();
 
     // Rows: own tenant, and only those matching every condition (the SQL-looking value is data).
-    assert_eq!(visible_ids(&pool, &policy, None).await, ["w1"]);
-    // Object exceptions narrow lists too.
+    assert_eq!(visible_ids(&pool, &policy, Access::Read).await, ["w1"]);
+    // Object exceptions narrow lists too: the delete grant excludes w1.
     assert_eq!(
-        visible_ids(&pool, &policy, Some("customers:delete")).await,
+        visible_ids(&pool, &policy, Access::Delete).await,
         Vec::<String>::new()
     );
     assert!(!policy.object_allowed("customers:delete", ids["w1"]));
@@ -154,38 +139,79 @@ async fn policies_filter_rows_strip_fields_and_guard_objects() {
     assert!(policy.object_allowed("customers:export", ids["w2"]));
     assert!(!policy.object_allowed("customers:export", ids["w3"]));
     assert!(policy.check_object("customers:export", ids["w3"]).is_err());
+    assert!(
+        policy
+            .rows(&CUSTOMERS, Access::Delete)
+            .check_object(ids["w1"])
+            .is_err()
+    );
 
     // Fields: restricted ones never leave, and cannot be written.
-    let mut row = json!({ "id": ids["w1"], "name": "w1", "status": "hot_lead", "owner": "sales_team", "internal_note": "vip notes" });
-    policy.redact(&WIDGETS, &mut row);
+    let mut row = json!({ "id": ids["w1"], "first_name": "w1", "status": "hot_lead", "assigned_to": "sales_team", "phone": "555" });
+    policy.redact(&CUSTOMERS, &mut row);
     assert_eq!(
         row.as_object().unwrap().keys().collect::<Vec<_>>(),
-        ["id", "name", "status"]
+        ["first_name", "id", "status"]
     );
-    let mut rows = json!([{ "id": 1, "internal_note": "x" }, { "id": 2, "owner": "y" }]);
-    policy.redact(&WIDGETS, &mut rows);
+    let mut rows = json!([{ "id": 1, "phone": "x" }, { "id": 2, "assigned_to": "y" }]);
+    policy.redact(&CUSTOMERS, &mut rows);
     assert_eq!(rows, json!([{ "id": 1 }, { "id": 2 }]));
-    assert!(policy.check_write(&WIDGETS, ["name", "status"]).is_ok());
+    assert!(
+        policy
+            .check_write(&CUSTOMERS, ["first_name", "status"])
+            .is_ok()
+    );
     let refused = policy
-        .check_write(&WIDGETS, ["name", "internal_note"])
+        .check_write(&CUSTOMERS, ["first_name", "phone"])
         .unwrap_err()
         .to_string();
-    assert!(refused.contains("internal_note"), "{refused}");
+    assert!(refused.contains("phone"), "{refused}");
     assert!(policy.row_allowed(
-        &WIDGETS,
-        &json!({ "status": "hot_lead", "owner": "sales_team" })
+        &CUSTOMERS,
+        &json!({ "status": "hot_lead", "assigned_to": "sales_team" })
     ));
     assert!(!policy.row_allowed(
-        &WIDGETS,
-        &json!({ "status": "cold", "owner": "sales_team" })
+        &CUSTOMERS,
+        &json!({ "status": "lead", "assigned_to": "sales_team" })
     ));
-    assert!(!policy.row_allowed(&WIDGETS, &json!({ "owner": "sales_team" })));
+    assert!(!policy.row_allowed(&CUSTOMERS, &json!({ "assigned_to": "sales_team" })));
+
+    // A read grant for w2, w3 (and another tenant's w4) except w2, under no conditions:
+    // reads see w3 only, and
+    // every other access (here delete, whose own grant excludes w1) is within them too.
+    set_agent_policy(
+        &pool,
+        acme,
+        agent_id,
+        None,
+        Some(&Default::default()),
+        Some(&[
+            Grant {
+                scope: "customers:read".into(),
+                only_ids: Some(vec![ids["w2"], ids["w3"], ids["w4"]]),
+                except_ids: vec![ids["w2"]],
+            },
+            Grant {
+                scope: "customers:delete".into(),
+                only_ids: None,
+                except_ids: vec![ids["w1"]],
+            },
+        ]),
+    )
+    .await
+    .unwrap();
+    let policy = Policy::load(&pool, &principal).await.unwrap();
+    assert_eq!(visible_ids(&pool, &policy, Access::Read).await, ["w3"]);
+    assert_eq!(visible_ids(&pool, &policy, Access::Delete).await, ["w3"]);
+    assert_eq!(visible_ids(&pool, &policy, Access::Write).await, ["w3"]);
+    // Export needs its own grant, which this agent lacks.
+    assert!(visible_ids(&pool, &policy, Access::Export).await.is_empty());
 
     // A condition on a field the resource does not declare matches nothing (fail closed).
     let odd = [(
-        "widgets".to_owned(),
+        "customers".to_owned(),
         vec![Condition {
-            field: "internal_note".into(),
+            field: "custom_fields".into(),
             op: Op::Eq,
             value: json!("vip notes"),
         }],
@@ -196,18 +222,9 @@ async fn policies_filter_rows_strip_fields_and_guard_objects() {
         .await
         .unwrap();
     let policy = Policy::load(&pool, &principal).await.unwrap();
-    assert!(visible_ids(&pool, &policy, None).await.is_empty());
+    assert!(visible_ids(&pool, &policy, Access::Read).await.is_empty());
     // Without a grant, an agent may not delete or export at all.
     assert!(!policy.object_allowed("customers:delete", ids["w3"]));
-    assert_eq!(
-        visible_ids(
-            &pool,
-            &Policy::load(&pool, &principal).await.unwrap(),
-            Some("customers:export")
-        )
-        .await,
-        Vec::<String>::new()
-    );
 
     // Humans: their tenant, nothing else restricted.
     let owner = agentcrm::access::store::principal_for_api_key(&pool, &db.admin_key)
@@ -216,7 +233,7 @@ async fn policies_filter_rows_strip_fields_and_guard_objects() {
         .unwrap();
     let human = Policy::load(&pool, &owner).await.unwrap();
     assert_eq!(
-        visible_ids(&pool, &human, Some("customers:delete")).await,
+        visible_ids(&pool, &human, Access::Delete).await,
         ["w1", "w2", "w3"]
     );
 }

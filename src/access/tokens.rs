@@ -47,8 +47,7 @@ pub struct TokenKeys {
 
 impl TokenKeys {
     pub fn new(secret: &[u8], public_url: &str) -> TokenKeys {
-        // Already installed (a second TokenKeys in one process) is fine: it is the same one.
-        let _ = hs256::PROVIDER.install_default();
+        install_jwt_provider();
         let issuer = public_url.trim_end_matches('/').to_owned();
         let audience = format!("{issuer}/mcp");
         let mut validation = Validation::new(Algorithm::HS256);
@@ -103,6 +102,12 @@ impl TokenKeys {
             .map(|data| data.claims)
             .ok()
     }
+}
+
+/// Makes `jsonwebtoken` sign and verify with [`hs256`]; for anything in the process that
+/// uses the crate (tests that forge tokens too). Installing it twice is harmless.
+pub fn install_jwt_provider() {
+    let _ = hs256::PROVIDER.install_default();
 }
 
 /// HS256 for `jsonwebtoken`, with the `hmac` and `sha2` already in the tree. Its own

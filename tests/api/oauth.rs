@@ -71,6 +71,7 @@ async fn mcp_status(base: &str, token: &str) -> u16 {
 }
 
 fn forge(claims: &Claims) -> String {
+    agentcrm::access::tokens::install_jwt_provider();
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         claims,
@@ -250,6 +251,7 @@ async fn bad_credentials_and_bad_tokens_are_refused() {
 
     let (_, issued) = token(&base, &agent).await;
     let access = issued["access_token"].as_str().unwrap().to_owned();
+    agentcrm::access::tokens::install_jwt_provider();
     let claims: Claims = {
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.validate_aud = false;
@@ -425,6 +427,7 @@ async fn metadata_documents_describe_the_server() {
     // Tokens carry that audience.
     let agent = register(&db, "acme", "meta-bot", "search");
     let (_, issued) = token(&server.base, &agent).await;
+    agentcrm::access::tokens::install_jwt_provider();
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
     validation.set_audience(&["https://crm.example.com/mcp"]);
     validation.set_issuer(&["https://crm.example.com"]);

@@ -12,6 +12,7 @@ pub mod principal;
 pub mod ratelimit;
 pub mod scopes;
 pub mod secrets;
+pub mod signin;
 pub mod store;
 pub mod throttle;
 pub mod tokens;

@@ -18,8 +18,10 @@ use super::audit::AuditEvent;
 use super::cache::CacheKey;
 use super::identity::{self, AuthError, Credential};
 use super::scopes::{self, Scopes};
+use super::signin;
 use super::tokens::{self, ACCESS_TOKEN_TTL};
 use super::{Principal, PrincipalKind};
+
 use crate::app::App;
 
 /// Token issues (and refreshes) per agent per hour (SPEC §1 default).
@@ -145,6 +147,12 @@ struct TokenRequest {
     refresh_token: Option<String>,
     /// Space-separated; narrows the agent's scopes.
     scope: Option<String>,
+    /// The authorization code grant (a person signing in through a client).
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
+    /// RFC 8707: the protected resource the token is for (this server's `/mcp`).
+    resource: Option<String>,
 }
 
 pub async fn token(
@@ -224,6 +232,58 @@ async fn issue(
             };
             (agent, id, "token.issued", request.scope)
         }
+        Some("authorization_code") => {
+            let missing = |what: &str| {
+                OAuthError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("{what} is required for the authorization_code grant."),
+                )
+            };
+            let client_id = request
+                .client_id
+                .clone()
+                .ok_or_else(|| missing("client_id"))?;
+            let code = request.code.as_deref().ok_or_else(|| missing("code"))?;
+            let verifier = request
+                .code_verifier
+                .as_deref()
+                .ok_or_else(|| missing("code_verifier (PKCE)"))?;
+            if request
+                .resource
+                .as_deref()
+                .is_some_and(|r| r.trim_end_matches('/') != keys.audience)
+            {
+                return Err(OAuthError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_target",
+                    format!("This server issues tokens only for {}.", keys.audience),
+                ));
+            }
+            match signin::redeem_code(
+                pool,
+                code,
+                &client_id,
+                request.redirect_uri.as_deref(),
+                verifier,
+                request.resource.as_deref(),
+            )
+            .await
+            {
+                Ok(Ok((person, _resource))) => (person, client_id, "token.issued", None::<String>),
+                Ok(Err(refusal)) => {
+                    tracing::info!(?refusal, "authorization code refused");
+                    refused(app, "token.issued").await;
+                    return Err(OAuthError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        "The authorization code is unknown, used, expired, issued to another \
+                         client or redirect URI, or the code_verifier does not match.",
+                    ));
+                }
+                Err(_) => return Err(OAuthError::internal()),
+            }
+        }
         Some("refresh_token") => {
             let token = request.refresh_token.ok_or_else(|| {
                 OAuthError::new(
@@ -233,6 +293,18 @@ async fn issue(
                 )
             })?;
             match tokens::redeem_refresh_token(pool, &token).await {
+                // A person's refresh token is bound to the client it was issued to.
+                Ok(Some((holder, client_id)))
+                    if holder.kind == PrincipalKind::User
+                        && request.client_id.as_deref().is_some_and(|c| c != client_id) =>
+                {
+                    refused(app, "token.refreshed").await;
+                    return Err(OAuthError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        "The refresh token was issued to another client.",
+                    ));
+                }
                 Ok(Some((agent, client_id))) => {
                     (agent, client_id, "token.refreshed", request.scope)
                 }
@@ -252,7 +324,7 @@ async fn issue(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
                 format!(
-                    "grant_type `{other}` is not supported; use client_credentials or refresh_token."
+                    "grant_type `{other}` is not supported; use authorization_code, client_credentials or refresh_token."
                 ),
             ));
         }
@@ -299,7 +371,7 @@ async fn issue(
     let (access_token, claims) = keys
         .mint(&agent, &client_id, scopes)
         .map_err(|_| OAuthError::internal())?;
-    let refresh_token = tokens::issue_refresh_token(pool, &agent, scopes)
+    let refresh_token = tokens::issue_refresh_token(pool, &agent, &client_id, scopes)
         .await
         .map_err(|_| OAuthError::internal())?;
     let mut event = AuditEvent::by(&agent, "auth", action, "ok");
@@ -438,7 +510,14 @@ pub fn base_url(app: &App, headers: &HeaderMap) -> String {
     format!("http://{host}")
 }
 
-/// RFC 8414.
+/// Every scope, and `offline_access` (refresh tokens for people's clients).
+fn scopes_supported() -> Vec<&'static str> {
+    let mut all = scopes::ALL.to_vec();
+    all.push("offline_access");
+    all
+}
+
+/// RFC 8414 (also served where OpenID-style clients look, `/.well-known/openid-configuration`).
 pub async fn authorization_server_metadata(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -446,15 +525,21 @@ pub async fn authorization_server_metadata(
     let base = base_url(&app, &headers);
     Json(json!({
         "issuer": base,
+        "authorization_endpoint": format!("{base}/oauth/authorize"),
         "token_endpoint": format!("{base}/oauth/token"),
+        "registration_endpoint": format!("{base}/oauth/register"),
         "revocation_endpoint": format!("{base}/oauth/revoke"),
         "introspection_endpoint": format!("{base}/oauth/introspect"),
-        "grant_types_supported": ["client_credentials", "refresh_token"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["none"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "response_types_supported": [],
-        "scopes_supported": scopes::ALL,
+        "authorization_response_iss_parameter_supported": true,
+        "client_id_metadata_document_supported": true,
+        "scopes_supported": scopes_supported(),
     }))
     .into_response()
 }
@@ -469,7 +554,7 @@ pub async fn protected_resource_metadata(
         "resource": format!("{base}/mcp"),
         "authorization_servers": [base],
         "bearer_methods_supported": ["header"],
-        "scopes_supported": scopes::ALL,
+        "scopes_supported": scopes_supported(),
         "resource_name": "agentcrm",
     }))
     .into_response()
@@ -495,7 +580,6 @@ pub async fn principal_for_jwt(app: &App, token: &str) -> Result<Principal, Auth
     let principal = tokens::principal_for_token(app.store.pool(), &claims)
         .await?
         .ok_or(AuthError::Invalid)?;
-    debug_assert_eq!(principal.kind, PrincipalKind::Agent);
     app.auth_cache
         .insert(cache_key, principal.clone(), generation);
     Ok(principal)

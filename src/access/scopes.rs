@@ -60,6 +60,10 @@ impl Scopes {
         Scopes(self.0 & other.0)
     }
 
+    pub fn union(self, other: Scopes) -> Scopes {
+        Scopes(self.0 | other.0)
+    }
+
     /// The scopes of `self` that `other` lacks.
     pub fn without(self, other: Scopes) -> Scopes {
         Scopes(self.0 & !other.0)

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::principal::{Principal, PrincipalKind};
+use super::principal::{Principal, PrincipalKind, Role};
 use super::scopes::Scopes;
 use super::secrets;
 use crate::store::StoreError;
@@ -33,7 +33,14 @@ pub struct Claims {
     pub iat: i64,
     pub exp: i64,
     pub jti: Uuid,
+    /// `user` for a person who signed in through a client (authorization code grant);
+    /// absent for an agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
+
+/// The `kind` claim of a person's token.
+pub const USER_TOKEN: &str = "user";
 
 pub struct TokenKeys {
     encoding: EncodingKey,
@@ -64,7 +71,7 @@ impl TokenKeys {
         }
     }
 
-    /// A signed access token for `agent` carrying `scopes`.
+    /// A signed access token for `agent` (or a signed-in person) carrying `scopes`.
     pub fn mint(
         &self,
         agent: &Principal,
@@ -82,6 +89,7 @@ impl TokenKeys {
             iat: now,
             exp: now + ACCESS_TOKEN_TTL.as_secs() as i64,
             jti: Uuid::now_v7(),
+            kind: (agent.kind == PrincipalKind::User).then(|| USER_TOKEN.to_owned()),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
         Ok((token, claims))
@@ -197,11 +205,22 @@ struct AgentRow {
 
 /// The agent a token stands for, as it is now: disabled agents, revoked tokens and a
 /// tenant that does not match are refused; scopes are the token's within the agent's
-/// current ones. One round trip.
+/// current ones. One round trip. A person's token: see [`person_for_token`].
 pub async fn principal_for_token(
     pool: &PgPool,
     claims: &Claims,
 ) -> Result<Option<Principal>, StoreError> {
+    if claims.kind.as_deref() == Some(USER_TOKEN) {
+        return person_for_token(
+            pool,
+            claims.tid,
+            claims.sub,
+            &claims.client_id,
+            &claims.scope,
+            Some(claims.jti),
+        )
+        .await;
+    }
     let row: Option<(String, bool, Vec<String>, bool)> = sqlx::query_as(
         "SELECT a.name, a.enabled, a.scopes,
                 EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.jti = $3) AS revoked
@@ -225,6 +244,53 @@ pub async fn principal_for_token(
     Ok(Some(agent_principal(claims.sub, claims.tid, name, scopes)))
 }
 
+/// The person a token (access or refresh) stands for, as they are now: their consent to the
+/// client must still stand (revoking it ends its tokens at once) and the access token must
+/// not be revoked; scopes are the token's within what the person's role allows today.
+async fn person_for_token(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    user_id: Uuid,
+    client_id: &str,
+    granted: &str,
+    jti: Option<Uuid>,
+) -> Result<Option<Principal>, StoreError> {
+    let row: Option<(String, String, Vec<String>, bool)> = sqlx::query_as(
+        "SELECT u.name, u.role, u.scopes,
+                EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.jti = $4) AS revoked
+         FROM users u
+         JOIN oauth_consents c ON c.tenant_id = u.tenant_id AND c.user_id = u.id AND c.client_id = $3
+         WHERE u.id = $1 AND u.tenant_id = $2",
+    )
+    .bind(user_id)
+    .bind(tenant_id)
+    .bind(client_id)
+    .bind(jti)
+    .fetch_optional(pool)
+    .await?;
+    let Some((name, role, scopes, revoked)) = row else {
+        return Ok(None);
+    };
+    if revoked {
+        return Ok(None);
+    }
+    let role = Role::parse(&role).unwrap_or(Role::Member);
+    let allowed = Principal::human_scopes(role, Scopes::parse(&scopes).unwrap_or(Scopes::NONE));
+    let granted: Vec<&str> = granted.split_whitespace().collect();
+    Ok(Some(Principal {
+        tenant_id,
+        kind: PrincipalKind::User,
+        id: Some(user_id),
+        name,
+        role: Some(role),
+        on_behalf_of: None,
+        scopes: Scopes::parse(&granted)
+            .unwrap_or_default()
+            .intersect(allowed),
+        delegation: None,
+    }))
+}
+
 fn agent_principal(id: Uuid, tenant_id: Uuid, name: String, scopes: Scopes) -> Principal {
     Principal {
         tenant_id,
@@ -238,10 +304,12 @@ fn agent_principal(id: Uuid, tenant_id: Uuid, name: String, scopes: Scopes) -> P
     }
 }
 
-/// A new refresh token for `agent`, valid 30 days, stored only as a digest.
+/// A new refresh token for an agent, or for a person through `client_id`, valid 30 days,
+/// stored only as a digest.
 pub async fn issue_refresh_token(
     pool: &PgPool,
-    agent: &Principal,
+    holder: &Principal,
+    client_id: &str,
     scopes: Scopes,
 ) -> Result<String, StoreError> {
     let (key, _, _) = secrets::new_api_key();
@@ -249,12 +317,15 @@ pub async fn issue_refresh_token(
         "{REFRESH_TOKEN_PREFIX}{}",
         &key[secrets::API_KEY_PREFIX.len()..]
     );
+    let person = holder.kind == PrincipalKind::User;
     sqlx::query(
-        "INSERT INTO refresh_tokens (tenant_id, agent_id, token_hash, scopes, expires_at)
-         VALUES ($1, $2, $3, $4, now() + make_interval(days => $5))",
+        "INSERT INTO refresh_tokens (tenant_id, agent_id, user_id, client_id, token_hash, scopes, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(days => $7))",
     )
-    .bind(agent.tenant_id)
-    .bind(agent.id)
+    .bind(holder.tenant_id)
+    .bind(holder.id.filter(|_| !person))
+    .bind(holder.id.filter(|_| person))
+    .bind(person.then_some(client_id))
     .bind(secrets::digest(&token))
     .bind(scopes.to_strings())
     .bind(REFRESH_TOKEN_DAYS as i32)
@@ -270,16 +341,36 @@ pub async fn redeem_refresh_token(
     pool: &PgPool,
     token: &str,
 ) -> Result<Option<(Principal, String)>, StoreError> {
-    let row: Option<(Uuid, Uuid, Vec<String>)> = sqlx::query_as(
+    type Redeemed = (
+        Option<Uuid>,
+        Option<Uuid>,
+        Option<String>,
+        Uuid,
+        Vec<String>,
+    );
+    let row: Option<Redeemed> = sqlx::query_as(
         "UPDATE refresh_tokens SET used_at = now()
          WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > now()
-         RETURNING agent_id, tenant_id, scopes",
+         RETURNING agent_id, user_id, client_id, tenant_id, scopes",
     )
     .bind(secrets::digest(token))
     .fetch_optional(pool)
     .await?;
-    let Some((agent_id, tenant_id, granted)) = row else {
-        return Ok(None);
+    let (agent_id, tenant_id, granted) = match row {
+        Some((Some(agent_id), _, _, tenant_id, granted)) => (agent_id, tenant_id, granted),
+        Some((None, Some(user_id), Some(client_id), tenant_id, granted)) => {
+            let person = person_for_token(
+                pool,
+                tenant_id,
+                user_id,
+                &client_id,
+                &granted.join(" "),
+                None,
+            )
+            .await?;
+            return Ok(person.map(|p| (p, client_id)));
+        }
+        _ => return Ok(None),
     };
     let agent = sqlx::query_as::<_, AgentRow>(
         "SELECT name, enabled, scopes, client_id FROM agents WHERE id = $1 AND tenant_id = $2",

@@ -46,6 +46,14 @@ enum AdminCommand {
         #[arg(long, value_delimiter = ',')]
         scopes: Vec<String>,
     },
+    /// Set a person's password for signing in from remote clients, read from standard input
+    /// (its first line; at least 12 characters)
+    SetPassword {
+        #[command(flatten)]
+        tenant: TenantArg,
+        #[arg(long)]
+        email: String,
+    },
     /// Register an agent; prints its client id and secret once
     CreateAgent {
         #[command(flatten)]
@@ -208,6 +216,33 @@ async fn execute(store: &Store, command: AdminCommand, json: bool) -> Result<(),
                 json,
                 json!(user),
                 format!("created {} user {} ({})", user.role, user.email, user.id),
+            );
+        }
+        AdminCommand::SetPassword { tenant: t, email } => {
+            let tenant = tenant(store, &t.tenant).await?;
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map_err(|e| {
+                CliError::Usage(format!(
+                    "could not read the password from standard input: {e}"
+                ))
+            })?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.chars().count() < crate::access::signin::MIN_PASSWORD_LEN {
+                return Err(CliError::Usage(format!(
+                    "the password must be at least {} characters (give it on standard input)",
+                    crate::access::signin::MIN_PASSWORD_LEN
+                )));
+            }
+            if !crate::access::signin::set_password(pool, tenant.id, &email, password).await? {
+                return Err(CliError::Usage(format!(
+                    "no user {email} in {}; create it with `agentcrm admin create-user`",
+                    tenant.slug
+                )));
+            }
+            print(
+                json,
+                json!({ "email": email, "tenant": tenant.slug, "password_set": true }),
+                format!("password set for {email} in {}", tenant.slug),
             );
         }
         AdminCommand::CreateAgent {

@@ -108,6 +108,11 @@ pub fn router(app: Arc<App>, options: &HttpOptions, shutdown: CancellationToken)
             "/.well-known/oauth-protected-resource/mcp",
             get(oauth::protected_resource_metadata),
         )
+        .route(
+            "/.well-known/openid-configuration",
+            get(oauth::authorization_server_metadata),
+        )
+        .merge(crate::signin::routes())
         .nest("/mcp", mcp)
         .with_state(app)
 }

@@ -27,6 +27,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Embedded(#[from] EmbeddedError),
+    /// Work handed to a blocking thread (hashing) did not come back.
+    #[error("a background task failed: {0}")]
+    Task(String),
 }
 
 /// Where the data lives: a private server this process started, or a shared one.

@@ -24,6 +24,7 @@ mod oauth;
 mod policy;
 mod ratelimit;
 mod resources;
+mod signin;
 mod stdio;
 mod store;
 mod webhooks;

@@ -117,16 +117,29 @@ enum Refused {
 }
 
 fn html(status: StatusCode, body: String) -> Response {
+    html_to(status, body, None)
+}
+
+/// A page whose form may end at the client's redirect URI (browsers hold a form's redirects
+/// to `form-action` too).
+fn html_to(status: StatusCode, body: String, redirect_uri: Option<&str>) -> Response {
+    let target = redirect_uri
+        .and_then(|uri| Url::parse(uri).ok())
+        .map(|url| match url.scheme() {
+            "http" | "https" => url.origin().ascii_serialization(),
+            scheme => format!("{scheme}:"),
+        })
+        .map_or_else(String::new, |source| format!(" {source}"));
     let mut response = (status, Html(body)).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    headers.insert(
-        "content-security-policy",
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
-        ),
+    let policy = format!(
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'{target}; frame-ancestors 'none'"
     );
+    if let Ok(value) = HeaderValue::from_str(&policy) {
+        headers.insert("content-security-policy", value);
+    }
     response
 }
 
@@ -463,7 +476,8 @@ async fn authorize(
         }
         None => signin_page(&valid, &request, &csrf, None, "", "", false),
     };
-    with_csrf(html(StatusCode::OK, body), &csrf, new, &valid.issuer)
+    let page = html_to(StatusCode::OK, body, Some(&valid.redirect_uri));
+    with_csrf(page, &csrf, new, &valid.issuer)
 }
 
 /// POST /oauth/authorize: the sign-in form, or the consent form (allow or deny).

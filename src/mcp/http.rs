@@ -19,12 +19,12 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::server::AgentCrm;
-use crate::access::Principal;
 use crate::access::audit::AuditEvent;
 use crate::access::cache::CacheKey;
 use crate::access::identity::{self, AuthError, Credential};
 use crate::access::oauth;
 use crate::access::secrets::{API_KEY_PREFIX, digest};
+use crate::access::{Principal, PrincipalKind};
 use crate::app::App;
 use crate::toolkit::catalog::RegisteredTool;
 use crate::toolkit::filter::{Denial, denial, permits};
@@ -208,7 +208,7 @@ async fn bind_session(
 
 /// Reads a POST body once before rmcp does, to answer two things in HTTP terms:
 /// - unparsable JSON: rmcp says 415 in plain text; JSON-RPC wants a parse error (-32700);
-/// - a `tools/call` of a tool whose scopes the caller lacks: 403 with an
+/// - a `tools/call` of a tool whose scopes a signed-in person's token lacks: 403 with an
 ///   `insufficient_scope` challenge naming the scopes (MCP's step-up authorization).
 async fn inspect_body(
     State((limit, app)): State<(usize, Arc<App>)>,
@@ -234,7 +234,13 @@ async fn inspect_body(
             );
         }
     };
-    if let Some(principal) = parts.extensions.get::<Principal>()
+    // Only a person's token from the authorization code grant can step up (sign in again
+    // with more scope); anyone else gets the refusal as the tool's result, which every
+    // client shows the model (an HTTP 403 reaches it as a bare transport error, or not at all).
+    if let Some(principal) = parts
+        .extensions
+        .get::<Principal>()
+        .filter(|p| p.kind == PrincipalKind::User)
         && let Some(name) = called_tool(&bytes)
         && let Some(tool) = app.catalog.get(&name).filter(|t| app.filter.allows(&t.def))
         && !permits(principal, tool)

@@ -399,12 +399,24 @@ async fn http_call(url: &str, key: &str, tool: &str) -> (u16, Option<String>, Va
         .headers()
         .get("www-authenticate")
         .map(|v| v.to_str().unwrap().to_owned());
-    let body = response.json().await.unwrap_or(Value::Null);
+    let streamed = response
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.to_str().unwrap().starts_with("text/event-stream"));
+    let body = if streamed {
+        crate::http::read_message(response).await
+    } else {
+        response.json().await.unwrap_or(Value::Null)
+    };
     (status, challenge, body)
 }
 
 #[tokio::test]
-async fn http_refusals_are_403_with_a_scope_challenge() {
+/// A key (or an agent) cannot step up to more scope: a tool it may not use is refused as
+/// the tool's result, readable text naming the missing scope, which every client passes to
+/// the model; an HTTP 403 would reach it as a bare transport error. (A person's token from
+/// the authorization code grant gets the 403 step-up challenge: tests/api/signin.rs.)
+async fn refusals_of_callers_that_cannot_step_up_reach_the_model_as_text() {
     let db = TestDb::new().await;
     db.admin(&[
         "create-user",
@@ -431,14 +443,12 @@ async fn http_refusals_are_403_with_a_scope_challenge() {
     let url = server.mcp_url();
 
     let (status, challenge, body) = http_call(&url, member_key, "list_agents").await;
-    assert_eq!(status, 403, "{body}");
-    assert_eq!(body["error"], "forbidden");
-    let challenge = challenge.expect("a WWW-Authenticate challenge");
-    assert!(
-        challenge.contains("error=\"insufficient_scope\"") && challenge.contains("scope=\"admin\""),
-        "{challenge}"
-    );
-    assert!(challenge.contains("resource_metadata=\""), "{challenge}");
+    assert_eq!(status, 200, "{body}");
+    assert!(challenge.is_none(), "{challenge:?}");
+    let result = &body["result"];
+    assert_eq!(result["isError"], true, "{body}");
+    let text = result["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("admin"), "the missing scope is named: {text}");
 
     // Tools the key may use, and unknown tools, keep their MCP answers.
     let (status, _, body) = http_call(&url, member_key, "whoami").await;

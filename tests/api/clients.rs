@@ -490,3 +490,30 @@ async fn claude_desktop_config_entry_serves_mcp() {
         );
     }
 }
+
+/// A key cannot step up to more scope (only a person's token from the authorization code
+/// grant can): a tool it lacks is refused as the tool's own result, naming the scope, and
+/// both SDKs hand that text on, rather than a transport error the model never sees.
+#[tokio::test]
+async fn refusals_reach_python_and_typescript_clients_as_readable_results() {
+    let db = TestDb::new().await;
+    let narrow = db.api_key("owner@acme.test", &["customers:read", "customers:write"]);
+    let server = HttpServer::start(db.command(&["http"]));
+    let header = format!("X-Api-Key: {narrow}");
+    let python = run(Command::new(python()).arg(script()).args([
+        "http",
+        &server.mcp_url(),
+        "--header",
+        &header,
+    ]));
+    let ts = run(ts_client().args(["http", &server.mcp_url(), "--header", &header]));
+    for (who, report) in [("python", &python), ("typescript", &ts)] {
+        let refused = report["refused_tool"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{who} was not refused: {report}"));
+        assert!(
+            refused.starts_with("isError result") && refused.contains("admin"),
+            "{who}: {refused}"
+        );
+    }
+}

@@ -61,6 +61,13 @@ async def drive(args):
             unknown = f"JSON-RPC error {error.code}: {error.message}"
         if unknown is None:
             raise RuntimeError("calling an unknown tool succeeded")
+        # A tool the caller may lack (it needs `admin`): what reaches the model, if refused.
+        try:
+            admin_only = await client.call_tool("list_agents", {})
+            text = " ".join(getattr(block, "text", str(block)) for block in admin_only.content)
+            refused = f"isError result: {text}" if admin_only.is_error else None
+        except MCPError as error:
+            refused = f"JSON-RPC error {error.code}: {error.message}"
         return {
             "protocol_version": client.protocol_version,
             "server_name": client.server_info.name if client.server_info else None,
@@ -68,6 +75,7 @@ async def drive(args):
             "whoami": whoami.structured_content,
             "server_info": info.structured_content,
             "unknown_tool_error": unknown,
+            "refused_tool": refused,
         }
 
 

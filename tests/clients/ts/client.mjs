@@ -134,6 +134,16 @@ async function drive(args) {
             unknown = describeError(error);
         }
         if (unknown === undefined) throw new Error('calling an unknown tool succeeded');
+        // A tool the caller may lack (it needs `admin`): what reaches the model, if refused.
+        let refused = null;
+        try {
+            const adminOnly = await client.callTool({ name: 'list_agents', arguments: {} });
+            if (adminOnly.isError) {
+                refused = `isError result: ${adminOnly.content.map((block) => block.text ?? JSON.stringify(block)).join(' ')}`;
+            }
+        } catch (error) {
+            refused = describeError(error);
+        }
 
         const report = {
             sdk: `@modelcontextprotocol/sdk ${SDK_VERSION}`,
@@ -146,6 +156,7 @@ async function drive(args) {
             created,
             fetched,
             unknown_tool_error: unknown,
+            refused_tool: refused,
             transport_errors: transportErrors,
         };
         if (args.transport === 'http') {

@@ -72,3 +72,7 @@ ALTER TABLE refresh_tokens ADD CONSTRAINT refresh_tokens_holder
 ALTER TABLE refresh_tokens ADD CONSTRAINT refresh_tokens_user
     FOREIGN KEY (tenant_id, user_id) REFERENCES users (tenant_id, id) ON DELETE CASCADE;
 CREATE INDEX refresh_tokens_user_client ON refresh_tokens (user_id, client_id) WHERE user_id IS NOT NULL;
+
+-- Withdrawing a consent ends the client's access tokens at their next use, in every process.
+CREATE TRIGGER oauth_consents_auth_changed AFTER UPDATE OR DELETE ON oauth_consents
+    FOR EACH STATEMENT EXECUTE FUNCTION agentcrm_auth_changed();

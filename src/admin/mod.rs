@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::access::audit::{self, AuditFilter, AuditRecord};
 use crate::access::policy::{self, Condition, Grant};
 use crate::access::ratelimit::{self, Class, Limit};
+use crate::access::signin::{self, ConnectedClient};
 use crate::access::store::{self as access, Agent, ApiKey};
 use crate::access::{Principal, PrincipalKind, Role, Scopes};
 use crate::error::ToolError;
@@ -142,6 +143,29 @@ pub fn tools() -> Vec<RegisteredTool> {
                 Hints::REMOVE,
             ),
             revoke_api_key,
+        ),
+        tool(
+            def(
+                "list_connected_clients",
+                "List connected clients",
+                "List the applications people connected through sign-in (OAuth), with the \
+                 scopes each was allowed.\n\n\
+                 Of every person of this tenant, or of one (`user_id`); most recently used first.",
+                ADMIN,
+                Hints::READ,
+            ),
+            list_connected_clients,
+        ),
+        tool(
+            def(
+                "disconnect_client",
+                "Disconnect a client",
+                "Withdraw a person's consent to an application: its tokens stop working at once.\n\n\
+                 Its refresh tokens end; the person can connect it again by signing in.",
+                ADMIN,
+                Hints::REMOVE,
+            ),
+            disconnect_client,
         ),
         tool(
             def(
@@ -560,6 +584,66 @@ async fn revoke_api_key(ctx: ToolCtx, args: ApiKeyIdArgs) -> Result<ApiKeyOut, T
     // Other processes hear of it through NOTIFY; this one forgets at once.
     ctx.app.auth_cache.invalidate();
     Ok(ApiKeyOut { api_key })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectedClientsArgs {
+    /// Only this person's.
+    pub user_id: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ConnectedClients {
+    pub clients: Vec<ConnectedClient>,
+}
+
+async fn list_connected_clients(
+    ctx: ToolCtx,
+    args: ConnectedClientsArgs,
+) -> Result<ConnectedClients, ToolError> {
+    let clients =
+        signin::connected_clients(ctx.app.store.pool(), ctx.principal.tenant_id, args.user_id)
+            .await?;
+    Ok(ConnectedClients { clients })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DisconnectArgs {
+    pub user_id: Uuid,
+    /// As `list_connected_clients` gives it.
+    pub client_id: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Disconnected {
+    pub user_id: Uuid,
+    pub client_id: String,
+    pub disconnected: bool,
+}
+
+async fn disconnect_client(ctx: ToolCtx, args: DisconnectArgs) -> Result<Disconnected, ToolError> {
+    let removed = signin::revoke_client(
+        ctx.app.store.pool(),
+        ctx.principal.tenant_id,
+        args.user_id,
+        &args.client_id,
+    )
+    .await?;
+    if !removed {
+        return Err(ToolError::NotFound(format!(
+            "person {} has not connected a client `{}` in this tenant",
+            args.user_id, args.client_id
+        )));
+    }
+    // Other processes hear of it through NOTIFY; this one forgets at once.
+    ctx.app.auth_cache.invalidate();
+    Ok(Disconnected {
+        user_id: args.user_id,
+        client_id: args.client_id,
+        disconnected: true,
+    })
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

@@ -54,6 +54,23 @@ enum AdminCommand {
         #[arg(long)]
         email: String,
     },
+    /// List the applications people connected through sign-in (one person's with --email)
+    ListConnectedClients {
+        #[command(flatten)]
+        tenant: TenantArg,
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Withdraw a person's consent to an application: its tokens stop working at once
+    DisconnectClient {
+        #[command(flatten)]
+        tenant: TenantArg,
+        #[arg(long)]
+        email: String,
+        /// As list-connected-clients shows it
+        #[arg(long)]
+        client_id: String,
+    },
     /// Register an agent; prints its client id and secret once
     CreateAgent {
         #[command(flatten)]
@@ -160,6 +177,18 @@ async fn tenant(store: &Store, slug: &str) -> Result<Tenant, CliError> {
         })
 }
 
+/// The id of the person with `email` in the tenant.
+async fn person(
+    pool: &sqlx::PgPool,
+    tenant_id: uuid::Uuid,
+    email: &str,
+) -> Result<uuid::Uuid, CliError> {
+    access::find_user_by_email(pool, tenant_id, email)
+        .await?
+        .map(|user| user.id)
+        .ok_or_else(|| CliError::Usage(format!("no user {email} in this tenant")))
+}
+
 /// A unique-constraint violation, said in words.
 fn conflict(error: crate::store::StoreError, what: &str) -> CliError {
     if let crate::store::StoreError::Database(sqlx::Error::Database(db)) = &error {
@@ -216,6 +245,47 @@ async fn execute(store: &Store, command: AdminCommand, json: bool) -> Result<(),
                 json,
                 json!(user),
                 format!("created {} user {} ({})", user.role, user.email, user.id),
+            );
+        }
+        AdminCommand::ListConnectedClients { tenant: t, email } => {
+            let tenant = tenant(store, &t.tenant).await?;
+            let user = match email {
+                Some(email) => Some(person(pool, tenant.id, &email).await?),
+                None => None,
+            };
+            let clients = crate::access::signin::connected_clients(pool, tenant.id, user).await?;
+            let text = clients
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}  {} ({})  {}  last used {}",
+                        c.email,
+                        c.client_name,
+                        c.client_id,
+                        c.scopes.join(","),
+                        c.last_used_at
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            print(json, json!({ "clients": clients }), text);
+        }
+        AdminCommand::DisconnectClient {
+            tenant: t,
+            email,
+            client_id,
+        } => {
+            let tenant = tenant(store, &t.tenant).await?;
+            let user = person(pool, tenant.id, &email).await?;
+            if !crate::access::signin::revoke_client(pool, tenant.id, user, &client_id).await? {
+                return Err(CliError::Usage(format!(
+                    "{email} has not connected a client `{client_id}`"
+                )));
+            }
+            print(
+                json,
+                json!({ "email": email, "client_id": client_id, "disconnected": true }),
+                format!("disconnected {client_id} from {email}"),
             );
         }
         AdminCommand::SetPassword { tenant: t, email } => {

@@ -409,8 +409,47 @@ async fn a_person_signs_in_through_a_registered_client_with_pkce() {
         (400, Some("invalid_grant"))
     );
 
-    // Sign-in and consent are audited.
+    // Admins see the connection, and disconnecting it ends its tokens at once.
     let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let listed = call_ok(&admin, "list_connected_clients", json!({})).await;
+    let clients = listed["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 1, "{listed}");
+    assert_eq!(clients[0]["client_id"], client_id.as_str());
+    assert_eq!(clients[0]["client_name"], "Test <Client>");
+    assert_eq!(clients[0]["scopes"], json!(["customers:read"]));
+    let cli = db.admin(&[
+        "list-connected-clients",
+        "--tenant",
+        "acme",
+        "--email",
+        "owner@acme.test",
+    ]);
+    assert_eq!(cli["clients"][0]["client_id"], client_id.as_str());
+    let fresh = refreshed["access_token"].as_str().unwrap().to_owned();
+    let before = http_client(&server.mcp_url(), &fresh, Generation::Stateless).await;
+    call_ok(&before, "whoami", json!({})).await;
+    before.cancel().await.unwrap();
+    call_ok(
+        &admin,
+        "disconnect_client",
+        json!({ "user_id": clients[0]["user_id"], "client_id": client_id }),
+    )
+    .await;
+    let after = reqwest::Client::new()
+        .post(server.mcp_url())
+        .bearer_auth(&fresh)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        after.status().as_u16(),
+        401,
+        "a disconnected client's token"
+    );
+
+    // Sign-in and consent are audited.
     let trail = call_ok(&admin, "list_audit_log", json!({ "limit": 100 })).await;
     let actions: Vec<&str> = trail["events"]
         .as_array()

@@ -19,13 +19,16 @@ use super::cache::CacheKey;
 use super::identity::{self, AuthError, Credential};
 use super::scopes::{self, Scopes};
 use super::signin;
-use super::tokens::{self, ACCESS_TOKEN_TTL};
+use super::tokens;
 use super::{Principal, PrincipalKind};
 
 use crate::app::App;
 
 /// Token issues (and refreshes) per agent per hour (SPEC §1 default).
 pub const TOKEN_ISSUES_PER_HOUR: i64 = 10;
+/// Token issues (sign-ins and refreshes) per person per hour, over all their clients: a
+/// client refreshes when its token expires, and steps up when a tool needs more.
+pub const PERSON_TOKEN_ISSUES_PER_HOUR: i64 = 120;
 
 struct OAuthError {
     status: StatusCode,
@@ -357,12 +360,16 @@ async fn issue(
     let (issued, retry) = tokens::recent_issues(pool, agent_id)
         .await
         .map_err(|_| OAuthError::internal())?;
-    if issued >= TOKEN_ISSUES_PER_HOUR {
+    let (limit, holder) = match agent.kind {
+        PrincipalKind::User => (PERSON_TOKEN_ISSUES_PER_HOUR, "person"),
+        _ => (TOKEN_ISSUES_PER_HOUR, "agent"),
+    };
+    if issued >= limit {
         let mut error = OAuthError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             format!(
-                "At most {TOKEN_ISSUES_PER_HOUR} tokens per hour per agent; reuse the token you have."
+                "At most {limit} tokens per hour per {holder}; reuse the token you have."
             ),
         );
         error.retry_after = Some(retry.unwrap_or(60.0).ceil().max(1.0) as u64);
@@ -382,7 +389,7 @@ async fn issue(
     let body = json!({
         "access_token": access_token,
         "token_type": "Bearer",
-        "expires_in": ACCESS_TOKEN_TTL.as_secs(),
+        "expires_in": keys.ttl.as_secs(),
         "refresh_token": refresh_token,
         "scope": claims.scope,
     });

@@ -50,6 +50,8 @@ pub struct TokenKeys {
     pub issuer: String,
     /// The protected resource: `<issuer>/mcp`.
     pub audience: String,
+    /// How long an access token lives (an hour unless the operator says otherwise).
+    pub ttl: Duration,
 }
 
 impl TokenKeys {
@@ -68,7 +70,14 @@ impl TokenKeys {
             validation,
             issuer,
             audience,
+            ttl: ACCESS_TOKEN_TTL,
         }
+    }
+
+    /// Access tokens that live `ttl` instead of an hour.
+    pub fn with_ttl(mut self, ttl: Duration) -> TokenKeys {
+        self.ttl = ttl;
+        self
     }
 
     /// A signed access token for `agent` (or a signed-in person) carrying `scopes`.
@@ -87,7 +96,7 @@ impl TokenKeys {
             scope: scopes.names().join(" "),
             client_id: client_id.to_owned(),
             iat: now,
-            exp: now + ACCESS_TOKEN_TTL.as_secs() as i64,
+            exp: now + self.ttl.as_secs() as i64,
             jti: Uuid::now_v7(),
             kind: (agent.kind == PrincipalKind::User).then(|| USER_TOKEN.to_owned()),
         };

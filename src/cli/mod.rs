@@ -247,6 +247,21 @@ pub(crate) async fn open_store(db: &DbArgs) -> Result<Store, CliError> {
 /// Opens the store and builds the shared state; on error the store is closed again.
 /// `local_owner_allowed`: callers without credentials may act as the local owner when the
 /// database is the embedded default (stdio, or HTTP on a loopback address).
+/// How long access tokens live: `AGENTCRM_ACCESS_TOKEN_TTL_SECS` (5 to 86400; default an hour).
+fn token_ttl() -> Result<std::time::Duration, CliError> {
+    match std::env::var("AGENTCRM_ACCESS_TOKEN_TTL_SECS") {
+        Err(_) => Ok(crate::access::tokens::ACCESS_TOKEN_TTL),
+        Ok(value) => match value.trim().parse::<u64>() {
+            Ok(seconds) if (5..=86_400).contains(&seconds) => {
+                Ok(std::time::Duration::from_secs(seconds))
+            }
+            _ => Err(CliError::Usage(format!(
+                "AGENTCRM_ACCESS_TOKEN_TTL_SECS must be 5 to 86400 seconds, not `{value}`"
+            ))),
+        },
+    }
+}
+
 /// `public_url`: for HTTP, the base URL tokens are issued for (issuer; audience `<url>/mcp`).
 async fn start(
     db: &DbArgs,
@@ -264,6 +279,7 @@ async fn start(
         &tools.exclude_tools,
     )?;
     filter.compact = tools.tool_mode == ToolMode::Compact;
+    let ttl = token_ttl()?;
     let store = open_store(db).await?;
     let embedded_dir = (store.kind() == DatabaseKind::Embedded).then(|| {
         db.data_dir
@@ -271,7 +287,7 @@ async fn start(
             .unwrap_or_else(embedded::default_data_dir)
     });
     let tokens = match public_url.map(|url| (url, JWT_KEY.load(embedded_dir.as_deref()))) {
-        Some((url, Ok(Some(secret)))) => Some(TokenKeys::new(&secret, url)),
+        Some((url, Ok(Some(secret)))) => Some(TokenKeys::new(&secret, url).with_ttl(ttl)),
         Some((_, Ok(None))) => {
             tracing::warn!("AGENTCRM_JWT_SECRET is not set: /oauth/token will not issue tokens");
             None

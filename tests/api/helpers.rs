@@ -217,7 +217,7 @@ pub fn client_config() -> ClientConfig {
     config
 }
 
-fn lifecycle(generation: Generation) -> ClientLifecycleMode {
+pub fn lifecycle(generation: Generation) -> ClientLifecycleMode {
     match generation {
         Generation::Sessions => ClientLifecycleMode::Initialize,
         Generation::Stateless => ClientLifecycleMode::Discover {

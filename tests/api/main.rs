@@ -23,6 +23,7 @@ mod matrix;
 mod oauth;
 mod policy;
 mod ratelimit;
+mod remote_clients;
 mod resources;
 mod signin;
 mod stdio;

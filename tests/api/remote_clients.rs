@@ -196,3 +196,41 @@ async fn mcp_remote_signs_in_refreshes_and_steps_up() {
     );
     client.cancel().await.unwrap();
 }
+
+/// The official Python SDK's OAuth client provider (tests/clients/python_oauth.py).
+#[tokio::test]
+async fn the_python_sdk_signs_in_refreshes_and_steps_up() {
+    let db = TestDb::new().await;
+    set_password(&db);
+    let mut server = db.server(&["http"]);
+    server.env("AGENTCRM_ACCESS_TOKEN_TTL_SECS", "5");
+    let server = HttpServer::start(server);
+    let callback = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let python = std::env::var_os("AGENTCRM_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    let mut child = tokio::process::Command::new(python)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_oauth.py"))
+        .arg(server.mcp_url())
+        .arg(callback.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the Python client");
+    let rounds = sign_in_when_asked(child.stderr.take().unwrap(), server.base.clone(), vec!["search"]);
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("the Python client finishes")
+        .unwrap();
+    let log = rounds.lock().unwrap().log.clone();
+    assert!(out.status.success(), "{log:#?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["whoami"]["principal"]["kind"], "user", "{report}");
+    assert_eq!(report["refreshed"], true, "{report}");
+    assert_eq!(report["search_is_error"], false, "stepped up: {report} {log:#?}");
+    assert_eq!(report["authorization_rounds"], 2, "{report}");
+    assert!(report["scope_after"].as_str().unwrap().contains("search"), "{report}");
+    let done = rounds.lock().unwrap().done.clone();
+    eprintln!("python sdk: {report}; browser rounds {done:?}");
+}

@@ -368,9 +368,7 @@ async fn issue(
         let mut error = OAuthError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
-            format!(
-                "At most {limit} tokens per hour per {holder}; reuse the token you have."
-            ),
+            format!("At most {limit} tokens per hour per {holder}; reuse the token you have."),
         );
         error.retry_after = Some(retry.unwrap_or(60.0).ceil().max(1.0) as u64);
         return Err(error);

@@ -249,6 +249,23 @@ pub async fn issue_code(
     Ok(code)
 }
 
+/// What the person already allowed `client_id` (nothing if they never connected it).
+pub async fn consented_scopes(
+    pool: &PgPool,
+    person: &Person,
+    client_id: &str,
+) -> Result<Scopes, StoreError> {
+    let scopes: Option<Vec<String>> = sqlx::query_scalar(
+        "SELECT scopes FROM oauth_consents WHERE tenant_id = $1 AND user_id = $2 AND client_id = $3",
+    )
+    .bind(person.tenant_id)
+    .bind(person.user_id)
+    .bind(client_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(scopes.map_or(Scopes::NONE, |s| Scopes::parse(&s).unwrap_or(Scopes::NONE)))
+}
+
 /// Why a code exchange was refused: always `invalid_grant` to the client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CodeRefusal {

@@ -379,10 +379,19 @@ async fn signed_in(app: &App, headers: &HeaderMap) -> Option<Person> {
 }
 
 /// What the person may grant this client: what it asked for, within their role.
-fn offered(valid: &Valid, person: &Person) -> Scopes {
+/// What the person may grant this client: what it asks for now and what they allowed it
+/// before (asking for one more scope keeps the others: incremental consent), within their role.
+async fn offered(app: &App, valid: &Valid, person: &Person) -> Scopes {
+    let before = signin::consented_scopes(app.store.pool(), person, &valid.client.client_id)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::error!(%error, "reading a consent failed");
+            Scopes::NONE
+        });
     valid
         .requested
         .unwrap_or(person.allowed)
+        .union(before)
         .intersect(person.allowed)
 }
 
@@ -396,6 +405,7 @@ fn consent_page(
     valid: &Valid,
     request: &AuthRequest,
     person: &Person,
+    offered: Scopes,
     csrf: &str,
     error: Option<&str>,
 ) -> String {
@@ -403,7 +413,7 @@ fn consent_page(
         .ok()
         .and_then(|u| u.host_str().map(str::to_owned))
         .unwrap_or_else(|| valid.redirect_uri.clone());
-    let names = offered(valid, person).names();
+    let names = offered.names();
     pages::consent(&pages::ConsentPage {
         client_name: &valid.client.client_name,
         redirect_host: &host,
@@ -458,7 +468,8 @@ async fn authorize(
     let (csrf, new) = csrf_token(&headers);
     let body = match signed_in(&app, &headers).await {
         Some(person) => {
-            if offered(&valid, &person).is_empty() {
+            let offered = offered(&app, &valid, &person).await;
+            if offered.is_empty() {
                 return redirect_to(
                     &valid.redirect_uri,
                     &valid.issuer,
@@ -472,7 +483,7 @@ async fn authorize(
                     ],
                 );
             }
-            consent_page(&valid, &request, &person, &csrf, None)
+            consent_page(&valid, &request, &person, offered, &csrf, None)
         }
         None => signin_page(&valid, &request, &csrf, None, "", "", false),
     };
@@ -561,16 +572,18 @@ async fn submit(
                 .iter()
                 .filter_map(|s| Scopes::parse(&[*s]).ok())
                 .fold(Scopes::NONE, Scopes::union);
-            let granted = ticked.intersect(offered(&valid, &person));
+            let offered = offered(&app, &valid, &person).await;
+            let granted = ticked.intersect(offered);
             if granted.is_empty() {
                 let body = consent_page(
                     &valid,
                     &request,
                     &person,
+                    offered,
                     &csrf,
                     Some("Tick at least one permission, or deny."),
                 );
-                return html(StatusCode::BAD_REQUEST, body);
+                return html_to(StatusCode::BAD_REQUEST, body, Some(&valid.redirect_uri));
             }
             let grant = Grant {
                 client_id: valid.client.client_id.clone(),

@@ -30,12 +30,19 @@ fn browser_dir() -> PathBuf {
 
 fn set_password(db: &TestDb) {
     use std::io::Write;
-    let mut child = agentcrm(&["admin", "set-password", "--tenant", "acme", "--email", "owner@acme.test"])
-        .env("DATABASE_URL", &db.url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = agentcrm(&[
+        "admin",
+        "set-password",
+        "--tenant",
+        "acme",
+        "--email",
+        "owner@acme.test",
+    ])
+    .env("DATABASE_URL", &db.url)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .spawn()
+    .unwrap();
     writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
     assert!(child.wait().unwrap().success());
 }
@@ -70,16 +77,18 @@ fn sign_in_when_asked(
             };
             let first = shared.lock().unwrap().done.is_empty();
             let mut command = tokio::process::Command::new("node");
-            command
-                .arg(browser_dir().join("signin.mjs"))
-                .args([url.as_str(), "owner@acme.test", PASSWORD]);
+            command.arg(browser_dir().join("signin.mjs")).args([
+                url.as_str(),
+                "owner@acme.test",
+                PASSWORD,
+            ]);
             if first {
                 command.args(&untick);
             }
             let out = command.output().await.expect("run signin.mjs");
-            let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-                json!({ "failed": String::from_utf8_lossy(&out.stderr).to_string() })
-            });
+            let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(
+                |_| json!({ "failed": String::from_utf8_lossy(&out.stderr).to_string() }),
+            );
             shared.lock().unwrap().done.push(report);
         }
     });
@@ -117,7 +126,8 @@ fn stored_token(dir: &std::path::Path) -> Option<String> {
             if path.is_dir() {
                 stack.push(path);
             } else if path.to_string_lossy().ends_with("_tokens.json") {
-                let tokens: Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+                let tokens: Value =
+                    serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
                 return tokens["access_token"].as_str().map(str::to_owned);
             }
         }
@@ -133,7 +143,11 @@ async fn mcp_remote_signs_in_refreshes_and_steps_up() {
     server.env("AGENTCRM_ACCESS_TOKEN_TTL_SECS", "5");
     let server = HttpServer::start(server);
     let config = tempfile::tempdir().unwrap();
-    let callback = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let callback = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut command = tokio::process::Command::new("node");
     command
         .arg(browser_dir().join("node_modules/mcp-remote/dist/proxy.js"))
@@ -148,13 +162,15 @@ async fn mcp_remote_signs_in_refreshes_and_steps_up() {
         .expect("start mcp-remote");
     let rounds = sign_in_when_asked(stderr.expect("stderr"), server.base.clone(), vec!["search"]);
     let started = Instant::now();
-    let client = tokio::time::timeout(
+    let handshake = tokio::time::timeout(
         Duration::from_secs(60),
         client_config().serve_with_lifecycle(transport, lifecycle(Generation::Sessions)),
     )
-    .await
-    .unwrap_or_else(|_| panic!("no handshake: {:?}", rounds.lock().unwrap().log))
-    .expect("MCP handshake through mcp-remote");
+    .await;
+    let Ok(handshake) = handshake else {
+        panic!("no handshake: {:?}", rounds.lock().unwrap().log)
+    };
+    let client = handshake.expect("MCP handshake through mcp-remote");
     let signed_in = started.elapsed();
 
     let tools = client.list_all_tools().await.unwrap();
@@ -162,13 +178,20 @@ async fn mcp_remote_signs_in_refreshes_and_steps_up() {
     let me = call_ok(&client, "whoami", json!({})).await;
     assert_eq!(me["principal"]["kind"], "user", "{me}");
     let scopes: Vec<String> = serde_json::from_value(me["scopes"].clone()).unwrap();
-    assert!(!scopes.contains(&"search".to_owned()), "search was unticked: {scopes:?}");
+    assert!(
+        !scopes.contains(&"search".to_owned()),
+        "search was unticked: {scopes:?}"
+    );
 
     // The access token expires; the next call refreshes it.
     let token = stored_token(config.path()).expect("mcp-remote keeps its tokens");
     wait_until_refused(&server.mcp_url(), &token, Duration::from_secs(30)).await;
     call_ok(&client, "list_customers", json!({})).await;
-    assert_ne!(stored_token(config.path()).unwrap(), token, "a refreshed token");
+    assert_ne!(
+        stored_token(config.path()).unwrap(),
+        token,
+        "a refreshed token"
+    );
 
     // A tool needing the unticked scope: 403 with a challenge, the client asks the person
     // again, and the call goes through with the wider token.
@@ -176,7 +199,12 @@ async fn mcp_remote_signs_in_refreshes_and_steps_up() {
     if searched.is_error == Some(true) {
         searched = call(&client, "search", json!({ "query": "ada" })).await;
     }
-    assert_eq!(searched.is_error, Some(false), "{searched:?} {:?}", rounds.lock().unwrap().log);
+    assert_eq!(
+        searched.is_error,
+        Some(false),
+        "{searched:?} {:?}",
+        rounds.lock().unwrap().log
+    );
     let done = rounds.lock().unwrap().done.clone();
     assert_eq!(done.len(), 2, "signed in, then stepped up: {done:?}");
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
@@ -205,7 +233,11 @@ async fn the_python_sdk_signs_in_refreshes_and_steps_up() {
     let mut server = db.server(&["http"]);
     server.env("AGENTCRM_ACCESS_TOKEN_TTL_SECS", "5");
     let server = HttpServer::start(server);
-    let callback = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let callback = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let python = std::env::var_os("AGENTCRM_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
@@ -218,7 +250,11 @@ async fn the_python_sdk_signs_in_refreshes_and_steps_up() {
         .kill_on_drop(true)
         .spawn()
         .expect("start the Python client");
-    let rounds = sign_in_when_asked(child.stderr.take().unwrap(), server.base.clone(), vec!["search"]);
+    let rounds = sign_in_when_asked(
+        child.stderr.take().unwrap(),
+        server.base.clone(),
+        vec!["search"],
+    );
     let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
         .await
         .expect("the Python client finishes")
@@ -228,9 +264,65 @@ async fn the_python_sdk_signs_in_refreshes_and_steps_up() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["whoami"]["principal"]["kind"], "user", "{report}");
     assert_eq!(report["refreshed"], true, "{report}");
-    assert_eq!(report["search_is_error"], false, "stepped up: {report} {log:#?}");
+    assert_eq!(
+        report["search_is_error"], false,
+        "stepped up: {report} {log:#?}"
+    );
     assert_eq!(report["authorization_rounds"], 2, "{report}");
-    assert!(report["scope_after"].as_str().unwrap().contains("search"), "{report}");
+    assert!(
+        report["scope_after"].as_str().unwrap().contains("search"),
+        "{report}"
+    );
     let done = rounds.lock().unwrap().done.clone();
     eprintln!("python sdk: {report}; browser rounds {done:?}");
+}
+
+/// The official TypeScript SDK's OAuth support (tests/clients/ts/oauth.mjs).
+#[tokio::test]
+async fn the_typescript_sdk_signs_in_refreshes_and_steps_up() {
+    let db = TestDb::new().await;
+    set_password(&db);
+    let mut server = db.server(&["http"]);
+    server.env("AGENTCRM_ACCESS_TOKEN_TTL_SECS", "5");
+    let server = HttpServer::start(server);
+    let callback = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let node = std::env::var_os("AGENTCRM_TEST_NODE").unwrap_or_else(|| "node".into());
+    let mut child = tokio::process::Command::new(node)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/ts/oauth.mjs"))
+        .arg(server.mcp_url())
+        .arg(callback.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the TypeScript client");
+    let rounds = sign_in_when_asked(
+        child.stderr.take().unwrap(),
+        server.base.clone(),
+        vec!["search"],
+    );
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("the TypeScript client finishes")
+        .unwrap();
+    let log = rounds.lock().unwrap().log.clone();
+    assert!(out.status.success(), "{log:#?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["whoami"]["principal"]["kind"], "user", "{report}");
+    assert_eq!(report["refreshed"], true, "{report}");
+    assert_eq!(
+        report["search_is_error"], false,
+        "stepped up: {report} {log:#?}"
+    );
+    assert_eq!(
+        report["still_lists_customers"], true,
+        "consent is incremental: {report}"
+    );
+    assert_eq!(report["authorization_rounds"], 2, "{report}");
+    let done = rounds.lock().unwrap().done.clone();
+    eprintln!("typescript sdk: {report}; browser rounds {done:?}");
 }

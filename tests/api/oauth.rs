@@ -411,7 +411,11 @@ async fn metadata_documents_describe_the_server() {
     );
     assert_eq!(
         authorization["grant_types_supported"],
-        json!(["client_credentials", "refresh_token"])
+        json!(["authorization_code", "refresh_token", "client_credentials"])
+    );
+    assert_eq!(
+        authorization["authorization_endpoint"],
+        "https://crm.example.com/oauth/authorize"
     );
     for path in [
         "/.well-known/oauth-protected-resource",

@@ -76,3 +76,27 @@ CREATE INDEX refresh_tokens_user_client ON refresh_tokens (user_id, client_id) W
 -- Withdrawing a consent ends the client's access tokens at their next use, in every process.
 CREATE TRIGGER oauth_consents_auth_changed AFTER UPDATE OR DELETE ON oauth_consents
     FOR EACH STATEMENT EXECUTE FUNCTION agentcrm_auth_changed();
+
+-- Federation: a tenant's people may sign in through its OpenID Connect provider.
+CREATE TABLE identity_providers (
+    tenant_id      uuid        PRIMARY KEY REFERENCES tenants (id) ON DELETE CASCADE,
+    issuer         text        NOT NULL CHECK (length(issuer) BETWEEN 1 AND 2048),
+    client_id      text        NOT NULL CHECK (length(client_id) BETWEEN 1 AND 500),
+    -- Sealed with the server's encryption key (access::vault), bound to the tenant.
+    client_secret  bytea       NOT NULL,
+    display_name   text        NOT NULL CHECK (length(display_name) BETWEEN 1 AND 100),
+    -- People the provider vouches for but who have no user yet become members on first sign-in.
+    create_members boolean     NOT NULL DEFAULT false,
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+
+-- A sign-in in flight at the provider: what to check when it comes back, and the
+-- authorization request to resume.
+CREATE TABLE federated_logins (
+    state_hash   bytea       PRIMARY KEY,
+    tenant_id    uuid        NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    nonce        text        NOT NULL,
+    verifier     text        NOT NULL,
+    resume       text        NOT NULL,
+    expires_at   timestamptz NOT NULL
+);

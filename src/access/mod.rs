@@ -5,6 +5,7 @@ pub mod approval;
 pub mod audit;
 pub mod cache;
 pub mod delegation;
+pub mod federation;
 pub mod identity;
 pub mod oauth;
 pub mod policy;

@@ -172,6 +172,22 @@ pub async fn check_password(
     }
 }
 
+/// The person `user_id` of `tenant_id` (signed in some other way, e.g. through federation).
+pub async fn person_by_id(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    user_id: Uuid,
+) -> Result<Option<Person>, StoreError> {
+    let row: Option<PersonRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{PERSON} WHERE u.tenant_id = $1 AND u.id = $2"
+    )))
+    .bind(tenant_id)
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(PersonRow::person))
+}
+
 /// A new signed-in browser for `person`: the cookie's value (stored only as a digest).
 pub async fn open_session(pool: &PgPool, person: &Person) -> Result<String, StoreError> {
     let value = URL_SAFE_NO_PAD.encode(secrets::random_bytes::<32>());

@@ -8,11 +8,13 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::access::audit::{self, AuditFilter, AuditRecord};
+use crate::access::federation::{self, IdentityProvider};
 use crate::access::policy::{self, Condition, Grant};
 use crate::access::ratelimit::{self, Class, Limit};
 use crate::access::signin::{self, ConnectedClient};
 use crate::access::store::{self as access, Agent, ApiKey};
 use crate::access::{Principal, PrincipalKind, Role, Scopes};
+use crate::account::NoArgs;
 use crate::error::ToolError;
 use crate::store::page::{PageArgs, PageInfo};
 use crate::toolkit::catalog::{Hints, RegisteredTool, Toolset, tool};
@@ -166,6 +168,41 @@ pub fn tools() -> Vec<RegisteredTool> {
                 Hints::REMOVE,
             ),
             disconnect_client,
+        ),
+        tool(
+            def(
+                "set_identity_provider",
+                "Set the identity provider",
+                "Let this tenant's people sign in through its OpenID Connect provider.\n\n\
+                 Give the provider's issuer URL and the client id and secret it issued for this \
+                 server (redirect URI `<server>/oauth/federated/callback`). The provider is \
+                 checked before anything is saved; the secret is encrypted and never shown. \
+                 People are matched by verified email; with `create_members`, someone the \
+                 provider vouches for without an account becomes a member with no scopes.",
+                ADMIN,
+                Hints::SET,
+            ),
+            set_identity_provider,
+        ),
+        tool(
+            def(
+                "get_identity_provider",
+                "Get the identity provider",
+                "Show this tenant's OpenID Connect provider, if it has one (never its secret).",
+                ADMIN,
+                Hints::READ,
+            ),
+            get_identity_provider,
+        ),
+        tool(
+            def(
+                "remove_identity_provider",
+                "Remove the identity provider",
+                "Stop signing this tenant's people in through its provider; passwords still work.",
+                ADMIN,
+                Hints::REMOVE,
+            ),
+            remove_identity_provider,
         ),
         tool(
             def(
@@ -584,6 +621,104 @@ async fn revoke_api_key(ctx: ToolCtx, args: ApiKeyIdArgs) -> Result<ApiKeyOut, T
     // Other processes hear of it through NOTIFY; this one forgets at once.
     ctx.app.auth_cache.invalidate();
     Ok(ApiKeyOut { api_key })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityProviderArgs {
+    /// The provider's issuer URL.
+    ///
+    /// Its discovery document is at `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    pub client_id: String,
+    /// Encrypted at rest; never shown again.
+    pub client_secret: String,
+    /// Shown on the sign-in page (default: the issuer's host).
+    pub display_name: Option<String>,
+    /// Create a member (no scopes) on first sign-in (default false).
+    #[serde(default)]
+    pub create_members: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct IdentityProviderOut {
+    pub identity_provider: Option<IdentityProvider>,
+}
+
+async fn set_identity_provider(
+    ctx: ToolCtx,
+    args: IdentityProviderArgs,
+) -> Result<IdentityProviderOut, ToolError> {
+    let Some(vault) = &ctx.app.vault else {
+        return Err(ToolError::Forbidden(
+            "this server has no encryption key for the provider's secret; the operator must set \
+             AGENTCRM_ENCRYPTION_KEY"
+                .into(),
+        ));
+    };
+    let issuer = crate::jobs::outbound::check_url(&args.issuer, ctx.app.outbound)
+        .map_err(ToolError::InvalidRequest)?;
+    let issuer = issuer.as_str().trim_end_matches('/').to_owned();
+    let (client_id, secret) = (args.client_id.trim(), args.client_secret.trim());
+    if client_id.is_empty() || client_id.len() > 500 || secret.is_empty() || secret.len() > 2000 {
+        return Err(ToolError::InvalidRequest(
+            "client_id (1 to 500 characters) and client_secret (1 to 2000) are required".into(),
+        ));
+    }
+    let name = args
+        .display_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .or_else(|| {
+            reqwest::Url::parse(&issuer)
+                .ok()?
+                .host_str()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "your organization".into());
+    if name.chars().count() > 100 {
+        return Err(ToolError::InvalidRequest(
+            "display_name takes at most 100 characters".into(),
+        ));
+    }
+    let http = ctx.app.http()?;
+    federation::discover(&http, &issuer)
+        .await
+        .map_err(|e| ToolError::InvalidRequest(format!("the provider was not usable: {e}")))?;
+    let provider = federation::set_provider(
+        ctx.app.store.pool(),
+        vault,
+        ctx.principal.tenant_id,
+        &issuer,
+        client_id,
+        secret,
+        &name,
+        args.create_members,
+    )
+    .await?;
+    Ok(IdentityProviderOut {
+        identity_provider: Some(provider),
+    })
+}
+
+async fn get_identity_provider(ctx: ToolCtx, _: NoArgs) -> Result<IdentityProviderOut, ToolError> {
+    Ok(IdentityProviderOut {
+        identity_provider: federation::get_provider(ctx.app.store.pool(), ctx.principal.tenant_id)
+            .await?,
+    })
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Removed {
+    pub removed: bool,
+}
+
+async fn remove_identity_provider(ctx: ToolCtx, _: NoArgs) -> Result<Removed, ToolError> {
+    Ok(Removed {
+        removed: federation::remove_provider(ctx.app.store.pool(), ctx.principal.tenant_id).await?,
+    })
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -24,6 +24,7 @@ use reqwest::Url;
 use serde_json::json;
 
 use crate::access::audit::AuditEvent;
+use crate::access::federation;
 use crate::access::oauth::base_url;
 use crate::access::scopes::Scopes;
 use crate::access::secrets::random_bytes;
@@ -41,6 +42,7 @@ pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/oauth/authorize", get(authorize).post(submit))
         .route("/oauth/register", post(register))
+        .route("/oauth/federated/callback", get(federated_callback))
 }
 
 /// The parameters of an authorization request, from the query or the forms that carry it.
@@ -117,7 +119,22 @@ enum Refused {
 }
 
 fn html(status: StatusCode, body: String) -> Response {
-    html_to(status, body, None)
+    page_with_policy(
+        status,
+        body,
+        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'".into(),
+    )
+}
+
+fn page_with_policy(status: StatusCode, body: String, policy: String) -> Response {
+    let mut response = (status, Html(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    if let Ok(value) = HeaderValue::from_str(&policy) {
+        headers.insert("content-security-policy", value);
+    }
+    response
 }
 
 /// A page whose form may end at the client's redirect URI (browsers hold a form's redirects
@@ -130,17 +147,13 @@ fn html_to(status: StatusCode, body: String, redirect_uri: Option<&str>) -> Resp
             scheme => format!("{scheme}:"),
         })
         .map_or_else(String::new, |source| format!(" {source}"));
-    let mut response = (status, Html(body)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    let policy = format!(
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'{target}; frame-ancestors 'none'"
-    );
-    if let Ok(value) = HeaderValue::from_str(&policy) {
-        headers.insert("content-security-policy", value);
-    }
-    response
+    page_with_policy(
+        status,
+        body,
+        format!(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'{target}; frame-ancestors 'none'"
+        ),
+    )
 }
 
 fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
@@ -466,7 +479,7 @@ async fn authorize(
         Err(Refused::Redirect(response)) => return response,
     };
     let (csrf, new) = csrf_token(&headers);
-    let body = match signed_in(&app, &headers).await {
+    let page = match signed_in(&app, &headers).await {
         Some(person) => {
             let offered = offered(&app, &valid, &person).await;
             if offered.is_empty() {
@@ -483,11 +496,15 @@ async fn authorize(
                     ],
                 );
             }
-            consent_page(&valid, &request, &person, offered, &csrf, None)
+            let body = consent_page(&valid, &request, &person, offered, &csrf, None);
+            html_to(StatusCode::OK, body, Some(&valid.redirect_uri))
         }
-        None => signin_page(&valid, &request, &csrf, None, "", "", false),
+        // The sign-in forms may end at the organization's provider: no form-action there.
+        None => html(
+            StatusCode::OK,
+            signin_page(&valid, &request, &csrf, None, "", "", false),
+        ),
     };
-    let page = html_to(StatusCode::OK, body, Some(&valid.redirect_uri));
     with_csrf(page, &csrf, new, &valid.issuer)
 }
 
@@ -537,6 +554,7 @@ async fn submit(
             )
             .await
         }
+        "federate" => federate(&app, &valid, &request, &csrf, field("organization")).await,
         "consent" | "deny" => {
             let Some(person) = signed_in(&app, &headers).await else {
                 let body = signin_page(
@@ -617,6 +635,172 @@ async fn submit(
             "Unknown form action.",
         ),
     }
+}
+
+/// The organization signs in through its OpenID provider: off to it, to come back to
+/// `/oauth/federated/callback` and then to this authorization request.
+async fn federate(
+    app: &App,
+    valid: &Valid,
+    request: &AuthRequest,
+    csrf: &str,
+    organization: &str,
+) -> Response {
+    let pool = app.store.pool();
+    let provider = match federation::provider_of(pool, organization).await {
+        Ok(Some(provider)) => provider,
+        Ok(None) => {
+            let body = signin_page(
+                valid,
+                request,
+                csrf,
+                Some(
+                    "That organization does not sign in through a provider here: use your email and password.",
+                ),
+                "",
+                organization,
+                false,
+            );
+            return html(StatusCode::OK, body);
+        }
+        Err(error) => {
+            tracing::error!(%error, "reading an identity provider failed");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again later",
+                "The server could not start the sign-in.",
+            );
+        }
+    };
+    let (tenant_id, provider) = provider;
+    let Ok(http) = app.http() else {
+        return error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again later",
+            "The server cannot reach outside services.",
+        );
+    };
+    let callback = format!("{}/oauth/federated/callback", valid.issuer);
+    match federation::begin(
+        pool,
+        &http,
+        tenant_id,
+        &provider,
+        &callback,
+        &request.query(),
+    )
+    .await
+    {
+        Ok(url) => see_other(&url),
+        Err(error) => {
+            tracing::warn!(%error, "starting a federated sign-in failed");
+            error_page(
+                StatusCode::BAD_GATEWAY,
+                "Your organization's sign-in is unavailable",
+                &error.to_string(),
+            )
+        }
+    }
+}
+
+/// GET /oauth/federated/callback: the organization's provider sends the browser back.
+async fn federated_callback(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or_default()).unwrap_or_default();
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+    };
+    let refused = |message: &str| error_page(StatusCode::BAD_REQUEST, "Sign-in failed", message);
+    if !get("error").is_empty() {
+        return refused(&format!(
+            "Your organization's sign-in answered: {} {}",
+            get("error"),
+            get("error_description")
+        ));
+    }
+    let (Some(vault), Ok(http)) = (app.vault.as_ref(), app.http()) else {
+        return error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in is not available",
+            "This server has no encryption key, or cannot reach outside services.",
+        );
+    };
+    let issuer = base_url(&app, &headers);
+    let callback = format!("{issuer}/oauth/federated/callback");
+    let pool = app.store.pool();
+    let vouched = match federation::finish(pool, vault, &http, get("state"), get("code"), &callback)
+        .await
+    {
+        Ok(vouched) => vouched,
+        Err(error) => {
+            let mut event = AuditEvent::anonymous("auth", "signin.failed", "refused");
+            event.transport = Some("http");
+            event.arguments = Some(json!({ "method": "federated", "reason": error.to_string() }));
+            app.audit.record(event).await;
+            return refused(&error.to_string());
+        }
+    };
+    let person = match federation::person_for(pool, &vouched).await {
+        Ok(Some((user_id, _created))) => {
+            signin::person_by_id(pool, vouched.tenant_id, user_id).await
+        }
+        Ok(None) => {
+            return refused(&format!(
+                "{} has no account in this organization; ask an admin to add you.",
+                vouched.email
+            ));
+        }
+        Err(error) => Err(error),
+    };
+    let person = match person {
+        Ok(Some(person)) => person,
+        Ok(None) => return refused("Your account is gone."),
+        Err(error) => {
+            tracing::error!(%error, "finding a federated person failed");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again later",
+                "The server could not complete the sign-in.",
+            );
+        }
+    };
+    let mut event = AuditEvent::by(
+        &person.principal(Scopes::NONE),
+        "auth",
+        "signin.succeeded",
+        "ok",
+    );
+    event.transport = Some("http");
+    event.arguments = Some(json!({ "method": "federated", "email": person.email }));
+    app.audit.record(event).await;
+    let session = match signin::open_session(pool, &person).await {
+        Ok(session) => session,
+        Err(error) => {
+            tracing::error!(%error, "opening a sign-in session failed");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again later",
+                "The server could not complete the sign-in.",
+            );
+        }
+    };
+    let mut response = see_other(&format!("/oauth/authorize?{}", vouched.resume));
+    set_cookie(
+        &mut response,
+        SESSION_COOKIE,
+        &session,
+        i64::from(signin::SESSION_HOURS) * 3600,
+        secure(&issuer),
+    );
+    response
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -90,7 +90,14 @@ pub fn signin(p: &SigninPage) -> String {
              <input type=\"email\" id=\"email\" name=\"email\" value=\"{email}\" autocomplete=\"username\" required autofocus>\
              <label for=\"password\">Password</label>\
              <input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
-             <button type=\"submit\">Sign in</button></form>",
+             <button type=\"submit\">Sign in</button></form>\
+             <h2>Or through your organization</h2>\
+             <form method=\"post\" action=\"/oauth/authorize\">{hidden}\
+             <input type=\"hidden\" name=\"action\" value=\"federate\">\
+             <label for=\"federate-organization\">Organization</label>\
+             <input type=\"text\" id=\"federate-organization\" name=\"organization\" \
+             autocomplete=\"organization\" required>\
+             <button type=\"submit\">Continue to your organization's sign-in</button></form>",
             client = escape(p.client_name),
             hidden = p.hidden,
             email = escape(p.email),

@@ -168,7 +168,8 @@ pub const RETURNS_SECRETS: [&str; 4] = [
 /// Tools whose arguments carry a secret (connection credentials, callback secrets). Like
 /// [`RETURNS_SECRETS`], they are never run where calls are stored or shown to a model:
 /// workflow steps, held calls, prompt agents' tools.
-pub const TAKES_SECRETS: [&str; 5] = [
+pub const TAKES_SECRETS: [&str; 6] = [
+    "set_identity_provider",
     "create_connection",
     "update_connection",
     "test_new_connection",

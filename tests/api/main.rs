@@ -14,6 +14,7 @@ mod discovery;
 mod embedded;
 mod fake_llm;
 mod fake_mcp;
+mod federation;
 mod fuzz;
 mod grants;
 mod handoff;

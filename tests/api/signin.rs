@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::helpers::*;
 
 const PASSWORD: &str = "correct horse battery staple";
-const REDIRECT: &str = "http://127.0.0.1:45678/callback";
+pub(crate) const REDIRECT: &str = "http://127.0.0.1:45678/callback";
 
 fn set_password(db: &TestDb, email: &str, password: &str) -> std::process::Output {
     let mut child = agentcrm(&[
@@ -131,18 +131,18 @@ fn hidden_fields(body: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn query_of(location: &str) -> HashMap<String, String> {
+pub(crate) fn query_of(location: &str) -> HashMap<String, String> {
     let url = reqwest::Url::parse(location).unwrap();
     url.query_pairs().into_owned().collect()
 }
 
-fn pkce() -> (String, String) {
+pub(crate) fn pkce() -> (String, String) {
     let verifier = URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2));
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     (verifier, challenge)
 }
 
-async fn register(base: &str, redirect_uris: Value) -> (u16, Value) {
+pub(crate) async fn register(base: &str, redirect_uris: Value) -> (u16, Value) {
     let response = reqwest::Client::new()
         .post(format!("{base}/oauth/register"))
         .json(&json!({ "client_name": "Test <Client>", "redirect_uris": redirect_uris }))
@@ -152,7 +152,7 @@ async fn register(base: &str, redirect_uris: Value) -> (u16, Value) {
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
-fn authorize_url(base: &str, client_id: &str, challenge: &str, scope: &str) -> String {
+pub(crate) fn authorize_url(base: &str, client_id: &str, challenge: &str, scope: &str) -> String {
     let query = serde_urlencoded::to_string([
         ("response_type", "code"),
         ("client_id", client_id),
@@ -203,7 +203,7 @@ async fn sign_in_and_consent(
     query_of(&location)
 }
 
-async fn token(base: &str, form: &[(&str, &str)]) -> (u16, Value) {
+pub(crate) async fn token(base: &str, form: &[(&str, &str)]) -> (u16, Value) {
     let response = reqwest::Client::new()
         .post(format!("{base}/oauth/token"))
         .form(form)

@@ -100,3 +100,15 @@ CREATE TABLE federated_logins (
     resume       text        NOT NULL,
     expires_at   timestamptz NOT NULL
 );
+
+-- Invitations: a one-time link to set one's password, valid seven days.
+CREATE TABLE invites (
+    token_hash  bytea       PRIMARY KEY,
+    tenant_id   uuid        NOT NULL,
+    user_id     uuid        NOT NULL,
+    created_by  uuid,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL,
+    used_at     timestamptz,
+    FOREIGN KEY (tenant_id, user_id) REFERENCES users (tenant_id, id) ON DELETE CASCADE
+);

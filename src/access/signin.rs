@@ -110,6 +110,67 @@ pub async fn set_password(
     Ok(updated.rows_affected() == 1)
 }
 
+/// How long an invitation link works.
+pub const INVITE_DAYS: i32 = 7;
+
+/// A one-time link for `user_id` to set their password: the token (stored as a digest).
+pub async fn create_invite(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    user_id: Uuid,
+    created_by: Option<Uuid>,
+) -> Result<(String, chrono::DateTime<chrono::Utc>), StoreError> {
+    let token = URL_SAFE_NO_PAD.encode(secrets::random_bytes::<32>());
+    let expires_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "INSERT INTO invites (token_hash, tenant_id, user_id, created_by, expires_at)
+         VALUES ($1, $2, $3, $4, now() + make_interval(days => $5)) RETURNING expires_at",
+    )
+    .bind(secrets::digest(&token))
+    .bind(tenant_id)
+    .bind(user_id)
+    .bind(created_by)
+    .bind(INVITE_DAYS)
+    .fetch_one(pool)
+    .await?;
+    Ok((token, expires_at))
+}
+
+/// Who a live invitation is for (email, organization), without using it up.
+pub async fn invite_person(pool: &PgPool, token: &str) -> Result<Option<Person>, StoreError> {
+    let row: Option<PersonRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{PERSON} JOIN invites i ON i.tenant_id = u.tenant_id AND i.user_id = u.id
+         WHERE i.token_hash = $1 AND i.used_at IS NULL AND i.expires_at > now()"
+    )))
+    .bind(secrets::digest(token))
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(PersonRow::person))
+}
+
+/// Uses an invitation: sets the person's password, once. `Ok(None)`: unknown, used or expired.
+pub async fn accept_invite(
+    pool: &PgPool,
+    token: &str,
+    password: &str,
+) -> Result<Option<Person>, StoreError> {
+    let claimed: Option<(Uuid, Uuid)> = sqlx::query_as(
+        "UPDATE invites SET used_at = now()
+         WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
+         RETURNING tenant_id, user_id",
+    )
+    .bind(secrets::digest(token))
+    .fetch_optional(pool)
+    .await?;
+    let Some((tenant_id, user_id)) = claimed else {
+        return Ok(None);
+    };
+    let Some(person) = person_by_id(pool, tenant_id, user_id).await? else {
+        return Ok(None);
+    };
+    set_password(pool, tenant_id, &person.email, password).await?;
+    Ok(Some(person))
+}
+
 /// Why a sign-in was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SigninRefusal {

@@ -171,6 +171,22 @@ pub fn tools() -> Vec<RegisteredTool> {
         ),
         tool(
             def(
+                "invite_user",
+                "Invite a person",
+                "Give a person a one-time link to set their password (valid 7 days), creating \
+                 them first if needed.\n\n\
+                 With the password they sign in from remote clients. A new person is a member \
+                 with the `scopes` given (admins hold every scope). The link is shown only here.",
+                ADMIN,
+                Hints {
+                    idempotent: false,
+                    ..Hints::CREATE
+                },
+            ),
+            invite_user,
+        ),
+        tool(
+            def(
                 "set_identity_provider",
                 "Set the identity provider",
                 "Let this tenant's people sign in through its OpenID Connect provider.\n\n\
@@ -621,6 +637,90 @@ async fn revoke_api_key(ctx: ToolCtx, args: ApiKeyIdArgs) -> Result<ApiKeyOut, T
     // Other processes hear of it through NOTIFY; this one forgets at once.
     ctx.app.auth_cache.invalidate();
     Ok(ApiKeyOut { api_key })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InviteArgs {
+    pub email: String,
+    /// For a new person (default: the email's local part).
+    pub name: Option<String>,
+    /// For a new person (default member).
+    pub role: Option<InviteRole>,
+    /// A new member's scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InviteRole {
+    Admin,
+    Member,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Invite {
+    pub email: String,
+    /// Whether the person was created for this invitation.
+    pub created: bool,
+    /// `/invite/<token>` on this server: shown only here.
+    pub invite_path: String,
+    /// The whole link, when this server knows its public URL.
+    pub invite_url: Option<String>,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+async fn invite_user(ctx: ToolCtx, args: InviteArgs) -> Result<Invite, ToolError> {
+    let pool = ctx.app.store.pool();
+    let tenant = ctx.principal.tenant_id;
+    let email = args.email.trim();
+    if !(3..=320).contains(&email.len()) || !email.contains('@') {
+        return Err(ToolError::InvalidRequest(
+            "give the person's email address".into(),
+        ));
+    }
+    let (user, created) = match access::find_user_by_email(pool, tenant, email).await? {
+        Some(user) => (user, false),
+        None => {
+            let role = match args.role.unwrap_or(InviteRole::Member) {
+                InviteRole::Admin => Role::Admin,
+                InviteRole::Member => Role::Member,
+            };
+            let granted = scopes(&args.scopes)?;
+            // Nobody hands out more than they hold.
+            if role == Role::Admin && !ctx.principal.scopes.contains(Scopes::EVERY)
+                || !ctx.principal.scopes.contains(granted)
+            {
+                return Err(ToolError::Forbidden(
+                    "an invitation cannot give more than the inviter holds".into(),
+                ));
+            }
+            let name = args
+                .name
+                .as_deref()
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| email.split('@').next().unwrap_or(email))
+                .to_owned();
+            let user = access::create_user(pool, tenant, email, &name, role, granted).await?;
+            (user, true)
+        }
+    };
+    let inviter = ctx.principal.on_behalf_of.or(ctx.principal.id);
+    let (token, expires_at) = signin::create_invite(pool, tenant, user.id, inviter).await?;
+    let invite_path = format!("/invite/{token}");
+    Ok(Invite {
+        email: user.email,
+        created,
+        invite_url: ctx
+            .app
+            .tokens
+            .as_ref()
+            .map(|keys| format!("{}{invite_path}", keys.issuer)),
+        invite_path,
+        expires_at,
+    })
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

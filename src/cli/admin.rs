@@ -54,6 +54,16 @@ enum AdminCommand {
         #[arg(long)]
         email: String,
     },
+    /// Give a person (who must exist) a one-time link to set their password; prints it once
+    InviteUser {
+        #[command(flatten)]
+        tenant: TenantArg,
+        #[arg(long)]
+        email: String,
+        /// The server's public URL, to print the whole link
+        #[arg(long, env = "AGENTCRM_PUBLIC_URL")]
+        public_url: Option<String>,
+    },
     /// List the applications people connected through sign-in (one person's with --email)
     ListConnectedClients {
         #[command(flatten)]
@@ -245,6 +255,26 @@ async fn execute(store: &Store, command: AdminCommand, json: bool) -> Result<(),
                 json,
                 json!(user),
                 format!("created {} user {} ({})", user.role, user.email, user.id),
+            );
+        }
+        AdminCommand::InviteUser {
+            tenant: t,
+            email,
+            public_url,
+        } => {
+            let tenant = tenant(store, &t.tenant).await?;
+            let user = person(pool, tenant.id, &email).await?;
+            let (token, expires_at) =
+                crate::access::signin::create_invite(pool, tenant.id, user, None).await?;
+            let path = format!("/invite/{token}");
+            let link = public_url.map_or_else(
+                || path.clone(),
+                |url| format!("{}{path}", url.trim_end_matches('/')),
+            );
+            print(
+                json,
+                json!({ "email": email, "invite": link, "expires_at": expires_at }),
+                format!("{link}\n(one use, until {expires_at}; shown only now)"),
             );
         }
         AdminCommand::ListConnectedClients { tenant: t, email } => {

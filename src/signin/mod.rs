@@ -43,6 +43,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/oauth/authorize", get(authorize).post(submit))
         .route("/oauth/register", post(register))
         .route("/oauth/federated/callback", get(federated_callback))
+        .route("/invite/{token}", get(invite_page).post(invite_submitted))
 }
 
 /// The parameters of an authorization request, from the query or the forms that carry it.
@@ -924,6 +925,139 @@ async fn audit(
         "redirect_uri": valid.redirect_uri,
     }));
     app.audit.record(event).await;
+}
+
+/// GET /invite/{token}: the page where an invited person sets their password.
+async fn invite_page(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    axum::extract::Path(token): axum::extract::Path<String>,
+) -> Response {
+    let issuer = base_url(&app, &headers);
+    match signin::invite_person(app.store.pool(), &token).await {
+        Ok(Some(person)) => {
+            let (csrf, new) = csrf_token(&headers);
+            let page = pages::invite(&person.email, &person.tenant_slug, &csrf, None);
+            let mut response = html(StatusCode::OK, page);
+            if new {
+                set_invite_csrf(&mut response, &csrf, &issuer);
+            }
+            response
+        }
+        Ok(None) => error_page(
+            StatusCode::NOT_FOUND,
+            "This invitation does not work",
+            "It is unknown, already used or expired: ask an admin for a new one.",
+        ),
+        Err(error) => {
+            tracing::error!(%error, "reading an invitation failed");
+            error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again later",
+                "The server could not read the invitation.",
+            )
+        }
+    }
+}
+
+/// The CSRF cookie of the invitation page (its own path).
+fn set_invite_csrf(response: &mut Response, csrf: &str, issuer: &str) {
+    let value = format!(
+        "{CSRF_COOKIE}={csrf}; Path=/invite; Max-Age=3600; HttpOnly; SameSite=Lax{}",
+        if secure(issuer) { "; Secure" } else { "" }
+    );
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+/// POST /invite/{token}: sets the password, once.
+async fn invite_submitted(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    axum::extract::Path(token): axum::extract::Path<String>,
+    body: Bytes,
+) -> Response {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let field = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+    };
+    let sent = field("csrf");
+    if sent.is_empty() || cookie(&headers, CSRF_COOKIE).as_deref() != Some(sent) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "The form has expired",
+            "This form was not sent by this page (or it expired). Nothing was changed.",
+        );
+    }
+    let pool = app.store.pool();
+    let person = match signin::invite_person(pool, &token).await {
+        Ok(Some(person)) => person,
+        Ok(None) => {
+            return error_page(
+                StatusCode::NOT_FOUND,
+                "This invitation does not work",
+                "It is unknown, already used or expired: ask an admin for a new one.",
+            );
+        }
+        Err(error) => {
+            tracing::error!(%error, "reading an invitation failed");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again later",
+                "The server could not read the invitation.",
+            );
+        }
+    };
+    let (password, confirm) = (field("password"), field("confirm"));
+    let problem = if password.chars().count() < signin::MIN_PASSWORD_LEN {
+        Some("The password needs at least 12 characters.")
+    } else if password != confirm {
+        Some("The two passwords differ.")
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        let page = pages::invite(&person.email, &person.tenant_slug, sent, Some(problem));
+        return html(StatusCode::BAD_REQUEST, page);
+    }
+    match signin::accept_invite(pool, &token, password).await {
+        Ok(Some(person)) => {
+            let mut event = AuditEvent::by(
+                &person.principal(Scopes::NONE),
+                "auth",
+                "password.set",
+                "ok",
+            );
+            event.transport = Some("http");
+            event.arguments = Some(json!({ "method": "invite" }));
+            app.audit.record(event).await;
+            html(
+                StatusCode::OK,
+                pages::message(
+                    "Your password is set",
+                    "Go back to your application and sign in with your email and this password.",
+                ),
+            )
+        }
+        Ok(None) => error_page(
+            StatusCode::NOT_FOUND,
+            "This invitation does not work",
+            "It was used a moment ago, or expired.",
+        ),
+        Err(error) => {
+            tracing::error!(%error, "setting a password failed");
+            error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again later",
+                "The server could not set the password.",
+            )
+        }
+    }
 }
 
 /// POST /oauth/register: RFC 7591 Dynamic Client Registration (public clients).

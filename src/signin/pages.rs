@@ -153,6 +153,39 @@ pub fn consent(p: &ConsentPage) -> String {
     )
 }
 
+pub fn invite(email: &str, organization: &str, csrf: &str, error: Option<&str>) -> String {
+    let error = error.map_or_else(String::new, |e| {
+        format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e))
+    });
+    page(
+        "Set your password",
+        &format!(
+            "<h1>Set your password</h1><p>For <strong>{}</strong> in <strong>{}</strong>. \
+             At least 12 characters; a few words you will remember work well.</p>{error}\
+             <form method=\"post\">{}\
+             <label for=\"password\">Password</label>\
+             <input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"new-password\" required minlength=\"12\" autofocus>\
+             <label for=\"confirm\">The same again</label>\
+             <input type=\"password\" id=\"confirm\" name=\"confirm\" autocomplete=\"new-password\" required minlength=\"12\">\
+             <button type=\"submit\">Set password</button></form>",
+            escape(email),
+            escape(organization),
+            hidden(&[("csrf", csrf)]),
+        ),
+    )
+}
+
+pub fn message(title: &str, message: &str) -> String {
+    page(
+        title,
+        &format!(
+            "<h1>{}</h1><p role=\"status\">{}</p>",
+            escape(title),
+            escape(message)
+        ),
+    )
+}
+
 pub fn error(title: &str, message: &str) -> String {
     page(
         title,

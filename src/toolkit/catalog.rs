@@ -158,7 +158,8 @@ type Handler =
 /// Tools whose answer carries a secret shown only once (a client secret, an API key, a
 /// signing secret). Their answers must reach the caller and nowhere else, so they are
 /// never run where answers are stored: workflow steps, or held calls run on approval.
-pub const RETURNS_SECRETS: [&str; 4] = [
+pub const RETURNS_SECRETS: [&str; 5] = [
+    "invite_user",
     "register_agent",
     "rotate_agent_secret",
     "create_api_key",

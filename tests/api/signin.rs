@@ -613,3 +613,70 @@ async fn bad_authorization_requests_are_refused_and_nothing_is_issued() {
 fn urlencode(text: &str) -> String {
     serde_urlencoded::to_string([("x", text)]).unwrap()[2..].to_owned()
 }
+
+#[tokio::test]
+async fn an_invited_person_sets_a_password_once_and_signs_in() {
+    let db = TestDb::new().await;
+    let server = HttpServer::start(db.command(&["http"]));
+    let base = server.base.clone();
+    let admin = http_client(&server.mcp_url(), &db.admin_key, Generation::Stateless).await;
+    let invite = call_ok(
+        &admin,
+        "invite_user",
+        json!({ "email": "nina@acme.test", "name": "Nina", "scopes": ["customers:read"] }),
+    )
+    .await;
+    assert_eq!(invite["created"], true, "{invite}");
+    let link = invite["invite_url"].as_str().unwrap().to_owned();
+    assert!(link.starts_with(&format!("{base}/invite/")), "{link}");
+    admin.cancel().await.unwrap();
+
+    let mut browser = Browser::new();
+    let page = browser.get(&link).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("nina@acme.test"));
+    let csrf = hidden_fields(&page.body);
+    let form = |password: &str, confirm: &str, with_csrf: bool| {
+        let mut form: Vec<(String, String)> = vec![
+            ("password".into(), password.into()),
+            ("confirm".into(), confirm.into()),
+        ];
+        if with_csrf {
+            form.extend(csrf.iter().cloned());
+        }
+        form
+    };
+    let forged = browser.post(&link, &form(PASSWORD, PASSWORD, false)).await;
+    assert_eq!(forged.status, 403);
+    let differ = browser
+        .post(&link, &form(PASSWORD, "something else entirely", true))
+        .await;
+    assert_eq!(differ.status, 400);
+    assert!(differ.body.contains("differ"));
+    let short = browser.post(&link, &form("short", "short", true)).await;
+    assert_eq!(short.status, 400);
+    let done = browser.post(&link, &form(PASSWORD, PASSWORD, true)).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("Your password is set"));
+    let again = browser.get(&link).await;
+    assert_eq!(again.status, 404, "an invitation works once");
+
+    // Nina signs in from a client with it.
+    let (_, client) = register(&base, json!([REDIRECT])).await;
+    let (_, challenge) = pkce();
+    let url = authorize_url(
+        &base,
+        client["client_id"].as_str().unwrap(),
+        &challenge,
+        "customers:read",
+    );
+    let page = browser.get(&url).await;
+    let mut form = hidden_fields(&page.body);
+    form.push(("action".into(), "signin".into()));
+    form.push(("email".into(), "nina@acme.test".into()));
+    form.push(("password".into(), PASSWORD.into()));
+    let signed = browser
+        .post(&format!("{base}/oauth/authorize"), &form)
+        .await;
+    assert_eq!(signed.status, 303, "{}", signed.body);
+}

@@ -251,6 +251,7 @@ pub async fn person_by_id(
 
 /// A new signed-in browser for `person`: the cookie's value (stored only as a digest).
 pub async fn open_session(pool: &PgPool, person: &Person) -> Result<String, StoreError> {
+    sweep(pool).await?;
     let value = URL_SAFE_NO_PAD.encode(secrets::random_bytes::<32>());
     sqlx::query(
         "INSERT INTO signin_sessions (id_hash, tenant_id, user_id, expires_at)
@@ -263,6 +264,21 @@ pub async fn open_session(pool: &PgPool, person: &Person) -> Result<String, Stor
     .execute(pool)
     .await?;
     Ok(value)
+}
+
+/// Forgets what can no longer be used (a sign-in is a good moment: they are rare): expired
+/// sessions, codes and federated sign-ins a day on, used or expired invitations after 30 days.
+async fn sweep(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query(
+        "WITH s AS (DELETE FROM signin_sessions WHERE expires_at < now() - interval '1 day'),
+              c AS (DELETE FROM authorization_codes WHERE expires_at < now() - interval '1 day'),
+              f AS (DELETE FROM federated_logins WHERE expires_at < now() - interval '1 day')
+         DELETE FROM invites WHERE expires_at < now() - interval '30 days'
+                               OR used_at < now() - interval '30 days'",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// The person a session cookie stands for, if it is live.

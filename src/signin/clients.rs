@@ -303,14 +303,20 @@ async fn fetch_document(app: &App, url: &str) -> Result<Client, Refusal> {
             response.status()
         )));
     }
-    let body = response
-        .bytes()
+    // Read at most the cap: a document URL is anyone's to name, and its server may not stop.
+    let mut response = response;
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
         .await
-        .map_err(|e| invalid(format!("reading the metadata document failed: {e}")))?;
-    if body.len() > MAX_DOCUMENT_BYTES {
-        return Err(invalid(
-            "the client's metadata document is too large".into(),
-        ));
+        .map_err(|e| invalid(format!("reading the metadata document failed: {e}")))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_DOCUMENT_BYTES {
+            return Err(invalid(
+                "the client's metadata document is too large".into(),
+            ));
+        }
     }
     #[derive(Deserialize)]
     struct Document {

@@ -326,3 +326,39 @@ async fn the_typescript_sdk_signs_in_refreshes_and_steps_up() {
     let done = rounds.lock().unwrap().done.clone();
     eprintln!("typescript sdk: {report}; browser rounds {done:?}");
 }
+
+/// mcp-remote with an API key (which cannot step up): a tool the key lacks is refused as the
+/// tool's result, naming the scope, and mcp-remote hands that text on.
+#[tokio::test]
+async fn mcp_remote_passes_a_keys_refusal_on_as_text() {
+    let db = TestDb::new().await;
+    let narrow = db.api_key("owner@acme.test", &["customers:read"]);
+    let server = HttpServer::start(db.server(&["http"]));
+    let config = tempfile::tempdir().unwrap();
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg(browser_dir().join("node_modules/mcp-remote/dist/proxy.js"))
+        .arg(server.mcp_url())
+        .arg("--allow-http")
+        .arg("--header")
+        .arg(format!("X-Api-Key:{narrow}"))
+        .env("MCP_REMOTE_CONFIG_DIR", config.path())
+        .env("BROWSER", "true");
+    let (transport, _) = TokioChildProcess::builder(command)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mcp-remote");
+    let client = client_config()
+        .serve_with_lifecycle(transport, lifecycle(Generation::Sessions))
+        .await
+        .expect("MCP handshake through mcp-remote");
+    let refused = call(&client, "list_agents", json!({})).await;
+    assert_eq!(refused.is_error, Some(true), "{refused:?}");
+    let text = serde_json::to_string(&refused.content).unwrap();
+    assert!(
+        text.contains("admin"),
+        "the missing scope reaches the model: {text}"
+    );
+    call_ok(&client, "list_customers", json!({})).await;
+    client.cancel().await.unwrap();
+}

@@ -342,6 +342,34 @@ async fn a_person_signs_in_through_a_registered_client_with_pkce() {
         (400, Some("invalid_grant"))
     );
 
+    // A code is for the client and redirect URI it was issued to.
+    let (_, other) = register(&base, json!([REDIRECT])).await;
+    let other_id = other["client_id"].as_str().unwrap().to_owned();
+    for (client, redirect) in [
+        (other_id.as_str(), REDIRECT),
+        (client_id.as_str(), "http://127.0.0.1:45679/callback"),
+    ] {
+        let (verifier, challenge) = pkce();
+        let url = authorize_url(&base, &client_id, &challenge, "customers:read");
+        let answer = sign_in_and_consent(&mut browser, &base, &url, &["customers:read"]).await;
+        let (status, refused) = token(
+            &base,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &answer["code"]),
+                ("redirect_uri", redirect),
+                ("client_id", client),
+                ("code_verifier", &verifier),
+            ],
+        )
+        .await;
+        assert_eq!(
+            (status, refused["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "{client} {redirect}"
+        );
+    }
+
     // The token is the person's, with what they ticked.
     let access = issued["access_token"].as_str().unwrap().to_owned();
     let mcp = http_client(&server.mcp_url(), &access, Generation::Stateless).await;

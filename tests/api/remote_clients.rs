@@ -205,6 +205,11 @@ async fn mcp_remote_signs_in_refreshes_and_steps_up() {
         "{searched:?} {:?}",
         rounds.lock().unwrap().log
     );
+    // The browser script may still be closing Chromium after the client got its code.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rounds.lock().unwrap().done.len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let done = rounds.lock().unwrap().done.clone();
     assert_eq!(done.len(), 2, "signed in, then stepped up: {done:?}");
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();

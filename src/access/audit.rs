@@ -152,6 +152,63 @@ pub fn text(s: &str) -> String {
     }
 }
 
+/// What the audit trail keeps of one call's arguments, at most (their JSON text, roughly).
+pub const MAX_AUDIT_ARGUMENTS: usize = 64 * 1024;
+
+/// Replaces arguments larger than [`MAX_AUDIT_ARGUMENTS`] with a marker saying so, with their
+/// size and top-level keys: a 5 MB argument must not be stored whole on every call.
+fn cap_arguments(arguments: &mut Value) {
+    let mut budget = MAX_AUDIT_ARGUMENTS;
+    if fits(arguments, &mut budget) {
+        return;
+    }
+    let keys: Vec<Value> = match &*arguments {
+        Value::Object(map) => map
+            .keys()
+            .take(50)
+            .map(|k| Value::String(text(k)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let bytes = serde_json::to_string(arguments).map_or(0, |s| s.len());
+    *arguments = serde_json::json!({
+        "truncated": true,
+        "bytes": bytes,
+        "keys": keys,
+        "reason": format!("arguments over {} KB are not kept whole", MAX_AUDIT_ARGUMENTS / 1024),
+    });
+}
+
+/// Does `value`'s JSON text fit in `budget` bytes (roughly: strings, keys and a few bytes of
+/// punctuation per item)? Stops as soon as it does not, without serializing anything.
+fn fits(value: &Value, budget: &mut usize) -> bool {
+    fn spend(budget: &mut usize, n: usize) -> bool {
+        match budget.checked_sub(n) {
+            Some(left) => {
+                *budget = left;
+                true
+            }
+            None => false,
+        }
+    }
+    match value {
+        Value::String(s) => spend(budget, s.len() + 2),
+        Value::Array(items) => {
+            spend(budget, 2)
+                && items
+                    .iter()
+                    .all(|item| spend(budget, 1) && fits(item, budget))
+        }
+        Value::Object(map) => {
+            spend(budget, 2)
+                && map
+                    .iter()
+                    .all(|(k, v)| spend(budget, k.len() + 4) && fits(v, budget))
+        }
+        _ => spend(budget, 24),
+    }
+}
+
 type Pending = (AuditEvent, oneshot::Sender<()>);
 
 #[derive(Clone)]
@@ -182,6 +239,9 @@ impl AuditLog {
             if field.contains('\0') {
                 *field = text(field);
             }
+        }
+        if let Some(arguments) = event.arguments.as_mut() {
+            cap_arguments(arguments);
         }
         let (done, committed) = oneshot::channel();
         if self.sender.send((event, done)).await.is_err() {

@@ -11,6 +11,7 @@ mod connections;
 mod crm;
 mod delegation;
 mod discovery;
+mod durability;
 mod embedded;
 mod fake_llm;
 mod fake_mcp;

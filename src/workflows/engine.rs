@@ -147,25 +147,41 @@ async fn drive(
             "event": exec.input.get("event"),
         });
         let outcome = run_step(app, &exec, index, step, &context, lost).await?;
-        let Some(result) = outcome else {
+        let Some(outcome) = outcome else {
             return Ok(()); // waiting for approval, or the lease was lost
+        };
+        let (result, succeeded_run) = match outcome {
+            Outcome::Recorded(result) => (result, None),
+            Outcome::Succeeded { run_id, output } => (
+                json!({ "status": "succeeded", "output": output }),
+                Some(run_id),
+            ),
         };
         let failed = result.get("status") == Some(&json!("failed"));
         if let Value::Object(results) = &mut exec.results {
             results.insert(step.id.clone(), result.clone());
         }
         exec.next_step += 1;
+        // A step's success and the run's progress commit together, fenced on the lease: a
+        // process killed between them would otherwise run the step again on resume.
         let advanced = sqlx::query(
-            "UPDATE workflow_executions SET next_step = $3, results = $4, updated_at = now()
-             WHERE id = $1 AND lease_owner = $2",
+            "WITH advanced AS (
+                 UPDATE workflow_executions SET next_step = $3, results = $4, updated_at = now()
+                 WHERE id = $1 AND lease_owner = $2 RETURNING id),
+             recorded AS (
+                 UPDATE workflow_step_runs SET status = 'succeeded', output = $6, finished_at = now()
+                 WHERE id = $5 AND EXISTS (SELECT 1 FROM advanced))
+             SELECT id FROM advanced",
         )
         .bind(id)
         .bind(process_id())
         .bind(exec.next_step)
         .bind(&exec.results)
-        .execute(pool)
+        .bind(succeeded_run)
+        .bind(result.get("output"))
+        .fetch_optional(pool)
         .await?;
-        if advanced.rows_affected() == 0 {
+        if advanced.is_none() {
             return Ok(());
         }
         if failed && step.on_error.then == Then::Fail {
@@ -194,6 +210,14 @@ async fn drive(
     Ok(())
 }
 
+/// What a step came to.
+enum Outcome {
+    /// Skipped, failed, or found done: its record is written.
+    Recorded(Value),
+    /// Its tool answered: recorded together with the run's progress.
+    Succeeded { run_id: i64, output: Value },
+}
+
 /// Runs one step with its retries; `None` when the execution must stop here for now.
 async fn run_step(
     app: &Arc<App>,
@@ -202,19 +226,30 @@ async fn run_step(
     step: &Step,
     context: &Value,
     lost: &AtomicBool,
-) -> Result<Option<Value>, EngineError> {
+) -> Result<Option<Outcome>, EngineError> {
     let pool = app.store.pool();
     let tool = app.catalog.get(&step.tool);
-    // A step left running by a process that died.
-    let interrupted: Option<i64> = sqlx::query_scalar(
-        "UPDATE workflow_step_runs SET status = 'interrupted', finished_at = now(),
-             error = 'its process stopped before it recorded an outcome'
-         WHERE execution_id = $1 AND step_index = $2 AND status = 'running' RETURNING id",
+    // A step left running by a process that died; or one recorded as succeeded whose run did
+    // not advance (left so by an earlier version, which wrote the two apart): done, not run again.
+    let (interrupted, done): (Option<i64>, Option<Value>) = sqlx::query_as(
+        "WITH interrupted AS (
+             UPDATE workflow_step_runs SET status = 'interrupted', finished_at = now(),
+                 error = 'its process stopped before it recorded an outcome'
+             WHERE execution_id = $1 AND step_index = $2 AND status = 'running' RETURNING id)
+         SELECT (SELECT id FROM interrupted LIMIT 1),
+                (SELECT coalesce(output, 'null'::jsonb) FROM workflow_step_runs
+                 WHERE execution_id = $1 AND step_index = $2 AND status = 'succeeded'
+                 ORDER BY id DESC LIMIT 1)",
     )
     .bind(exec.id)
     .bind(index as i32)
-    .fetch_optional(pool)
+    .fetch_one(pool)
     .await?;
+    if let Some(output) = done {
+        return Ok(Some(Outcome::Recorded(
+            json!({ "status": "succeeded", "output": output }),
+        )));
+    }
     if interrupted.is_some() && !tool.is_some_and(|t| t.def.hints.idempotent) {
         let error = format!(
             "step {} (`{}`) was running when its process stopped, and `{}` is not safe to \
@@ -228,7 +263,7 @@ async fn run_step(
         && !condition.evaluate(context).result
     {
         record_skipped(pool, exec.id, index, step).await?;
-        return Ok(Some(json!({ "status": "skipped" })));
+        return Ok(Some(Outcome::Recorded(json!({ "status": "skipped" }))));
     }
     let (arguments, _) = substitute(&step.arguments, context);
     let attempts = step.on_error.retries + 1;
@@ -267,8 +302,7 @@ async fn run_step(
             Ok(output) => {
                 // Stored and passed on: values of secret-named keys never are.
                 let output = redact(&output);
-                end_attempt(pool, run_id, "succeeded", Some(&output), None).await?;
-                return Ok(Some(json!({ "status": "succeeded", "output": output })));
+                return Ok(Some(Outcome::Succeeded { run_id, output }));
             }
             Err(ToolError::PendingApproval { action_id, .. }) => {
                 end_attempt(
@@ -303,7 +337,9 @@ async fn run_step(
             }
         }
     }
-    Ok(Some(json!({ "status": "failed", "error": last_error })))
+    Ok(Some(Outcome::Recorded(
+        json!({ "status": "failed", "error": last_error }),
+    )))
 }
 
 /// One call of a step's tool for the execution's chain, as it stands now.

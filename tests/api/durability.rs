@@ -38,3 +38,73 @@ async fn a_huge_argument_is_not_stored_whole_in_the_audit_trail() {
     assert_eq!(marker["keys"], json!(["limit", "query"]));
     assert_eq!(rows[1].0, json!({ "query": "ada" }));
 }
+
+/// 1. A step recorded as succeeded is not run again when its run resumes. A process killed
+/// between writing a step's success and advancing its run left exactly this state (the two
+/// were separate statements; they are one now): the resumed run logged the interaction twice.
+#[tokio::test]
+async fn a_resumed_workflow_does_not_repeat_a_step_that_succeeded() {
+    use crate::workflows::{create_customer, statuses, wait_for_end, workflow};
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let customer = create_customer(&admin, json!({ "first_name": "Ana" })).await;
+    let steps = json!([
+        { "id": "note", "tool": "log_interaction",
+          "arguments": { "customer_id": customer, "type": "note", "notes": "once" } },
+        { "id": "after", "tool": "list_interactions", "arguments": { "customer_id": customer } },
+    ]);
+    let id = workflow(&admin, "Once", steps, json!({})).await;
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    // Step 0 ran and its interaction is in the database, its attempt says succeeded, but the
+    // run still points at step 0 and its process is gone (the lease expired).
+    let execution: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO workflow_executions (tenant_id, workflow_id, workflow_name, workflow_version,
+             definition, status, source, started_by_kind, started_by_id, started_by_name, scopes,
+             next_step, results, lease_owner, lease_until, started_at, chain)
+         SELECT w.tenant_id, w.id, w.name, w.version,
+                jsonb_build_object('steps', w.steps, 'variables', w.variables),
+                'running', 'manual', 'user', u.id, u.name,
+                ARRAY['interactions:read', 'interactions:write', 'customers:read'],
+                0, '{}'::jsonb, gen_random_uuid(), now() - interval '1 minute', now(),
+                jsonb_build_array(jsonb_build_object('kind', 'user', 'id', u.id, 'name', u.name,
+                                                     'person', u.id))
+         FROM workflows w JOIN users u ON u.tenant_id = w.tenant_id
+         WHERE w.id = $1::uuid LIMIT 1 RETURNING id",
+    )
+    .bind(&id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let logged = call_ok(
+        &admin,
+        "log_interaction",
+        json!({ "customer_id": customer, "type": "note", "notes": "once" }),
+    )
+    .await;
+    sqlx::query(
+        "INSERT INTO workflow_step_runs (execution_id, step_index, step_id, tool, attempt, status,
+             output, finished_at)
+         VALUES ($1, 0, 'note', 'log_interaction', 1, 'succeeded', $2, now())",
+    )
+    .bind(execution)
+    .bind(&logged)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Another process takes the run over.
+    let other = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let done = wait_for_end(&admin, &execution.to_string()).await;
+    assert_eq!(done["execution"]["status"], "succeeded", "{done}");
+    let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM interactions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(notes, 1, "the interaction was logged once: {done}");
+    assert_eq!(
+        statuses(&done),
+        [("note", "succeeded"), ("after", "succeeded")].map(|(a, b)| (a.to_owned(), b.to_owned())),
+        "{done}"
+    );
+    other.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}

@@ -233,14 +233,14 @@ async fn conditions_and_substitutions_are_tested_against_a_context() {
     admin.cancel().await.unwrap();
 }
 
-async fn create_customer(client: &Client, fields: Value) -> String {
+pub(crate) async fn create_customer(client: &Client, fields: Value) -> String {
     call_ok(client, "create_customer", fields).await["customer"]["id"]
         .as_str()
         .unwrap()
         .to_owned()
 }
 
-async fn workflow(client: &Client, name: &str, steps: Value, extra: Value) -> String {
+pub(crate) async fn workflow(client: &Client, name: &str, steps: Value, extra: Value) -> String {
     let mut args = json!({ "name": name, "steps": steps });
     if let (Value::Object(args), Value::Object(extra)) = (&mut args, extra) {
         args.extend(extra);
@@ -251,7 +251,7 @@ async fn workflow(client: &Client, name: &str, steps: Value, extra: Value) -> St
         .to_owned()
 }
 
-fn statuses(execution: &Value) -> Vec<(String, String)> {
+pub(crate) fn statuses(execution: &Value) -> Vec<(String, String)> {
     execution["steps"]
         .as_array()
         .unwrap()
@@ -265,7 +265,7 @@ fn statuses(execution: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn wait_for_end(client: &Client, execution_id: &str) -> Value {
+pub(crate) async fn wait_for_end(client: &Client, execution_id: &str) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let seen = call_ok(

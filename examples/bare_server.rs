@@ -115,6 +115,7 @@ async fn main() {
         },
         clients: Default::default(),
         subscriptions: Default::default(),
+        inflight: Default::default(),
     });
     let service = StreamableHttpService::new(
         move || {

@@ -37,6 +37,8 @@ pub struct App {
     pub clients: crate::jobs::outbound::Clients,
     /// Clients subscribed to resources (pending actions, handoff tickets) in this process.
     pub subscriptions: crate::handoff::resources::Subscriptions,
+    /// Clients' calls in flight in this process.
+    pub inflight: crate::mcp::call::InFlight,
 }
 
 impl App {

@@ -354,6 +354,7 @@ async fn start(
         outbound,
         clients: Default::default(),
         subscriptions: Default::default(),
+        inflight: Default::default(),
     }))
 }
 

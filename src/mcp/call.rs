@@ -143,7 +143,53 @@ pub async fn invoke(app: &Arc<App>, call: Call) -> Result<Value, ToolError> {
 
 /// Admits, checks, holds, runs and audits one call. The answer waits for its audit record:
 /// none is lost once the caller has it.
+/// Clients' calls in flight in this process: a stdio server whose client hung up waits for
+/// them (and their audit records) before it exits.
+#[derive(Default)]
+pub struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One call in flight, until dropped.
+pub struct InFlightGuard<'a>(&'a InFlight);
+
+impl InFlight {
+    pub fn enter(&self) -> InFlightGuard<'_> {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlightGuard(self)
+    }
+
+    /// Waits until no call is in flight, or `deadline` passes; says whether it drained.
+    pub async fn drained(&self, deadline: std::time::Duration) -> bool {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let idle = self.idle.notified();
+            if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(until, idle).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
+    let _in_flight = call.client.is_some().then(|| app.inflight.enter());
     let mut audit = AuditEvent::by(&call.principal, "tool", call.tool.as_str(), "ok");
     audit.arguments = Some(redact_object(&call.arguments));
     audit.transport = Some(call.transport.as_str());

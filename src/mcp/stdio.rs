@@ -17,6 +17,9 @@ use super::server::AgentCrm;
 use crate::access::Principal;
 use crate::app::App;
 
+/// How long calls in flight may still run after the client closed stdin.
+const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The longest line read from stdin; a longer one is refused without being held in memory.
 const MAX_LINE: usize = 16 * 1024 * 1024;
 
@@ -26,7 +29,7 @@ pub async fn serve(
     principal: Principal,
     shutdown: CancellationToken,
 ) -> Result<(), rmcp::service::ServerInitializeError> {
-    let server = AgentCrm::stdio(app, principal);
+    let server = AgentCrm::stdio(app.clone(), principal);
     let (transport, written) = gated(tokio::io::stdin(), tokio::io::stdout());
     let running = tokio::select! {
         running = server.serve(transport) => running?,
@@ -40,6 +43,11 @@ pub async fn serve(
             }
         }
         _ = shutdown.cancelled() => cancel.cancel(),
+    }
+    // A client that hung up mid-call: its calls finish, with their audit records, before the
+    // process exits (rmcp waits only a few seconds for them).
+    if !app.inflight.drained(IN_FLIGHT_GRACE).await {
+        tracing::warn!("calls still running {IN_FLIGHT_GRACE:?} after the client left; exiting");
     }
     // The last replies reach stdout before the process exits.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), written).await;

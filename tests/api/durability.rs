@@ -108,3 +108,60 @@ async fn a_resumed_workflow_does_not_repeat_a_step_that_succeeded() {
     other.cancel().await.unwrap();
     admin.cancel().await.unwrap();
 }
+
+/// 4. stdio: a call in flight when the client closes stdin finishes, with its audit record,
+/// before the process exits (it exited with the call cut off and no record).
+#[tokio::test]
+async fn closing_stdin_mid_call_keeps_the_calls_audit_record() {
+    use std::io::{Read, Write};
+    let db = TestDb::new().await;
+    // A receiver that takes four seconds to answer: the call is in flight when stdin closes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/slow", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buffer = [0; 4096];
+                let _ = stream.read(&mut buffer);
+                std::thread::sleep(std::time::Duration::from_secs(8));
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            });
+        }
+    });
+    let mut child = db
+        .command(&["stdio"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let messages = [
+        json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": { "name": "t", "version": "1" } } }),
+        json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
+        json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "test_new_connection",
+            "arguments": { "platform": "http", "config": { "url": url, "method": "POST" } } } }),
+    ];
+    for message in messages {
+        writeln!(stdin, "{message}").unwrap();
+    }
+    stdin.flush().unwrap();
+    // Let the call start, then hang up.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    drop(stdin);
+    let status = wait_timeout(&mut child, std::time::Duration::from_secs(30))
+        .expect("the process exits after its client hangs up");
+    assert!(status.success(), "{status:?}");
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE action = 'test_new_connection'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 1, "the call in flight was recorded");
+}

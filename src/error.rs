@@ -58,6 +58,10 @@ pub enum ToolError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Internal(String),
+    /// The call ran but its audit record could not be made durable: an internal error whose
+    /// text the caller sees, since retrying blindly could do the work twice.
+    #[error("{0}")]
+    Unrecorded(String),
     /// Not a failure: the tool needs an answer from the client first (protocol
     /// 2026-07-28); the client calls again with it.
     #[error("the client must answer first")]
@@ -79,9 +83,10 @@ impl ToolError {
             ToolError::Conflict(_) => ErrorCode::Conflict,
             ToolError::RateLimited(..) => ErrorCode::RateLimited,
             ToolError::PendingApproval { .. } => ErrorCode::PendingApproval,
-            ToolError::Store(_) | ToolError::Internal(_) | ToolError::NeedsInput(_) => {
-                ErrorCode::Internal
-            }
+            ToolError::Store(_)
+            | ToolError::Internal(_)
+            | ToolError::Unrecorded(_)
+            | ToolError::NeedsInput(_) => ErrorCode::Internal,
         }
     }
 

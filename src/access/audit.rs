@@ -209,7 +209,8 @@ fn fits(value: &Value, budget: &mut usize) -> bool {
     }
 }
 
-type Pending = (AuditEvent, oneshot::Sender<()>);
+/// An event and who waits to learn whether it is durable.
+type Pending = (AuditEvent, oneshot::Sender<bool>);
 
 #[derive(Clone)]
 pub struct AuditLog {
@@ -224,8 +225,8 @@ impl AuditLog {
         AuditLog { sender }
     }
 
-    /// Returns once the event is committed (or the write failed, which is logged).
-    pub async fn record(&self, mut event: AuditEvent) {
+    /// Returns once the event is committed (`true`), or could not be (`false`, logged).
+    pub async fn record(&self, mut event: AuditEvent) -> bool {
         // Text a caller chose (a tool name, a session id) must not stop the batch's INSERT.
         for field in [
             Some(&mut event.action),
@@ -246,11 +247,18 @@ impl AuditLog {
         let (done, committed) = oneshot::channel();
         if self.sender.send((event, done)).await.is_err() {
             tracing::error!("audit writer stopped; an audit event was not recorded");
-            return;
+            return false;
         }
-        let _ = committed.await;
+        committed.await.unwrap_or(false)
     }
 }
+
+/// Waits before writing a refused event again.
+const RETRY_WAITS: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(50),
+    std::time::Duration::from_millis(250),
+    std::time::Duration::from_millis(1000),
+];
 
 /// How many times the writer lets other tasks run before it takes a batch: calls that are
 /// about to finish join it, instead of each paying for a round trip of its own. Measured on
@@ -270,17 +278,28 @@ async fn writer(pool: PgPool, mut receiver: mpsc::Receiver<Pending>) {
                 }
             }
         }
+        let mut written = vec![true; batch.len()];
         if let Err(error) = insert(&pool, &batch).await {
-            // One event the database refuses must not take the others with it.
+            // One event the database refuses must not take the others with it; each is tried
+            // again a few times (a pool briefly exhausted, a restart) before it counts as lost.
             tracing::warn!(%error, events = batch.len(), "audit batch refused; writing events one by one");
-            for one in batch.chunks(1) {
-                if let Err(error) = insert(&pool, one).await {
+            for (i, one) in batch.chunks(1).enumerate() {
+                let mut outcome = insert(&pool, one).await;
+                for wait in RETRY_WAITS {
+                    if outcome.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(wait).await;
+                    outcome = insert(&pool, one).await;
+                }
+                if let Err(error) = outcome {
                     tracing::error!(%error, action = %one[0].0.action, "could not write an audit event");
+                    written[i] = false;
                 }
             }
         }
-        for (_, done) in batch.drain(..) {
-            let _ = done.send(());
+        for ((_, done), ok) in batch.drain(..).zip(written) {
+            let _ = done.send(ok);
         }
     }
 }

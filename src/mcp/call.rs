@@ -233,13 +233,21 @@ pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
     if let Ok(Done::Ask(_)) = &outcome {
         audit.outcome = "input_required";
     }
-    finish(
+    let request_id = audit.request_id.clone().unwrap_or_default();
+    let recorded = finish(
         app,
         audit,
         started,
         outcome.as_ref().err().map(ToolError::code),
     )
     .await;
+    // A call whose record is not durable does not report success (the README's promise).
+    if !recorded && outcome.is_ok() {
+        return Err(CallError::Tool(ToolError::Unrecorded(format!(
+            "the call ran, but its audit record could not be written, so it is not reported as \
+             done: it may have taken effect; check before trying again (request id {request_id})"
+        ))));
+    }
     outcome.map_err(CallError::Tool)
 }
 
@@ -305,7 +313,13 @@ async fn remote(app: &Arc<App>, call: &Call) -> Result<Value, ToolError> {
 }
 
 /// Records the call's outcome in the audit trail.
-async fn finish(app: &App, mut audit: AuditEvent, started: Instant, failed: Option<ErrorCode>) {
+/// Records the call's audit event; `false` when it could not be made durable.
+async fn finish(
+    app: &App,
+    mut audit: AuditEvent,
+    started: Instant,
+    failed: Option<ErrorCode>,
+) -> bool {
     audit.duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
     if let Some(code) = failed {
         audit.outcome = match code {
@@ -317,5 +331,5 @@ async fn finish(app: &App, mut audit: AuditEvent, started: Instant, failed: Opti
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned));
     }
-    app.audit.record(audit).await;
+    app.audit.record(audit).await
 }

@@ -165,3 +165,35 @@ async fn closing_stdin_mid_call_keeps_the_calls_audit_record() {
     .unwrap();
     assert_eq!(recorded, 1, "the call in flight was recorded");
 }
+
+/// 3. A call whose audit record cannot be written does not answer success (it did, with an
+/// injected failure on `audit_events`); other calls go on being recorded.
+#[tokio::test]
+async fn a_call_whose_audit_record_fails_does_not_report_success() {
+    let db = TestDb::new().await;
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    for statement in [
+        "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.action = 'list_customers' THEN RAISE EXCEPTION 'injected audit failure'; END IF;
+             RETURN NEW;
+         END $$",
+        "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events
+         FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let listed = call(&admin, "list_customers", json!({})).await;
+    assert_eq!(listed.is_error, Some(true), "{listed:?}");
+    let text = serde_json::to_string(&listed.content).unwrap();
+    assert!(text.contains("audit record could not be written"), "{text}");
+    call_ok(&admin, "whoami", json!({})).await;
+    admin.cancel().await.unwrap();
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE action = 'whoami'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, 1);
+}

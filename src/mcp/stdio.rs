@@ -82,6 +82,8 @@ where
     });
     // rmcp's replies, line by line.
     let replies = lines.clone();
+    let outstanding = Arc::new(Outstanding::default());
+    let answered = outstanding.clone();
     tokio::spawn(async move {
         let mut from_rmcp = BufReader::new(from_rmcp);
         let mut line = Vec::new();
@@ -90,6 +92,9 @@ where
             match from_rmcp.read_until(b'\n', &mut line).await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
+                    if let Some(id) = answered_id(&line) {
+                        answered.finish(&id);
+                    }
                     if replies.send(line.clone()).await.is_err() {
                         break;
                     }
@@ -125,6 +130,14 @@ where
             }
             match check(&line) {
                 Ok(()) => {
+                    // At most MAX_OUTSTANDING requests at once: reading waits while they run,
+                    // so a client piping thousands at once cannot grow memory without bound.
+                    // Answers and notifications (a cancellation frees its request) pass.
+                    match classify(&line) {
+                        Kind::Request(id) => outstanding.start(id).await,
+                        Kind::Cancelled(id) => outstanding.finish(&id),
+                        Kind::Other => {}
+                    }
                     if to_rmcp.write_all(&line).await.is_err()
                         || to_rmcp.write_all(b"\n").await.is_err()
                     {
@@ -141,6 +154,90 @@ where
         // Dropping `to_rmcp` closes rmcp's input: the session ends as when stdin closes.
     });
     ((rmcp_reads, rmcp_writes), written)
+}
+
+/// Requests the client sent that are not answered yet (by their id's JSON text).
+const MAX_OUTSTANDING: usize = 64;
+
+#[derive(Default)]
+struct Outstanding {
+    ids: std::sync::Mutex<std::collections::HashSet<String>>,
+    freed: tokio::sync::Notify,
+}
+
+impl Outstanding {
+    /// Waits for room, then counts the request `id` as outstanding.
+    async fn start(&self, id: String) {
+        loop {
+            let freed = self.freed.notified();
+            if let Ok(mut ids) = self.ids.lock()
+                && ids.len() < MAX_OUTSTANDING
+            {
+                ids.insert(id);
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    fn finish(&self, id: &str) {
+        if let Ok(mut ids) = self.ids.lock()
+            && ids.remove(id)
+        {
+            self.freed.notify_waiters();
+        }
+    }
+}
+
+enum Kind {
+    Request(String),
+    Cancelled(String),
+    Other,
+}
+
+/// A client's line: a request (method and id), a cancellation, or anything else.
+fn classify(line: &[u8]) -> Kind {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        method: Option<String>,
+        id: Option<Value>,
+        params: Option<serde::de::IgnoredAny>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Cancelled {
+        params: CancelledParams,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct CancelledParams {
+        request_id: Value,
+    }
+    let Ok(probe) = serde_json::from_slice::<Probe>(line) else {
+        return Kind::Other;
+    };
+    let _ = probe.params;
+    match (probe.method.as_deref(), probe.id) {
+        (Some(_), Some(id)) => Kind::Request(id.to_string()),
+        (Some("notifications/cancelled"), None) => serde_json::from_slice::<Cancelled>(line)
+            .map_or(Kind::Other, |c| {
+                Kind::Cancelled(c.params.request_id.to_string())
+            }),
+        _ => Kind::Other,
+    }
+}
+
+/// The id of an answer rmcp sends (a result or an error), not of a request of its own.
+fn answered_id(line: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        method: Option<serde::de::IgnoredAny>,
+        id: Option<Value>,
+    }
+    let probe: Probe = serde_json::from_slice(line).ok()?;
+    match (probe.method, probe.id) {
+        (None, Some(id)) if !id.is_null() => Some(id.to_string()),
+        _ => None,
+    }
 }
 
 enum Line {

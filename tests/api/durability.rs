@@ -197,3 +197,77 @@ async fn a_call_whose_audit_record_fails_does_not_report_success() {
             .unwrap();
     assert_eq!(recorded, 1);
 }
+
+/// 8. stdio: 10,000 requests piped at once are answered with bounded memory: at most 64 run
+/// at a time and reading waits for room (every request was taken at once: 360 MB here, 448 MB
+/// in the report).
+#[tokio::test]
+async fn ten_thousand_piped_requests_are_answered_with_bounded_memory() {
+    use std::io::{BufRead, Write};
+    let db = TestDb::new().await;
+    let mut child = db
+        .command(&["stdio"])
+        .env("RUST_LOG", "error")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watching = {
+        let peak = peak.clone();
+        std::thread::spawn(move || {
+            while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                let kb: u64 = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+                    .unwrap_or(0);
+                peak.fetch_max(kb, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
+    const N: usize = 10_000;
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let mut text = String::new();
+        text.push_str(
+            &json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": { "name": "flood", "version": "1" } } })
+            .to_string(),
+        );
+        text.push('\n');
+        text.push_str(
+            &json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }).to_string(),
+        );
+        text.push('\n');
+        for i in 1..=N {
+            text.push_str(
+                &json!({ "jsonrpc": "2.0", "id": i, "method": "tools/call",
+                "params": { "name": "whoami", "arguments": {} } })
+                .to_string(),
+            );
+            text.push('\n');
+        }
+        stdin.write_all(text.as_bytes()).unwrap();
+        stdin
+    });
+    let mut answers = 0;
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    while answers < N + 1 {
+        let line = lines.next().expect("an answer").unwrap();
+        let message: Value = serde_json::from_str(&line).unwrap();
+        assert!(message.get("error").is_none(), "{message}");
+        answers += 1;
+    }
+    drop(feeder.join().unwrap());
+    let status = wait_timeout(&mut child, std::time::Duration::from_secs(60)).expect("exits");
+    assert!(status.success());
+    watching.join().unwrap();
+    let peak_mb = peak.load(std::sync::atomic::Ordering::SeqCst) / 1024;
+    eprintln!("10,000 piped requests: peak RSS {peak_mb} MB");
+    assert!(peak_mb < 150, "peak RSS {peak_mb} MB");
+}

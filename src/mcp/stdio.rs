@@ -129,11 +129,11 @@ where
                 continue;
             }
             match check(&line) {
-                Ok(()) => {
+                Ok(kind) => {
                     // At most MAX_OUTSTANDING requests at once: reading waits while they run,
                     // so a client piping thousands at once cannot grow memory without bound.
                     // Answers and notifications (a cancellation frees its request) pass.
-                    match classify(&line) {
+                    match kind {
                         Kind::Request(id) => outstanding.start(id).await,
                         Kind::Cancelled(id) => outstanding.finish(&id),
                         Kind::Other => {}
@@ -193,37 +193,6 @@ enum Kind {
     Request(String),
     Cancelled(String),
     Other,
-}
-
-/// A client's line: a request (method and id), a cancellation, or anything else.
-fn classify(line: &[u8]) -> Kind {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        method: Option<String>,
-        id: Option<Value>,
-        params: Option<serde::de::IgnoredAny>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Cancelled {
-        params: CancelledParams,
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct CancelledParams {
-        request_id: Value,
-    }
-    let Ok(probe) = serde_json::from_slice::<Probe>(line) else {
-        return Kind::Other;
-    };
-    let _ = probe.params;
-    match (probe.method.as_deref(), probe.id) {
-        (Some(_), Some(id)) => Kind::Request(id.to_string()),
-        (Some("notifications/cancelled"), None) => serde_json::from_slice::<Cancelled>(line)
-            .map_or(Kind::Other, |c| {
-                Kind::Cancelled(c.params.request_id.to_string())
-            }),
-        _ => Kind::Other,
-    }
 }
 
 /// The id of an answer rmcp sends (a result or an error), not of a request of its own.
@@ -325,10 +294,24 @@ async fn read_line<R: AsyncRead + Unpin>(
     }
 }
 
-/// Whether rmcp can read `line` as a message; the error line to answer if not.
-fn check(line: &[u8]) -> Result<(), Vec<u8>> {
-    if serde_json::from_slice::<rmcp::model::ClientJsonRpcMessage>(line).is_ok() {
-        return Ok(());
+/// What `line` is (a request, a cancellation, or else), if rmcp can read it; the error line
+/// to answer if not.
+fn check(line: &[u8]) -> Result<Kind, Vec<u8>> {
+    use rmcp::model::{ClientJsonRpcMessage, ClientNotification, JsonRpcMessage};
+    let key = |id: &rmcp::model::RequestId| serde_json::to_string(id).unwrap_or_default();
+    if let Ok(message) = serde_json::from_slice::<ClientJsonRpcMessage>(line) {
+        return Ok(match message {
+            JsonRpcMessage::Request(request) => Kind::Request(key(&request.id)),
+            JsonRpcMessage::Notification(n) => match &n.notification {
+                ClientNotification::CancelledNotification(c) => c
+                    .params
+                    .request_id
+                    .as_ref()
+                    .map_or(Kind::Other, |id| Kind::Cancelled(key(id))),
+                _ => Kind::Other,
+            },
+            _ => Kind::Other,
+        });
     }
     match serde_json::from_slice::<Value>(line) {
         Err(error) => Err(refusal(

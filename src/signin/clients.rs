@@ -40,8 +40,8 @@ fn refuse(error: &'static str, description: impl Into<String>) -> Refusal {
     }
 }
 
-/// Is `uri` a loopback `http` URI (RFC 8252 §7.3): the port is the native client's choice.
-fn loopback(uri: &Url) -> bool {
+/// Is `uri` a loopback `http` URI (RFC 8252 §7.3: the port is the native client's choice)?
+pub(crate) fn loopback_http(uri: &Url) -> bool {
     let host = uri
         .host_str()
         .unwrap_or_default()
@@ -64,7 +64,7 @@ fn check_redirect(uri: &str) -> Result<Url, Refusal> {
         ));
     }
     let private_use = parsed.scheme().contains('.');
-    if parsed.scheme() == "https" || loopback(&parsed) || private_use {
+    if parsed.scheme() == "https" || loopback_http(&parsed) || private_use {
         Ok(parsed)
     } else {
         Err(refuse(
@@ -88,7 +88,7 @@ pub fn redirect_allowed(client: &Client, uri: &str) -> bool {
             return true;
         }
         match Url::parse(registered) {
-            Ok(mut registered) if loopback(&registered) && loopback(&asked) => {
+            Ok(mut registered) if loopback_http(&registered) && loopback_http(&asked) => {
                 let _ = registered.set_port(asked.port());
                 registered == asked
             }

@@ -59,15 +59,17 @@ struct AuthRequest {
     resource: String,
 }
 
+/// The first value of the form or query field `name`, or "".
+fn field_of<'a>(pairs: &'a [(String, String)], name: &str) -> &'a str {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
 impl AuthRequest {
     fn from_pairs(pairs: &[(String, String)]) -> AuthRequest {
-        let get = |name: &str| {
-            pairs
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        };
+        let get = |name: &str| field_of(pairs, name).to_owned();
         AuthRequest {
             response_type: get("response_type"),
             client_id: get("client_id"),
@@ -155,6 +157,11 @@ fn html_to(status: StatusCode, body: String, redirect_uri: Option<&str>) -> Resp
             "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'{target}; frame-ancestors 'none'"
         ),
     )
+}
+
+/// The server could not finish (the database, most likely): nothing was done.
+fn unavailable(message: &str) -> Response {
+    error_page(StatusCode::SERVICE_UNAVAILABLE, "Try again later", message)
 }
 
 fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
@@ -351,26 +358,36 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// `Secure` unless the server is reached over plain HTTP on loopback (the embedded default).
 fn secure(issuer: &str) -> bool {
-    let Ok(url) = Url::parse(issuer) else {
-        return true;
-    };
-    let host = url
-        .host_str()
-        .unwrap_or_default()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    url.scheme() == "https" || !loopback
+    Url::parse(issuer).map_or(true, |url| !clients::loopback_http(&url))
 }
 
-fn set_cookie(response: &mut Response, name: &str, value: &str, max_age: i64, secure: bool) {
+/// A cookie for the pages under `path`: `HttpOnly; SameSite=Lax`, `Secure` when `secure`.
+fn set_cookie(
+    response: &mut Response,
+    path: &str,
+    (name, value): (&str, &str),
+    max_age: i64,
+    secure: bool,
+) {
     let value = format!(
-        "{name}={value}; Path=/oauth; Max-Age={max_age}; HttpOnly; SameSite=Lax{}",
+        "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax{}",
         if secure { "; Secure" } else { "" }
     );
     if let Ok(value) = HeaderValue::from_str(&value) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
+}
+
+/// The signed-in browser's cookie.
+fn set_session(response: &mut Response, session: &str, issuer: &str) {
+    let max_age = i64::from(signin::SESSION_HOURS) * 3600;
+    set_cookie(
+        response,
+        "/oauth",
+        (SESSION_COOKIE, session),
+        max_age,
+        secure(issuer),
+    );
 }
 
 /// The CSRF token of this browser: its cookie's, or a new one (set on the response).
@@ -460,7 +477,13 @@ fn signin_page(
 
 fn with_csrf(mut response: Response, token: &str, new: bool, issuer: &str) -> Response {
     if new {
-        set_cookie(&mut response, CSRF_COOKIE, token, 3600, secure(issuer));
+        set_cookie(
+            &mut response,
+            "/oauth",
+            (CSRF_COOKIE, token),
+            3600,
+            secure(issuer),
+        );
     }
     response
 }
@@ -518,13 +541,7 @@ async fn submit(
 ) -> Response {
     let source = source.map(|Extension(ConnectInfo(address))| address.ip());
     let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
-    let field = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or_default()
-    };
+    let field = |name: &str| field_of(&pairs, name);
     let request = AuthRequest::from_pairs(&pairs);
     let valid = match validate(&app, &headers, &request).await {
         Ok(valid) => valid,
@@ -622,11 +639,7 @@ async fn submit(
                 }
                 Err(error) => {
                     tracing::error!(%error, "issuing an authorization code failed");
-                    error_page(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "Try again later",
-                        "The server could not complete the sign-in.",
-                    )
+                    unavailable("The server could not complete the sign-in.")
                 }
             }
         }
@@ -666,20 +679,12 @@ async fn federate(
         }
         Err(error) => {
             tracing::error!(%error, "reading an identity provider failed");
-            return error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Try again later",
-                "The server could not start the sign-in.",
-            );
+            return unavailable("The server could not start the sign-in.");
         }
     };
     let (tenant_id, provider) = provider;
     let Ok(http) = app.http() else {
-        return error_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Try again later",
-            "The server cannot reach outside services.",
-        );
+        return unavailable("The server cannot reach outside services.");
     };
     let callback = format!("{}/oauth/federated/callback", valid.issuer);
     match federation::begin(
@@ -712,13 +717,7 @@ async fn federated_callback(
 ) -> Response {
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query.as_deref().unwrap_or_default()).unwrap_or_default();
-    let get = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or_default()
-    };
+    let get = |name: &str| field_of(&pairs, name);
     let refused = |message: &str| error_page(StatusCode::BAD_REQUEST, "Sign-in failed", message);
     if !get("error").is_empty() {
         return refused(&format!(
@@ -766,11 +765,7 @@ async fn federated_callback(
         Ok(None) => return refused("Your account is gone."),
         Err(error) => {
             tracing::error!(%error, "finding a federated person failed");
-            return error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Try again later",
-                "The server could not complete the sign-in.",
-            );
+            return unavailable("The server could not complete the sign-in.");
         }
     };
     let mut event = AuditEvent::by(
@@ -786,21 +781,11 @@ async fn federated_callback(
         Ok(session) => session,
         Err(error) => {
             tracing::error!(%error, "opening a sign-in session failed");
-            return error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Try again later",
-                "The server could not complete the sign-in.",
-            );
+            return unavailable("The server could not complete the sign-in.");
         }
     };
     let mut response = see_other(&format!("/oauth/authorize?{}", vouched.resume));
-    set_cookie(
-        &mut response,
-        SESSION_COOKIE,
-        &session,
-        i64::from(signin::SESSION_HOURS) * 3600,
-        secure(&issuer),
-    );
+    set_session(&mut response, &session, &issuer);
     response
 }
 
@@ -853,21 +838,11 @@ async fn signin_submitted(
                 Ok(session) => session,
                 Err(error) => {
                     tracing::error!(%error, "opening a sign-in session failed");
-                    return error_page(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "Try again later",
-                        "The server could not complete the sign-in.",
-                    );
+                    return unavailable("The server could not complete the sign-in.");
                 }
             };
             let mut response = see_other(&format!("/oauth/authorize?{}", request.query()));
-            set_cookie(
-                &mut response,
-                SESSION_COOKIE,
-                &session,
-                i64::from(signin::SESSION_HOURS) * 3600,
-                secure(&valid.issuer),
-            );
+            set_session(&mut response, &session, &valid.issuer);
             response
         }
         Ok(Err(SigninRefusal::WhichOrganization)) => {
@@ -898,11 +873,7 @@ async fn signin_submitted(
         }
         Err(error) => {
             tracing::error!(%error, "checking a password failed");
-            error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Try again later",
-                "The server could not check your password.",
-            )
+            unavailable("The server could not check your password.")
         }
     }
 }
@@ -940,7 +911,13 @@ async fn invite_page(
             let page = pages::invite(&person.email, &person.tenant_slug, &csrf, None);
             let mut response = html(StatusCode::OK, page);
             if new {
-                set_invite_csrf(&mut response, &csrf, &issuer);
+                set_cookie(
+                    &mut response,
+                    "/invite",
+                    (CSRF_COOKIE, &csrf),
+                    3600,
+                    secure(&issuer),
+                );
             }
             response
         }
@@ -951,23 +928,8 @@ async fn invite_page(
         ),
         Err(error) => {
             tracing::error!(%error, "reading an invitation failed");
-            error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Try again later",
-                "The server could not read the invitation.",
-            )
+            unavailable("The server could not read the invitation.")
         }
-    }
-}
-
-/// The CSRF cookie of the invitation page (its own path).
-fn set_invite_csrf(response: &mut Response, csrf: &str, issuer: &str) {
-    let value = format!(
-        "{CSRF_COOKIE}={csrf}; Path=/invite; Max-Age=3600; HttpOnly; SameSite=Lax{}",
-        if secure(issuer) { "; Secure" } else { "" }
-    );
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        response.headers_mut().append(header::SET_COOKIE, value);
     }
 }
 
@@ -979,13 +941,7 @@ async fn invite_submitted(
     body: Bytes,
 ) -> Response {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
-    let field = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or_default()
-    };
+    let field = |name: &str| field_of(&pairs, name);
     let sent = field("csrf");
     if sent.is_empty() || cookie(&headers, CSRF_COOKIE).as_deref() != Some(sent) {
         return error_page(
@@ -1006,11 +962,7 @@ async fn invite_submitted(
         }
         Err(error) => {
             tracing::error!(%error, "reading an invitation failed");
-            return error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Try again later",
-                "The server could not read the invitation.",
-            );
+            return unavailable("The server could not read the invitation.");
         }
     };
     let (password, confirm) = (field("password"), field("confirm"));
@@ -1051,11 +1003,7 @@ async fn invite_submitted(
         ),
         Err(error) => {
             tracing::error!(%error, "setting a password failed");
-            error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Try again later",
-                "The server could not set the password.",
-            )
+            unavailable("The server could not set the password.")
         }
     }
 }

@@ -138,9 +138,7 @@ async fn closing_stdin_mid_call_keeps_the_calls_audit_record() {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let messages = [
-        json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": { "name": "t", "version": "1" } } }),
+        initialize_request(1),
         json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
         json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
             "name": "test_new_connection",
@@ -233,12 +231,7 @@ async fn ten_thousand_piped_requests_are_answered_with_bounded_memory() {
     let mut stdin = child.stdin.take().unwrap();
     let feeder = std::thread::spawn(move || {
         let mut text = String::new();
-        text.push_str(
-            &json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": { "name": "flood", "version": "1" } } })
-            .to_string(),
-        );
+        text.push_str(&initialize_request(0).to_string());
         text.push('\n');
         text.push_str(
             &json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }).to_string(),

@@ -15,8 +15,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::helpers::*;
-
-const PASSWORD: &str = "correct horse battery staple";
+use crate::signin::{PASSWORD, set_password};
 
 fn browser_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
@@ -26,25 +25,6 @@ fn browser_dir() -> PathBuf {
         dir.display()
     );
     dir
-}
-
-fn set_password(db: &TestDb) {
-    use std::io::Write;
-    let mut child = agentcrm(&[
-        "admin",
-        "set-password",
-        "--tenant",
-        "acme",
-        "--email",
-        "owner@acme.test",
-    ])
-    .env("DATABASE_URL", &db.url)
-    .stdin(Stdio::piped())
-    .stdout(Stdio::null())
-    .spawn()
-    .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    assert!(child.wait().unwrap().success());
 }
 
 /// What the person did in the browser, round by round.
@@ -138,7 +118,11 @@ fn stored_token(dir: &std::path::Path) -> Option<String> {
 #[tokio::test]
 async fn mcp_remote_signs_in_refreshes_and_steps_up() {
     let db = TestDb::new().await;
-    set_password(&db);
+    assert!(
+        set_password(&db, "owner@acme.test", PASSWORD)
+            .status
+            .success()
+    );
     let mut server = db.server(&["http"]);
     server.env("AGENTCRM_ACCESS_TOKEN_TTL_SECS", "5");
     let server = HttpServer::start(server);
@@ -230,11 +214,16 @@ async fn mcp_remote_signs_in_refreshes_and_steps_up() {
     client.cancel().await.unwrap();
 }
 
-/// The official Python SDK's OAuth client provider (tests/clients/python_oauth.py).
-#[tokio::test]
-async fn the_python_sdk_signs_in_refreshes_and_steps_up() {
+/// Runs an OAuth client (`program script <mcp url> <callback port>`) against a server whose
+/// access tokens last 5 s, completing each sign-in it asks for in the browser (unticking
+/// `search` the first time); returns its report and everything it printed on stderr.
+async fn run_oauth_client(program: std::ffi::OsString, script: &str) -> (Value, Vec<String>) {
     let db = TestDb::new().await;
-    set_password(&db);
+    assert!(
+        set_password(&db, "owner@acme.test", PASSWORD)
+            .status
+            .success()
+    );
     let mut server = db.server(&["http"]);
     server.env("AGENTCRM_ACCESS_TOKEN_TTL_SECS", "5");
     let server = HttpServer::start(server);
@@ -243,18 +232,15 @@ async fn the_python_sdk_signs_in_refreshes_and_steps_up() {
         .local_addr()
         .unwrap()
         .port();
-    let python = std::env::var_os("AGENTCRM_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    let mut child = tokio::process::Command::new(python)
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_oauth.py"))
+    let mut child = tokio::process::Command::new(program)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(script))
         .arg(server.mcp_url())
         .arg(callback.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("start the Python client");
+        .unwrap_or_else(|e| panic!("start {script}: {e}"));
     let rounds = sign_in_when_asked(
         child.stderr.take().unwrap(),
         server.base.clone(),
@@ -262,11 +248,21 @@ async fn the_python_sdk_signs_in_refreshes_and_steps_up() {
     );
     let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
         .await
-        .expect("the Python client finishes")
+        .unwrap_or_else(|_| panic!("{script} did not finish"))
         .unwrap();
     let log = rounds.lock().unwrap().log.clone();
-    assert!(out.status.success(), "{log:#?}");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{script}: {log:#?}");
+    let report = serde_json::from_slice(&out.stdout).unwrap();
+    (report, log)
+}
+
+/// The official Python SDK's OAuth client provider (tests/clients/python_oauth.py).
+#[tokio::test]
+async fn the_python_sdk_signs_in_refreshes_and_steps_up() {
+    let python = std::env::var_os("AGENTCRM_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    let (report, log) = run_oauth_client(python.into(), "tests/clients/python_oauth.py").await;
     assert_eq!(report["whoami"]["principal"]["kind"], "user", "{report}");
     assert_eq!(report["refreshed"], true, "{report}");
     assert_eq!(
@@ -278,45 +274,14 @@ async fn the_python_sdk_signs_in_refreshes_and_steps_up() {
         report["scope_after"].as_str().unwrap().contains("search"),
         "{report}"
     );
-    let done = rounds.lock().unwrap().done.clone();
-    eprintln!("python sdk: {report}; browser rounds {done:?}");
+    eprintln!("python sdk: {report}");
 }
 
 /// The official TypeScript SDK's OAuth support (tests/clients/ts/oauth.mjs).
 #[tokio::test]
 async fn the_typescript_sdk_signs_in_refreshes_and_steps_up() {
-    let db = TestDb::new().await;
-    set_password(&db);
-    let mut server = db.server(&["http"]);
-    server.env("AGENTCRM_ACCESS_TOKEN_TTL_SECS", "5");
-    let server = HttpServer::start(server);
-    let callback = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let node = std::env::var_os("AGENTCRM_TEST_NODE").unwrap_or_else(|| "node".into());
-    let mut child = tokio::process::Command::new(node)
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/ts/oauth.mjs"))
-        .arg(server.mcp_url())
-        .arg(callback.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the TypeScript client");
-    let rounds = sign_in_when_asked(
-        child.stderr.take().unwrap(),
-        server.base.clone(),
-        vec!["search"],
-    );
-    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-        .await
-        .expect("the TypeScript client finishes")
-        .unwrap();
-    let log = rounds.lock().unwrap().log.clone();
-    assert!(out.status.success(), "{log:#?}");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (report, log) = run_oauth_client(node, "tests/clients/ts/oauth.mjs").await;
     assert_eq!(report["whoami"]["principal"]["kind"], "user", "{report}");
     assert_eq!(report["refreshed"], true, "{report}");
     assert_eq!(
@@ -328,8 +293,7 @@ async fn the_typescript_sdk_signs_in_refreshes_and_steps_up() {
         "consent is incremental: {report}"
     );
     assert_eq!(report["authorization_rounds"], 2, "{report}");
-    let done = rounds.lock().unwrap().done.clone();
-    eprintln!("typescript sdk: {report}; browser rounds {done:?}");
+    eprintln!("typescript sdk: {report}");
 }
 
 /// mcp-remote with an API key (which cannot step up): a tool the key lacks is refused as the

@@ -14,10 +14,10 @@ use sha2::{Digest, Sha256};
 
 use crate::helpers::*;
 
-const PASSWORD: &str = "correct horse battery staple";
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
 pub(crate) const REDIRECT: &str = "http://127.0.0.1:45678/callback";
 
-fn set_password(db: &TestDb, email: &str, password: &str) -> std::process::Output {
+pub(crate) fn set_password(db: &TestDb, email: &str, password: &str) -> std::process::Output {
     let mut child = agentcrm(&[
         "admin",
         "set-password",

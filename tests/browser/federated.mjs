@@ -7,7 +7,7 @@
 //
 // Prints JSON: where the browser ended (`redirected_to`) or the error page it showed
 // (`error`), and how long it took.
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const [url, organization, login] = process.argv.slice(2);
 if (!url || !organization || !login) {
@@ -15,13 +15,7 @@ if (!url || !organization || !login) {
   process.exit(2);
 }
 const started = Date.now();
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-  args: [
-    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage();
   // Every redirect on stderr, for whoever reads a failure.

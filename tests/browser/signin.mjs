@@ -5,7 +5,7 @@
 //   node signin.mjs <authorization-url> <email> <password> [scope-to-untick ...]
 //
 // Prints the URL the browser was sent back to, and how long the round trip took, as JSON.
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const [url, email, password, ...untick] = process.argv.slice(2);
 if (!url || !email || !password) {
@@ -13,13 +13,7 @@ if (!url || !email || !password) {
   process.exit(2);
 }
 const started = Date.now();
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-  args: [
-    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage();
   const server = new URL(url).origin;

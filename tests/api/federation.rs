@@ -169,10 +169,21 @@ async fn people_sign_in_through_their_organizations_provider() {
             .expect("created on first sign-in");
     assert_eq!(role, "member");
     // An organization without a provider says so on the page.
-    let (verifier_unused, challenge) = pkce();
-    let _ = verifier_unused;
+    let (_, challenge) = pkce();
     let url = authorize_url(&base, &client_id, &challenge, "customers:read");
     let done = federated(&url, "nowhere", "owner@acme.test").await;
+    assert!(
+        done["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("does not sign in through a provider")),
+        "{done}"
+    );
+    // Removed, the provider is no longer offered: acme's people use their passwords.
+    let removed = call_ok(&admin, "remove_identity_provider", json!({})).await;
+    assert_eq!(removed["removed"], true);
+    let shown = call_ok(&admin, "get_identity_provider", json!({})).await;
+    assert_eq!(shown["identity_provider"], Value::Null);
+    let done = federated(&url, "acme", "owner@acme.test").await;
     assert!(
         done["error"]
             .as_str()

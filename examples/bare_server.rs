@@ -116,6 +116,8 @@ async fn main() {
         clients: Default::default(),
         subscriptions: Default::default(),
         inflight: Default::default(),
+        background: Default::default(),
+        stopping: Default::default(),
     });
     let service = StreamableHttpService::new(
         move || {

@@ -39,6 +39,11 @@ pub struct App {
     pub subscriptions: crate::handoff::resources::Subscriptions,
     /// Clients' calls in flight in this process.
     pub inflight: crate::mcp::call::InFlight,
+    /// Background work (workflow executions, agent runs, bulk tasks) running in this process.
+    pub background: crate::mcp::call::InFlight,
+    /// Cancelled when the process starts shutting down: background work stops at its next
+    /// boundary and hands its lease back.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl App {

@@ -62,10 +62,27 @@ pub enum ToolError {
     /// text the caller sees, since retrying blindly could do the work twice.
     #[error("{0}")]
     Unrecorded(String),
+    /// The server cannot take the call now (the database is down, the process is shutting
+    /// down): nothing was done; retry after the seconds given.
+    #[error("{0}")]
+    Unavailable(String, u64),
     /// Not a failure: the tool needs an answer from the client first (protocol
     /// 2026-07-28); the client calls again with it.
     #[error("the client must answer first")]
     NeedsInput(Box<rmcp::model::InputRequiredResult>),
+}
+
+impl ToolError {
+    /// The call refused because the database is known to be down.
+    pub fn database_down(down: crate::store::health::Down) -> ToolError {
+        ToolError::Unavailable(
+            format!(
+                "The database is unavailable (for {} s so far); nothing was done. Retry in {} s.",
+                down.for_secs, down.retry_after
+            ),
+            down.retry_after,
+        )
+    }
 }
 
 impl From<crate::store::page::PageError> for ToolError {
@@ -86,6 +103,7 @@ impl ToolError {
             ToolError::Store(_)
             | ToolError::Internal(_)
             | ToolError::Unrecorded(_)
+            | ToolError::Unavailable(..)
             | ToolError::NeedsInput(_) => ErrorCode::Internal,
         }
     }
@@ -103,7 +121,9 @@ impl ToolError {
             error_description,
             request_id: request_id.to_owned(),
             retry_after: match self {
-                ToolError::RateLimited(_, seconds) => Some(*seconds),
+                ToolError::RateLimited(_, seconds) | ToolError::Unavailable(_, seconds) => {
+                    Some(*seconds)
+                }
                 _ => None,
             },
             action_id: match self {

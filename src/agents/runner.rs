@@ -31,16 +31,21 @@ use crate::connections::llm::{self, ChatRequest, LlmError, Message, ResponseForm
 use crate::connections::manage::{self, ProbeFailure, record_status};
 use crate::connections::platforms::Resolved;
 use crate::error::ToolError;
-use crate::jobs::queue::{lease, process_id};
+use crate::jobs::queue::{Queue, lease, process_id};
 use crate::mcp::call::{Call, invoke};
 use crate::store::StoreError;
 use crate::toolkit::context::Transport;
 use crate::toolkit::filter::denial;
 
 pub const CHANNEL: &str = "agentcrm_agent_runs";
-const POLL: Duration = Duration::from_secs(1);
-/// Runs one process works on at once.
-const PARALLEL: usize = 4;
+
+/// Runs, on the lease queue of all background work: four at once per process.
+pub static QUEUE: Queue = Queue {
+    table: "agent_runs",
+    channel: CHANNEL,
+    parallel: 4,
+    poll: Duration::from_secs(1),
+};
 /// A chain of runs started by runs started by chaining stops here.
 pub const MAX_CHAIN_DEPTH: i32 = 10;
 /// What a tool's answer may take of the model's context.
@@ -232,8 +237,7 @@ impl State {
 
 /// Drives a run this process holds the lease of, until it ends or the lease is lost.
 pub async fn run(app: Arc<App>, id: Uuid) {
-    let heartbeat =
-        crate::jobs::queue::Heartbeat::start(app.store.pool().clone(), "agent_runs", id);
+    let heartbeat = QUEUE.heartbeat(&app, id);
     let lost = heartbeat.lost.clone();
     if let Err(error) = drive(&app, id, &lost).await {
         tracing::error!(%error, run = %id, "agent run stopped");
@@ -459,6 +463,10 @@ async fn run_prompt(
     let max_calls = config.guardrails.max_tool_calls as usize;
     loop {
         if lost.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        if app.stopping.is_cancelled() {
+            QUEUE.hand_back(app.store.pool(), run.id).await;
             return Ok(None);
         }
         // Tool calls the model asked for that have no result yet (the last turn, or a turn
@@ -995,51 +1003,16 @@ async fn finish(
     Ok(())
 }
 
-/// Takes one due run: queued, or running under a lease that expired.
-async fn claim(pool: &PgPool) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE agent_runs SET status = 'running', lease_owner = $1,
-             lease_until = now() + make_interval(secs => $2),
-             started_at = coalesce(started_at, now())
-         WHERE id = (SELECT id FROM agent_runs
-                     WHERE status = 'queued' OR (status = 'running' AND lease_until < now())
-                     ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-         RETURNING id",
-    )
-    .bind(process_id())
-    .bind(lease().as_secs_f64())
-    .fetch_optional(pool)
-    .await
-}
-
 /// Fires due schedules and runs queued runs, until `shutdown`.
 pub fn start(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let pool = app.store.pool().clone();
-        let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
-        let mut listener = crate::store::listen(&pool, CHANNEL).await;
-        loop {
-            if pool.is_closed() {
-                return;
-            }
+    QUEUE.worker(
+        app,
+        shutdown,
+        |app| async move {
             if let Err(error) = super::schedules::fire_due(&app).await {
                 tracing::warn!(%error, "agent schedules: could not fire due schedules");
             }
-            crate::jobs::queue::start_due(
-                &slots,
-                "agent runs",
-                || claim(&pool),
-                |id| {
-                    let app = app.clone();
-                    async move {
-                        run(app, id).await;
-                    }
-                },
-            )
-            .await;
-            if !crate::jobs::queue::wait(&shutdown, &mut listener, &pool, CHANNEL, POLL).await {
-                return;
-            }
-        }
-    })
+        },
+        run,
+    )
 }

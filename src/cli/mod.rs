@@ -269,6 +269,7 @@ async fn start(
     outbound: &OutboundArgs,
     local_owner_allowed: bool,
     public_url: Option<&str>,
+    stopping: &CancellationToken,
 ) -> Result<Arc<App>, CliError> {
     let catalog = crate::catalog::builtin();
     let mut filter = ToolFilter::from_lists(
@@ -355,6 +356,8 @@ async fn start(
         clients: Default::default(),
         subscriptions: Default::default(),
         inflight: Default::default(),
+        background: Default::default(),
+        stopping: stopping.clone(),
     }))
 }
 
@@ -381,6 +384,7 @@ fn start_jobs(app: &Arc<App>, shutdown: &CancellationToken) -> Vec<tokio::task::
         shutdown.clone(),
     ));
     jobs.push(crate::agents::runner::start(app.clone(), shutdown.clone()));
+    jobs.push(crate::crm::bulk::start(app.clone(), shutdown.clone()));
     jobs.push(crate::agents::callbacks::start(
         app.clone(),
         shutdown.clone(),
@@ -480,7 +484,7 @@ enum StdioCredential {
 
 async fn run_stdio(args: StdioArgs) -> Result<(), CliError> {
     let shutdown = shutdown_on_signals();
-    let app = start(&args.db, &args.tools, &args.outbound, true, None).await?;
+    let app = start(&args.db, &args.tools, &args.outbound, true, None, &shutdown).await?;
     let principal = match stdio_principal(&app).await {
         Ok(principal) => principal,
         Err(error) => {
@@ -519,6 +523,7 @@ async fn run_http(args: HttpArgs) -> Result<(), CliError> {
         &args.outbound,
         args.listen.ip().is_loopback(),
         Some(&public_url),
+        &shutdown,
     )
     .await?;
     tracing::info!("listening on http://{address}/mcp");
@@ -529,11 +534,20 @@ async fn run_http(args: HttpArgs) -> Result<(), CliError> {
     outcome.map_err(CliError::Serve)
 }
 
-/// Lets background jobs finish what they hold, hands this process's rate-limit counts to
-/// the others, then closes the store.
+/// Lets background jobs finish what they hold (work on a lease stops at its next boundary
+/// and hands the lease back), hands this process's rate-limit counts to the others, then
+/// closes the store. Every call and step awaited its own audit record, so none is pending.
 async fn shut_down(app: &App, jobs: Vec<tokio::task::JoinHandle<()>>) {
     for job in jobs {
         let _ = job.await;
+    }
+    let grace = crate::jobs::drain_grace();
+    if app.background.drained(grace).await {
+        tracing::info!("background work stopped; its leases are handed back");
+    } else {
+        tracing::warn!(
+            "background work still running {grace:?} after the shutdown signal; its leases expire"
+        );
     }
     if let Err(error) = app.limiter.flush().await {
         tracing::warn!(%error, "could not write the last rate-limit counts");

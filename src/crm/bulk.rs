@@ -12,11 +12,19 @@ use serde_json::{Value, json};
 use sqlx::{PgPool, QueryBuilder};
 use uuid::Uuid;
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio_util::sync::CancellationToken;
+
 use super::customers::{CUSTOMERS, Status};
-use crate::access::Principal;
 use crate::access::approval::Sensitive;
+use crate::access::delegation::{self, Cause};
 use crate::access::policy::{Access, Policy};
+use crate::access::{Principal, Scopes};
+use crate::app::App;
 use crate::error::ToolError;
+use crate::jobs::queue::{Queue, lease, process_id};
 use crate::store::StoreError;
 use crate::toolkit::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
 use crate::toolkit::context::{Progress, ToolCtx};
@@ -72,7 +80,7 @@ pub struct BulkFilter {
     pub tag: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkChanges {
     pub status: Option<Status>,
@@ -198,38 +206,58 @@ async fn bulk_update_customers(ctx: ToolCtx, args: BulkArgs) -> Result<BulkOut, 
     )
     .await?;
     let pool = ctx.app.store.pool().clone();
-    let task: Task = sqlx::query_as(
-        "INSERT INTO tasks (tenant_id, kind, status, total, principal_id) VALUES ($1, 'bulk_update_customers', 'running', $2, $3)
-         RETURNING id, kind, status, total, done, result, error, created_at, updated_at, finished_at",
+    // Everything needed to go on is stored with the task: another process resumes it from
+    // its last committed batch if this one dies.
+    let task_id: Uuid = sqlx::query_scalar(
+        "INSERT INTO tasks (tenant_id, kind, status, total, principal_id, lease_owner, lease_until,
+             started_at, chain, cause, scopes, targets, changes)
+         VALUES ($1, 'bulk_update_customers', 'running', $2, $3, $4,
+             now() + make_interval(secs => $5), now(), $6, $7, $8, $9, $10)
+         RETURNING id",
     )
     .bind(ctx.principal.tenant_id)
     .bind(ids.len() as i64)
     .bind(ctx.principal.id)
+    .bind(process_id())
+    .bind(lease().as_secs_f64())
+    .bind(delegation::chain_json(&ctx.principal.members()))
+    .bind(
+        ctx.principal
+            .delegation
+            .as_ref()
+            .map(|d| d.cause.json())
+            .unwrap_or_else(|| json!({})),
+    )
+    .bind(ctx.principal.scopes.names())
+    .bind(&ids)
+    .bind(json!(changes))
     .fetch_one(&pool)
     .await
     .map_err(StoreError::from)?;
     let affected = ids.len() as i64;
     let job = Job {
-        pool: pool.clone(),
+        app: ctx.app.clone(),
         principal: ctx.principal.clone(),
-        policy: policy.clone(),
-        task_id: task.id,
+        policy,
+        task_id,
         ids,
-        status: changes.status.map(Status::as_str),
-        assigned_to: changes.assigned_to.clone(),
-        add_tags: changes.add_tags.clone(),
-        remove_tags: changes.remove_tags.clone(),
+        batches_done: Vec::new(),
+        changes: args.set,
         progress: ctx.progress.clone(),
     };
     if affected as usize <= INLINE_MAX {
         job.run().await;
     } else {
-        let handle = tokio::spawn(job.run());
+        let app = ctx.app.clone();
+        let handle = tokio::spawn(async move {
+            let _counted = app.background.enter();
+            job.run().await;
+        });
         if ctx.progress.is_some() {
             let _ = tokio::time::timeout(WAIT_WITH_PROGRESS, handle).await;
         }
     }
-    let task = load_task(&pool, ctx.principal.tenant_id, task.id).await?;
+    let task = load_task(&pool, ctx.principal.tenant_id, task_id).await?;
     Ok(BulkOut { task, affected })
 }
 
@@ -300,82 +328,236 @@ async fn target_ids(
         .map_err(StoreError::from)?)
 }
 
+/// Bulk tasks, on the lease queue of all background work.
+pub static QUEUE: Queue = Queue {
+    table: "tasks",
+    channel: CHANNEL,
+    parallel: 2,
+    poll: Duration::from_secs(2),
+};
+const CHANNEL: &str = "agentcrm_tasks";
+
+/// The worker of a serving process: takes up tasks whose process stopped (their lease
+/// expired or was handed back) where they stopped.
+pub fn start(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    QUEUE.worker(app, shutdown, |_| async {}, resume)
+}
+
+#[derive(sqlx::FromRow)]
+struct Stored {
+    tenant_id: Uuid,
+    total: i64,
+    done: i64,
+    chain: Value,
+    cause: Value,
+    scopes: Vec<String>,
+    targets: Vec<Uuid>,
+    changes: Value,
+    batches_done: Vec<i32>,
+}
+
+/// Goes on with a task this process claimed, as whoever it acts for now (never with more
+/// than it had when it began); fails it, with its counts, when that is not possible.
+async fn resume(app: Arc<App>, id: Uuid) {
+    let pool = app.store.pool();
+    let stored: Option<Stored> = match sqlx::query_as(
+        "UPDATE tasks SET resumed = resumed + 1, updated_at = now()
+         WHERE id = $1 AND lease_owner = $2 AND status = 'running'
+         RETURNING tenant_id, total, done, chain, cause, scopes, targets, changes, batches_done",
+    )
+    .bind(id)
+    .bind(process_id())
+    .fetch_optional(pool)
+    .await
+    {
+        Ok(stored) => stored,
+        Err(error) => {
+            app.store.observe(&error);
+            tracing::warn!(%error, task = %id, "could not read a task to resume");
+            return;
+        }
+    };
+    let Some(stored) = stored else { return };
+    tracing::info!(task = %id, done = stored.done, total = stored.total, "resuming a task");
+    let members = delegation::read_chain(&stored.chain);
+    let job = async {
+        if members.is_empty() || stored.targets.is_empty() {
+            return Err(
+                "it was begun by an earlier version that did not store what resuming needs"
+                    .to_owned(),
+            );
+        }
+        let changes: BulkChanges = serde_json::from_value(stored.changes.clone())
+            .map_err(|e| format!("its stored changes do not read: {e}"))?;
+        let mut principal =
+            delegation::resolve(pool, stored.tenant_id, &members, Cause::read(&stored.cause))
+                .await
+                .map_err(|e| e.to_string())?;
+        principal.scopes = principal
+            .scopes
+            .intersect(Scopes::parse(&stored.scopes).unwrap_or(Scopes::NONE));
+        let needed = Scopes::parse(&["customers:write", "bulk"]).unwrap_or(Scopes::EVERY);
+        if !principal.scopes.contains(needed) {
+            return Err("whoever it acts for no longer holds customers:write and bulk".into());
+        }
+        let policy = Policy::load(pool, &principal)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Job {
+            app: app.clone(),
+            principal,
+            policy,
+            task_id: id,
+            ids: stored.targets.clone(),
+            batches_done: stored.batches_done.clone(),
+            changes,
+            progress: None,
+        })
+    };
+    match job.await {
+        Ok(job) => job.run().await,
+        Err(why) => {
+            let _ = sqlx::query(
+                "UPDATE tasks SET status = 'failed', error = $3, updated_at = now(),
+                     finished_at = now(), lease_owner = NULL, lease_until = NULL
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+            )
+            .bind(id)
+            .bind(process_id())
+            .bind(format!(
+                "stopped after {} of {} customers when its process stopped, and cannot be \
+                 resumed: {why}",
+                stored.done, stored.total
+            ))
+            .execute(pool)
+            .await;
+        }
+    }
+}
+
 struct Job {
-    pool: PgPool,
+    app: Arc<App>,
     principal: Principal,
     policy: Policy,
     task_id: Uuid,
     ids: Vec<Uuid>,
-    status: Option<&'static str>,
-    assigned_to: Option<String>,
-    add_tags: Vec<String>,
-    remove_tags: Vec<String>,
+    /// Batches (by index) committed before this process took the task up.
+    batches_done: Vec<i32>,
+    changes: BulkChanges,
     progress: Option<Progress>,
 }
 
+/// How a batch ended.
+enum Batch {
+    Applied,
+    /// Another process holds the task now: this one stops writing to it.
+    LeaseLost,
+}
+
 impl Job {
+    /// Runs the batches not yet committed, under the task's lease, two at a time (batches
+    /// touch disjoint rows: two keep both cores of a small server busy). Stops at a batch
+    /// boundary when the process shuts down, handing the lease back.
     async fn run(self) {
         use futures::StreamExt;
-        let mut done: u64 = 0;
-        // Batches touch disjoint rows: two at a time keep both cores of a small server busy.
+        let heartbeat = QUEUE.heartbeat(&self.app, self.task_id);
+        let lost = heartbeat.lost.clone();
         let total = self.ids.len() as u64;
-        let job = std::sync::Arc::new(self);
-        let chunks: Vec<Vec<Uuid>> = job.ids.chunks(BATCH).map(<[Uuid]>::to_vec).collect();
+        let job = Arc::new(self);
+        let pool = job.app.store.pool().clone();
+        let mut done = (job.batches_done.len() * BATCH).min(job.ids.len()) as u64;
+        let chunks: Vec<(i32, Vec<Uuid>)> = job
+            .ids
+            .chunks(BATCH)
+            .enumerate()
+            .map(|(index, ids)| (index as i32, ids.to_vec()))
+            .filter(|(index, _)| !job.batches_done.contains(index))
+            .collect();
+        // The last batch may be short: count what committed from the rows, not the sizes.
+        done = done.min(total - chunks.iter().map(|(_, ids)| ids.len() as u64).sum::<u64>());
         let mut batches = futures::stream::iter(chunks)
-            .map(|batch| {
+            .map(|(index, batch)| {
                 let job = job.clone();
-                async move { (batch.len() as u64, job.apply(&batch).await) }
+                let lost = lost.clone();
+                async move {
+                    if lost.load(Ordering::SeqCst) {
+                        return (0, Ok(Batch::LeaseLost));
+                    }
+                    if job.app.stopping.is_cancelled() {
+                        return (0, Ok(Batch::LeaseLost));
+                    }
+                    (batch.len() as u64, job.apply(index, &batch).await)
+                }
             })
             .buffer_unordered(PARALLEL_BATCHES);
+        let mut stopped = false;
         while let Some((size, outcome)) = batches.next().await {
-            if let Err(error) = outcome {
-                tracing::error!(%error, task = %job.task_id, "bulk update failed");
-                let _ = sqlx::query(
-                    "UPDATE tasks SET status = 'failed', error = $2, updated_at = now(), finished_at = now() WHERE id = $1",
-                )
-                .bind(job.task_id)
-                .bind(format!("stopped after {done} of {total} customers: the database refused a batch"))
-                .execute(&job.pool)
-                .await;
-                return;
+            match outcome {
+                Ok(Batch::Applied) => done += size,
+                Ok(Batch::LeaseLost) => {
+                    stopped = true;
+                    continue;
+                }
+                Err(error) => {
+                    job.app.store.observe(&error);
+                    tracing::error!(%error, task = %job.task_id, "bulk update failed");
+                    let _ = sqlx::query(
+                        "UPDATE tasks SET status = 'failed', error = $3, updated_at = now(),
+                             finished_at = now(), lease_owner = NULL, lease_until = NULL
+                         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+                    )
+                    .bind(job.task_id)
+                    .bind(process_id())
+                    .bind(format!(
+                        "stopped after {done} of {total} customers: the database refused a batch"
+                    ))
+                    .execute(&pool)
+                    .await;
+                    return;
+                }
             }
-            done += size;
-            let _ = sqlx::query("UPDATE tasks SET done = $2, updated_at = now() WHERE id = $1")
-                .bind(job.task_id)
-                .bind(done as i64)
-                .execute(&job.pool)
-                .await;
             if let Some(progress) = &job.progress {
                 progress
                     .report(done, total, format!("{done} of {total} customers updated"))
                     .await;
             }
         }
+        if stopped {
+            if job.app.stopping.is_cancelled() && !lost.load(Ordering::SeqCst) {
+                QUEUE.hand_back(&pool, job.task_id).await;
+            }
+            return;
+        }
         let _ = sqlx::query(
-            "UPDATE tasks SET status = 'succeeded', result = $2, updated_at = now(), finished_at = now() WHERE id = $1",
+            "UPDATE tasks SET status = 'succeeded', result = jsonb_build_object('updated', done),
+                 updated_at = now(), finished_at = now(), lease_owner = NULL, lease_until = NULL
+             WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
         )
         .bind(job.task_id)
-        .bind(json!({ "updated": done }))
-        .execute(&job.pool)
+        .bind(process_id())
+        .execute(&pool)
         .await;
+        drop(heartbeat);
     }
 
-    /// One batch in one transaction, with a `customer.updated` event per customer; the
-    /// caller's policy still holds (a row moved out of it since is left alone).
-    async fn apply(&self, batch: &[Uuid]) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+    /// One batch in one transaction, with a `customer.updated` event per customer and the
+    /// task's progress, fenced on the task's lease; the caller's policy still holds (a row
+    /// moved out of it since is left alone).
+    async fn apply(&self, index: i32, batch: &[Uuid]) -> Result<Batch, sqlx::Error> {
+        let mut tx = self.app.store.pool().begin().await?;
         let mut query = QueryBuilder::new("WITH changed AS (");
+        let changes = &self.changes;
         self.policy
             .rows(&CUSTOMERS, Access::Write)
             .push_update(&mut query, |set| {
                 set.push("status = coalesce(")
-                    .push_bind(self.status)
+                    .push_bind(changes.status.map(Status::as_str))
                     .push(", status), assigned_to = coalesce(")
-                    .push_bind(self.assigned_to.clone())
+                    .push_bind(changes.assigned_to.clone())
                     .push(", assigned_to), tags = ARRAY(SELECT DISTINCT t FROM unnest(tags || ")
-                    .push_bind(self.add_tags.clone())
+                    .push_bind(changes.add_tags.clone())
                     .push("::text[]) AS t WHERE NOT (t = ANY(")
-                    .push_bind(self.remove_tags.clone())
+                    .push_bind(changes.remove_tags.clone())
                     .push("::text[])) ORDER BY t), version = version + 1, updated_at = now()");
             });
         query
@@ -397,7 +579,24 @@ impl Job {
             .push_bind(self.principal.id)
             .push(" FROM changed");
         query.build().execute(&mut *tx).await?;
-        tx.commit().await
+        let recorded = sqlx::query(
+            "UPDATE tasks SET done = done + $4, batches_done = batches_done || $3,
+                 updated_at = now()
+             WHERE id = $1 AND lease_owner = $2 AND status = 'running'
+               AND NOT ($3 = ANY(batches_done))",
+        )
+        .bind(self.task_id)
+        .bind(process_id())
+        .bind(index)
+        .bind(batch.len() as i64)
+        .execute(&mut *tx)
+        .await?;
+        if recorded.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(Batch::LeaseLost);
+        }
+        tx.commit().await?;
+        Ok(Batch::Applied)
     }
 }
 

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::mcp::call::Delivering;
+use crate::store::health::{Down, RETRY_AFTER_SECS};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -72,11 +74,17 @@ pub fn router(app: Arc<App>, options: &HttpOptions, shutdown: CancellationToken)
             .enforce_origin_validation()
     };
     let mcp_app = app.clone();
+    // Idle sessions are closed by `Sessions` (which knows about open streams), not by rmcp's
+    // own timer (which closes a session whose client only listens on its stream).
+    let mut manager = LocalSessionManager::default();
+    manager.session_config.keep_alive = None;
+    let manager = Arc::new(manager);
+    let sessions = Sessions::start(app.clone(), manager.clone(), shutdown.clone());
     // Shared rather than used as a tower service: that would clone it, and its configuration
     // (host and origin lists), twice per request.
     let mcp = Arc::new(StreamableHttpService::new(
         move || Ok(AgentCrm::http(mcp_app.clone())),
-        Arc::new(LocalSessionManager::default()),
+        manager,
         config,
     ));
     // Outermost first: authenticate, then the session's owner, then check the body, then rmcp.
@@ -86,10 +94,7 @@ pub fn router(app: Arc<App>, options: &HttpOptions, shutdown: CancellationToken)
             (options.max_body_bytes, app.clone()),
             inspect_body,
         ))
-        .layer(middleware::from_fn_with_state(
-            Arc::new(SessionOwners::default()),
-            bind_session,
-        ))
+        .layer(middleware::from_fn_with_state(sessions, bind_session))
         .layer(middleware::from_fn_with_state(app.clone(), authenticate));
     axum::Router::new()
         .route("/healthz", get(healthz))
@@ -117,61 +122,179 @@ pub fn router(app: Arc<App>, options: &HttpOptions, shutdown: CancellationToken)
         .with_state(app)
 }
 
-/// Who opened each MCP session of this process (sessions live in the process that made
-/// them). A session belongs to that principal: anyone else's request, stream or DELETE with
-/// its id is answered as if the session did not exist.
-#[derive(Default)]
-struct SessionOwners {
-    owners: std::sync::Mutex<std::collections::HashMap<String, (Owner, std::time::Instant)>>,
+/// The MCP sessions of this process (sessions live in the process that made them): who
+/// opened each, when it was last used, and its open streams.
+/// - A session belongs to its opener: anyone else's request, stream or DELETE with its id is
+///   answered as if the session did not exist.
+/// - A session with no open stream and no request for the idle timeout is closed; an open
+///   stream (a client waiting on a subscription) keeps it alive however long it waits.
+/// - Each principal keeps at most a cap of sessions: opening one more closes its oldest idle
+///   one (or, if all are in use, its least recently used).
+struct Sessions {
+    app: Arc<App>,
+    manager: Arc<LocalSessionManager>,
+    open: std::sync::Mutex<std::collections::HashMap<Arc<str>, Tracked>>,
+    idle: std::time::Duration,
+    per_principal: usize,
+}
+
+struct Tracked {
+    owner: Owner,
+    used: std::time::Instant,
+    streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A principal as a session owner: tenant, kind and id.
 type Owner = (uuid::Uuid, &'static str, Option<uuid::Uuid>);
 
-/// Sessions tracked before idle ones (a day without a request) are forgotten.
-const MAX_TRACKED_SESSIONS: usize = 10_000;
-
 fn owner(principal: &Principal) -> Owner {
     (principal.tenant_id, principal.kind.as_str(), principal.id)
 }
 
-impl SessionOwners {
-    /// Is `session` `who`'s? Unknown sessions are nobody's.
-    fn owned_by(&self, session: &str, who: &Owner) -> bool {
-        let Ok(mut owners) = self.owners.lock() else {
-            return false;
-        };
-        match owners.get_mut(session) {
-            Some((owner, used)) if owner == who => {
-                *used = std::time::Instant::now();
-                true
+fn env_number(name: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|v| range.contains(v))
+        .unwrap_or(default)
+}
+
+impl Sessions {
+    /// Tracks sessions and closes idle ones until `shutdown`. The idle timeout is
+    /// `AGENTCRM_SESSION_IDLE_SECS` (default 300), the cap per principal
+    /// `AGENTCRM_MAX_SESSIONS_PER_PRINCIPAL` (default 64).
+    fn start(
+        app: Arc<App>,
+        manager: Arc<LocalSessionManager>,
+        shutdown: CancellationToken,
+    ) -> Arc<Sessions> {
+        let idle = std::time::Duration::from_secs(env_number(
+            "AGENTCRM_SESSION_IDLE_SECS",
+            300,
+            1..=86_400,
+        ));
+        let sessions = Arc::new(Sessions {
+            app,
+            manager,
+            open: Default::default(),
+            idle,
+            per_principal: env_number("AGENTCRM_MAX_SESSIONS_PER_PRINCIPAL", 64, 1..=10_000)
+                as usize,
+        });
+        let sweeper = Arc::downgrade(&sessions);
+        let every = (idle / 4).clamp(
+            std::time::Duration::from_millis(250),
+            std::time::Duration::from_secs(30),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let Some(sessions) = sweeper.upgrade() else {
+                    return;
+                };
+                let idle: Vec<Arc<str>> = sessions.with(|open| {
+                    open.iter()
+                        .filter(|(_, t)| t.is_idle() && t.used.elapsed() >= sessions.idle)
+                        .map(|(id, _)| id.clone())
+                        .collect()
+                });
+                for id in idle {
+                    sessions.close(&id, "idle").await;
+                }
             }
-            _ => false,
+        });
+        sessions
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut std::collections::HashMap<Arc<str>, Tracked>) -> T) -> T {
+        match self.open.lock() {
+            Ok(mut open) => f(&mut open),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
         }
     }
 
-    fn bind(&self, session: String, who: Owner) {
-        let Ok(mut owners) = self.owners.lock() else {
-            return;
-        };
-        if owners.len() >= MAX_TRACKED_SESSIONS {
-            let day = std::time::Duration::from_secs(86_400);
-            owners.retain(|_, (_, used)| used.elapsed() < day);
+    async fn close(&self, id: &Arc<str>, why: &str) {
+        self.with(|open| open.remove(id));
+        use rmcp::transport::streamable_http_server::session::SessionManager;
+        if let Err(error) = self.manager.close_session(id).await {
+            tracing::debug!(%error, session = %id, "session already closed");
+        } else {
+            tracing::info!(session = %id, why, "MCP session closed");
         }
-        owners.insert(session, (who, std::time::Instant::now()));
     }
 
-    fn forget(&self, session: &str) {
-        if let Ok(mut owners) = self.owners.lock() {
-            owners.remove(session);
+    /// `session`'s stream counter, when it is `who`'s (marking it used); unknown sessions
+    /// are nobody's.
+    fn use_as(&self, session: &str, who: &Owner) -> Option<Arc<std::sync::atomic::AtomicUsize>> {
+        self.with(|open| match open.get_mut(session) {
+            Some(tracked) if tracked.owner == *who => {
+                tracked.used = std::time::Instant::now();
+                Some(tracked.streams.clone())
+            }
+            _ => None,
+        })
+    }
+
+    /// Tracks a new session of `who`; returns the session to close if `who` is over the cap.
+    fn open(&self, session: Arc<str>, who: Owner) -> Option<Arc<str>> {
+        self.with(|open| {
+            open.insert(
+                session.clone(),
+                Tracked {
+                    owner: who,
+                    used: std::time::Instant::now(),
+                    streams: Default::default(),
+                },
+            );
+            let mine: Vec<(&Arc<str>, &Tracked)> =
+                open.iter().filter(|(_, t)| t.owner == who).collect();
+            if mine.len() <= self.per_principal {
+                return None;
+            }
+            // Oldest idle first; else least recently used; never the one just opened.
+            mine.into_iter()
+                .filter(|(id, _)| **id != session)
+                .min_by_key(|(_, t)| (!t.is_idle(), t.used))
+                .map(|(id, _)| id.clone())
+        })
+    }
+}
+
+impl Tracked {
+    fn is_idle(&self) -> bool {
+        self.streams.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+}
+
+/// Counts a stream open while its response body lives; the session was in use until then.
+struct StreamOpen {
+    streams: Arc<std::sync::atomic::AtomicUsize>,
+    sessions: std::sync::Weak<Sessions>,
+    id: Arc<str>,
+}
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        self.streams
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(sessions) = self.sessions.upgrade() {
+            sessions.with(|open| {
+                if let Some(tracked) = open.get_mut(&self.id) {
+                    tracked.used = std::time::Instant::now();
+                }
+            });
         }
     }
 }
 
 /// Binds a new session to the principal that opened it, and lets only that principal use
 /// it: a request, GET stream or DELETE with someone else's session id gets rmcp's own 404.
+/// A streamed response (an SSE stream) counts as the session in use for as long as it is open.
 async fn bind_session(
-    State(sessions): State<Arc<SessionOwners>>,
+    State(sessions): State<Arc<Sessions>>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -184,26 +307,77 @@ async fn bind_session(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let deleting = request.method() == Method::DELETE;
-    if let Some(session) = &given
-        && !sessions.owned_by(session, &who)
-    {
-        return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
-    }
+    let delivering =
+        (request.method() == Method::POST).then(|| Delivering::enter(sessions.app.clone()));
+    let streams = match &given {
+        Some(session) => match sessions.use_as(session, &who) {
+            Some(streams) => Some(streams),
+            None => {
+                return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
+            }
+        },
+        None => None,
+    };
     let response = next.run(request).await;
     match given {
-        Some(session) if deleting && response.status().is_success() => sessions.forget(&session),
-        Some(_) => {}
+        Some(session) if deleting && response.status().is_success() => {
+            sessions.with(|open| open.remove(session.as_str()));
+            response
+        }
+        Some(session) => {
+            let streaming = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            match streams {
+                // A POST's answer streams: it is delivered when its body ends.
+                Some(_) if streaming && delivering.is_some() => {
+                    let (parts, body) = response.into_parts();
+                    let body = Body::from_stream(futures::StreamExt::map(
+                        body.into_data_stream(),
+                        move |chunk| {
+                            let _delivering = &delivering;
+                            chunk
+                        },
+                    ));
+                    Response::from_parts(parts, body)
+                }
+                Some(streams) if streaming => {
+                    streams.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let open = StreamOpen {
+                        streams,
+                        sessions: Arc::downgrade(&sessions),
+                        id: Arc::from(session),
+                    };
+                    let (parts, body) = response.into_parts();
+                    let body = Body::from_stream(futures::StreamExt::map(
+                        body.into_data_stream(),
+                        move |chunk| {
+                            let _open = &open;
+                            chunk
+                        },
+                    ));
+                    Response::from_parts(parts, body)
+                }
+                _ => response,
+            }
+        }
         None => {
             if let Some(session) = response
                 .headers()
                 .get("mcp-session-id")
                 .and_then(|v| v.to_str().ok())
+                && let Some(evicted) = sessions.open(Arc::from(session), who)
             {
-                sessions.bind(session.to_owned(), who);
+                let sessions = sessions.clone();
+                tokio::spawn(async move {
+                    sessions.close(&evicted, "over the cap per principal").await
+                });
             }
+            response
         }
     }
-    response
 }
 
 /// Reads a POST body once before rmcp does, to answer two things in HTTP terms:
@@ -365,7 +539,10 @@ pub async fn serve(
     options: &HttpOptions,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let router = router(app, options, shutdown.clone());
+    // Sessions (and their open streams) end only once calls in flight are done: ending them
+    // at the signal would cut those calls off.
+    let sessions_end = CancellationToken::new();
+    let router = router(app.clone(), options, sessions_end.clone());
     let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
     let (closing, _) = tokio::sync::watch::channel(());
     loop {
@@ -420,8 +597,14 @@ pub async fn serve(
             drop(slot);
         });
     }
-    // Finish in-flight requests: every connection ends, then its slot comes back.
+    // Finish in-flight requests: new calls are refused while those running finish, then the
+    // sessions end, then every connection ends and its slot comes back.
     drop(listener);
+    let grace = crate::jobs::drain_grace();
+    if !app.inflight.drained(grace).await {
+        tracing::warn!("calls still running {grace:?} after the shutdown signal; ending them");
+    }
+    sessions_end.cancel();
     closing.send_replace(());
     let _all = slots
         .acquire_many(u32::try_from(options.max_connections).unwrap_or(u32::MAX))
@@ -450,6 +633,9 @@ async fn refuse(mut tcp: tokio::net::TcpStream) {
 /// to the MCP handler in the request's extensions. Without credentials, only the embedded
 /// default's local owner (loopback listeners) gets through.
 async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    if let Some(down) = app.store.unavailable() {
+        return database_unavailable(down);
+    }
     let headers = request.headers();
     let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
     let bearer = headers
@@ -472,6 +658,17 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
+        }
+        Err(AuthError::Store(error))
+            if {
+                app.store.observe_store(&error);
+                app.store.is_down()
+            } =>
+        {
+            database_unavailable(app.store.unavailable().unwrap_or(Down {
+                retry_after: RETRY_AFTER_SECS,
+                for_secs: 0,
+            }))
         }
         Err(error) => {
             let resource_metadata = format!(
@@ -503,6 +700,25 @@ async fn api_key_principal(app: &App, key: &str) -> Result<Principal, AuthError>
     app.auth_cache
         .insert(cache_key, principal.clone(), generation);
     Ok(principal)
+}
+
+/// 503 while the database is known to be down: credentials cannot be checked.
+fn database_unavailable(down: Down) -> Response {
+    let body = json!({
+        "error": "internal",
+        "error_description": format!(
+            "The database is unavailable, so credentials cannot be checked; nothing was done. \
+             Retry in {} s.",
+            down.retry_after
+        ),
+        "request_id": uuid::Uuid::now_v7().to_string(),
+        "retry_after": down.retry_after,
+    });
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    if let Ok(value) = down.retry_after.to_string().parse() {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 fn unauthorized(error: &AuthError, resource_metadata: &str) -> Response {

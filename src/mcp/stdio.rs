@@ -42,7 +42,14 @@ pub async fn serve(
                 tracing::warn!(%error, "stdio session ended with an error");
             }
         }
-        _ = shutdown.cancelled() => cancel.cancel(),
+        _ = shutdown.cancelled() => {
+            // New calls are refused meanwhile; those running finish first.
+            let grace = crate::jobs::drain_grace();
+            if !app.inflight.drained(grace).await {
+                tracing::warn!("calls still running {grace:?} after the shutdown signal; ending them");
+            }
+            cancel.cancel()
+        }
     }
     // A client that hung up mid-call: its calls finish, with their audit records, before the
     // process exits (rmcp waits only a few seconds for them).

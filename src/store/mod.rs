@@ -2,6 +2,7 @@
 //! embedded server used when no `DATABASE_URL` is given.
 
 pub mod embedded;
+pub mod health;
 pub mod page;
 pub mod tenants;
 
@@ -46,8 +47,13 @@ pub struct Store {
     /// must survive agentcrm being killed, which a commit acknowledged by the server
     /// guarantees; only a crash of PostgreSQL itself could lose the last few.
     audit_pool: PgPool,
+    /// Lease renewals of background work: they must not queue behind tool calls, or a busy
+    /// process loses its leases to another one while it is still working.
+    lease_pool: PgPool,
     kind: DatabaseKind,
     embedded: Mutex<Option<EmbeddedPostgres>>,
+    options: PgConnectOptions,
+    health: std::sync::Arc<health::Health>,
 }
 
 impl Store {
@@ -75,11 +81,18 @@ impl Store {
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
+        let lease_pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options.clone());
         let store = Store {
             pool,
             audit_pool,
+            lease_pool,
             kind,
             embedded: Mutex::new(embedded),
+            options: options.clone(),
+            health: Default::default(),
         };
         if let Err(error) = store.init(&options).await {
             store.close().await;
@@ -108,6 +121,10 @@ impl Store {
         &self.audit_pool
     }
 
+    pub fn lease_pool(&self) -> &PgPool {
+        &self.lease_pool
+    }
+
     pub fn kind(&self) -> DatabaseKind {
         self.kind
     }
@@ -123,6 +140,7 @@ impl Store {
 
     /// Closes the pool and stops the embedded server, if this process started one.
     pub async fn close(&self) {
+        self.lease_pool.close().await;
         self.audit_pool.close().await;
         self.pool.close().await;
         let embedded = match self.embedded.lock() {

@@ -26,15 +26,20 @@ use crate::access::delegation::{self, Cause};
 use crate::access::principal::Principal;
 use crate::app::App;
 use crate::error::ToolError;
-use crate::jobs::queue::{lease, process_id};
+use crate::jobs::queue::{Queue, process_id};
 use crate::mcp::call::{Call, invoke};
 use crate::store::StoreError;
 use crate::toolkit::context::{Progress, Transport};
 
 pub const CHANNEL: &str = "agentcrm_workflows";
-const POLL: Duration = Duration::from_secs(1);
-/// Executions one process runs at once.
-const PARALLEL: usize = 4;
+
+/// Executions, on the lease queue of all background work: four at once per process.
+pub static QUEUE: Queue = Queue {
+    table: "workflow_executions",
+    channel: CHANNEL,
+    parallel: 4,
+    poll: Duration::from_secs(1),
+};
 
 #[derive(sqlx::FromRow)]
 struct Claimed {
@@ -54,8 +59,7 @@ struct Claimed {
 /// Runs an execution this process holds the lease of, until it ends, waits for an
 /// approval, or the lease is lost.
 pub async fn run(app: Arc<App>, id: Uuid, progress: Option<Progress>) {
-    let heartbeat =
-        crate::jobs::queue::Heartbeat::start(app.store.pool().clone(), "workflow_executions", id);
+    let heartbeat = QUEUE.heartbeat(&app, id);
     let lost = heartbeat.lost.clone();
     if let Err(error) = drive(&app, id, progress, &lost).await {
         tracing::error!(%error, execution = %id, "workflow execution stopped");
@@ -116,6 +120,10 @@ async fn drive(
     let total = definition.steps.len();
     while (exec.next_step as usize) < total {
         if lost.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if app.stopping.is_cancelled() {
+            QUEUE.hand_back(pool, id).await;
             return Ok(());
         }
         if cancel_requested(pool, id).await? {
@@ -452,24 +460,6 @@ async fn finish(
     Ok(())
 }
 
-/// Claims the oldest due execution: queued, or running under an expired lease.
-async fn claim(pool: &PgPool) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE workflow_executions SET status = 'running', lease_owner = $1,
-             lease_until = now() + make_interval(secs => $2),
-             started_at = coalesce(started_at, now()), updated_at = now()
-         WHERE id = (SELECT id FROM workflow_executions
-                     WHERE status IN ('queued', 'running')
-                       AND (lease_until IS NULL OR lease_until < now())
-                     ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)
-         RETURNING id",
-    )
-    .bind(process_id())
-    .bind(lease().as_secs_f64())
-    .fetch_optional(pool)
-    .await
-}
-
 #[derive(sqlx::FromRow)]
 struct Decided {
     id: Uuid,
@@ -568,35 +558,21 @@ async fn resume_decided(pool: &PgPool) -> Result<(), sqlx::Error> {
 /// The worker of a serving process: resumes decided executions, starts event-triggered
 /// ones, and runs due executions, up to `PARALLEL` at once.
 pub fn start(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let pool = app.store.pool().clone();
-        let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
-        let mut listener = crate::store::listen(&pool, CHANNEL).await;
-        loop {
-            if let Err(error) = resume_decided(&pool).await {
+    QUEUE.worker(
+        app,
+        shutdown,
+        |app| async move {
+            let pool = app.store.pool();
+            if let Err(error) = resume_decided(pool).await {
                 tracing::warn!(%error, "workflow executions: could not resume decided ones");
             }
-            if let Err(error) = super::schedule::fire_due(&pool).await {
+            if let Err(error) = super::schedule::fire_due(pool).await {
                 tracing::warn!(%error, "workflow executions: could not start scheduled ones");
             }
             if let Err(error) = super::triggers::on_events(&app).await {
                 tracing::warn!(%error, "workflow executions: could not read events");
             }
-            crate::jobs::queue::start_due(
-                &slots,
-                "workflow executions",
-                || claim(&pool),
-                |id| {
-                    let app = app.clone();
-                    async move {
-                        run(app, id, None).await;
-                    }
-                },
-            )
-            .await;
-            if !crate::jobs::queue::wait(&shutdown, &mut listener, &pool, CHANNEL, POLL).await {
-                return;
-            }
-        }
-    })
+        },
+        |app, id| run(app, id, None),
+    )
 }

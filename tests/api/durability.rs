@@ -264,3 +264,584 @@ async fn ten_thousand_piped_requests_are_answered_with_bounded_memory() {
     eprintln!("10,000 piped requests: peak RSS {peak_mb} MB");
     assert!(peak_mb < 150, "peak RSS {peak_mb} MB");
 }
+
+/// Customers `c1` … `c<n>` of tenant acme, made in one statement.
+async fn seed_customers(pool: &PgPool, n: i64) {
+    sqlx::query(
+        "INSERT INTO customers (tenant_id, first_name)
+         SELECT t.id, 'c' || g FROM tenants t, generate_series(1, $1) g WHERE t.slug = 'acme'",
+    )
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Locks the customers at `offsets` (in id order) until the transaction ends: a bulk batch
+/// that reaches one waits there, so a test knows which batches are in flight.
+async fn hold_rows(pool: &PgPool, offsets: &[i64]) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    for offset in offsets {
+        // FOR UPDATE under OFFSET would lock every row skipped too.
+        sqlx::query(
+            "SELECT id FROM customers
+             WHERE id = (SELECT id FROM customers ORDER BY id OFFSET $1 LIMIT 1) FOR UPDATE",
+        )
+        .bind(offset)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx
+}
+
+/// Polls `probe` every 100 ms until it holds; panics with `what` after `limit`.
+async fn poll_until<F, Fut>(what: &str, limit: std::time::Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while !probe().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+async fn task_state(pool: &PgPool, id: uuid::Uuid) -> (String, i64) {
+    sqlx::query_as("SELECT status, done FROM tasks WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Starts a bulk update of every customer on the server at `url` and returns its task, as
+/// soon as it is stored (the call itself waits on, for its progress).
+async fn start_bulk(pool: &PgPool, url: &str, key: &str) -> uuid::Uuid {
+    let client = http_client(url, key, Generation::Stateless).await;
+    tokio::spawn(async move {
+        // The server may be killed before it answers: the answer does not matter here.
+        let arguments = json!({ "filter": { "status": "lead" }, "set": { "add_tags": ["moved"] } });
+        let Value::Object(arguments) = arguments else {
+            return;
+        };
+        let _ = client
+            .call_tool(
+                rmcp::model::CallToolRequestParams::new("bulk_update_customers")
+                    .with_arguments(arguments),
+            )
+            .await;
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let found: Option<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM tasks")
+            .fetch_optional(pool)
+            .await
+            .unwrap();
+        if let Some(task) = found {
+            return task;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task was not stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Every customer changed exactly once: tagged, one version up, one bulk event each.
+async fn assert_each_changed_once(pool: &PgPool, n: i64) {
+    let (tagged, twice): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE 'moved' = ANY(tags)), count(*) FILTER (WHERE version <> 2)
+         FROM customers",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (tagged, twice),
+        (n, 0),
+        "customers tagged, and changed other than once"
+    );
+    let (events, subjects): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT subject_id) FROM events
+         WHERE type = 'customer.updated' AND payload->>'bulk' = 'true'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((events, subjects), (n, n), "one event per customer");
+}
+
+/// 2. A bulk task whose process is killed (kill -9) mid-run is finished by another replica
+/// from its last committed batch: nothing lost, nothing applied twice. It stayed `running`
+/// forever.
+#[tokio::test]
+async fn a_bulk_task_of_a_killed_process_is_finished_by_another_replica() {
+    let db = TestDb::new().await;
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    seed_customers(&pool, 5_000).await;
+    let replica = || {
+        let mut command = db.server(&["http"]);
+        command.env("AGENTCRM_WORKFLOW_LEASE_SECS", "2");
+        HttpServer::start(command)
+    };
+    let mut first = replica();
+    let _second = replica();
+    // Batches 0 and 1 commit; 2 and 3 wait on these rows when the process dies.
+    let held = hold_rows(&pool, &[2_500, 3_500]).await;
+    let task = start_bulk(&pool, &first.mcp_url(), &db.admin_key).await;
+    poll_until(
+        "two batches committed",
+        std::time::Duration::from_secs(30),
+        || async { task_state(&pool, task).await.1 >= 2_000 },
+    )
+    .await;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    held.rollback().await.unwrap();
+    poll_until(
+        "the task finished",
+        std::time::Duration::from_secs(60),
+        || async { task_state(&pool, task).await.0 != "running" },
+    )
+    .await;
+    eprintln!(
+        "bulk task finished {:?} after kill -9 (lease 2 s)",
+        killed.elapsed()
+    );
+    assert_eq!(
+        task_state(&pool, task).await,
+        ("succeeded".to_owned(), 5_000)
+    );
+    let (result, resumed): (Value, i32) =
+        sqlx::query_as("SELECT result, resumed FROM tasks WHERE id = $1")
+            .bind(task)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(result, json!({ "updated": 5_000 }));
+    assert_eq!(resumed, 1, "taken up once, by the other replica");
+    assert_each_changed_once(&pool, 5_000).await;
+}
+
+/// A receiver that answers after `delay`, and a channel that says when a request came in.
+fn slow_receiver(delay: std::time::Duration) -> (String, std::sync::mpsc::Receiver<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/slow", listener.local_addr().unwrap());
+    let (arrived, arrivals) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let arrived = arrived.clone();
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buffer = [0; 4096];
+                let _ = stream.read(&mut buffer);
+                let _ = arrived.send(());
+                std::thread::sleep(delay);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            });
+        }
+    });
+    (url, arrivals)
+}
+
+/// 9. SIGTERM drains: a call in flight finishes (with its audit record), a bulk batch in
+/// flight commits and no further one starts, the task's lease is handed back (another
+/// replica takes it up at once, not after the 30 s lease), and the pool is closed last.
+#[tokio::test]
+async fn sigterm_lets_work_in_flight_finish_and_hands_leases_back() {
+    let db = TestDb::new().await;
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    seed_customers(&pool, 4_000).await;
+    let mut first = HttpServer::start(db.server(&["http"]));
+    let held = hold_rows(&pool, &[1_500, 2_500]).await;
+    let task = start_bulk(&pool, &first.mcp_url(), &db.admin_key).await;
+    poll_until(
+        "batch 0 committed",
+        std::time::Duration::from_secs(30),
+        || async { task_state(&pool, task).await.1 >= 1_000 },
+    )
+    .await;
+    let (url, arrivals) = slow_receiver(std::time::Duration::from_secs(3));
+    let client = http_client(&first.mcp_url(), &db.admin_key, Generation::Sessions).await;
+    let slow = tokio::spawn(async move {
+        let result = call(
+            &client,
+            "test_new_connection",
+            json!({ "platform": "http", "config": { "url": url, "method": "POST" } }),
+        )
+        .await;
+        let _ = client.cancel().await;
+        result
+    });
+    tokio::task::spawn_blocking(move || arrivals.recv_timeout(std::time::Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("the slow call reached its receiver");
+    // SAFETY: signalling a child we have not reaped.
+    unsafe { libc::kill(first.child.id() as libc::pid_t, libc::SIGTERM) };
+    held.rollback().await.unwrap();
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(40), slow)
+        .await
+        .unwrap_or_else(|_| panic!("no answer: {}", first.log.lock().unwrap().join("\n")))
+        .unwrap();
+    assert_ne!(
+        answered.is_error,
+        Some(true),
+        "the call in flight finished: {answered:?}"
+    );
+    let status = wait_timeout(&mut first.child, std::time::Duration::from_secs(40))
+        .expect("the process exits after draining");
+    assert!(status.success(), "{status:?}");
+    let log = first.log.lock().unwrap().join("\n");
+    assert!(!log.contains("closed pool"), "{log}");
+    let (status, done, owner): (String, i64, Option<uuid::Uuid>) =
+        sqlx::query_as("SELECT status, done, lease_owner FROM tasks WHERE id = $1")
+            .bind(task)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), done, owner),
+        ("running", 3_000, None),
+        "batches in flight committed, none started after the signal, the lease handed back"
+    );
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE action = 'test_new_connection' AND outcome = 'ok'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 1);
+    let second = HttpServer::start(db.server(&["http"]));
+    let taken = std::time::Instant::now();
+    poll_until(
+        "the other replica finished the task before the lease would expire",
+        std::time::Duration::from_secs(15),
+        || async { task_state(&pool, task).await.0 == "succeeded" },
+    )
+    .await;
+    eprintln!(
+        "handed-back task finished {:?} after the next replica started",
+        taken.elapsed()
+    );
+    assert_each_changed_once(&pool, 4_000).await;
+    drop(second);
+}
+
+/// 5. A process whose pool is starved by tool calls still renews its leases (on connections
+/// of their own): its workflow execution is not taken by another replica and its step runs
+/// once. A replica that could not renew lost the run, and the step ran twice.
+#[tokio::test]
+async fn a_starved_pool_keeps_its_leases() {
+    use crate::workflows::{create_customer, workflow};
+    let db = TestDb::new().await;
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    let replica = || {
+        let mut command = db.server(&["http"]);
+        command.env("AGENTCRM_WORKFLOW_LEASE_SECS", "2");
+        HttpServer::start(command)
+    };
+    let first = replica();
+    let _second = replica();
+    let admin = http_client(&first.mcp_url(), &db.admin_key, Generation::Sessions).await;
+    let customer = create_customer(&admin, json!({ "first_name": "Locked" })).await;
+    let steps = json!([
+        { "id": "note", "tool": "log_interaction",
+          "arguments": { "customer_id": customer, "type": "note", "notes": "step" } },
+    ]);
+    let id = workflow(&admin, "Starved", steps, json!({})).await;
+    // The customer is locked: the step and 24 client calls wait on it, holding every one of
+    // the pool's connections for six leases (calls past them time out waiting for one).
+    let mut held = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM customers WHERE id = $1::uuid FOR UPDATE")
+        .bind(&customer)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let started = call_ok(
+        &admin,
+        "execute_workflow",
+        json!({ "workflow_id": id, "wait_seconds": 0 }),
+    )
+    .await;
+    let execution = started["execution"]["id"].as_str().unwrap().to_owned();
+    let mut callers = Vec::new();
+    for n in 0..24 {
+        let url = first.mcp_url();
+        let key = db.admin_key.clone();
+        let customer = customer.clone();
+        callers.push(tokio::spawn(async move {
+            let client = http_client(&url, &key, Generation::Stateless).await;
+            let result = call(
+                &client,
+                "log_interaction",
+                json!({ "customer_id": customer, "type": "note", "notes": format!("call {n}") }),
+            )
+            .await;
+            let _ = client.cancel().await;
+            result
+        }));
+    }
+    poll_until(
+        "the pool is starved",
+        std::time::Duration::from_secs(30),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+             AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            waiting >= 8
+        },
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    held.rollback().await.unwrap();
+    let mut starved = 0;
+    for caller in callers {
+        let result = caller.await.unwrap();
+        if result.is_error == Some(true) {
+            assert_eq!(error_code(&result), "internal", "{result:?}");
+            starved += 1;
+        }
+    }
+    eprintln!("{starved} of 24 calls timed out waiting for a connection");
+    assert!(starved > 0, "the pool was starved");
+    let ended = crate::workflows::wait_for_end(&admin, &execution).await;
+    assert_eq!(ended["execution"]["status"], "succeeded", "{ended}");
+    let attempts: Vec<(String,)> = sqlx::query_as(
+        "SELECT status FROM workflow_step_runs WHERE execution_id = $1::uuid ORDER BY id",
+    )
+    .bind(&execution)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        attempts,
+        vec![("succeeded".to_owned(),)],
+        "the step ran once, on its own replica"
+    );
+    let notes: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT notes, count(*) FROM interactions WHERE notes = 'step' GROUP BY notes",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(notes, vec![("step".to_owned(), 1)]);
+}
+
+/// A raw MCP-over-HTTP exchange: POST `body` with `key`, in `session` if given.
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    session: Option<&str>,
+    body: Value,
+) -> reqwest::Response {
+    let mut request = http
+        .post(url)
+        .header("X-Api-Key", key)
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2025-11-25")
+        .json(&body);
+    if let Some(session) = session {
+        request = request.header("Mcp-Session-Id", session);
+    }
+    request.send().await.unwrap()
+}
+
+/// A new initialized session of `key`.
+async fn open_session(http: &reqwest::Client, url: &str, key: &str) -> String {
+    let init = post(http, url, key, None, initialize_request(1)).await;
+    assert_eq!(init.status().as_u16(), 200);
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = crate::http::read_message(init).await;
+    let done = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    post(http, url, key, Some(&session), done).await;
+    session
+}
+
+/// 200 while the session lives, 404 once it is closed.
+async fn ping(http: &reqwest::Client, url: &str, key: &str, session: &str) -> u16 {
+    let ping = json!({ "jsonrpc": "2.0", "id": 9, "method": "ping" });
+    post(http, url, key, Some(session), ping)
+        .await
+        .status()
+        .as_u16()
+}
+
+/// 7. A session whose client only listens on its SSE stream (waiting on a subscription)
+/// outlives the idle timeout; one with neither stream nor requests does not; and a
+/// principal's sessions are capped, its oldest idle one closed first (sessions expired
+/// after 5 minutes without a POST, stream or not, and were not capped).
+#[tokio::test]
+async fn an_open_stream_keeps_its_session_and_sessions_are_capped() {
+    let db = TestDb::new().await;
+    let mut command = db.command(&["http"]);
+    command
+        .env("AGENTCRM_SESSION_IDLE_SECS", "2")
+        .env("AGENTCRM_MAX_SESSIONS_PER_PRINCIPAL", "3");
+    let server = HttpServer::start(command);
+    let url = server.mcp_url();
+    let key = db.admin_key.as_str();
+    let http = reqwest::Client::new();
+    let listening = open_session(&http, &url, key).await;
+    let stream = http
+        .get(&url)
+        .header("X-Api-Key", key)
+        .header("Accept", "text/event-stream")
+        .header("Mcp-Session-Id", &listening)
+        .header("MCP-Protocol-Version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    let silent = open_session(&http, &url, key).await;
+    // Well past the idle timeout (2 s), with no request in either session (a request would
+    // count as use, so this waits rather than polls).
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert_eq!(
+        ping(&http, &url, key, &silent).await,
+        404,
+        "the silent session is closed"
+    );
+    assert_eq!(
+        ping(&http, &url, key, &listening).await,
+        200,
+        "the listening session lives"
+    );
+    // Three more: over the cap of 3, the oldest idle ones go, never the listening one.
+    let mut opened = Vec::new();
+    for _ in 0..4 {
+        opened.push(open_session(&http, &url, key).await);
+    }
+    let alive = [
+        ping(&http, &url, key, &listening).await,
+        ping(&http, &url, key, &opened[0]).await,
+        ping(&http, &url, key, &opened[1]).await,
+        ping(&http, &url, key, &opened[2]).await,
+        ping(&http, &url, key, &opened[3]).await,
+    ];
+    assert_eq!(alive, [200, 404, 404, 200, 200]);
+    // The stream ends: the session is idle from then on, and goes.
+    drop(stream);
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert_eq!(
+        ping(&http, &url, key, &listening).await,
+        404,
+        "closed once its stream ended"
+    );
+}
+
+/// 6. PostgreSQL stopped under calls: once the outage is seen, calls and authentication
+/// are refused at once with `retry_after` and a text that says the database is unavailable
+/// (each waited for the pool's 10 s, then said it "could not check credentials"); when the
+/// server is back, calls succeed at once, and the process logs how many it refused.
+#[tokio::test]
+async fn a_database_outage_is_answered_at_once_and_recovered_from() {
+    let dir = std::path::PathBuf::from(format!(
+        "/tmp/acrm-outage-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
+    let start_pg = |dir: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || agentcrm::store::EmbeddedPostgres::start(&dir))
+            .await
+            .unwrap()
+            .expect("a private PostgreSQL")
+    };
+    let pg = start_pg(dir.clone()).await;
+    let db = TestDb::at(format!(
+        "postgres://agentcrm@localhost/agentcrm?host={}/run",
+        dir.display()
+    ));
+    let server = HttpServer::start(db.command(&["http"]));
+    let url = server.mcp_url();
+    let http = reqwest::Client::new();
+    let key = db.admin_key.as_str();
+    let session = open_session(&http, &url, key).await;
+    let whoami = json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                         "params": { "name": "whoami", "arguments": {} } });
+    let answer = post(&http, &url, key, Some(&session), whoami.clone()).await;
+    assert_ne!(
+        crate::http::read_message(answer).await["result"]["isError"],
+        json!(true)
+    );
+
+    tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
+    let stopped = std::time::Instant::now();
+    poll_until(
+        "the outage is seen",
+        std::time::Duration::from_secs(15),
+        || async {
+            post(&http, &url, key, Some(&session), whoami.clone())
+                .await
+                .status()
+                == 503
+        },
+    )
+    .await;
+    eprintln!(
+        "outage seen {:?} after PostgreSQL stopped",
+        stopped.elapsed()
+    );
+    for _ in 0..20 {
+        let asked = std::time::Instant::now();
+        let refused = post(&http, &url, key, Some(&session), whoami.clone()).await;
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            asked.elapsed()
+        );
+        assert_eq!(refused.status(), 503);
+        assert_eq!(refused.headers()["retry-after"], "2");
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["retry_after"], 2, "{body}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("database is unavailable"),
+            "{body}"
+        );
+    }
+
+    let pg = start_pg(dir.clone()).await;
+    let back = std::time::Instant::now();
+    poll_until(
+        "calls succeed again",
+        std::time::Duration::from_secs(10),
+        || async {
+            let answer = post(&http, &url, key, Some(&session), whoami.clone()).await;
+            answer.status() == 200
+                && crate::http::read_message(answer).await["result"]["isError"] != json!(true)
+        },
+    )
+    .await;
+    eprintln!(
+        "calls succeed {:?} after PostgreSQL is back",
+        back.elapsed()
+    );
+    assert!(
+        back.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        back.elapsed()
+    );
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(log.contains("the database is reachable again"), "{log}");
+    drop(server);
+    tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

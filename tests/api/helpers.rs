@@ -52,8 +52,17 @@ impl TestDb {
         let (server, _) = base
             .rsplit_once('/')
             .expect("DATABASE_URL names a database");
+        TestDb::provision(format!("{server}/{name}"), name)
+    }
+
+    /// The same on a database of a server the test started itself (not dropped after).
+    pub fn at(url: String) -> TestDb {
+        TestDb::provision(url, String::new())
+    }
+
+    fn provision(url: String, name: String) -> TestDb {
         let mut db = TestDb {
-            url: format!("{server}/{name}"),
+            url,
             name,
             admin_key: String::new(),
         };
@@ -160,7 +169,8 @@ impl TestDb {
             .env("DATABASE_URL", &self.url)
             .env("AGENTCRM_JWT_SECRET", JWT_SECRET)
             .env("AGENTCRM_ENCRYPTION_KEY", ENCRYPTION_KEY)
-            .env("AGENTCRM_OUTBOUND_ALLOW_PRIVATE", "true");
+            .env("AGENTCRM_OUTBOUND_ALLOW_PRIVATE", "true")
+            .env("AGENTCRM_DRAIN_SECS", "10");
         command
     }
 }
@@ -168,6 +178,9 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        if name.is_empty() {
+            return;
+        }
         // Drop runs inside the test's runtime: use a runtime of its own on another thread.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()

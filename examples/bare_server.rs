@@ -72,6 +72,7 @@ impl ServerHandler for Bare {
             arguments: Default::default(),
             approved_action: None,
             client: None,
+            seal: Default::default(),
         };
         let result = match tool.call(ctx, request.arguments.unwrap_or_default()).await {
             Ok(value) => CallToolResult::structured(value),

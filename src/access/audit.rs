@@ -227,7 +227,20 @@ impl AuditLog {
 
     /// Returns once the event is committed (`true`), or could not be (`false`, logged).
     pub async fn record(&self, mut event: AuditEvent) -> bool {
-        // Text a caller chose (a tool name, a session id) must not stop the batch's INSERT.
+        prepare(&mut event);
+        let (done, committed) = oneshot::channel();
+        if self.sender.send((event, done)).await.is_err() {
+            tracing::error!("audit writer stopped; an audit event was not recorded");
+            return false;
+        }
+        committed.await.unwrap_or(false)
+    }
+}
+
+/// Makes an event storable: text a caller chose (a tool name, a session id) must not stop
+/// the INSERT, and a huge argument is kept as a marker.
+fn prepare(event: &mut AuditEvent) {
+    {
         for field in [
             Some(&mut event.action),
             event.principal_name.as_mut(),
@@ -244,12 +257,6 @@ impl AuditLog {
         if let Some(arguments) = event.arguments.as_mut() {
             cap_arguments(arguments);
         }
-        let (done, committed) = oneshot::channel();
-        if self.sender.send((event, done)).await.is_err() {
-            tracing::error!("audit writer stopped; an audit event was not recorded");
-            return false;
-        }
-        committed.await.unwrap_or(false)
     }
 }
 
@@ -304,10 +311,29 @@ async fn writer(pool: PgPool, mut receiver: mpsc::Receiver<Pending>) {
     }
 }
 
+/// One event, on a connection of the caller's (inside a tool's own transaction).
+pub async fn insert_one(
+    conn: &mut sqlx::PgConnection,
+    event: &AuditEvent,
+) -> Result<(), sqlx::Error> {
+    let mut event = event.clone();
+    prepare(&mut event);
+    insert_events(conn, std::iter::once(&event)).await
+}
+
+async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<(), sqlx::Error> {
+    insert_events(pool, batch.iter().map(|(e, _)| e)).await
+}
+
 /// One statement for any batch size (column arrays through `unnest`), so it is prepared
 /// once per connection rather than once per size.
-async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<(), sqlx::Error> {
-    let events = batch.iter().map(|(e, _)| e);
+async fn insert_events<'a, 'c, E>(
+    executor: E,
+    events: impl Iterator<Item = &'a AuditEvent> + Clone,
+) -> Result<(), sqlx::Error>
+where
+    E: sqlx::PgExecutor<'c>,
+{
     // Columns borrow from the events: nothing is copied but the encoded parameters.
     let column = |f: for<'e> fn(&'e AuditEvent) -> Option<&'e str>| {
         events.clone().map(f).collect::<Vec<_>>()
@@ -340,7 +366,7 @@ async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<(), sqlx::Error> {
     .bind(column(|e| e.session_id.as_deref()))
     .bind(column(|e| e.request_id.as_deref()))
     .bind(events.clone().map(|e| e.chain.as_ref()).collect::<Vec<_>>())
-    .execute(pool)
+    .execute(executor)
     .await?;
     Ok(())
 }

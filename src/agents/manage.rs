@@ -340,7 +340,7 @@ async fn create_agent(ctx: ToolCtx, args: CreateArgs) -> Result<AgentConfigOut, 
     .fetch_one(&mut *tx)
     .await
     .map_err(StoreError::from)?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     out(&agent, &runnable, warnings)
 }
 
@@ -458,7 +458,7 @@ async fn set_columns(
     if change == "resume" {
         super::schedules::replan(&mut tx, tenant, agent.id).await?;
     }
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     Ok((agent, runnable))
 }
 

@@ -319,7 +319,7 @@ async fn run_agent(ctx: ToolCtx, args: RunArgs) -> Result<RunDetail, ToolError> 
     )
     .await?
     .ok_or_else(|| ToolError::Internal("the run was not queued".into()))?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     // Runs apart from this call: a caller that goes away does not cut the run short.
     let mut handle = tokio::spawn(runner::run(ctx.app.clone(), id));
     let _ = tokio::time::timeout(Duration::from_secs(u64::from(wait)), &mut handle).await;

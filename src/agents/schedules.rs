@@ -445,7 +445,7 @@ async fn schedule_agent(ctx: ToolCtx, args: ScheduleArgs) -> Result<Schedule, To
     .execute(&mut *tx)
     .await
     .map_err(StoreError::from)?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     load(&ctx, id).await
 }
 

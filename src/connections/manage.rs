@@ -377,7 +377,7 @@ async fn create_connection(ctx: ToolCtx, args: CreateArgs) -> Result<ConnectionO
         }
         other => other.map_err(StoreError::from)?,
     };
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     let mut tools_imported = None;
     if matches!(platform, Platform::Mcp | Platform::Http) {
         // Imported now so the tools can be used at once; a failure is the status, not an error.
@@ -569,7 +569,7 @@ async fn update_connection(ctx: ToolCtx, args: UpdateArgs) -> Result<ConnectionO
         }
         other => other.map_err(StoreError::from)?,
     };
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     let mut tools_imported = None;
     if matches!(platform, Platform::Mcp | Platform::Http) {
         // Renamed or re-pointed: the catalog follows.

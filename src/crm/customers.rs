@@ -572,7 +572,7 @@ async fn create_customer(ctx: ToolCtx, args: CustomerFields) -> Result<CustomerO
         payload,
     )
     .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     Ok(CustomerOut {
         customer: shape(&policy, &customer, None)?,
     })
@@ -666,7 +666,7 @@ async fn update_customer(ctx: ToolCtx, args: UpdateArgs) -> Result<CustomerOut, 
         crate::mcp::resources::customer_uri(customer.id),
     )
     .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     Ok(CustomerOut {
         customer: shape(&policy, &customer, None)?,
     })
@@ -745,7 +745,7 @@ async fn delete_customer(ctx: ToolCtx, args: DeleteArgs) -> Result<Deleted, Tool
         crate::mcp::resources::customer_uri(customer_id),
     )
     .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     Ok(Deleted {
         customer_id,
         deleted: true,

@@ -206,7 +206,7 @@ async fn log_interaction(ctx: ToolCtx, args: LogArgs) -> Result<InteractionOut, 
         payload,
     )
     .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     Ok(InteractionOut { interaction })
 }
 
@@ -356,7 +356,7 @@ async fn add_annotation(ctx: ToolCtx, args: AnnotateArgs) -> Result<AnnotationOu
     .fetch_one(&mut *tx)
     .await
     .map_err(check_error)?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     Ok(AnnotationOut { annotation })
 }
 

@@ -435,7 +435,7 @@ async fn create_invoice(ctx: ToolCtx, args: CreateInvoiceArgs) -> Result<Invoice
         json!({ "invoice": invoice }),
     )
     .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     Ok(InvoiceOut { invoice })
 }
 
@@ -771,6 +771,6 @@ async fn update_invoice_status(ctx: ToolCtx, args: StatusArgs) -> Result<Invoice
         payload,
     )
     .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     Ok(InvoiceOut { invoice })
 }

@@ -239,7 +239,7 @@ async fn create_quote(ctx: ToolCtx, args: CreateQuoteArgs) -> Result<QuoteOut, T
     .map_err(|e| db_error(e, "that quote"))?;
     insert_lines(&mut tx, LineTable::Quote, tenant, id, &lines).await?;
     let quote = load_quote(&mut tx, &policy, id, false).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     Ok(QuoteOut { quote })
 }
 
@@ -434,7 +434,7 @@ async fn update_quote(ctx: ToolCtx, args: UpdateQuoteArgs) -> Result<QuoteOut, T
     .await
     .map_err(|e| db_error(e, "that quote"))?;
     let quote = load_quote(&mut tx, &policy, current.id, false).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     Ok(QuoteOut { quote })
 }
 
@@ -541,6 +541,6 @@ async fn convert_quote_to_invoice(
         payload,
     )
     .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     Ok(InvoiceOut { invoice })
 }

@@ -190,7 +190,7 @@ async fn create_webhook(
     .fetch_one(&mut *tx)
     .await
     .map_err(StoreError::from)?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     Ok(CreatedWebhook { webhook, secret })
 }
 

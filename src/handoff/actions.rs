@@ -372,12 +372,12 @@ async fn decide_pending_action(
         )
         .await?;
         notify_changed(&mut tx, super::resources::action_uri(decided.id)).await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        ctx.commit(tx).await?;
         return Ok(PendingActionOut {
             pending_action: decided,
         });
     }
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     // Run it in a task of its own: a caller that goes away does not cut it half-way.
     let app = ctx.app.clone();
     let decider = principal.clone();

@@ -221,7 +221,7 @@ async fn request_handoff(ctx: ToolCtx, args: RequestArgs) -> Result<HandoffOut, 
         json!({ "kind": "ticket", "handoff": handoff }),
     )
     .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     Ok(HandoffOut { handoff })
 }
 
@@ -455,6 +455,6 @@ async fn update_handoff(ctx: ToolCtx, args: UpdateArgs) -> Result<HandoffOut, To
         .await?;
     }
     notify_changed(&mut tx, super::resources::handoff_uri(handoff.id)).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     Ok(HandoffOut { handoff })
 }

@@ -18,7 +18,7 @@ use crate::app::App;
 use crate::connections::catalog as remote_catalog;
 use crate::error::{ErrorCode, ToolError};
 use crate::toolkit::catalog::RegisteredTool;
-use crate::toolkit::context::{ClientSide, Progress, ToolCtx, Transport};
+use crate::toolkit::context::{ClientSide, Progress, Seal, ToolCtx, Transport};
 use crate::toolkit::filter::{ToolFilter, denial};
 
 /// A call to make: who, through what, which tool, with what.
@@ -41,6 +41,9 @@ pub struct Call {
     pub purpose: &'static str,
     /// Set only when a person approved this held call: the approval hook lets it through.
     pub approved_action: Option<uuid::Uuid>,
+    /// A workflow step attempt and the lease holder it runs under: the tool's writes
+    /// commit with the attempt's mark, fenced on the lease.
+    pub step: Option<(i64, uuid::Uuid)>,
 }
 
 impl Call {
@@ -66,6 +69,7 @@ impl Call {
             timeout: None,
             purpose,
             approved_action: None,
+            step: None,
         }
     }
 
@@ -77,6 +81,11 @@ impl Call {
 
     pub fn with_timeout(mut self, limit: Duration) -> Call {
         self.timeout = Some(limit);
+        self
+    }
+
+    pub fn for_step(mut self, attempt: i64, lease_owner: uuid::Uuid) -> Call {
+        self.step = Some((attempt, lease_owner));
         self
     }
 }
@@ -222,6 +231,7 @@ pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
     audit.session_id = call.session_id.clone();
     audit.request_id = Some(call.request_id.clone());
     let started = Instant::now();
+    let seal = Arc::new(Seal::new(audit.clone(), call.step));
     // Tools of the tenant's remote MCP servers are for workflows and agents.
     let outcome = if call.client.is_none() && remote_catalog::is_remote(&call.tool) {
         remote(app, &call).await.map(Done::Value)
@@ -243,7 +253,9 @@ pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
             transport = call.transport.as_str(),
             principal = %call.principal.name,
         );
-        let outcome = checked(app, tool, call).instrument(span.clone()).await;
+        let outcome = checked(app, tool, call, seal.clone())
+            .instrument(span.clone())
+            .await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         span.in_scope(|| match &outcome {
             Ok(Done::Ask(_)) => tracing::info!(elapsed_ms, "tool call awaits the caller's answer"),
@@ -261,6 +273,10 @@ pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
     }
     if let Err(ToolError::Store(error)) = &outcome {
         app.store.observe_store(error);
+    }
+    if seal.audited() && outcome.is_ok() {
+        // Its record committed with its writes.
+        return outcome.map_err(CallError::Tool);
     }
     let request_id = audit.request_id.clone().unwrap_or_default();
     let recorded = finish(
@@ -281,7 +297,12 @@ pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
 }
 
 /// Every check, the approval gate, then the tool.
-async fn checked(app: &Arc<App>, tool: &RegisteredTool, call: Call) -> Result<Done, ToolError> {
+async fn checked(
+    app: &Arc<App>,
+    tool: &RegisteredTool,
+    call: Call,
+    seal: Arc<Seal>,
+) -> Result<Done, ToolError> {
     let principal = &call.principal;
     if let Some(denied) = denial(principal, tool) {
         return Err(ToolError::Forbidden(
@@ -318,6 +339,7 @@ async fn checked(app: &Arc<App>, tool: &RegisteredTool, call: Call) -> Result<Do
         arguments: Arc::new(call.arguments.clone()),
         approved_action: call.approved_action,
         client: call.client.clone(),
+        seal,
     };
     if call.approved_action.is_none() {
         match gate(&ctx, tool, &call.arguments, call.purpose).await? {

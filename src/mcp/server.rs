@@ -487,6 +487,7 @@ impl AgentCrm {
                 timeout: None,
                 purpose: "Client call",
                 approved_action: None,
+                step: None,
             },
         )
         .await;

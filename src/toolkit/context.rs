@@ -10,6 +10,7 @@ use crate::access::Principal;
 use crate::access::policy::Policy;
 use crate::app::App;
 use crate::error::ToolError;
+use crate::store::StoreError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -51,6 +52,66 @@ impl ToolCtx {
     pub async fn policy(&self) -> Result<Policy, ToolError> {
         Ok(Policy::load(self.app.store.pool(), &self.principal).await?)
     }
+
+    /// Commits a tool's transaction with what the call records alongside (its [`Seal`]).
+    /// A workflow step whose execution another process holds now writes nothing.
+    pub async fn commit(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    ) -> Result<(), ToolError> {
+        if let Some((run_id, owner)) = self.seal.step {
+            let sealed = sqlx::query(
+                "UPDATE workflow_step_runs r SET committed_at = now()
+                 FROM workflow_executions e
+                 WHERE r.id = $1 AND e.id = r.execution_id AND e.lease_owner = $2
+                   AND r.status = 'running'",
+            )
+            .bind(run_id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            if sealed.rows_affected() != 1 {
+                tx.rollback().await.map_err(StoreError::from)?;
+                return Err(ToolError::Conflict(
+                    "this workflow step's execution is held by another process now; nothing \
+                     was written"
+                        .into(),
+                ));
+            }
+        }
+        let audit = self.seal.take_audit().map(|mut event| {
+            event.duration_ms = self
+                .seal
+                .started
+                .map(|started| started.elapsed().as_secs_f64() * 1000.0);
+            event
+        });
+        if let Some(event) = &audit
+            && let Err(error) = crate::access::audit::insert_one(&mut tx, event).await
+        {
+            // The record goes the usual way, after the call.
+            tracing::warn!(%error, "could not write an audit record with the call's writes");
+            tx.rollback().await.map_err(StoreError::from)?;
+            return Err(StoreError::from(error).into());
+        }
+        match tx.commit().await {
+            Ok(()) => {
+                if audit.is_some() {
+                    self.seal
+                        .audited
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                if let Some(event) = audit {
+                    self.seal.put_back(event);
+                }
+                Err(StoreError::from(error).into())
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -76,6 +137,51 @@ pub struct ToolCtx {
     /// The client on the other end, for tools that ask it something (sampling); absent in
     /// workflow runs and approved actions.
     pub client: Option<ClientSide>,
+    /// What commits with the tool's own writes (see [`ToolCtx::commit`]).
+    pub seal: Arc<Seal>,
+}
+
+/// What a call records in the same transaction as its own writes, when the tool commits
+/// through [`ToolCtx::commit`]: its audit record (a call that changed data is never left
+/// without one), and, for a workflow step, the mark that its effects committed (fenced on
+/// the execution's lease, so a process that lost the lease writes nothing).
+#[derive(Default)]
+pub struct Seal {
+    audit: std::sync::Mutex<Option<crate::access::audit::AuditEvent>>,
+    audited: std::sync::atomic::AtomicBool,
+    started: Option<std::time::Instant>,
+    /// A workflow step attempt, and the lease holder it runs under.
+    step: Option<(i64, uuid::Uuid)>,
+}
+
+impl Seal {
+    pub fn new(audit: crate::access::audit::AuditEvent, step: Option<(i64, uuid::Uuid)>) -> Seal {
+        Seal {
+            audit: std::sync::Mutex::new(Some(audit)),
+            audited: Default::default(),
+            started: Some(std::time::Instant::now()),
+            step,
+        }
+    }
+
+    /// Whether the call's audit record committed with its writes.
+    pub fn audited(&self) -> bool {
+        self.audited.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn take_audit(&self) -> Option<crate::access::audit::AuditEvent> {
+        match self.audit.lock() {
+            Ok(mut audit) => audit.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        }
+    }
+
+    fn put_back(&self, event: crate::access::audit::AuditEvent) {
+        match self.audit.lock() {
+            Ok(mut audit) => *audit = Some(event),
+            Err(poisoned) => *poisoned.into_inner() = Some(event),
+        }
+    }
 }
 
 /// What a tool may ask of the calling client.

@@ -550,7 +550,7 @@ async fn update_workflow(ctx: ToolCtx, args: UpdateArgs) -> Result<WorkflowOut, 
     .fetch_one(&mut *tx)
     .await
     .map_err(db_error)?;
-    tx.commit().await.map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     Ok(WorkflowOut { workflow })
 }
 

@@ -237,17 +237,26 @@ async fn run_step(
 ) -> Result<Option<Outcome>, EngineError> {
     let pool = app.store.pool();
     let tool = app.catalog.get(&step.tool);
-    // A step left running by a process that died; or one recorded as succeeded whose run did
-    // not advance (left so by an earlier version, which wrote the two apart): done, not run again.
+    // A step left running by a process that died: interrupted, unless its tool's writes
+    // committed (marked in their transaction), which makes it done, with its output lost.
+    // Or one recorded as succeeded whose run did not advance (left so by an earlier version,
+    // which wrote the two apart): done, not run again.
     let (interrupted, done): (Option<i64>, Option<Value>) = sqlx::query_as(
         "WITH interrupted AS (
-             UPDATE workflow_step_runs SET status = 'interrupted', finished_at = now(),
-                 error = 'its process stopped before it recorded an outcome'
-             WHERE execution_id = $1 AND step_index = $2 AND status = 'running' RETURNING id)
-         SELECT (SELECT id FROM interrupted LIMIT 1),
-                (SELECT coalesce(output, 'null'::jsonb) FROM workflow_step_runs
-                 WHERE execution_id = $1 AND step_index = $2 AND status = 'succeeded'
-                 ORDER BY id DESC LIMIT 1)",
+             UPDATE workflow_step_runs SET finished_at = now(),
+                 status = CASE WHEN committed_at IS NULL THEN 'interrupted' ELSE 'succeeded' END,
+                 error = CASE WHEN committed_at IS NULL
+                     THEN 'its process stopped before it recorded an outcome'
+                     ELSE 'its writes committed; its process stopped before it recorded the output'
+                 END
+             WHERE execution_id = $1 AND step_index = $2 AND status = 'running'
+             RETURNING id, committed_at IS NOT NULL AS committed)
+         SELECT (SELECT id FROM interrupted WHERE NOT committed LIMIT 1),
+                coalesce(
+                    (SELECT coalesce(output, 'null'::jsonb) FROM workflow_step_runs
+                     WHERE execution_id = $1 AND step_index = $2 AND status = 'succeeded'
+                     ORDER BY id DESC LIMIT 1),
+                    (SELECT 'null'::jsonb FROM interrupted WHERE committed LIMIT 1))",
     )
     .bind(exec.id)
     .bind(index as i32)
@@ -306,35 +315,34 @@ async fn run_step(
         .fetch_optional(pool)
         .await?
         .ok_or_else(|| EngineError::Stored("lease lost".into()))?;
-        match call(app, exec, step, &arguments).await {
+        match call(app, exec, step, &arguments, run_id).await {
             Ok(output) => {
                 // Stored and passed on: values of secret-named keys never are.
                 let output = redact(&output);
                 return Ok(Some(Outcome::Succeeded { run_id, output }));
             }
             Err(ToolError::PendingApproval { action_id, .. }) => {
-                end_attempt(
-                    pool,
-                    run_id,
-                    "waiting_approval",
-                    Some(&json!({ "action_id": action_id })),
-                    None,
-                )
-                .await?;
-                sqlx::query(
-                    "UPDATE workflow_executions SET status = 'waiting_approval', waiting_action_id = $2,
-                         lease_owner = NULL, lease_until = NULL, updated_at = now()
-                     WHERE id = $1",
-                )
-                .bind(exec.id)
-                .bind(action_id)
-                .execute(pool)
-                .await?;
+                let waiting = Some(json!({ "action_id": action_id }));
+                if end_attempt(pool, run_id, "waiting_approval", waiting.as_ref(), None).await? {
+                    sqlx::query(
+                        "UPDATE workflow_executions SET status = 'waiting_approval',
+                             waiting_action_id = $2, lease_owner = NULL, lease_until = NULL,
+                             updated_at = now()
+                         WHERE id = $1 AND lease_owner = $3",
+                    )
+                    .bind(exec.id)
+                    .bind(action_id)
+                    .bind(process_id())
+                    .execute(pool)
+                    .await?;
+                }
                 return Ok(None);
             }
             Err(error) => {
                 last_error = error.to_body("").error_description;
-                end_attempt(pool, run_id, "failed", None, Some(&last_error)).await?;
+                if !end_attempt(pool, run_id, "failed", None, Some(&last_error)).await? {
+                    return Ok(None); // the lease was lost: another process has the run
+                }
                 if attempt < attempts {
                     let wait = step
                         .on_error
@@ -356,6 +364,7 @@ async fn call(
     exec: &Claimed,
     step: &Step,
     arguments: &Map<String, Value>,
+    attempt: i64,
 ) -> Result<Value, ToolError> {
     let principal = principal_now(app.store.pool(), exec).await?;
     invoke(
@@ -368,7 +377,8 @@ async fn call(
             arguments.clone(),
             "Workflow step",
         )
-        .with_timeout(step.timeout()),
+        .with_timeout(step.timeout())
+        .for_step(attempt, process_id()),
     )
     .await
 }
@@ -411,24 +421,28 @@ async fn record_skipped(
     Ok(())
 }
 
+/// Records how an attempt ended, fenced on the lease: `false` when another process holds
+/// the execution now (this one then writes nothing more to it).
 async fn end_attempt(
     pool: &PgPool,
     run_id: i64,
     status: &str,
     output: Option<&Value>,
     error: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE workflow_step_runs SET status = $2, output = $3, error = $4, finished_at = now()
-         WHERE id = $1",
+) -> Result<bool, sqlx::Error> {
+    let ended = sqlx::query(
+        "UPDATE workflow_step_runs r SET status = $2, output = $3, error = $4, finished_at = now()
+         FROM workflow_executions e
+         WHERE r.id = $1 AND e.id = r.execution_id AND e.lease_owner = $5",
     )
     .bind(run_id)
     .bind(status)
     .bind(output)
     .bind(error)
+    .bind(process_id())
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(ended.rows_affected() == 1)
 }
 
 async fn finish(

@@ -845,3 +845,148 @@ async fn a_database_outage_is_answered_at_once_and_recovered_from() {
     tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// 1. kill -9 mid-workflow with two replicas: 20 runs of 12 `log_interaction` steps, the
+/// process running them killed while they run. The other replica resumes them; no step's
+/// interaction is written twice (a step's writes and its mark commit together), and every
+/// run that succeeded logged each of its 12 exactly once (31 duplicates inside runs
+/// reported `succeeded`).
+#[tokio::test]
+async fn workflows_of_a_killed_process_resume_without_repeating_a_step() {
+    use crate::workflows::{create_customer, workflow};
+    let db = TestDb::new().await;
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    let replica = || {
+        let mut command = db.server(&["http"]);
+        command.env("AGENTCRM_WORKFLOW_LEASE_SECS", "2");
+        HttpServer::start(command)
+    };
+    let mut first = replica();
+    let _second = replica();
+    let admin = http_client(&first.mcp_url(), &db.admin_key, Generation::Sessions).await;
+    let customer = create_customer(&admin, json!({ "first_name": "Many" })).await;
+    let steps: Vec<Value> = (0..12)
+        .map(|n| {
+            json!({ "id": format!("s{n}"), "tool": "log_interaction",
+                    "arguments": { "customer_id": customer, "type": "note",
+                                   "notes": format!("{{{{input.run}}}}-{n}") } })
+        })
+        .collect();
+    let id = workflow(&admin, "Twelve", json!(steps), json!({})).await;
+    let mut executions = Vec::new();
+    for run in 0..20 {
+        let started = call_ok(
+            &admin,
+            "execute_workflow",
+            json!({ "workflow_id": id, "wait_seconds": 0, "input_data": { "run": run } }),
+        )
+        .await;
+        executions.push(started["execution"]["id"].as_str().unwrap().to_owned());
+    }
+    poll_until(
+        "runs are under way",
+        std::time::Duration::from_secs(30),
+        || async {
+            let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM interactions")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            logged >= 60
+        },
+    )
+    .await;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    poll_until(
+        "every run ended",
+        std::time::Duration::from_secs(90),
+        || async {
+            let running: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM workflow_executions WHERE status IN ('queued', 'running')",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            running == 0
+        },
+    )
+    .await;
+    let duplicated: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT notes, count(*) FROM interactions WHERE notes LIKE '%-%'
+         GROUP BY notes HAVING count(*) > 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        duplicated,
+        vec![],
+        "no step's interaction was written twice"
+    );
+    let ended: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT e.status, count(*) OVER (PARTITION BY e.status),
+                (SELECT count(*) FROM interactions i
+                 WHERE i.notes LIKE (e.input->>'run') || '-%')
+         FROM workflow_executions e",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let succeeded = ended.iter().filter(|(s, _, _)| s == "succeeded").count();
+    for (status, _, logged) in &ended {
+        if status == "succeeded" {
+            assert_eq!(*logged, 12, "a succeeded run logged each step once");
+        }
+    }
+    eprintln!(
+        "{succeeded} of 20 runs resumed to success, {} failed as interrupted (not safe to repeat), all ended {:?} after kill -9",
+        ended.len() - succeeded,
+        killed.elapsed()
+    );
+}
+
+/// 3. A call's writes and its audit record commit together: when the record is refused,
+/// the call's writes are rolled back and it answers an error; when it is written, it is
+/// written once. (The interaction was kept with no record, or reported done.)
+#[tokio::test]
+async fn a_write_and_its_audit_record_commit_together() {
+    use crate::workflows::create_customer;
+    let db = TestDb::new().await;
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let customer = create_customer(&admin, json!({ "first_name": "Ana" })).await;
+    let note = |notes: &str| json!({ "customer_id": customer, "type": "note", "notes": notes });
+    call_ok(&admin, "log_interaction", note("kept")).await;
+    for statement in [
+        "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.action = 'log_interaction' THEN RAISE EXCEPTION 'injected audit failure'; END IF;
+             RETURN NEW;
+         END $$",
+        "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events
+         FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    let refused = call(&admin, "log_interaction", note("lost")).await;
+    assert_eq!(error_code(&refused), "internal", "{refused:?}");
+    admin.cancel().await.unwrap();
+    let notes: Vec<(String,)> =
+        sqlx::query_as("SELECT notes FROM interactions ORDER BY occurred_at")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        notes,
+        vec![("kept".to_owned(),)],
+        "the refused call changed nothing"
+    );
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE action = 'log_interaction' AND outcome = 'ok'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 1, "the kept call has one record");
+}

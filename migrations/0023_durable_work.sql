@@ -15,3 +15,9 @@ ALTER TABLE tasks
     ADD COLUMN batches_done int[]  NOT NULL DEFAULT '{}',
     ADD COLUMN resumed      int    NOT NULL DEFAULT 0;
 CREATE INDEX tasks_due ON tasks (created_at) WHERE status = 'running';
+
+-- A workflow step attempt whose tool committed its writes marks itself in that same
+-- transaction (fenced on the execution's lease): a process that dies after the commit and
+-- before it records the step's success leaves a step known to have taken effect, which a
+-- resumed run does not repeat.
+ALTER TABLE workflow_step_runs ADD COLUMN committed_at timestamptz;

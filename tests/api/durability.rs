@@ -873,6 +873,20 @@ async fn workflows_of_a_killed_process_resume_without_repeating_a_step() {
         })
         .collect();
     let id = workflow(&admin, "Twelve", json!(steps), json!({})).await;
+    // A slow audit write widens what happens between a step's tool committing and the step
+    // being recorded, where a kill repeated the step; with both in one transaction, it
+    // only slows the step down.
+    for statement in [
+        "CREATE FUNCTION slow_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.action = 'log_interaction' THEN PERFORM pg_sleep(0.03); END IF;
+             RETURN NEW;
+         END $$",
+        "CREATE TRIGGER slow_audit BEFORE INSERT ON audit_events
+         FOR EACH ROW EXECUTE FUNCTION slow_audit()",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
     let mut executions = Vec::new();
     for run in 0..20 {
         let started = call_ok(
@@ -933,6 +947,31 @@ async fn workflows_of_a_killed_process_resume_without_repeating_a_step() {
     .fetch_all(&pool)
     .await
     .unwrap();
+    // A run fails only at a step whose writes did not commit: one that committed is known
+    // to have taken effect, and is not "checked by hand".
+    let failed: Vec<(String, String)> = sqlx::query_as(
+        "SELECT input->>'run', error FROM workflow_executions WHERE status = 'failed'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for (run, error) in &failed {
+        let step: String = error
+            .trim_start_matches("step s")
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        assert!(!step.is_empty(), "{error}");
+        let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM interactions WHERE notes = $1")
+            .bind(format!("{run}-{step}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            logged, 0,
+            "run {run} failed at step s{step}, which had taken effect: {error}"
+        );
+    }
     let succeeded = ended.iter().filter(|(s, _, _)| s == "succeeded").count();
     for (status, _, logged) in &ended {
         if status == "succeeded" {

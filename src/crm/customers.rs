@@ -61,7 +61,8 @@ pub fn tools() -> Vec<RegisteredTool> {
                 Hints::CREATE,
             ),
             create_customer,
-        ),
+        )
+        .sealed(),
         tool(
             def(
                 "update_customer",
@@ -74,7 +75,8 @@ pub fn tools() -> Vec<RegisteredTool> {
                 Hints::CREATE,
             ),
             update_customer,
-        ),
+        )
+        .sealed(),
         tool(
             def(
                 "delete_customer",
@@ -86,7 +88,8 @@ pub fn tools() -> Vec<RegisteredTool> {
                 Hints::REMOVE,
             ),
             delete_customer,
-        ),
+        )
+        .sealed(),
     ]
 }
 

@@ -34,7 +34,8 @@ pub fn tools() -> Vec<RegisteredTool> {
                 Hints::CREATE,
             ),
             log_interaction,
-        ),
+        )
+        .sealed(),
         tool(
             def(
                 "list_interactions",
@@ -57,7 +58,8 @@ pub fn tools() -> Vec<RegisteredTool> {
                 Hints::CREATE,
             ),
             add_annotation,
-        ),
+        )
+        .sealed(),
         tool(
             def(
                 "list_annotations",

@@ -209,11 +209,22 @@ pub struct RegisteredTool {
     pub humans_only: bool,
     /// Only a person's own call from their client runs it ([`NEEDS_PERSON`]).
     pub needs_person: bool,
+    /// Every write it makes commits through `ToolCtx::commit`: a workflow step of it that
+    /// was interrupted without the mark of a commit provably changed nothing, and is run
+    /// again on resume even when the tool is not idempotent.
+    pub sealed: bool,
     handler: Handler,
     validate: fn(&JsonObject) -> Result<(), ToolError>,
 }
 
 impl RegisteredTool {
+    /// Declares that every write of this tool commits through `ToolCtx::commit` (checked by
+    /// reading its handler: no write on the pool, no second transaction).
+    pub fn sealed(mut self) -> RegisteredTool {
+        self.sealed = true;
+        self
+    }
+
     pub fn input_schema(&self) -> &JsonObject {
         &self.tool.input_schema
     }
@@ -297,6 +308,7 @@ where
         required,
         humans_only,
         needs_person,
+        sealed: false,
         handler,
         validate,
     }

@@ -267,7 +267,8 @@ async fn run_step(
             json!({ "status": "succeeded", "output": output }),
         )));
     }
-    if interrupted.is_some() && !tool.is_some_and(|t| t.def.hints.idempotent) {
+    // Without the mark, a sealed tool's writes did not commit: running it again is safe.
+    if interrupted.is_some() && !tool.is_some_and(|t| t.def.hints.idempotent || t.sealed) {
         let error = format!(
             "step {} (`{}`) was running when its process stopped, and `{}` is not safe to \
              repeat: check whether it took effect",

@@ -847,10 +847,11 @@ async fn a_database_outage_is_answered_at_once_and_recovered_from() {
 }
 
 /// 1. kill -9 mid-workflow with two replicas: 20 runs of 12 `log_interaction` steps, the
-/// process running them killed while they run. The other replica resumes them; no step's
-/// interaction is written twice (a step's writes and its mark commit together), and every
-/// run that succeeded logged each of its 12 exactly once (31 duplicates inside runs
-/// reported `succeeded`).
+/// process running them killed while they run. The other replica resumes them: a step's
+/// writes and its mark commit together, so a step that took effect is not repeated and one
+/// that did not is run again. Every run succeeds with each interaction written once (31
+/// duplicates inside runs reported `succeeded`; then runs failed at steps that had taken
+/// effect).
 #[tokio::test]
 async fn workflows_of_a_killed_process_resume_without_repeating_a_step() {
     use crate::workflows::{create_customer, workflow};
@@ -947,40 +948,33 @@ async fn workflows_of_a_killed_process_resume_without_repeating_a_step() {
     .fetch_all(&pool)
     .await
     .unwrap();
-    // A run fails only at a step whose writes did not commit: one that committed is known
-    // to have taken effect, and is not "checked by hand".
-    let failed: Vec<(String, String)> = sqlx::query_as(
-        "SELECT input->>'run', error FROM workflow_executions WHERE status = 'failed'",
+    // A step whose writes committed is not run again; one whose writes did not is run
+    // again, since `log_interaction` commits only with its mark: every run succeeds.
+    let failed: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT input->>'run', error FROM workflow_executions WHERE status <> 'succeeded'",
     )
     .fetch_all(&pool)
     .await
     .unwrap();
-    for (run, error) in &failed {
-        let step: String = error
-            .trim_start_matches("step s")
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        assert!(!step.is_empty(), "{error}");
-        let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM interactions WHERE notes = $1")
-            .bind(format!("{run}-{step}"))
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        assert_eq!(
-            logged, 0,
-            "run {run} failed at step s{step}, which had taken effect: {error}"
-        );
-    }
+    assert_eq!(failed, vec![], "every run resumed to success");
     let succeeded = ended.iter().filter(|(s, _, _)| s == "succeeded").count();
     for (status, _, logged) in &ended {
         if status == "succeeded" {
             assert_eq!(*logged, 12, "a succeeded run logged each step once");
         }
     }
+    assert_eq!(succeeded, 20);
+    let (interrupted, committed): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'interrupted'),
+                count(*) FILTER (WHERE status = 'succeeded' AND error IS NOT NULL)
+         FROM workflow_step_runs",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     eprintln!(
-        "{succeeded} of 20 runs resumed to success, {} failed as interrupted (not safe to repeat), all ended {:?} after kill -9",
-        ended.len() - succeeded,
+        "20 of 20 runs resumed to success {:?} after kill -9: {interrupted} steps ran again \
+         (their writes had not committed), {committed} were found done (they had)",
         killed.elapsed()
     );
 }

@@ -408,6 +408,7 @@ async fn set_agent_config(ctx: ToolCtx, args: SetArgs) -> Result<AgentConfigOut,
     let warnings = effective
         .check(&ctx.app, kind, &principal_of(&agent))
         .await?;
+    let mut tx = ctx.begin().await?;
     let runnable: Runnable = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE agent_runnables SET overrides = $3, updated_by_name = $4, updated_at = now(),
              behaviour_by = $5
@@ -419,9 +420,10 @@ async fn set_agent_config(ctx: ToolCtx, args: SetArgs) -> Result<AgentConfigOut,
     .bind(&ctx.principal.name)
     // Whoever changes what it does is who its runs act for from now on (with its owner).
     .bind(serde_json::to_value(Member::of(&ctx.principal)).unwrap_or_default())
-    .fetch_one(ctx.app.store.pool())
+    .fetch_one(&mut *tx)
     .await
     .map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     out(&agent, &runnable, warnings)
 }
 
@@ -510,12 +512,14 @@ async fn delete_agent(ctx: ToolCtx, args: AgentArgs) -> Result<Deleted, ToolErro
             }
         }
     }
+    let mut tx = ctx.begin().await?;
     sqlx::query("DELETE FROM agents WHERE tenant_id = $1 AND id = $2")
         .bind(tenant)
         .bind(agent.id)
-        .execute(ctx.app.store.pool())
+        .execute(&mut *tx)
         .await
         .map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     Ok(Deleted {
         deleted: agent.id,
         name: agent.name,

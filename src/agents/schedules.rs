@@ -627,6 +627,7 @@ async fn update_schedule(ctx: ToolCtx, args: UpdateArgs) -> Result<Schedule, Too
         ),
         _ => (remove_callback, None),
     };
+    let mut tx = ctx.begin().await?;
     sqlx::query(
         "UPDATE agent_schedules SET cron = $3, timezone = $4, interval_seconds = $5, run_at = $6,
              start_at = $7, after_status = $8, enabled = coalesce($9, enabled), prompt = $10,
@@ -649,9 +650,10 @@ async fn update_schedule(ctx: ToolCtx, args: UpdateArgs) -> Result<Schedule, Too
     .bind(&checked.callback_url)
     .bind(sealed)
     .bind(next)
-    .execute(ctx.app.store.pool())
+    .execute(&mut *tx)
     .await
     .map_err(StoreError::from)?;
+    ctx.commit(tx).await?;
     load(&ctx, current.id).await
 }
 
@@ -668,17 +670,19 @@ pub struct Deleted {
 
 async fn delete_schedule(ctx: ToolCtx, args: ScheduleIdArgs) -> Result<Deleted, ToolError> {
     may_change(&ctx, args.schedule_id).await?;
+    let mut tx = ctx.begin().await?;
     let deleted: Option<Uuid> = sqlx::query_scalar(
         "DELETE FROM agent_schedules WHERE tenant_id = $1 AND id = $2 RETURNING id",
     )
     .bind(ctx.principal.tenant_id)
     .bind(args.schedule_id)
-    .fetch_optional(ctx.app.store.pool())
+    .fetch_optional(&mut *tx)
     .await
     .map_err(StoreError::from)?;
     let deleted = deleted.ok_or_else(|| {
         ToolError::NotFound(format!("no schedule {} in this tenant", args.schedule_id))
     })?;
+    ctx.commit(tx).await?;
     Ok(Deleted { deleted })
 }
 

@@ -599,13 +599,14 @@ pub struct Deleted {
 
 async fn delete_connection(ctx: ToolCtx, args: ConnectionArgs) -> Result<Deleted, ToolError> {
     let id = Uuid::parse_str(&args.connection).ok();
+    let mut tx = ctx.begin().await?;
     let deleted: Option<Uuid> = sqlx::query_scalar(
         "DELETE FROM connections WHERE tenant_id = $1 AND (id = $2 OR name = $3) RETURNING id",
     )
     .bind(ctx.principal.tenant_id)
     .bind(id)
     .bind(&args.connection)
-    .fetch_optional(ctx.app.store.pool())
+    .fetch_optional(&mut *tx)
     .await
     .map_err(StoreError::from)?;
     let deleted = deleted.ok_or_else(|| {
@@ -614,6 +615,7 @@ async fn delete_connection(ctx: ToolCtx, args: ConnectionArgs) -> Result<Deleted
             args.connection
         ))
     })?;
+    ctx.commit(tx).await?;
     Ok(Deleted { deleted })
 }
 

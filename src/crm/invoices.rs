@@ -45,7 +45,8 @@ pub fn tools() -> Vec<RegisteredTool> {
                 Hints::CREATE,
             ),
             create_product,
-        ),
+        )
+        .sealed(),
         tool(
             def(
                 "update_product",
@@ -55,7 +56,8 @@ pub fn tools() -> Vec<RegisteredTool> {
                 Hints::SET,
             ),
             update_product,
-        ),
+        )
+        .sealed(),
         tool(
             def(
                 "create_invoice",
@@ -198,6 +200,7 @@ pub struct ProductOut {
 
 async fn create_product(ctx: ToolCtx, args: CreateProductArgs) -> Result<ProductOut, ToolError> {
     let currency = currency(&args.currency)?;
+    let mut tx = ctx.begin().await?;
     let product = sqlx::query_as::<_, Product>(sqlx::AssertSqlSafe(format!(
         "INSERT INTO products (tenant_id, name, description, sku, unit_price, currency)
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING {PRODUCT_COLUMNS}"
@@ -208,9 +211,10 @@ async fn create_product(ctx: ToolCtx, args: CreateProductArgs) -> Result<Product
     .bind(&args.sku)
     .bind(args.unit_price)
     .bind(currency)
-    .fetch_one(ctx.app.store.pool())
+    .fetch_one(&mut *tx)
     .await
     .map_err(|e| db_error(e, "a product with that SKU"))?;
+    ctx.commit(tx).await?;
     Ok(ProductOut { product })
 }
 
@@ -226,6 +230,7 @@ pub struct UpdateProductArgs {
 }
 
 async fn update_product(ctx: ToolCtx, args: UpdateProductArgs) -> Result<ProductOut, ToolError> {
+    let mut tx = ctx.begin().await?;
     let product = sqlx::query_as::<_, Product>(sqlx::AssertSqlSafe(format!(
         "UPDATE products SET name = coalesce($3, name), description = coalesce($4, description),
                 unit_price = coalesce($5, unit_price), active = coalesce($6, active), updated_at = now()
@@ -237,10 +242,11 @@ async fn update_product(ctx: ToolCtx, args: UpdateProductArgs) -> Result<Product
     .bind(&args.description)
     .bind(args.unit_price)
     .bind(args.active)
-    .fetch_optional(ctx.app.store.pool())
+    .fetch_optional(&mut *tx)
     .await
     .map_err(|e| db_error(e, "that product"))?
     .ok_or_else(|| ToolError::NotFound(format!("no product {} in this tenant", args.product_id)))?;
+    ctx.commit(tx).await?;
     Ok(ProductOut { product })
 }
 

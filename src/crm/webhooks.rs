@@ -234,16 +234,18 @@ pub struct DeletedWebhook {
 }
 
 async fn delete_webhook(ctx: ToolCtx, args: WebhookIdArgs) -> Result<DeletedWebhook, ToolError> {
+    let mut tx = ctx.begin().await?;
     let deleted: Option<Uuid> =
         sqlx::query_scalar("DELETE FROM webhooks WHERE tenant_id = $1 AND id = $2 RETURNING id")
             .bind(ctx.principal.tenant_id)
             .bind(args.webhook_id)
-            .fetch_optional(ctx.app.store.pool())
+            .fetch_optional(&mut *tx)
             .await
             .map_err(StoreError::from)?;
     let deleted = deleted.ok_or_else(|| {
         ToolError::NotFound(format!("no webhook {} in this tenant", args.webhook_id))
     })?;
+    ctx.commit(tx).await?;
     Ok(DeletedWebhook { deleted })
 }
 

@@ -53,6 +53,17 @@ impl ToolCtx {
         Ok(Policy::load(self.app.store.pool(), &self.principal).await?)
     }
 
+    /// A transaction for the tool's writes, to end with [`ToolCtx::commit`].
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ToolError> {
+        Ok(self
+            .app
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(StoreError::from)?)
+    }
+
     /// Commits a tool's transaction with what the call records alongside (its [`Seal`]).
     /// A workflow step whose execution another process holds now writes nothing.
     pub async fn commit(

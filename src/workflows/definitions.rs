@@ -317,7 +317,8 @@ pub(crate) async fn insert(ctx: &ToolCtx, args: CreateArgs) -> Result<Workflow, 
     check_trigger_for(ctx, &definition).await?;
     let principal = &ctx.principal;
     let owner = delegation::owner_member(ctx.app.store.pool(), principal).await?;
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let mut tx = ctx.begin().await?;
+    let workflow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO workflows (tenant_id, name, description, status, trigger_type, trigger_config,
              variables, steps, workflow_metadata, created_by_kind, created_by_id, created_by_name,
              owner, behaviour_by)
@@ -337,9 +338,11 @@ pub(crate) async fn insert(ctx: &ToolCtx, args: CreateArgs) -> Result<Workflow, 
     .bind(&principal.name)
     .bind(serde_json::to_value(owner).unwrap_or_default())
     .bind(serde_json::to_value(Member::of(principal)).unwrap_or_default())
-    .fetch_one(ctx.app.store.pool())
+    .fetch_one(&mut *tx)
     .await
-    .map_err(db_error)
+    .map_err(db_error)?;
+    ctx.commit(tx).await?;
+    Ok(workflow)
 }
 
 async fn create_workflow(ctx: ToolCtx, args: CreateArgs) -> Result<WorkflowOut, ToolError> {
@@ -573,16 +576,18 @@ async fn delete_workflow(ctx: ToolCtx, args: WorkflowIdArgs) -> Result<Deleted, 
         current.owner().as_ref(),
         &format!("workflow `{}`", current.name),
     )?;
+    let mut tx = ctx.begin().await?;
     let deleted: Option<Uuid> =
         sqlx::query_scalar("DELETE FROM workflows WHERE tenant_id = $1 AND id = $2 RETURNING id")
             .bind(ctx.principal.tenant_id)
             .bind(args.workflow_id)
-            .fetch_optional(ctx.app.store.pool())
+            .fetch_optional(&mut *tx)
             .await
             .map_err(StoreError::from)?;
     let workflow_id = deleted.ok_or_else(|| {
         ToolError::NotFound(format!("no workflow {} in this tenant", args.workflow_id))
     })?;
+    ctx.commit(tx).await?;
     Ok(Deleted {
         workflow_id,
         deleted: true,

@@ -400,6 +400,7 @@ async fn cancel_workflow_execution(
             args.execution_id
         )));
     }
+    let mut tx = ctx.begin().await?;
     let updated = sqlx::query(
         "UPDATE workflow_executions SET cancel_requested = true, updated_at = now(),
              status = CASE WHEN status IN ('queued', 'waiting_approval') THEN 'cancelled' ELSE status END,
@@ -409,7 +410,7 @@ async fn cancel_workflow_execution(
     )
     .bind(ctx.principal.tenant_id)
     .bind(args.execution_id)
-    .execute(ctx.app.store.pool())
+    .execute(&mut *tx)
     .await
     .map_err(StoreError::from)?;
     if updated.rows_affected() == 0 {
@@ -418,5 +419,6 @@ async fn cancel_workflow_execution(
             args.execution_id
         )));
     }
+    ctx.commit(tx).await?;
     load_execution(&ctx, args.execution_id).await
 }

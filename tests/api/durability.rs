@@ -994,7 +994,9 @@ async fn a_write_and_its_audit_record_commit_together() {
     for statement in [
         "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
-             IF NEW.action = 'log_interaction' THEN RAISE EXCEPTION 'injected audit failure'; END IF;
+             IF NEW.action IN ('log_interaction', 'create_product') THEN
+                 RAISE EXCEPTION 'injected audit failure';
+             END IF;
              RETURN NEW;
          END $$",
         "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events
@@ -1004,7 +1006,16 @@ async fn a_write_and_its_audit_record_commit_together() {
     }
     let refused = call(&admin, "log_interaction", note("lost")).await;
     assert_eq!(error_code(&refused), "internal", "{refused:?}");
+    // A tool that writes one statement commits it with its record too.
+    let product = json!({ "name": "Widget", "unit_price": 100, "currency": "EUR" });
+    let refused = call(&admin, "create_product", product).await;
+    assert_eq!(error_code(&refused), "internal", "{refused:?}");
     admin.cancel().await.unwrap();
+    let products: i64 = sqlx::query_scalar("SELECT count(*) FROM products")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(products, 0, "the refused product was not created");
     let notes: Vec<(String,)> =
         sqlx::query_as("SELECT notes FROM interactions ORDER BY occurred_at")
             .fetch_all(&pool)

@@ -509,7 +509,10 @@ async fn an_execution_left_by_a_dead_process_is_resumed_once_by_another() {
     let safe = workflow(&admin, "Safe", steps.clone(), json!({})).await;
     let mut unsafe_steps = steps.clone();
     unsafe_steps.as_array_mut().unwrap().swap(1, 2);
-    unsafe_steps[1]["arguments"]["customer_id"] = json!("{{steps.first.output.customers.0.id}}");
+    // A tool neither idempotent nor sealed (a step of a sealed one that did not commit
+    // is run again: see durability.rs).
+    unsafe_steps[1] = json!({ "id": "ask", "tool": "request_handoff",
+                              "arguments": { "reason": "{{steps.first.output.customers.0.id}}" } });
     unsafe_steps[2]["arguments"] = json!({ "tag": "vip" });
     let risky = workflow(&admin, "Risky", unsafe_steps, json!({})).await;
     // Two executions as a process that died in their second step left them: step 0 done,
@@ -523,7 +526,8 @@ async fn an_execution_left_by_a_dead_process_is_resumed_once_by_another() {
                  next_step, results, lease_owner, lease_until, started_at, chain)
              SELECT w.tenant_id, w.id, w.name, w.version,
                     jsonb_build_object('steps', w.steps, 'variables', w.variables),
-                    'running', 'manual', 'user', u.id, u.name, ARRAY['customers:read', 'interactions:write'],
+                    'running', 'manual', 'user', u.id, u.name,
+                    ARRAY['customers:read', 'interactions:write', 'handoff'],
                     1, jsonb_build_object('first', jsonb_build_object('status', 'succeeded',
                         'output', jsonb_build_object('customers', jsonb_build_array(jsonb_build_object('id', c.id))))),
                     gen_random_uuid(), now() - interval '1 minute', now(),
@@ -578,7 +582,15 @@ async fn an_execution_left_by_a_dead_process_is_resumed_once_by_another() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(notes, 1, "the interrupted log_interaction was not repeated");
+    assert_eq!(notes, 1, "the safe run's note, once");
+    let handoffs: i64 = sqlx::query_scalar("SELECT count(*) FROM handoffs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        handoffs, 0,
+        "the interrupted request_handoff was not repeated"
+    );
     second.cancel().await.unwrap();
     third.cancel().await.unwrap();
     admin.cancel().await.unwrap();

@@ -10,7 +10,7 @@ use crate::access::policy::{Condition, Grant};
 use crate::access::ratelimit::Standing;
 use crate::access::{PrincipalKind, Role, Scopes};
 use crate::error::ToolError;
-use crate::store::{DatabaseKind, tenants};
+use crate::store::{DatabaseKind, StoreError, tenants};
 use crate::toolkit::catalog::{Hints, RegisteredTool, ToolDef, Toolset, tool};
 use crate::toolkit::context::{ToolCtx, Transport};
 use crate::toolkit::filter::{Denial, denial, visible};
@@ -208,6 +208,8 @@ pub struct TenantOut {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct WhoamiOut {
     pub principal: PrincipalOut,
+    /// The person this is, or acts for (an API key's owner); absent for agents.
+    pub person: Option<PersonOut>,
     pub tenant: TenantOut,
     /// Effective scopes: every tool whose scopes are all here is available.
     pub scopes: Vec<&'static str>,
@@ -222,6 +224,14 @@ pub struct WhoamiOut {
     pub session_id: Option<String>,
 }
 
+#[derive(Debug, Serialize, JsonSchema, sqlx::FromRow)]
+pub struct PersonOut {
+    pub id: Uuid,
+    pub email: String,
+    /// Display name.
+    pub name: String,
+}
+
 #[tracing::instrument(skip_all)]
 async fn whoami(ctx: ToolCtx, _: NoArgs) -> Result<WhoamiOut, ToolError> {
     let tenant = tenants::get(ctx.app.store.pool(), ctx.principal.tenant_id)
@@ -229,6 +239,22 @@ async fn whoami(ctx: ToolCtx, _: NoArgs) -> Result<WhoamiOut, ToolError> {
         .ok_or_else(|| ToolError::NotFound("the caller's tenant no longer exists".into()))?;
     let policy = ctx.policy().await?;
     let p = &ctx.principal;
+    let person_id = match p.kind {
+        PrincipalKind::User | PrincipalKind::LocalOwner => p.id,
+        PrincipalKind::ApiKey => p.on_behalf_of,
+        PrincipalKind::Agent => None,
+    };
+    let person: Option<PersonOut> = match person_id {
+        Some(id) => {
+            sqlx::query_as("SELECT id, email, name FROM users WHERE tenant_id = $1 AND id = $2")
+                .bind(p.tenant_id)
+                .bind(id)
+                .fetch_optional(ctx.app.store.pool())
+                .await
+                .map_err(StoreError::from)?
+        }
+        None => None,
+    };
     let principal = PrincipalOut {
         kind: p.kind,
         id: p.id,
@@ -238,6 +264,7 @@ async fn whoami(ctx: ToolCtx, _: NoArgs) -> Result<WhoamiOut, ToolError> {
     };
     Ok(WhoamiOut {
         principal,
+        person,
         tenant: TenantOut {
             id: tenant.id,
             slug: tenant.slug,

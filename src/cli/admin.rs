@@ -121,8 +121,10 @@ enum AdminCommand {
         /// Calls allowed per window
         #[arg(long, required_unless_present = "clear")]
         max: Option<i64>,
-        #[arg(long, default_value_t = 3600)]
-        window_seconds: i64,
+        /// The window in seconds (`--per`); default: the class's own (calls and bulk 3600,
+        /// search 60)
+        #[arg(long, visible_alias = "per")]
+        window_seconds: Option<i64>,
         /// Remove the override (back to the tenant's limit or the default)
         #[arg(long)]
         clear: bool,
@@ -440,6 +442,7 @@ async fn execute(store: &Store, command: AdminCommand, json: bool) -> Result<(),
                 ClassArg::Search => Class::Search,
                 ClassArg::Bulk => Class::Bulk,
             };
+            let window_seconds = window_seconds.unwrap_or(class.default_limit().window_seconds);
             let limit = match (clear, max) {
                 (true, _) => None,
                 (false, Some(max)) if max >= 0 && (1..=86_400).contains(&window_seconds) => {
@@ -461,10 +464,10 @@ async fn execute(store: &Store, command: AdminCommand, json: bool) -> Result<(),
                 json!({ "tenant": tenant.slug, "agent_id": agent_id, "class": class, "limit": limit }),
                 match limit {
                     Some(l) => format!(
-                        "{target}: at most {} {} calls per {} s",
+                        "{target}: at most {} calls per {} s in class `{}`",
                         l.max,
-                        class.name(),
-                        l.window_seconds
+                        l.window_seconds,
+                        class.name()
                     ),
                     None => format!("{target}: {} limit back to the default", class.name()),
                 },

@@ -123,7 +123,8 @@ struct HttpArgs {
     #[command(flatten)]
     outbound: OutboundArgs,
     /// Address to listen on (port 0 picks a free port; the log says which)
-    #[arg(long, env = "AGENTCRM_LISTEN", default_value = "127.0.0.1:8848")]
+    /// (`PORT`, `HOST:PORT`, or a name such as `localhost:8848`)
+    #[arg(long, env = "AGENTCRM_LISTEN", default_value = "127.0.0.1:8848", value_parser = parse_listen)]
     listen: SocketAddr,
     /// Accepted Host headers, comma-separated (`*` for any) [default: localhost,127.0.0.1,::1]
     #[arg(long, env = "AGENTCRM_ALLOWED_HOSTS", value_delimiter = ',')]
@@ -204,13 +205,36 @@ pub async fn main() -> ExitCode {
 fn init_logging() {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Quiet by default: rmcp logs several lines per HTTP session, and PostgreSQL's notices
+    // (a migration table that already exists) come with every command.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn,sqlx::postgres::notice=warn"));
     // stdout belongs to the MCP protocol in stdio mode: every log line goes to stderr.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+/// A listen address: a port alone (on loopback), an address with its port, or a host name
+/// with its port (its first address).
+fn parse_listen(value: &str) -> Result<SocketAddr, String> {
+    let value = value.trim();
+    if let Ok(port) = value.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Ok(address) = value.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    use std::net::ToSocketAddrs;
+    match value.to_socket_addrs().map(|mut all| all.next()) {
+        Ok(Some(address)) => Ok(address),
+        _ => Err(format!(
+            "`{value}` is not a listen address: give PORT, HOST:PORT or NAME:PORT \
+             (e.g. 8848, 127.0.0.1:8848, localhost:8848, 0.0.0.0:8848)"
+        )),
+    }
 }
 
 /// Cancelled on SIGINT or SIGTERM.

@@ -406,17 +406,44 @@ async fn get_customer(ctx: ToolCtx, args: GetArgs) -> Result<CustomerOut, ToolEr
     })
 }
 
+/// One `@` between a local part and a dotted domain, no spaces: the shape of an address,
+/// not proof that it exists.
+fn email_shape(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    (3..=320).contains(&email.chars().count())
+        && !local.is_empty()
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !email.chars().any(char::is_whitespace)
+}
+
 /// Writable fields, shared by create and update.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerFields {
+    /// A new customer needs a first or last name, or an email.
+    #[schemars(length(max = 200))]
     pub first_name: Option<String>,
+    #[schemars(length(max = 200))]
     pub last_name: Option<String>,
+    /// An address such as `ana@example.com`; unique in the tenant (any case).
+    #[schemars(length(min = 3, max = 320))]
     pub email: Option<String>,
+    #[schemars(length(max = 50))]
     pub phone: Option<String>,
+    /// The company's name.
+    #[schemars(length(max = 200))]
     pub company: Option<String>,
+    /// Where the customer stands: `lead` (the default for a new one) to `churned`.
     pub status: Option<Status>,
+    /// Who looks after the customer (a name or email, free text).
+    #[schemars(length(max = 200))]
     pub assigned_to: Option<String>,
+    /// Labels; replaces the customer's tags.
     pub tags: Option<Vec<String>>,
     /// Your own fields.
     ///
@@ -516,15 +543,53 @@ async fn write_error(
 }
 
 impl CustomerFields {
+    /// What the database would refuse with a less helpful message, named by field.
     fn check_sizes(&self) -> Result<(), ToolError> {
+        for (field, value, max) in [
+            ("first_name", &self.first_name, 200),
+            ("last_name", &self.last_name, 200),
+            ("phone", &self.phone, 50),
+            ("company", &self.company, 200),
+            ("assigned_to", &self.assigned_to, 200),
+        ] {
+            if let Some(value) = value
+                && value.chars().count() > max
+            {
+                return Err(ToolError::InvalidRequest(format!(
+                    "`{field}` is at most {max} characters"
+                )));
+            }
+        }
+        if let Some(email) = &self.email
+            && !email_shape(email.trim())
+        {
+            return Err(ToolError::InvalidRequest(format!(
+                "`email` must be an address such as ana@example.com (3 to 320 characters), \
+                 not `{}`",
+                email.chars().take(80).collect::<String>()
+            )));
+        }
         match &self.custom_fields {
             Some(fields) => check_stored_json("custom_fields", fields),
             None => Ok(()),
         }
     }
+
+    /// A new customer is someone: a name or an email.
+    fn check_identifies(&self) -> Result<(), ToolError> {
+        let given = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
+        if given(&self.first_name) || given(&self.last_name) || given(&self.email) {
+            Ok(())
+        } else {
+            Err(ToolError::InvalidRequest(
+                "a customer needs a `first_name`, a `last_name` or an `email`".into(),
+            ))
+        }
+    }
 }
 
 async fn create_customer(ctx: ToolCtx, args: CustomerFields) -> Result<CustomerOut, ToolError> {
+    args.check_identifies()?;
     args.check_sizes()?;
     let policy = ctx.policy().await?;
     let given = args.given();

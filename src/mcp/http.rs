@@ -322,7 +322,9 @@ async fn bind_session(
     match given {
         Some(session) if deleting && response.status().is_success() => {
             sessions.with(|open| open.remove(session.as_str()));
-            response
+            // rmcp says 202; clients (the Python SDK among them) expect 200 or 204 and log
+            // a failure otherwise.
+            StatusCode::NO_CONTENT.into_response()
         }
         Some(session) => {
             let streaming = response

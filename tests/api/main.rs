@@ -16,6 +16,7 @@ mod embedded;
 mod fake_llm;
 mod fake_mcp;
 mod federation;
+mod first_hour;
 mod fuzz;
 mod grants;
 mod handoff;

@@ -1,0 +1,175 @@
+//! Issue 20: what a new user met in their first hour, and the small features they missed.
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// `whoami` says who the person is: email and display name, for a person's key; none for
+/// an agent.
+#[tokio::test]
+async fn whoami_names_the_person_behind_the_caller() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let me = call_ok(&admin, "whoami", json!({})).await;
+    assert_eq!(me["person"]["email"], "owner@acme.test", "{me}");
+    assert_eq!(me["person"]["name"], "Owner", "{me}");
+    assert_eq!(me["principal"]["kind"], "api_key");
+    let agent = db.admin(&["create-agent", "--tenant", "acme", "--name", "helper"]);
+    let agent = agent_client(&db, &agent).await;
+    let it = call_ok(&agent, "whoami", json!({})).await;
+    assert_eq!(it["person"], Value::Null, "{it}");
+}
+
+/// A customer is someone (a name or an email), and an email has the shape of one; the
+/// error names the field. (`{}` and `"not an email"` were stored.)
+#[tokio::test]
+async fn a_new_customer_needs_a_name_or_a_well_formed_email() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    for (fields, names) in [
+        (json!({}), "first_name"),
+        (json!({ "first_name": "  " }), "first_name"),
+        (json!({ "email": "not an email" }), "email"),
+        (json!({ "first_name": "Ana", "email": "ana@" }), "email"),
+        (json!({ "first_name": "x".repeat(201) }), "first_name"),
+    ] {
+        let refused = call(&admin, "create_customer", fields.clone()).await;
+        assert_eq!(error_code(&refused), "invalid_request", "{fields}");
+        let text = refused.structured_content.unwrap()["error_description"].to_string();
+        assert!(text.contains(names), "{fields}: {text}");
+    }
+    let listed = call_ok(&admin, "list_customers", json!({})).await;
+    assert_eq!(listed["total"], 0, "nothing was stored");
+    call_ok(
+        &admin,
+        "create_customer",
+        json!({ "email": "ana@example.com" }),
+    )
+    .await;
+    call_ok(
+        &admin,
+        "create_customer",
+        json!({ "last_name": "Lovelace" }),
+    )
+    .await;
+    // The lengths are in the schema a client reads.
+    let schema: Value =
+        serde_json::from_str(include_str!("../../schemas/create_customer.json")).unwrap();
+    assert_eq!(
+        schema["input"]["properties"]["email"]["maxLength"], 320,
+        "{schema}"
+    );
+}
+
+/// `set-rate-limit` takes the window as `--per` and defaults it to the class's own (a search
+/// limit kept the 3,600 s window of calls), and says what it did in plain words.
+#[tokio::test]
+async fn set_rate_limit_defaults_the_window_to_the_class() {
+    let db = TestDb::new().await;
+    let set = db.admin(&[
+        "set-rate-limit",
+        "--tenant",
+        "acme",
+        "--class",
+        "search",
+        "--max",
+        "50",
+    ]);
+    assert_eq!(set["limit"], json!({ "max": 50, "window_seconds": 60 }));
+    let text = run_ok(
+        agentcrm(&[
+            "admin",
+            "set-rate-limit",
+            "--tenant",
+            "acme",
+            "--class",
+            "calls",
+            "--max",
+            "500",
+            "--per",
+            "60",
+        ])
+        .env("DATABASE_URL", &db.url),
+    );
+    assert_eq!(
+        text.trim(),
+        "tenant acme: at most 500 calls per 60 s in class `calls`"
+    );
+}
+
+/// Closing an HTTP session answers 204 (clients log a failure on rmcp's 202), and a
+/// session's log is quiet by default (rmcp logged six INFO lines per session, and every
+/// command a PostgreSQL notice about the migration table).
+#[tokio::test]
+async fn closing_a_session_answers_204_and_the_log_stays_quiet() {
+    let db = TestDb::new().await;
+    let mut command = db.command(&["http"]);
+    command.env_remove("RUST_LOG"); // the default filter
+    let server = HttpServer::start(command);
+    let url = server.mcp_url();
+    let http = reqwest::Client::new();
+    let init = http
+        .post(&url)
+        .header("X-Api-Key", &db.admin_key)
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2025-11-25")
+        .json(&initialize_request(1))
+        .send()
+        .await
+        .unwrap();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = crate::http::read_message(init).await;
+    let closed = http
+        .delete(&url)
+        .header("X-Api-Key", &db.admin_key)
+        .header("Mcp-Session-Id", &session)
+        .header("MCP-Protocol-Version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(closed.status().as_u16(), 204);
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(!log.contains("rmcp"), "{log}");
+    assert!(!log.contains("_sqlx_migrations"), "{log}");
+}
+
+/// `--listen` takes a port alone or a host name with its port (`localhost:PORT` and `PORT`
+/// were refused as not socket addresses), and a bad one is answered with the forms it takes.
+#[tokio::test]
+async fn listen_takes_a_port_or_a_host_name() {
+    use std::io::BufRead;
+    let db = TestDb::new().await;
+    for listen in ["localhost:0", "0"] {
+        let mut child = db
+            .command(&["http", "--listen", listen])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("listening on http://") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("--listen {listen} did not start"));
+        assert!(line.contains("listening on http://127.0.0.1:"), "{line}");
+        terminate(&mut child);
+    }
+    let refused = start_failure(&mut db.command(&["http", "--listen", "nope"]));
+    assert!(
+        refused.contains("give PORT, HOST:PORT or NAME:PORT"),
+        "{refused}"
+    );
+}

@@ -248,6 +248,29 @@ impl RegisteredTool {
     }
 }
 
+/// A tool's arguments as its input type; an error names the argument and what it takes.
+fn read_input<I: DeserializeOwned>(args: Value) -> Result<I, ToolError> {
+    serde_path_to_error::deserialize(args).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner().to_string();
+        // chrono's messages say what failed, not what is wanted.
+        let wanted = if inner.contains("input contains invalid characters")
+            || inner.contains("premature end of input")
+            || inner.contains("input is out of range")
+            || inner.contains("trailing input")
+        {
+            " (expected an RFC 3339 date-time such as 2026-01-31T09:00:00Z)"
+        } else {
+            ""
+        };
+        ToolError::InvalidRequest(if path == "." {
+            format!("invalid arguments: {inner}{wanted}")
+        } else {
+            format!("invalid arguments: `{path}`: {inner}{wanted}")
+        })
+    })
+}
+
 /// Declares a tool from a typed async handler: the input and output schemas come from
 /// `I` and `O`, and arguments are deserialized into `I` before the handler runs.
 pub fn tool<I, O, F, Fut>(def: ToolDef, handler: F) -> RegisteredTool
@@ -279,8 +302,7 @@ where
         let handler = handler.clone();
         Box::pin(async move {
             storable(&args)?;
-            let input: I = serde_json::from_value(Value::Object(args))
-                .map_err(|e| ToolError::InvalidRequest(format!("invalid arguments: {e}")))?;
+            let input: I = read_input(Value::Object(args))?;
             let output = handler(ctx, input).await?;
             serde_json::to_value(output)
                 .map_err(|e| ToolError::Internal(format!("could not serialize the result: {e}")))
@@ -288,9 +310,7 @@ where
     });
     let validate: fn(&JsonObject) -> Result<(), ToolError> = |args| {
         storable(args)?;
-        serde_json::from_value::<I>(Value::Object(args.clone()))
-            .map(drop)
-            .map_err(|e| ToolError::InvalidRequest(format!("invalid arguments: {e}")))
+        read_input::<I>(Value::Object(args.clone())).map(drop)
     };
     let required =
         Scopes::parse(def.scopes).unwrap_or_else(|e| panic!("tool {} declares an {e}", def.name));

@@ -173,3 +173,25 @@ async fn listen_takes_a_port_or_a_host_name() {
         "{refused}"
     );
 }
+
+/// A wrong type names the argument and what it takes (a date was refused with only "input
+/// contains invalid characters").
+#[tokio::test]
+async fn type_errors_name_the_argument() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    for (arguments, says) in [
+        (
+            json!({ "created_after": "yesterday" }),
+            ["`created_after`", "RFC 3339"],
+        ),
+        (json!({ "limit": "ten" }), ["`limit`", "invalid type"]),
+    ] {
+        let refused = call(&admin, "list_customers", arguments.clone()).await;
+        assert_eq!(error_code(&refused), "invalid_request");
+        let text = refused.structured_content.unwrap()["error_description"].to_string();
+        for said in says {
+            assert!(text.contains(said), "{arguments}: {text}");
+        }
+    }
+}

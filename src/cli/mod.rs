@@ -525,10 +525,37 @@ async fn run_stdio(args: StdioArgs) -> Result<(), CliError> {
 
 async fn run_http(args: HttpArgs) -> Result<(), CliError> {
     let shutdown = shutdown_on_signals();
+    // Without lists of their own, the host and origin of --public-url are accepted too:
+    // that is the address clients were told to use.
+    let public = args
+        .public_url
+        .as_deref()
+        .and_then(|url| reqwest::Url::parse(url).ok());
+    let mut allowed_hosts = defaulted(args.allowed_hosts.clone(), &DEFAULT_ALLOWED_HOSTS);
+    let mut allowed_origins = defaulted(args.allowed_origins.clone(), &DEFAULT_ALLOWED_ORIGINS);
+    if let Some(public) = &public {
+        if args.allowed_hosts.iter().all(|h| h.trim().is_empty())
+            && let Some(host) = public.host_str()
+        {
+            allowed_hosts.push(host.trim_matches(['[', ']']).to_owned());
+        }
+        if args.allowed_origins.iter().all(|o| o.trim().is_empty()) {
+            allowed_origins.push(public.origin().ascii_serialization());
+        }
+    }
+    if args.listen.ip().is_unspecified() && args.public_url.is_none() {
+        tracing::warn!(
+            "listening on every interface without --public-url: tokens, metadata and sign-in \
+             pages will name http://{}, and requests are accepted only with a loopback Host \
+             header (others get 403). Set --public-url (AGENTCRM_PUBLIC_URL) to the address \
+             clients use, e.g. https://crm.example.com; its host is then accepted",
+            args.listen
+        );
+    }
     let options = HttpOptions {
         listen: args.listen,
-        allowed_hosts: defaulted(args.allowed_hosts, &DEFAULT_ALLOWED_HOSTS),
-        allowed_origins: defaulted(args.allowed_origins, &DEFAULT_ALLOWED_ORIGINS),
+        allowed_hosts,
+        allowed_origins,
         max_body_bytes: args.max_body_bytes,
         header_timeout: std::time::Duration::from_secs(args.header_timeout_secs.clamp(1, 3600)),
         max_connections: args.max_connections.max(1),

@@ -140,31 +140,10 @@ async fn closing_a_session_answers_204_and_the_log_stays_quiet() {
 /// were refused as not socket addresses), and a bad one is answered with the forms it takes.
 #[tokio::test]
 async fn listen_takes_a_port_or_a_host_name() {
-    use std::io::BufRead;
     let db = TestDb::new().await;
     for listen in ["localhost:0", "0"] {
-        let mut child = db
-            .command(&["http", "--listen", listen])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if line.contains("listening on http://") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("--listen {listen} did not start"));
-        assert!(line.contains("listening on http://127.0.0.1:"), "{line}");
+        let (mut child, log) = started(db.command(&["http", "--listen", listen]));
+        assert!(log.contains("listening on http://127.0.0.1:"), "{log}");
         terminate(&mut child);
     }
     let refused = start_failure(&mut db.command(&["http", "--listen", "nope"]));
@@ -194,4 +173,62 @@ async fn type_errors_name_the_argument() {
             assert!(text.contains(said), "{arguments}: {text}");
         }
     }
+}
+
+/// Starts `command` and returns it with its log up to the line that says where it listens.
+fn started(mut command: std::process::Command) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("listening on http://") {
+                let _ = tx.send(std::mem::take(&mut log));
+            }
+        }
+    });
+    let log = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the server started");
+    (child, log)
+}
+
+/// Serving beyond loopback: the host of `--public-url` is accepted (it was refused with a
+/// bare 403), and listening on every interface without it warns and says what to set.
+#[tokio::test]
+async fn the_public_url_host_is_accepted_and_a_wildcard_listen_warns() {
+    let db = TestDb::new().await;
+    let (mut child, log) = started(db.command(&["http", "--listen", "0.0.0.0:0"]));
+    assert!(log.contains("without --public-url"), "{log}");
+    assert!(log.contains("AGENTCRM_PUBLIC_URL"), "{log}");
+    terminate(&mut child);
+    let mut command = db.command(&["http", "--public-url", "https://crm.example.test"]);
+    command.env("AGENTCRM_ALLOWED_HOSTS", "");
+    let server = HttpServer::start(command);
+    let post = |host: &'static str| {
+        reqwest::Client::new()
+            .post(server.mcp_url())
+            .header("Host", host)
+            .header("X-Api-Key", &db.admin_key)
+            .header("Accept", "application/json, text/event-stream")
+            .header("MCP-Protocol-Version", "2025-11-25")
+            .json(&initialize_request(1))
+            .send()
+    };
+    assert_eq!(
+        post("crm.example.test").await.unwrap().status().as_u16(),
+        200
+    );
+    assert_eq!(post("elsewhere.test").await.unwrap().status().as_u16(), 403);
 }

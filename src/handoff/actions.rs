@@ -52,9 +52,9 @@ pub fn tools() -> Vec<RegisteredTool> {
                 "get_pending_action",
                 "Get a held agent action",
                 "Get a held action, its decision and, once it ran, its result or error.\n\n\
-                 With its arguments and why it was held. Agents see their own; this is how an \
-                 agent learns the outcome.",
-                &["handoff"],
+                 With its arguments and why it was held. Agents see their own, whatever their \
+                 scopes: this is how an agent learns the outcome. Others need `handoff`.",
+                &[],
                 Hints::READ,
             ),
             get_pending_action,
@@ -202,6 +202,15 @@ async fn get_pending_action(
     ctx: ToolCtx,
     args: ActionIdArgs,
 ) -> Result<PendingActionOut, ToolError> {
+    // The agent whose call was held follows it up whatever its scopes (the held answer
+    // told it to); anyone else reads the approval queue with `handoff`.
+    let handoff = Scopes::parse(&["handoff"]).unwrap_or(Scopes::EVERY);
+    if !ctx.principal.is_agent() && !ctx.principal.scopes.contains(handoff) {
+        return Err(ToolError::Forbidden(
+            "reading held actions needs the `handoff` scope (an agent reads its own without it)"
+                .into(),
+        ));
+    }
     let mut pending_action = visible(ctx.app.store.pool(), &ctx.principal, args.action_id).await?;
     // An agent reads what it sent as it sent it (and without loading anyone's policy).
     if ctx.principal.id != pending_action.agent_id {

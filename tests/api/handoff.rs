@@ -835,3 +835,32 @@ async fn an_approved_action_whose_server_died_ends_failed_not_forever_approved()
     bot.cancel().await.unwrap();
     admin.cancel().await.unwrap();
 }
+
+/// The agent whose call was held follows it up, as the held answer tells it to, without the
+/// `handoff` scope (the tool and its resource needed it); anyone else still needs it.
+#[tokio::test]
+async fn an_agent_reads_its_own_held_action_without_the_handoff_scope() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let ana = create(&admin, json!({ "first_name": "Ana" })).await;
+    let agent = deleting_agent(&admin, "narrow", &["customers:read", "customers:delete"]).await;
+    let bot = agent_client(&db, &agent).await;
+    let held = held_action(&call(&bot, "delete_customer", json!({ "customer_id": ana })).await);
+    let seen = call_ok(&bot, "get_pending_action", json!({ "action_id": held })).await;
+    assert_eq!(seen["pending_action"]["state"], "pending", "{seen}");
+    let read = bot
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(format!(
+            "agentcrm://pending-actions/{held}"
+        )))
+        .await
+        .unwrap();
+    let text = serde_json::to_string(&read.contents).unwrap();
+    assert!(text.contains("pending"), "{text}");
+    // A person's key without `handoff` does not read the queue through it.
+    let narrow = db.api_key("owner@acme.test", &["customers:read"]);
+    let mut command = db.server(&["stdio"]);
+    command.env("AGENTCRM_API_KEY", &narrow);
+    let person = stdio_client(command, Generation::Stateless).await;
+    let refused = call(&person, "get_pending_action", json!({ "action_id": held })).await;
+    assert_eq!(error_code(&refused), "forbidden");
+}

@@ -167,7 +167,7 @@ pub(crate) fn shape(
     Ok(Shaped::new(value))
 }
 
-fn check_fields(fields: Option<&[String]>) -> Result<(), ToolError> {
+pub(crate) fn check_fields(fields: Option<&[String]>) -> Result<(), ToolError> {
     for field in fields.into_iter().flatten() {
         if !FIELDS.contains(&field.as_str()) {
             return Err(ToolError::InvalidRequest(format!(

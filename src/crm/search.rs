@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::customers::{COLUMNS, CUSTOMERS, Customer, shape};
+use super::customers::{COLUMNS, CUSTOMERS, Customer, check_fields, shape};
 use super::interactions::Interaction;
 use crate::access::Scopes;
 use crate::access::policy::{Access, Policy, Shaped};
@@ -65,6 +65,8 @@ pub struct SearchArgs {
     ///
     /// At most this many results.
     pub limit: Option<u32>,
+    /// Only these fields of each customer hit (plus `id`), e.g. `["first_name", "email"]`.
+    pub fields: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -149,6 +151,7 @@ async fn search(ctx: ToolCtx, args: SearchArgs) -> Result<SearchResults, ToolErr
             "query must be 1 to 200 characters".into(),
         ));
     }
+    check_fields(args.fields.as_deref())?;
     let limit = args.limit.unwrap_or(20);
     if !(1..=MAX_RESULTS).contains(&limit) {
         return Err(ToolError::InvalidRequest(format!(
@@ -266,7 +269,7 @@ async fn search(ctx: ToolCtx, args: SearchArgs) -> Result<SearchResults, ToolErr
                 customer_id: row.customer.id,
                 score: row.score,
                 highlight: row.highlight,
-                customer: Some(shape(&policy, &row.customer, None)?),
+                customer: Some(shape(&policy, &row.customer, args.fields.as_deref())?),
                 interaction: None,
             });
         }

@@ -232,3 +232,39 @@ async fn the_public_url_host_is_accepted_and_a_wildcard_listen_warns() {
     );
     assert_eq!(post("elsewhere.test").await.unwrap().status().as_u16(), 403);
 }
+
+/// `search` trims customer hits to the `fields` asked for (SPEC §2), and refuses a field
+/// that does not exist, naming the known ones.
+#[tokio::test]
+async fn search_returns_only_the_fields_asked_for() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    call_ok(
+        &admin,
+        "create_customer",
+        json!({ "first_name": "Grace", "email": "grace@example.com", "company": "Navy" }),
+    )
+    .await;
+    let found = call_ok(
+        &admin,
+        "search",
+        json!({ "query": "grace", "types": ["customer"], "fields": ["email"] }),
+    )
+    .await;
+    let customer = &found["results"][0]["customer"];
+    let mut keys: Vec<&str> = customer
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["email", "id"], "{found}");
+    let refused = call(
+        &admin,
+        "search",
+        json!({ "query": "grace", "fields": ["salary"] }),
+    )
+    .await;
+    assert_eq!(error_code(&refused), "invalid_request");
+}

@@ -9,15 +9,17 @@ use uuid::Uuid;
 use super::{CliError, DbArgs, open_store};
 use crate::access::store as access;
 use crate::access::{Role, Scopes};
-use crate::store::tenants;
+use crate::store::DatabaseKind;
+use crate::store::tenants::{self, LOCAL_TENANT_SLUG};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     #[command(flatten)]
     db: DbArgs,
-    /// Slug of the demo tenant to create
-    #[arg(long, default_value = "demo")]
-    tenant: String,
+    /// Tenant to fill [default: on the embedded default, `local` (where its local owner
+    /// looks); on a shared database, a new tenant `demo`]
+    #[arg(long)]
+    tenant: Option<String>,
     /// How many customers to create
     #[arg(long, default_value_t = 300)]
     customers: usize,
@@ -81,15 +83,37 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
 
 async fn seed(store: &crate::store::Store, args: &DemoArgs) -> Result<serde_json::Value, CliError> {
     let pool = store.pool();
-    let tenant = tenants::create(pool, &args.tenant, "Demo company")
-        .await?
-        .ok_or_else(|| {
-            CliError::Usage(format!(
-                "tenant `{}` already exists; pick another with --tenant",
-                args.tenant
-            ))
-        })?;
-    let email = format!("admin@{}.example", args.tenant);
+    let slug = match &args.tenant {
+        Some(slug) => slug.trim().to_owned(),
+        None if store.kind() == DatabaseKind::Embedded => LOCAL_TENANT_SLUG.to_owned(),
+        None => "demo".to_owned(),
+    };
+    // The local tenant (and any existing one named) gets the demo data added; a tenant
+    // that already has it is refused rather than filled twice.
+    let tenant = if slug == LOCAL_TENANT_SLUG {
+        tenants::ensure(pool, &slug, "Local").await?
+    } else {
+        match tenants::create(pool, &slug, "Demo company").await? {
+            Some(tenant) => tenant,
+            None => tenants::find_by_slug(pool, &slug)
+                .await?
+                .ok_or_else(|| CliError::Usage(format!("tenant `{slug}` could not be created")))?,
+        }
+    };
+    let email = format!("admin@{slug}.example");
+    let filled: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM users WHERE tenant_id = $1 AND email = $2)",
+    )
+    .bind(tenant.id)
+    .bind(&email)
+    .fetch_one(pool)
+    .await
+    .map_err(crate::store::StoreError::from)?;
+    if filled {
+        return Err(CliError::Usage(format!(
+            "tenant `{slug}` already has the demo data ({email} exists); pick another with --tenant"
+        )));
+    }
     let admin = access::create_user(
         pool,
         tenant.id,

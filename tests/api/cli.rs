@@ -89,5 +89,5 @@ async fn demo_creates_a_tenant_to_connect_to() {
     agent.cancel().await.unwrap();
 
     let again = start_failure(agentcrm(&["demo"]).env("DATABASE_URL", &db.url));
-    assert!(again.contains("already exists"), "{again}");
+    assert!(again.contains("already has the demo data"), "{again}");
 }

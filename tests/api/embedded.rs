@@ -234,3 +234,22 @@ fn the_embedded_default_issues_tokens_with_a_key_of_its_own() {
     assert_eq!(mode & 0o777, 0o600, "the signing key is private");
     assert!(server.stop().success());
 }
+
+/// `agentcrm demo` on the embedded default fills the tenant its local owner sees (it made a
+/// tenant `demo` the owner could not see), and refuses to fill it twice.
+#[tokio::test]
+async fn demo_data_lands_where_the_local_owner_looks() {
+    let (_tmp, dir) = data_dir();
+    let report =
+        run_ok(agentcrm(&["demo", "--customers", "20", "--json"]).env("AGENTCRM_DATA_DIR", &dir));
+    let report: Value = serde_json::from_str(report.trim()).unwrap();
+    assert_eq!(report["tenant"], "local", "{report}");
+    let mut command = agentcrm(&["stdio"]);
+    command.env("AGENTCRM_DATA_DIR", &dir);
+    let owner = stdio_client(command, Generation::Stateless).await;
+    let listed = call_ok(&owner, "list_customers", json!({ "limit": 1 })).await;
+    assert_eq!(listed["total"], 20, "{listed}");
+    owner.cancel().await.unwrap();
+    let again = start_failure(agentcrm(&["demo"]).env("AGENTCRM_DATA_DIR", &dir));
+    assert!(again.contains("already has the demo data"), "{again}");
+}

@@ -260,12 +260,29 @@ fn shutdown_on_signals() -> CancellationToken {
 }
 
 pub(crate) async fn open_store(db: &DbArgs) -> Result<Store, CliError> {
+    open_store_waiting(db, std::time::Duration::ZERO).await
+}
+
+/// The same, waiting up to `wait` for a shared server that refuses connections.
+async fn open_store_waiting(db: &DbArgs, wait: std::time::Duration) -> Result<Store, CliError> {
     let url = db.database_url.as_deref().filter(|u| !u.trim().is_empty());
     let data_dir = db
         .data_dir
         .clone()
         .unwrap_or_else(embedded::default_data_dir);
-    Ok(Store::open(url, &data_dir).await?)
+    Ok(Store::open_waiting(url, &data_dir, wait).await?)
+}
+
+/// How long `agentcrm http` waits at start-up for a shared PostgreSQL that refuses
+/// connections (`AGENTCRM_DB_WAIT_SECS`, 0 to 600; default 30): containers start out of
+/// order. Other commands say at once what is wrong.
+fn db_wait() -> std::time::Duration {
+    let seconds = std::env::var("AGENTCRM_DB_WAIT_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| *s <= 600)
+        .unwrap_or(30);
+    std::time::Duration::from_secs(seconds)
 }
 
 /// Opens the store and builds the shared state; on error the store is closed again.
@@ -305,7 +322,12 @@ async fn start(
     )?;
     filter.compact = tools.tool_mode == ToolMode::Compact;
     let ttl = token_ttl()?;
-    let store = open_store(db).await?;
+    // A serving process (HTTP) waits for its database; stdio and commands answer at once.
+    let wait = match public_url {
+        Some(_) => db_wait(),
+        None => std::time::Duration::ZERO,
+    };
+    let store = open_store_waiting(db, wait).await?;
     let embedded_dir = (store.kind() == DatabaseKind::Embedded).then(|| {
         db.data_dir
             .clone()

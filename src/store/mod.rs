@@ -28,6 +28,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Embedded(#[from] EmbeddedError),
+    /// The database cannot be reached or used as configured: what is wrong and what to do.
+    #[error("database error: {0}")]
+    Connect(String),
     /// Work handed to a blocking thread (hashing) did not come back.
     #[error("a background task failed: {0}")]
     Task(String),
@@ -60,8 +63,26 @@ impl Store {
     /// Connects to `database_url`, or starts the embedded server under `data_dir`,
     /// then applies pending migrations.
     pub async fn open(database_url: Option<&str>, data_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_waiting(database_url, data_dir, Duration::ZERO).await
+    }
+
+    /// The same, waiting up to `wait` for a server that refuses connections (containers
+    /// start out of order), and saying so in the log.
+    pub async fn open_waiting(
+        database_url: Option<&str>,
+        data_dir: &Path,
+        wait: Duration,
+    ) -> Result<Store, StoreError> {
         let (options, embedded) = match database_url {
-            Some(url) => (url.parse::<PgConnectOptions>()?, None),
+            Some(url) => (
+                url.parse::<PgConnectOptions>().map_err(|e| {
+                    StoreError::Connect(format!(
+                        "DATABASE_URL is not a PostgreSQL URL ({e}); it looks like \
+                         postgres://USER:PASSWORD@HOST:5432/DATABASE"
+                    ))
+                })?,
+                None,
+            ),
             None => {
                 let pg = EmbeddedPostgres::start(data_dir)?;
                 (pg.connect_options(), Some(pg))
@@ -94,21 +115,38 @@ impl Store {
             options: options.clone(),
             health: Default::default(),
         };
-        if let Err(error) = store.init(&options).await {
+        if let Err(error) = store.init(&options, wait).await {
             store.close().await;
             return Err(error);
         }
         Ok(store)
     }
 
-    async fn init(&self, options: &PgConnectOptions) -> Result<(), StoreError> {
+    async fn init(&self, options: &PgConnectOptions, wait: Duration) -> Result<(), StoreError> {
         // One direct connection first: it fails fast with the real reason (a pool would
         // retry until its timeout and then only say that it timed out).
         use sqlx::Connection;
-        sqlx::PgConnection::connect_with(options)
-            .await?
-            .close()
-            .await?;
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(500);
+        let connection = loop {
+            match sqlx::PgConnection::connect_with(options).await {
+                Ok(connection) => break connection,
+                Err(error) if refused(&error) && started.elapsed() + pause <= wait => {
+                    if started.elapsed() < pause {
+                        tracing::warn!(
+                            "PostgreSQL at {} does not accept connections yet; trying again for \
+                             up to {} s",
+                            where_(options),
+                            wait.as_secs()
+                        );
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(4));
+                }
+                Err(error) => return Err(explain(options, error)),
+            }
+        };
+        connection.close().await?;
         MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
@@ -152,6 +190,56 @@ impl Store {
             let _ = tokio::task::spawn_blocking(move || drop(pg)).await;
         }
     }
+}
+
+/// A refused or not-yet-ready server: worth waiting for at start-up.
+fn refused(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+        ),
+        sqlx::Error::Database(db) => db.code().as_deref() == Some("57P03"),
+        _ => false,
+    }
+}
+
+fn where_(options: &PgConnectOptions) -> String {
+    match options.get_socket() {
+        Some(socket) => format!("socket {}", socket.display()),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    }
+}
+
+/// A connection error as someone fixing DATABASE_URL needs it: what, where, and what to do.
+fn explain(options: &PgConnectOptions, error: sqlx::Error) -> StoreError {
+    let at = where_(options);
+    let database = options.get_database().unwrap_or("(the user's)");
+    let user = options.get_username();
+    let text = match &error {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => format!(
+            "nothing accepts connections at {at} (from DATABASE_URL): is PostgreSQL running \
+             there, on that port?"
+        ),
+        sqlx::Error::Io(io) => format!("cannot reach {at} (from DATABASE_URL): {io}"),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("3D000") => format!(
+                "database `{database}` does not exist at {at}: create it (createdb {database}) \
+                 or fix the database name at the end of DATABASE_URL"
+            ),
+            Some("28P01") | Some("28000") => format!(
+                "PostgreSQL at {at} refused user `{user}` ({}): fix the user or password in \
+                 DATABASE_URL",
+                db.message()
+            ),
+            _ => format!(
+                "PostgreSQL at {at} refused the connection: {}",
+                db.message()
+            ),
+        },
+        other => format!("could not connect to {at} (from DATABASE_URL): {other}"),
+    };
+    StoreError::Connect(text)
 }
 
 /// The newest migration compiled into this binary.

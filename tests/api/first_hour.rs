@@ -268,3 +268,75 @@ async fn search_returns_only_the_fields_asked_for() {
     .await;
     assert_eq!(error_code(&refused), "invalid_request");
 }
+
+/// A mistaken DATABASE_URL is answered with what is wrong and what to fix (it gave a
+/// parser's words, or a line number of PostgreSQL's source).
+#[tokio::test]
+async fn database_url_mistakes_say_what_to_fix() {
+    let db = TestDb::new().await;
+    let server = db.url.rsplit_once('/').unwrap().0.to_owned();
+    for (url, says) in [
+        (
+            "localhost/crm".to_owned(),
+            "postgres://USER:PASSWORD@HOST:5432/DATABASE",
+        ),
+        (
+            "postgres://postgres@127.0.0.1:1/crm".to_owned(),
+            "nothing accepts connections at 127.0.0.1:1",
+        ),
+        (
+            format!("{server}/no_such_database"),
+            "createdb no_such_database",
+        ),
+    ] {
+        let refused = start_failure(agentcrm(&["migrate"]).env("DATABASE_URL", &url));
+        assert!(refused.contains(says), "{url}: {refused}");
+        assert!(!refused.contains(" at line "), "{url}: {refused}");
+    }
+}
+
+/// `agentcrm http` waits for a PostgreSQL that does not accept connections yet (containers
+/// start out of order), saying so, instead of exiting at once.
+#[tokio::test]
+async fn http_waits_for_a_database_that_starts_later() {
+    let dir = std::path::PathBuf::from(format!(
+        "/tmp/acrm-late-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
+    let url = format!(
+        "postgres://agentcrm@localhost/agentcrm?host={}/run",
+        dir.display()
+    );
+    let mut command = agentcrm(&["http", "--listen", "127.0.0.1:0"]);
+    command
+        .env("DATABASE_URL", &url)
+        .env(
+            "AGENTCRM_JWT_SECRET",
+            "a-test-secret-that-is-long-enough-0123456789",
+        )
+        .env("AGENTCRM_DB_WAIT_SECS", "60")
+        .env_remove("RUST_LOG");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiting = std::thread::spawn(move || {
+        let started = started(command);
+        let _ = tx.send(());
+        started
+    });
+    // Started after the server began waiting for it.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let starting = dir.clone();
+    let pg =
+        tokio::task::spawn_blocking(move || agentcrm::store::EmbeddedPostgres::start(&starting))
+            .await
+            .unwrap()
+            .expect("a private PostgreSQL");
+    tokio::task::spawn_blocking(move || rx.recv_timeout(std::time::Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("the server came up once the database did");
+    let (mut child, log) = waiting.join().unwrap();
+    assert!(log.contains("does not accept connections yet"), "{log}");
+    terminate(&mut child);
+    tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -216,6 +216,34 @@ fn conflict(error: crate::store::StoreError, what: &str) -> CliError {
     error.into()
 }
 
+fn row_text(row: &serde_json::Value) -> String {
+    let Some(fields) = row.as_object() else {
+        return row.to_string();
+    };
+    fields
+        .iter()
+        .filter_map(|(key, value)| {
+            let shown = match value {
+                serde_json::Value::Null => return None,
+                serde_json::Value::String(text) => text.clone(),
+                serde_json::Value::Array(items) if items.is_empty() => return None,
+                serde_json::Value::Array(items) => items
+                    .iter()
+                    .map(|i| {
+                        i.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| i.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => other.to_string(),
+            };
+            Some(format!("{key}: {shown}"))
+        })
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
 fn print(json: bool, value: serde_json::Value, text: String) {
     if json {
         println!("{value}");
@@ -486,13 +514,14 @@ async fn execute(store: &Store, command: AdminCommand, json: bool) -> Result<(),
                     json!(access::list_api_keys(pool, tenant(store, &t.tenant).await?.id).await?)
                 }
             };
+            // One line per row, `key: value` for what is set (JSON with --json).
             let text = value
                 .as_array()
                 .map(|rows| {
-                    rows.iter()
-                        .map(|r| r.to_string())
-                        .collect::<Vec<_>>()
-                        .join("\n")
+                    if rows.is_empty() {
+                        return "none".to_owned();
+                    }
+                    rows.iter().map(row_text).collect::<Vec<_>>().join("\n")
                 })
                 .unwrap_or_default();
             print(json, value, text);

@@ -45,7 +45,7 @@ enum Command {
     /// Serve MCP over streamable HTTP at /mcp
     Http(HttpArgs),
     /// Apply database migrations and exit
-    Migrate(DbArgs),
+    Migrate(MigrateArgs),
     /// Write the generated tool catalog (schemas/ and tools/), or check it is up to date
     Catalog(CatalogArgs),
     /// Bootstrap tenants, users, agents and API keys without any tool
@@ -57,11 +57,20 @@ enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct DbArgs {
     /// PostgreSQL URL of a shared server; without it, a private embedded server is started
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     database_url: Option<String>,
     /// Where the embedded server keeps its data [default: ~/.local/share/agentcrm, or /var/lib/agentcrm as root]
-    #[arg(long, env = "AGENTCRM_DATA_DIR")]
+    #[arg(long, env = "AGENTCRM_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Print JSON instead of text (for scripts)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -641,11 +650,16 @@ fn defaulted(values: Vec<String>, default: &[&str]) -> Vec<String> {
     }
 }
 
-async fn run_migrate(args: DbArgs) -> Result<(), CliError> {
-    let store = open_store(&args).await?;
+async fn run_migrate(args: MigrateArgs) -> Result<(), CliError> {
+    let store = open_store(&args.db).await?;
     let version = store.migration_version().await;
     store.close().await;
-    match version? {
+    let version = version?;
+    if args.json {
+        println!("{}", serde_json::json!({ "migration": version }));
+        return Ok(());
+    }
+    match version {
         Some(version) => println!("database schema at migration {version}"),
         None => println!("database schema has no migrations"),
     }

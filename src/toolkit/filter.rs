@@ -26,8 +26,34 @@ pub struct ToolFilter {
 pub enum FilterError {
     #[error("unknown toolset `{0}`; known toolsets: {known}", known = known_toolsets())]
     UnknownToolset(String),
-    #[error("unknown tool `{0}` in {1}")]
-    UnknownTool(String, &'static str),
+    /// The name, where it was given, and the known names (the closest first).
+    #[error("unknown tool `{0}` in {1}; known tools: {2}")]
+    UnknownTool(String, &'static str, String),
+}
+
+/// Every tool name, those closest to `wrong` first (a typo is answered with its fix).
+fn known_tools(catalog: &Catalog, wrong: &str) -> String {
+    let mut names: Vec<&str> = catalog.iter().map(|t| t.def.name).collect();
+    names.sort_by_key(|name| (distance(name, wrong).min(4), *name));
+    names.join(", ")
+}
+
+/// Levenshtein distance, for suggestions.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut last = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1)
+                .min(row[j] + 1)
+                .min(last + usize::from(ca != *cb));
+            last = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 fn known_toolsets() -> String {
@@ -50,7 +76,11 @@ impl ToolFilter {
                 list.iter()
                     .map(|name| match catalog.get(name) {
                         Some(_) => Ok(name.clone()),
-                        None => Err(FilterError::UnknownTool(name.clone(), what)),
+                        None => Err(FilterError::UnknownTool(
+                            name.clone(),
+                            what,
+                            known_tools(catalog, name),
+                        )),
                     })
                     .collect()
             };
@@ -255,9 +285,12 @@ mod tests {
             ToolFilter::from_lists(catalog, &list(&["crms"]), false, &[], &[]),
             Err(FilterError::UnknownToolset("crms".into()))
         );
-        assert_eq!(
-            ToolFilter::from_lists(catalog, &[], false, &list(&["whoamii"]), &[]),
-            Err(FilterError::UnknownTool("whoamii".into(), "--tools"))
-        );
+        let refused = ToolFilter::from_lists(catalog, &[], false, &list(&["whoamii"]), &[]);
+        let Err(FilterError::UnknownTool(name, what, known)) = refused else {
+            panic!("{refused:?}");
+        };
+        assert_eq!((name.as_str(), what), ("whoamii", "--tools"));
+        assert!(known.starts_with("whoami, "), "{known}");
+        assert!(known.contains("list_customers"), "{known}");
     }
 }

@@ -340,3 +340,35 @@ async fn http_waits_for_a_database_that_starts_later() {
     tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The CLI as a newcomer types it: `--database-url` after the `admin` subcommand, `admin
+/// list` as text (it printed JSON), `migrate --json`, and a mistyped tool name answered with
+/// the names it could be.
+#[tokio::test]
+async fn the_cli_takes_what_a_newcomer_types() {
+    let db = TestDb::new().await;
+    let listed = run_ok(&mut agentcrm(&[
+        "admin",
+        "list",
+        "users",
+        "--tenant",
+        "acme",
+        "--database-url",
+        &db.url,
+    ]));
+    assert!(listed.contains("email: owner@acme.test"), "{listed}");
+    assert!(!listed.trim_start().starts_with('{'), "{listed}");
+    let migrated = run_ok(&mut agentcrm(&[
+        "migrate",
+        "--json",
+        "--database-url",
+        &db.url,
+    ]));
+    let migrated: Value = serde_json::from_str(migrated.trim()).unwrap();
+    assert_eq!(
+        migrated["migration"],
+        json!(agentcrm::store::latest_migration())
+    );
+    let refused = start_failure(&mut db.command(&["stdio", "--tools", "whoamii"]));
+    assert!(refused.contains("known tools: whoami, "), "{refused}");
+}

@@ -425,25 +425,21 @@ fn email_shape(email: &str) -> bool {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerFields {
-    /// A new customer needs a first or last name, or an email.
+    /// A new customer needs a name or an email.
     #[schemars(length(max = 200))]
     pub first_name: Option<String>,
     #[schemars(length(max = 200))]
     pub last_name: Option<String>,
-    /// An address such as `ana@example.com`; unique in the tenant (any case).
+    /// Unique in the tenant.
     #[schemars(length(min = 3, max = 320))]
     pub email: Option<String>,
     #[schemars(length(max = 50))]
     pub phone: Option<String>,
-    /// The company's name.
     #[schemars(length(max = 200))]
     pub company: Option<String>,
-    /// Where the customer stands: `lead` (the default for a new one) to `churned`.
     pub status: Option<Status>,
-    /// Who looks after the customer (a name or email, free text).
     #[schemars(length(max = 200))]
     pub assigned_to: Option<String>,
-    /// Labels; replaces the customer's tags.
     pub tags: Option<Vec<String>>,
     /// Your own fields.
     ///

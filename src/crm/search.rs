@@ -65,7 +65,7 @@ pub struct SearchArgs {
     ///
     /// At most this many results.
     pub limit: Option<u32>,
-    /// Only these fields of each customer hit (plus `id`), e.g. `["first_name", "email"]`.
+    /// Only these customer fields (plus `id`).
     pub fields: Option<Vec<String>>,
 }
 

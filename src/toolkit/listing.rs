@@ -8,7 +8,8 @@
 //! - no output schema (structured results also come as text);
 //! - in the input schema: no `$schema`, no `additionalProperties` that says nothing (`false`:
 //!   unknown fields are refused with a clear error anyway; `{}`), no empty defaults, no
-//!   integer formats, no `null` in optional fields' types, one-of-constants as one `enum`
+//!   integer formats, no string lengths (the server checks them and says so), no `null` in
+//!   optional fields' types, one-of-constants as one `enum`
 //!   (the constants' own descriptions are detail), and `$defs` used once written in place;
 //! - annotations without the copy of the title, and without `destructiveHint` and
 //!   `idempotentHint` on read-only tools, where MCP gives them no meaning.
@@ -79,6 +80,8 @@ fn schema_object(map: &JsonObject) -> JsonObject {
             "default" if is_empty(v) => continue,
             "format" if numeric => continue,
             "minimum" if numeric && v.as_f64() == Some(0.0) => continue,
+            // Lengths are checked by the server, whose error names the field and the limit.
+            "maxLength" | "minLength" => continue,
             "description" if v.is_string() => {
                 out.insert(
                     key.clone(),

@@ -99,6 +99,12 @@ pub struct EmbeddedPostgres {
     socket_dir: PathBuf,
     child: Option<Child>,
     log_path: PathBuf,
+    /// What it takes to start the server again (see [`EmbeddedPostgres::restart_if_exited`]).
+    bins: Binaries,
+    pgdata: PathBuf,
+    run_as: RunAs,
+    /// It exited and did not start again yet: the next check tries again.
+    lost: bool,
     /// Released (closed) only after the server has stopped.
     _lock: File,
 }
@@ -148,13 +154,17 @@ impl EmbeddedPostgres {
             socket_dir,
             child: Some(child),
             log_path,
+            bins,
+            pgdata,
+            run_as,
+            lost: false,
             _lock: lock,
         };
         pg.wait_ready()?;
         pg.create_database()?;
         tracing::info!(
             data_dir = %data_dir.display(),
-            version = %bins.major,
+            version = %pg.bins.major,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "embedded PostgreSQL ready"
         );
@@ -263,6 +273,38 @@ impl EmbeddedPostgres {
     }
 
     /// Fast shutdown: running transactions are rolled back, then the server exits.
+    /// Starts the server again if it exited while this process still needs it (killed, or
+    /// crashed): `Ok(true)` once it is back. Blocking.
+    pub fn restart_if_exited(&mut self) -> Result<bool, EmbeddedError> {
+        let exited = match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => status.to_string(),
+            Some(Err(error)) => error.to_string(),
+            Some(Ok(None)) => return Ok(false),
+            None if self.lost => "it did not start again".to_owned(),
+            // Not ours to run (being stopped).
+            None => return Ok(false),
+        };
+        tracing::error!(
+            exited = %exited,
+            "embedded PostgreSQL exited while agentcrm still needs it; restarting it"
+        );
+        self.child = None;
+        self.lost = true;
+        stop_orphan(&self.pgdata);
+        let child = spawn_server(
+            &self.bins,
+            &self.pgdata,
+            &self.socket_dir,
+            &self.log_path,
+            &self.run_as,
+        )?;
+        self.child = Some(child);
+        self.wait_ready()?;
+        self.lost = false;
+        tracing::warn!("embedded PostgreSQL restarted");
+        Ok(true)
+    }
+
     fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;

@@ -54,7 +54,7 @@ pub struct Store {
     /// process loses its leases to another one while it is still working.
     lease_pool: PgPool,
     kind: DatabaseKind,
-    embedded: Mutex<Option<EmbeddedPostgres>>,
+    embedded: std::sync::Arc<Mutex<Option<EmbeddedPostgres>>>,
     options: PgConnectOptions,
     health: std::sync::Arc<health::Health>,
 }
@@ -111,13 +111,16 @@ impl Store {
             audit_pool,
             lease_pool,
             kind,
-            embedded: Mutex::new(embedded),
+            embedded: std::sync::Arc::new(Mutex::new(embedded)),
             options: options.clone(),
             health: Default::default(),
         };
         if let Err(error) = store.init(&options, wait).await {
             store.close().await;
             return Err(error);
+        }
+        if kind == DatabaseKind::Embedded {
+            store.supervise();
         }
         Ok(store)
     }
@@ -149,6 +152,35 @@ impl Store {
         connection.close().await?;
         MIGRATOR.run(&self.pool).await?;
         Ok(())
+    }
+
+    /// Checks the embedded server every second and starts it again if it exited; ends when
+    /// the store is closed (the server taken out).
+    fn supervise(&self) {
+        let embedded = std::sync::Arc::downgrade(&self.embedded);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(embedded) = embedded.upgrade() else {
+                    return;
+                };
+                let checked = tokio::task::spawn_blocking(move || {
+                    let mut guard = match embedded.lock() {
+                        Ok(guard) => guard,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                    guard.as_mut().map(EmbeddedPostgres::restart_if_exited)
+                })
+                .await;
+                match checked {
+                    Ok(None) | Err(_) => return, // closed
+                    Ok(Some(Ok(_))) => {}
+                    Ok(Some(Err(error))) => {
+                        tracing::error!(%error, "embedded PostgreSQL could not be restarted; trying again")
+                    }
+                }
+            }
+        });
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -253,3 +253,47 @@ async fn demo_data_lands_where_the_local_owner_looks() {
     let again = start_failure(agentcrm(&["demo"]).env("AGENTCRM_DATA_DIR", &dir));
     assert!(again.contains("already has the demo data"), "{again}");
 }
+
+/// The embedded PostgreSQL is restarted when it dies (kill -9) while agentcrm runs: calls
+/// work again within seconds, and the log says so (the server answered 503 until restarted).
+#[tokio::test]
+async fn a_killed_embedded_postgres_is_restarted() {
+    let (_tmp, dir) = data_dir();
+    let mut command = agentcrm(&["http"]);
+    command.env("AGENTCRM_DATA_DIR", &dir).env(
+        "AGENTCRM_JWT_SECRET",
+        "a-test-secret-that-is-long-enough-0123456789",
+    );
+    let server = HttpServer::start(command);
+    let client = http_client(&server.mcp_url(), "", Generation::Stateless).await;
+    call_ok(&client, "whoami", json!({})).await;
+    let pid: i32 = std::fs::read_to_string(dir.join("pgdata/postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: killing the test's own server's PostgreSQL.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let killed = std::time::Instant::now();
+    let deadline = killed + Duration::from_secs(60);
+    loop {
+        let answer = client
+            .call_tool(rmcp::model::CallToolRequestParams::new("whoami"))
+            .await;
+        if matches!(&answer, Ok(result) if result.is_error != Some(true)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not back: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "calls work again {:?} after kill -9 of the embedded PostgreSQL",
+        killed.elapsed()
+    );
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(log.contains("embedded PostgreSQL restarted"), "{log}");
+    client.cancel().await.unwrap();
+}

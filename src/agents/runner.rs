@@ -96,6 +96,12 @@ pub struct NewRun<'a> {
 }
 
 impl NewRun<'_> {
+    /// The person who started the run: a user, the owner of the API key used, or (for a
+    /// scheduled run) the schedule's creator.
+    fn person(&self) -> Option<Uuid> {
+        self.acts_for.iter().find_map(|m| m.person)
+    }
+
     /// The agent, then who started the run, then the runnable's owner and last editor.
     fn chain(&self) -> Vec<Member> {
         let agent = Member {
@@ -129,12 +135,12 @@ pub async fn queue(
         "INSERT INTO agent_runs (tenant_id, agent_id, agent_name, agent_kind, run_type, source,
              triggered_by_kind, triggered_by_id, triggered_by_name, schedule_id, due_at,
              parent_run_id, chain_depth, prompt, input, config, status, lease_owner, lease_until,
-             started_at, chain, cause)
+             started_at, chain, cause, user_id, agent_ref)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
                  CASE WHEN $17 THEN 'running' ELSE 'queued' END,
                  CASE WHEN $17 THEN $18::uuid END,
                  CASE WHEN $17 THEN now() + make_interval(secs => $19) END,
-                 CASE WHEN $17 THEN now() END, $20, $21)
+                 CASE WHEN $17 THEN now() END, $20, $21, $22, $2)
          ON CONFLICT (schedule_id, due_at) DO NOTHING
          RETURNING id",
     )
@@ -159,6 +165,7 @@ pub async fn queue(
     .bind(lease().as_secs_f64())
     .bind(delegation::chain_json(&new.chain()))
     .bind(new.cause.json())
+    .bind(new.person())
     .fetch_optional(&mut *tx)
     .await
     .map_err(StoreError::from)?;

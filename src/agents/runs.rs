@@ -51,10 +51,12 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_agent_runs",
                 "List agent runs",
-                "List agent runs, newest first; filter by agent, type, source, trigger, status, \
+                "List agent runs, newest first; filter by agent, user, type, source, trigger, status, \
                  time.\n\n\
                  Types: design, dynamic. Sources: stdio, http, schedule, workflow, agent. \
-                 Statuses: queued, running, success, error, timeout. Trigger: who triggered them.",
+                 Statuses: queued, running, success, error, timeout. Trigger: who triggered them; \
+                 `user`: the person who started them, directly or with an API key of theirs. A \
+                 deleted agent's runs stay listed under its former id or name.",
                 &["agents:read"],
                 Hints::READ,
             ),
@@ -115,6 +117,11 @@ pub struct AgentRun {
     /// `stdio`, `http`, `schedule`, `workflow` or `agent`.
     pub source: String,
     pub triggered_by_name: String,
+    /// The person who started it.
+    ///
+    /// The user, the owner of the API key used, or a scheduled run's schedule creator; null
+    /// when no person did (a run started by an agent's workflow).
+    pub user_id: Option<Uuid>,
     pub schedule_id: Option<Uuid>,
     /// The run this one was chained on.
     pub parent_run_id: Option<Uuid>,
@@ -141,7 +148,7 @@ pub struct AgentRun {
 }
 
 const COLUMNS: &str = "id, agent_id, agent_name, agent_kind, run_type, source, triggered_by_name, \
-     schedule_id, parent_run_id, prompt, input, status, output, error, tool_call_count, \
+     user_id, schedule_id, parent_run_id, prompt, input, status, output, error, tool_call_count, \
      prompt_tokens, completion_tokens, total_tokens, duration_ms, chain AS acts_for, created_at, \
      started_at, finished_at";
 
@@ -340,7 +347,13 @@ async fn get_agent_run(ctx: ToolCtx, args: RunIdArgs) -> Result<RunDetail, ToolE
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
     /// Agent id or name.
+    ///
+    /// A deleted agent's runs too, by its former id or name.
     pub agent: Option<String>,
+    /// User id or email of who started them.
+    ///
+    /// A user's own runs and those started through their API keys.
+    pub user: Option<String>,
     /// `design` or `dynamic`.
     pub run_type: Option<String>,
     /// A source, e.g. `schedule`.
@@ -378,6 +391,43 @@ fn one_of(field: &str, value: &Option<String>, allowed: &[&str]) -> Result<(), T
     }
 }
 
+enum AgentFilter {
+    Id(Uuid),
+    /// Runs of a deleted agent that went by this name.
+    DeletedName(String),
+}
+
+/// An agent by id or name, or a deleted one whose runs are still in the log.
+async fn agent_filter(ctx: &ToolCtx, agent: &str) -> Result<AgentFilter, ToolError> {
+    match find(&ctx.app, ctx.principal.tenant_id, agent).await {
+        Ok((found, _)) => Ok(AgentFilter::Id(found.id)),
+        Err(ToolError::NotFound(message)) => match Uuid::parse_str(agent) {
+            Ok(id) => Ok(AgentFilter::Id(id)),
+            Err(_) if agent.len() <= 200 => Ok(AgentFilter::DeletedName(agent.to_owned())),
+            Err(_) => Err(ToolError::NotFound(message)),
+        },
+        Err(other) => Err(other),
+    }
+}
+
+/// A user of this tenant by id or email.
+async fn user_filter(ctx: &ToolCtx, user: &str) -> Result<Uuid, ToolError> {
+    let id = Uuid::parse_str(user).ok();
+    let found: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM users WHERE tenant_id = $1 AND (id = $2 OR lower(email) = lower($3))",
+    )
+    .bind(ctx.principal.tenant_id)
+    .bind(id)
+    .bind(user)
+    .fetch_optional(ctx.app.store.pool())
+    .await
+    .map_err(StoreError::from)?;
+    // A deleted user's id still finds their runs.
+    found
+        .or(id)
+        .ok_or_else(|| ToolError::NotFound(format!("no user `{user}` in this tenant")))
+}
+
 async fn list_agent_runs(ctx: ToolCtx, args: ListArgs) -> Result<RunList, ToolError> {
     let page = args.page.page()?;
     one_of("run_type", &args.run_type, &["design", "dynamic"])?;
@@ -393,7 +443,11 @@ async fn list_agent_runs(ctx: ToolCtx, args: ListArgs) -> Result<RunList, ToolEr
     )?;
     let tenant = ctx.principal.tenant_id;
     let agent = match &args.agent {
-        Some(agent) => Some(find(&ctx.app, tenant, agent).await?.0.id),
+        Some(agent) => Some(agent_filter(&ctx, agent).await?),
+        None => None,
+    };
+    let user = match &args.user {
+        Some(user) => Some(user_filter(&ctx, user).await?),
         None => None,
     };
     let (runs, total) = fetch_page(
@@ -403,8 +457,18 @@ async fn list_agent_runs(ctx: ToolCtx, args: ListArgs) -> Result<RunList, ToolEr
             q.push(" FROM agent_runs WHERE tenant_id = ")
                 .push_bind(tenant);
             delegation::push_readable(q, &ctx.principal);
-            if let Some(agent) = agent {
-                q.push(" AND agent_id = ").push_bind(agent);
+            match &agent {
+                Some(AgentFilter::Id(id)) => {
+                    q.push(" AND agent_ref = ").push_bind(*id);
+                }
+                Some(AgentFilter::DeletedName(name)) => {
+                    q.push(" AND agent_id IS NULL AND agent_name = ")
+                        .push_bind(name.clone());
+                }
+                None => {}
+            }
+            if let Some(user) = user {
+                q.push(" AND user_id = ").push_bind(user);
             }
             if let Some(v) = &args.run_type {
                 q.push(" AND run_type = ").push_bind(v.clone());

@@ -832,3 +832,84 @@ async fn a_run_whose_process_is_killed_resumes_elsewhere_without_repeating_a_cal
     assert_eq!(run["tool_call_count"], 1);
     client.cancel().await.unwrap();
 }
+
+/// The execution log by person (seed 001): a run started through an API key is the key
+/// owner's too, `list_agent_runs` filters by user (id or email), and a deleted agent's runs
+/// stay in the log under its former id and name.
+#[tokio::test]
+async fn the_run_log_is_kept_by_person_and_outlives_the_agent() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let llm = FakeLlm::start(Flavor::OpenAi, vec![Reply::text("Done.")]).await;
+    connect(&admin, &llm, "llm").await;
+    let agent = create_agent(&admin, "helper", &[], json!({"connection": "llm"})).await;
+    let agent_id = agent["agent_id"].as_str().unwrap().to_owned();
+    db.admin(&[
+        "create-user",
+        "--tenant",
+        "acme",
+        "--email",
+        "meg@acme.test",
+        "--name",
+        "Meg",
+        "--role",
+        "member",
+        "--scopes",
+        "agents:execute,agents:read",
+    ]);
+    let mut command = db.server(&["stdio"]);
+    command.env("AGENTCRM_API_KEY", db.api_key("meg@acme.test", &[]));
+    let meg = stdio_client(command, Generation::Stateless).await;
+    let meg_id = call_ok(&meg, "whoami", json!({})).await["person"]["id"].clone();
+    assert!(meg_id.is_string(), "whoami names the key's owner");
+    let mine = call_ok(
+        &meg,
+        "run_agent",
+        json!({"agent": "helper", "prompt": "hi"}),
+    )
+    .await;
+    assert_eq!(mine["status"], "success", "{mine}");
+    assert_eq!(
+        mine["user_id"], meg_id,
+        "attributed to the key's owner: {mine}"
+    );
+    let theirs = call_ok(&admin, "run_agent", json!({"agent": "helper"})).await;
+    assert_eq!(theirs["status"], "success", "{theirs}");
+    assert_ne!(theirs["user_id"], meg_id, "{theirs}");
+
+    for user in [meg_id.as_str().unwrap(), "meg@acme.test", "MEG@ACME.TEST"] {
+        let listed = call_ok(&admin, "list_agent_runs", json!({ "user": user })).await;
+        assert_eq!(listed["total"], 1, "user {user}: {listed}");
+        assert_eq!(listed["runs"][0]["id"], mine["id"], "{listed}");
+    }
+    let nobody = call(
+        &admin,
+        "list_agent_runs",
+        json!({ "user": "nobody@acme.test" }),
+    )
+    .await;
+    assert_eq!(error_code(&nobody), "not_found");
+
+    call_ok(&admin, "delete_agent", json!({ "agent": "helper" })).await;
+    for agent in [agent_id.as_str(), "helper"] {
+        let listed = call_ok(&admin, "list_agent_runs", json!({ "agent": agent })).await;
+        assert_eq!(listed["total"], 2, "deleted agent by {agent}: {listed}");
+        assert!(listed["runs"][0]["agent_id"].is_null(), "{listed}");
+        assert_eq!(listed["runs"][0]["agent_name"], "helper", "{listed}");
+    }
+    let by_both = call_ok(
+        &admin,
+        "list_agent_runs",
+        json!({ "agent": agent_id, "user": "meg@acme.test" }),
+    )
+    .await;
+    assert_eq!(by_both["total"], 1, "{by_both}");
+    // A new agent taking the name does not inherit the old one's log.
+    create_agent(&admin, "helper", &[], json!({"connection": "llm"})).await;
+    let renamed = call_ok(&admin, "list_agent_runs", json!({ "agent": "helper" })).await;
+    assert_eq!(renamed["total"], 0, "{renamed}");
+    let old = call_ok(&admin, "list_agent_runs", json!({ "agent": agent_id })).await;
+    assert_eq!(old["total"], 2, "{old}");
+    meg.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}

@@ -95,6 +95,51 @@ pub struct Limited {
     pub retry_after: u64,
 }
 
+impl Limited {
+    pub fn quota(&self) -> Quota {
+        Quota {
+            class: self.class,
+            limit: self.limit,
+            remaining: 0,
+            reset: Utc::now().timestamp() + self.retry_after as i64,
+            retry_after: Some(self.retry_after),
+        }
+    }
+}
+
+/// Where a request left its caller in the class it counted against (the HTTP
+/// `X-RateLimit-*` headers): of the classes a call counts in, the one with the fewest calls
+/// left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub class: Class,
+    pub limit: Limit,
+    pub remaining: i64,
+    /// Unix time at which a call is freed (the oldest counted one leaves the window).
+    pub reset: i64,
+    /// Set when the call was refused.
+    pub retry_after: Option<u64>,
+}
+
+/// Where the HTTP layer waits for the quota of the call its request makes: filled once by
+/// the call path when it counts the call (or refuses it); dropped unfilled when the request
+/// counted nothing.
+#[derive(Clone)]
+pub struct QuotaSlot(Arc<Mutex<Option<tokio::sync::oneshot::Sender<Quota>>>>);
+
+impl QuotaSlot {
+    pub fn new() -> (QuotaSlot, tokio::sync::oneshot::Receiver<Quota>) {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        (QuotaSlot(Arc::new(Mutex::new(Some(sender)))), receiver)
+    }
+
+    pub fn fill(&self, quota: Quota) {
+        if let Some(sender) = self.0.lock().ok().and_then(|mut s| s.take()) {
+            let _ = sender.send(quota);
+        }
+    }
+}
+
 type Key = (String, Class);
 
 #[derive(Default)]
@@ -119,6 +164,17 @@ impl Window {
             }
         }
         (used, oldest)
+    }
+
+    fn quota(&self, class: Class, limit: Limit, now: i64) -> Quota {
+        let (used, oldest) = self.used(now, limit.window_seconds);
+        Quota {
+            class,
+            limit,
+            remaining: (limit.max - used).max(0),
+            reset: oldest.map_or(now, |o| o + self.bucket_seconds + limit.window_seconds),
+            retry_after: None,
+        }
     }
 }
 
@@ -199,7 +255,7 @@ impl RateLimiter {
         &self,
         principal: &Principal,
         classes: &[Class],
-    ) -> Result<Result<(), Limited>, StoreError> {
+    ) -> Result<Result<Quota, Limited>, StoreError> {
         let limits = self.limits_for(principal).await?;
         let who = principal_key(principal);
         let now = Utc::now().timestamp();
@@ -249,13 +305,56 @@ impl RateLimiter {
                 }));
             }
         }
+        let mut quota: Option<Quota> = None;
         for class in classes {
             if let Some(window) = windows.get_mut(&(who.clone(), *class)) {
                 let bucket = now - now.rem_euclid(window.bucket_seconds);
                 *window.pending.entry(bucket).or_default() += 1;
+                let here = window.quota(*class, limits[class], now);
+                if quota.is_none_or(|q| here.remaining <= q.remaining) {
+                    quota = Some(here);
+                }
             }
         }
-        Ok(Ok(()))
+        let class = classes.first().copied().unwrap_or(Class::Calls);
+        Ok(Ok(quota.unwrap_or(Quota {
+            class,
+            limit: limits[&class],
+            remaining: limits[&class].max,
+            reset: now,
+            retry_after: None,
+        })))
+    }
+
+    /// Where `principal` stands in `class`, counting nothing (synced first only when this
+    /// process has not seen them yet).
+    pub async fn peek(&self, principal: &Principal, class: Class) -> Result<Quota, StoreError> {
+        let limits = self.limits_for(principal).await?;
+        let limit = limits[&class];
+        let key = (principal_key(principal), class);
+        let known = self
+            .lock()?
+            .get(&key)
+            .is_some_and(|w| w.synced_at.is_some());
+        if !known {
+            self.lock()?.entry(key.clone()).or_insert_with(|| Window {
+                bucket_seconds: (limit.window_seconds / BUCKETS).max(1),
+                ..Window::default()
+            });
+            self.sync(std::slice::from_ref(&key)).await?;
+        }
+        let now = Utc::now().timestamp();
+        let windows = self.lock()?;
+        Ok(match windows.get(&key) {
+            Some(window) => window.quota(class, limit, now),
+            None => Quota {
+                class,
+                limit,
+                remaining: limit.max,
+                reset: now,
+                retry_after: None,
+            },
+        })
     }
 
     /// Writes every pending count (at shutdown, so another process sees them).

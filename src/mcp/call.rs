@@ -13,7 +13,7 @@ use tracing::Instrument;
 use super::confirm::{Gate, gate};
 use crate::access::Principal;
 use crate::access::audit::{AuditEvent, redact_object};
-use crate::access::ratelimit::Class;
+use crate::access::ratelimit::{Class, QuotaSlot};
 use crate::app::App;
 use crate::connections::catalog as remote_catalog;
 use crate::error::{ErrorCode, ToolError};
@@ -44,6 +44,8 @@ pub struct Call {
     /// A workflow step attempt and the lease holder it runs under: the tool's writes
     /// commit with the attempt's mark, fenced on the lease.
     pub step: Option<(i64, uuid::Uuid)>,
+    /// An HTTP request's rate-limit headers wait here for the call's count.
+    pub quota: Option<QuotaSlot>,
 }
 
 impl Call {
@@ -70,6 +72,7 @@ impl Call {
             purpose,
             approved_action: None,
             step: None,
+            quota: None,
         }
     }
 
@@ -116,15 +119,28 @@ impl From<CallError> for ToolError {
 
 /// Counts a call against the caller's rate limits: every call, plus the search and bulk
 /// classes for tools that need those scopes.
-pub async fn admit(app: &App, principal: &Principal, scopes: &[&str]) -> Result<(), ToolError> {
+/// The quota the call left goes to `slot` (an HTTP request's headers).
+pub async fn admit(
+    app: &App,
+    principal: &Principal,
+    scopes: &[&str],
+    slot: Option<&QuotaSlot>,
+) -> Result<(), ToolError> {
     let mut classes = vec![Class::Calls];
     for (scope, class) in [("search", Class::Search), ("bulk", Class::Bulk)] {
         if scopes.contains(&scope) {
             classes.push(class);
         }
     }
-    match app.limiter.check(principal, &classes).await? {
-        Ok(()) => Ok(()),
+    let checked = app.limiter.check(principal, &classes).await?;
+    if let Some(slot) = slot {
+        slot.fill(match &checked {
+            Ok(quota) => *quota,
+            Err(limited) => limited.quota(),
+        });
+    }
+    match checked {
+        Ok(_) => Ok(()),
         Err(limited) => Err(ToolError::RateLimited(
             format!(
                 "Rate limit reached ({} class): {} may make at most {} calls per {} s. \
@@ -326,7 +342,7 @@ async fn checked(
             1,
         ));
     }
-    admit(app, principal, tool.def.scopes).await?;
+    admit(app, principal, tool.def.scopes, call.quota.as_ref()).await?;
     let ctx = ToolCtx {
         app: app.clone(),
         transport: call.transport,
@@ -366,7 +382,7 @@ async fn checked(
 }
 
 async fn remote(app: &Arc<App>, call: &Call) -> Result<Value, ToolError> {
-    admit(app, &call.principal, &[]).await?;
+    admit(app, &call.principal, &[], call.quota.as_ref()).await?;
     let timeout = call.timeout.unwrap_or(Duration::from_secs(60));
     remote_catalog::call(app, &call.principal, &call.tool, &call.arguments, timeout).await
 }

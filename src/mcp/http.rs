@@ -25,6 +25,7 @@ use crate::access::audit::AuditEvent;
 use crate::access::cache::CacheKey;
 use crate::access::identity::{self, AuthError, Credential};
 use crate::access::oauth;
+use crate::access::ratelimit::{Class, Quota, QuotaSlot};
 use crate::access::secrets::{API_KEY_PREFIX, digest};
 use crate::access::{Principal, PrincipalKind};
 use crate::app::App;
@@ -396,10 +397,12 @@ async fn inspect_body(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
+    let principal = request.extensions().get::<Principal>().cloned();
     if request.method() != Method::POST || !is_json {
-        return next.run(request).await;
+        let response = next.run(request).await;
+        return with_quota(&app, principal.as_ref(), None, response).await;
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => bytes,
         Err(_) => {
@@ -421,11 +424,22 @@ async fn inspect_body(
         && let Some(tool) = app.catalog.get(&name).filter(|t| app.filter.allows(&t.def))
         && !permits(principal, tool)
     {
-        return insufficient_scope(&app, &parts, principal, tool).await;
+        let response = insufficient_scope(&app, &parts, principal, tool).await;
+        return with_quota(&app, Some(principal), None, response).await;
     }
+    // A call's rate-limit headers wait for the call path to count it.
+    let counted = match &principal {
+        Some(_) if names_tools_call(&bytes) => {
+            let (slot, counted) = QuotaSlot::new();
+            parts.extensions.insert(slot);
+            Some(counted)
+        }
+        _ => None,
+    };
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes.clone())))
         .await;
+    let response = with_quota(&app, principal.as_ref(), counted, response).await;
     // rmcp answers a body that is not a JSON-RPC message with a plain-text 415, having done
     // nothing with it: answer with a JSON-RPC error instead. Reading the body as rmcp does
     // only then keeps the parse off the path of every good request (it is the costliest
@@ -451,6 +465,55 @@ async fn inspect_body(
                 (StatusCode::BAD_REQUEST, Json(body)).into_response()
             }
         };
+    }
+    response
+}
+
+/// Whether a body may be a `tools/call` (a cheap look, not a parse: the call path says
+/// for sure, by counting it or not).
+fn names_tools_call(body: &[u8]) -> bool {
+    const METHOD: &[u8] = b"\"tools/call\"";
+    body.windows(METHOD.len()).any(|w| w == METHOD)
+}
+
+/// Adds `X-RateLimit-Limit`, `-Remaining` and `-Reset` (and `Retry-After` when refused) for
+/// the class the request counted against: the call's, once the call path has counted it;
+/// otherwise where the caller stands in the `calls` class, counting nothing.
+async fn with_quota(
+    app: &App,
+    principal: Option<&Principal>,
+    counted: Option<tokio::sync::oneshot::Receiver<Quota>>,
+    mut response: Response,
+) -> Response {
+    let Some(principal) = principal else {
+        return response;
+    };
+    let quota = match counted {
+        Some(counted) => tokio::time::timeout(std::time::Duration::from_secs(10), counted)
+            .await
+            .ok()
+            .and_then(Result::ok),
+        None => None,
+    };
+    let quota = match quota {
+        Some(quota) => Some(quota),
+        None => app.limiter.peek(principal, Class::Calls).await.ok(),
+    };
+    let Some(quota) = quota else {
+        return response;
+    };
+    let headers = response.headers_mut();
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = header::HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    };
+    set("x-ratelimit-limit", quota.limit.max.to_string());
+    set("x-ratelimit-remaining", quota.remaining.to_string());
+    set("x-ratelimit-reset", quota.reset.to_string());
+    set("x-ratelimit-class", quota.class.name().to_owned());
+    if let Some(seconds) = quota.retry_after {
+        set("retry-after", seconds.to_string());
     }
     response
 }

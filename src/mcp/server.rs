@@ -19,6 +19,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use super::call::{Call, CallError, Done, perform};
 use super::{prompts, resources};
 use crate::access::Principal;
+use crate::access::ratelimit::QuotaSlot;
 use crate::app::App;
 use crate::error::ToolError;
 use crate::toolkit::catalog::Toolset;
@@ -488,6 +489,9 @@ impl AgentCrm {
                 purpose: "Client call",
                 approved_action: None,
                 step: None,
+                quota: self
+                    .http_parts(&ctx)
+                    .and_then(|parts| parts.extensions.get::<QuotaSlot>().cloned()),
             },
         )
         .await;

@@ -640,44 +640,10 @@ async fn a_starved_pool_keeps_its_leases() {
     assert_eq!(notes, vec![("step".to_owned(), 1)]);
 }
 
-/// A raw MCP-over-HTTP exchange: POST `body` with `key`, in `session` if given.
-async fn post(
-    http: &reqwest::Client,
-    url: &str,
-    key: &str,
-    session: Option<&str>,
-    body: Value,
-) -> reqwest::Response {
-    let mut request = http
-        .post(url)
-        .header("X-Api-Key", key)
-        .header("Accept", "application/json, text/event-stream")
-        .header("MCP-Protocol-Version", "2025-11-25")
-        .json(&body);
-    if let Some(session) = session {
-        request = request.header("Mcp-Session-Id", session);
-    }
-    request.send().await.unwrap()
-}
-
-/// A new initialized session of `key`.
-async fn open_session(http: &reqwest::Client, url: &str, key: &str) -> String {
-    let init = post(http, url, key, None, initialize_request(1)).await;
-    assert_eq!(init.status().as_u16(), 200);
-    let session = init.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let _ = crate::http::read_message(init).await;
-    let done = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
-    post(http, url, key, Some(&session), done).await;
-    session
-}
-
 /// 200 while the session lives, 404 once it is closed.
 async fn ping(http: &reqwest::Client, url: &str, key: &str, session: &str) -> u16 {
     let ping = json!({ "jsonrpc": "2.0", "id": 9, "method": "ping" });
-    post(http, url, key, Some(session), ping)
+    raw_post(http, url, key, Some(session), ping)
         .await
         .status()
         .as_u16()
@@ -698,7 +664,7 @@ async fn an_open_stream_keeps_its_session_and_sessions_are_capped() {
     let url = server.mcp_url();
     let key = db.admin_key.as_str();
     let http = reqwest::Client::new();
-    let listening = open_session(&http, &url, key).await;
+    let listening = raw_session(&http, &url, key).await;
     let stream = http
         .get(&url)
         .header("X-Api-Key", key)
@@ -709,7 +675,7 @@ async fn an_open_stream_keeps_its_session_and_sessions_are_capped() {
         .await
         .unwrap();
     assert_eq!(stream.status().as_u16(), 200);
-    let silent = open_session(&http, &url, key).await;
+    let silent = raw_session(&http, &url, key).await;
     // Well past the idle timeout (2 s), with no request in either session (a request would
     // count as use, so this waits rather than polls).
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
@@ -726,7 +692,7 @@ async fn an_open_stream_keeps_its_session_and_sessions_are_capped() {
     // Three more: over the cap of 3, the oldest idle ones go, never the listening one.
     let mut opened = Vec::new();
     for _ in 0..4 {
-        opened.push(open_session(&http, &url, key).await);
+        opened.push(raw_session(&http, &url, key).await);
     }
     let alive = [
         ping(&http, &url, key, &listening).await,
@@ -771,10 +737,10 @@ async fn a_database_outage_is_answered_at_once_and_recovered_from() {
     let url = server.mcp_url();
     let http = reqwest::Client::new();
     let key = db.admin_key.as_str();
-    let session = open_session(&http, &url, key).await;
+    let session = raw_session(&http, &url, key).await;
     let whoami = json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/call",
                          "params": { "name": "whoami", "arguments": {} } });
-    let answer = post(&http, &url, key, Some(&session), whoami.clone()).await;
+    let answer = raw_post(&http, &url, key, Some(&session), whoami.clone()).await;
     assert_ne!(
         crate::http::read_message(answer).await["result"]["isError"],
         json!(true)
@@ -786,7 +752,7 @@ async fn a_database_outage_is_answered_at_once_and_recovered_from() {
         "the outage is seen",
         std::time::Duration::from_secs(15),
         || async {
-            post(&http, &url, key, Some(&session), whoami.clone())
+            raw_post(&http, &url, key, Some(&session), whoami.clone())
                 .await
                 .status()
                 == 503
@@ -799,7 +765,7 @@ async fn a_database_outage_is_answered_at_once_and_recovered_from() {
     );
     for _ in 0..20 {
         let asked = std::time::Instant::now();
-        let refused = post(&http, &url, key, Some(&session), whoami.clone()).await;
+        let refused = raw_post(&http, &url, key, Some(&session), whoami.clone()).await;
         assert!(
             asked.elapsed() < std::time::Duration::from_secs(1),
             "{:?}",
@@ -824,7 +790,7 @@ async fn a_database_outage_is_answered_at_once_and_recovered_from() {
         "calls succeed again",
         std::time::Duration::from_secs(10),
         || async {
-            let answer = post(&http, &url, key, Some(&session), whoami.clone()).await;
+            let answer = raw_post(&http, &url, key, Some(&session), whoami.clone()).await;
             answer.status() == 200
                 && crate::http::read_message(answer).await["result"]["isError"] != json!(true)
         },

@@ -483,3 +483,38 @@ pub fn toolset_tool_names(toolset: agentcrm::toolkit::catalog::Toolset) -> Vec<S
         .map(|t| t.def.name.to_owned())
         .collect()
 }
+
+/// A raw MCP-over-HTTP exchange: POST `body` with `key` (an API key or an access token) as
+/// the bearer, in `session` if given.
+pub async fn raw_post(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    session: Option<&str>,
+    body: Value,
+) -> reqwest::Response {
+    let mut request = http
+        .post(url)
+        .bearer_auth(key)
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2025-11-25")
+        .json(&body);
+    if let Some(session) = session {
+        request = request.header("Mcp-Session-Id", session);
+    }
+    request.send().await.unwrap()
+}
+
+/// A new initialized session of `key`.
+pub async fn raw_session(http: &reqwest::Client, url: &str, key: &str) -> String {
+    let init = raw_post(http, url, key, None, initialize_request(1)).await;
+    assert_eq!(init.status().as_u16(), 200);
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = crate::http::read_message(init).await;
+    let done = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    raw_post(http, url, key, Some(&session), done).await;
+    session
+}

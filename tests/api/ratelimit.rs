@@ -106,3 +106,187 @@ async fn a_rate_limit_is_shared_by_processes_and_says_when_to_retry() {
     call_ok(&again, "whoami", json!({})).await;
     again.cancel().await.unwrap();
 }
+
+/// The `X-RateLimit-*` headers (seeds 000, 003) of a raw HTTP client, in both protocol
+/// generations: each call's response says where it left its caller in the class it
+/// counted against (a search, the search class), a refused one adds `Retry-After`, and
+/// requests that count nothing report the calls class without counting.
+#[tokio::test]
+async fn http_responses_carry_the_quota_of_the_class_they_counted_against() {
+    let db = TestDb::new().await;
+    let agent = db.admin(&[
+        "create-agent",
+        "--tenant",
+        "acme",
+        "--name",
+        "metered",
+        "--scopes",
+        "customers:read,search",
+    ]);
+    for (class, max) in [("calls", "6"), ("search", "2")] {
+        db.admin(&[
+            "set-rate-limit",
+            "--tenant",
+            "acme",
+            "--agent",
+            "metered",
+            "--class",
+            class,
+            "--max",
+            max,
+            "--per",
+            "600",
+        ]);
+    }
+    let server = HttpServer::start(db.command(&["http"]));
+    let url = server.mcp_url();
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(format!("{}/oauth/token", server.base))
+        .json(
+            &json!({ "grant_type": "client_credentials", "client_id": agent["client_id"],
+                       "client_secret": agent["client_secret"] }),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = token["access_token"]
+        .as_str()
+        .expect("an access token")
+        .to_owned();
+    let session = raw_session(&http, &url, &key).await;
+    let quota = |response: &reqwest::Response| {
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        (
+            header("x-ratelimit-class"),
+            header("x-ratelimit-limit"),
+            header("x-ratelimit-remaining"),
+            header("x-ratelimit-reset"),
+            header("retry-after"),
+        )
+    };
+    let tool = |id: u64, name: &str, arguments: serde_json::Value| {
+        json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": { "name": name, "arguments": arguments } })
+    };
+    let now = chrono::Utc::now().timestamp();
+    let first = raw_post(
+        &http,
+        &url,
+        &key,
+        Some(&session),
+        tool(2, "whoami", json!({})),
+    )
+    .await;
+    let (class, limit, remaining, reset, retry) = quota(&first);
+    assert_eq!(
+        (
+            class.as_deref(),
+            limit.as_deref(),
+            remaining.as_deref(),
+            retry
+        ),
+        (Some("calls"), Some("6"), Some("5"), None),
+        "{:?}",
+        first.headers()
+    );
+    let reset: i64 = reset.unwrap().parse().unwrap();
+    assert!(
+        reset > now && reset <= now + 700,
+        "reset {reset} is when a call frees, not {now}"
+    );
+    let _ = crate::http::read_message(first).await;
+
+    let search = tool(3, "search", json!({ "query": "ada" }));
+    for left in ["1", "0"] {
+        let answer = raw_post(&http, &url, &key, Some(&session), search.clone()).await;
+        let (class, limit, remaining, _, retry) = quota(&answer);
+        assert_eq!(
+            (
+                class.as_deref(),
+                limit.as_deref(),
+                remaining.as_deref(),
+                retry
+            ),
+            (Some("search"), Some("2"), Some(left), None)
+        );
+        let message = crate::http::read_message(answer).await;
+        assert_ne!(message["result"]["isError"], true, "{message}");
+    }
+    let refused = raw_post(&http, &url, &key, Some(&session), search.clone()).await;
+    assert_eq!(
+        refused.status().as_u16(),
+        200,
+        "the refusal is the tool's result"
+    );
+    let (class, _, remaining, _, retry) = quota(&refused);
+    assert_eq!(
+        (class.as_deref(), remaining.as_deref()),
+        (Some("search"), Some("0"))
+    );
+    let retry: u64 = retry
+        .expect("Retry-After on a refused call")
+        .parse()
+        .unwrap();
+    assert!((1..=600).contains(&retry), "{retry}");
+    let message = crate::http::read_message(refused).await;
+    assert_eq!(
+        message["result"]["structuredContent"]["retry_after"], retry,
+        "the header and the body agree: {message}"
+    );
+
+    // Listing tools counts nothing, and says where the calls class stands: 3 counted.
+    for id in [5, 6] {
+        let listed = raw_post(
+            &http,
+            &url,
+            &key,
+            Some(&session),
+            json!({ "jsonrpc": "2.0", "id": id, "method": "tools/list" }),
+        )
+        .await;
+        let (class, _, remaining, _, _) = quota(&listed);
+        assert_eq!(
+            (class.as_deref(), remaining.as_deref()),
+            (Some("calls"), Some("3"))
+        );
+    }
+
+    // The stateless generation: the same headers on its JSON answers.
+    let stateless = |id: u64, name: &str| {
+        let mut body = tool(id, name, json!({}));
+        body["params"]["_meta"] = json!({
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": { "name": "raw-test", "version": "1" },
+            "io.modelcontextprotocol/clientCapabilities": {}
+        });
+        http.post(&url)
+            .bearer_auth(&key)
+            .header("Accept", "application/json, text/event-stream")
+            .header("MCP-Protocol-Version", "2026-07-28")
+            .header("Mcp-Method", "tools/call")
+            .header("Mcp-Name", name)
+            .json(&body)
+            .send()
+    };
+    for left in ["2", "1", "0"] {
+        let answer = stateless(7, "whoami").await.unwrap();
+        let (class, _, remaining, _, retry) = quota(&answer);
+        assert_eq!(
+            (class.as_deref(), remaining.as_deref(), retry),
+            (Some("calls"), Some(left), None)
+        );
+    }
+    let refused = stateless(8, "whoami").await.unwrap();
+    let (_, _, remaining, _, retry) = quota(&refused);
+    assert_eq!(remaining.as_deref(), Some("0"));
+    assert!(retry.is_some(), "{:?}", refused.headers());
+}

@@ -482,6 +482,13 @@ impl Policy {
         }
     }
 
+    /// May the caller use `scope` at all? An agent needs an explicit grant for the scopes
+    /// of [`EXPLICIT_GRANT_SCOPES`]; everyone else needs none.
+    pub fn has_grant(&self, scope: &str) -> bool {
+        !(self.is_agent && EXPLICIT_GRANT_SCOPES.contains(&scope))
+            || self.grants.iter().any(|g| g.scope == scope)
+    }
+
     /// Refuses `scope` on `id` with a clear error (not found would hide why).
     pub fn check_object(&self, scope: &str, id: Uuid) -> Result<(), ToolError> {
         if self.object_allowed(scope, id) {

@@ -70,7 +70,7 @@ pub fn tools() -> Vec<RegisteredTool> {
     ]
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkFilter {
     pub status: Option<Status>,
@@ -261,6 +261,45 @@ async fn bulk_update_customers(ctx: ToolCtx, args: BulkArgs) -> Result<BulkOut, 
     Ok(BulkOut { task, affected })
 }
 
+/// Narrows `query` (over customers `c`) to `filter`, refusing a filter on a field the
+/// caller may not see (its matches would tell the field's values).
+pub(crate) fn push_filter(
+    query: &mut QueryBuilder<sqlx::Postgres>,
+    policy: &Policy,
+    filter: &BulkFilter,
+) -> Result<(), ToolError> {
+    let mut used = Vec::new();
+    if let Some(status) = filter.status {
+        used.push("status");
+        query.push(" AND c.status = ").push_bind(status.as_str());
+    }
+    if let Some(company) = &filter.company {
+        used.push("company");
+        query
+            .push(" AND lower(c.company) = lower(")
+            .push_bind(company.clone())
+            .push(")");
+    }
+    if let Some(assignee) = &filter.assigned_to {
+        used.push("assigned_to");
+        query
+            .push(" AND c.assigned_to = ")
+            .push_bind(assignee.clone());
+    }
+    if let Some(tag) = &filter.tag {
+        used.push("tags");
+        query
+            .push(" AND ")
+            .push_bind(tag.clone())
+            .push(" = ANY(c.tags)");
+    }
+    policy
+        .check_write(&CUSTOMERS, used.iter().copied())
+        .map_err(|_| {
+            ToolError::Forbidden("this caller may not filter on a field it cannot see".into())
+        })
+}
+
 /// The ids to change, in id order, within the caller's tenant and conditions.
 async fn target_ids(
     pool: &PgPool,
@@ -280,40 +319,7 @@ async fn target_ids(
                 .push_bind(ids.clone())
                 .push(")");
         }
-        (None, Some(filter)) => {
-            let mut used = Vec::new();
-            if let Some(status) = filter.status {
-                used.push("status");
-                query.push(" AND c.status = ").push_bind(status.as_str());
-            }
-            if let Some(company) = &filter.company {
-                used.push("company");
-                query
-                    .push(" AND lower(c.company) = lower(")
-                    .push_bind(company.clone())
-                    .push(")");
-            }
-            if let Some(assignee) = &filter.assigned_to {
-                used.push("assigned_to");
-                query
-                    .push(" AND c.assigned_to = ")
-                    .push_bind(assignee.clone());
-            }
-            if let Some(tag) = &filter.tag {
-                used.push("tags");
-                query
-                    .push(" AND ")
-                    .push_bind(tag.clone())
-                    .push(" = ANY(c.tags)");
-            }
-            policy
-                .check_write(&CUSTOMERS, used.iter().copied())
-                .map_err(|_| {
-                    ToolError::Forbidden(
-                        "this caller may not filter on a field it cannot see".into(),
-                    )
-                })?;
-        }
+        (None, Some(filter)) => push_filter(&mut query, policy, filter)?,
         _ => {
             return Err(ToolError::InvalidRequest(
                 "give exactly one of customer_ids or filter".into(),
@@ -340,7 +346,24 @@ const CHANNEL: &str = "agentcrm_tasks";
 /// The worker of a serving process: takes up tasks whose process stopped (their lease
 /// expired or was handed back) where they stopped.
 pub fn start(app: Arc<App>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-    QUEUE.worker(app, shutdown, |_| async {}, resume)
+    QUEUE.worker(app, shutdown, expire_exports, resume)
+}
+
+/// Every ten minutes, exports past their time go (from any process: the delete is safe to
+/// repeat).
+async fn expire_exports(app: Arc<App>) {
+    use std::sync::atomic::AtomicI64;
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = Utc::now().timestamp();
+    if now - LAST.load(Ordering::Relaxed) < 600 {
+        return;
+    }
+    LAST.store(now, Ordering::Relaxed);
+    match super::export::expire(app.store.pool()).await {
+        Ok(0) => {}
+        Ok(expired) => tracing::info!(expired, "expired exports deleted"),
+        Err(error) => tracing::warn!(%error, "could not delete expired exports"),
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -360,6 +383,14 @@ struct Stored {
 /// than it had when it began); fails it, with its counts, when that is not possible.
 async fn resume(app: Arc<App>, id: Uuid) {
     let pool = app.store.pool();
+    let kind: Option<String> = sqlx::query_scalar("SELECT kind FROM tasks WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .unwrap_or_default();
+    if kind.as_deref() == Some(super::export::KIND) {
+        return super::export::resume(app, id).await;
+    }
     let stored: Option<Stored> = match sqlx::query_as(
         "UPDATE tasks SET resumed = resumed + 1, updated_at = now()
          WHERE id = $1 AND lease_owner = $2 AND status = 'running'

@@ -3,6 +3,7 @@
 
 pub mod bulk;
 pub mod customers;
+pub mod export;
 pub mod interactions;
 pub mod invoices;
 pub mod quotes;
@@ -17,6 +18,7 @@ pub fn tools() -> Vec<RegisteredTool> {
     tools.extend(interactions::tools());
     tools.extend(search::tools());
     tools.extend(bulk::tools());
+    tools.extend(export::tools());
     tools.extend(invoices::tools());
     tools.extend(quotes::tools());
     tools.extend(reports::tools());

@@ -1,5 +1,5 @@
-//! MCP resources: a customer, a workflow execution, an agent run, a held action and a
-//! handoff ticket, each read as JSON by calling its `get_…` tool through the access layer
+//! MCP resources: a customer, a workflow execution, an agent run, a held action, a
+//! handoff ticket and a customer export, each read (as JSON, an export as its text) by calling its `get_…` tool through the access layer
 //! (the same scopes, field rules, row conditions and audit as the tool), and subscribable
 //! where its state changes (a change commits `NOTIFY agentcrm_resources` with its URI; see
 //! `handoff::resources::Subscriptions`).
@@ -30,9 +30,13 @@ pub struct Kind {
     pub id_argument: &'static str,
     /// The key of the tool's answer that holds the resource, if it wraps it.
     pub unwrap: Option<&'static str>,
+    /// The resource is text, not JSON: its tool takes `whole: true` and answers the text
+    /// as `content`, its MIME type as `export.mime_type`.
+    pub text: bool,
+    pub mime_type: &'static str,
 }
 
-pub const KINDS: [Kind; 5] = [
+pub const KINDS: [Kind; 6] = [
     Kind {
         prefix: "agentcrm://customers/",
         template: "agentcrm://customers/{customer_id}",
@@ -43,6 +47,8 @@ pub const KINDS: [Kind; 5] = [
         tool: "get_customer",
         id_argument: "customer_id",
         unwrap: Some("customer"),
+        text: false,
+        mime_type: "application/json",
     },
     Kind {
         prefix: "agentcrm://workflow-executions/",
@@ -54,6 +60,8 @@ pub const KINDS: [Kind; 5] = [
         tool: "get_workflow_execution",
         id_argument: "execution_id",
         unwrap: None,
+        text: false,
+        mime_type: "application/json",
     },
     Kind {
         prefix: "agentcrm://agent-runs/",
@@ -65,6 +73,8 @@ pub const KINDS: [Kind; 5] = [
         tool: "get_agent_run",
         id_argument: "run_id",
         unwrap: None,
+        text: false,
+        mime_type: "application/json",
     },
     Kind {
         prefix: "agentcrm://pending-actions/",
@@ -76,6 +86,8 @@ pub const KINDS: [Kind; 5] = [
         tool: "get_pending_action",
         id_argument: "action_id",
         unwrap: Some("pending_action"),
+        text: false,
+        mime_type: "application/json",
     },
     Kind {
         prefix: "agentcrm://handoffs/",
@@ -86,6 +98,22 @@ pub const KINDS: [Kind; 5] = [
         tool: "get_handoff",
         id_argument: "handoff_id",
         unwrap: Some("handoff"),
+        text: false,
+        mime_type: "application/json",
+    },
+    Kind {
+        prefix: crate::crm::export::RESOURCE_PREFIX,
+        template: "agentcrm://exports/{export_id}",
+        name: "export",
+        title: "A customer export",
+        description: "A finished export_customers export, whole: CSV (text/csv) or JSON Lines \
+                      (application/x-ndjson). Up to 32 MB; larger ones are read in pages with \
+                      get_export.",
+        tool: "get_export",
+        id_argument: "export_id",
+        unwrap: None,
+        text: true,
+        mime_type: "text/csv",
     },
 ];
 
@@ -124,7 +152,7 @@ pub fn templates(app: &App, principal: &Principal, filter: &ToolFilter) -> Vec<R
             ResourceTemplate::new(k.template, k.name)
                 .with_title(k.title)
                 .with_description(k.description)
-                .with_mime_type("application/json")
+                .with_mime_type(k.mime_type)
         })
         .collect()
 }
@@ -151,6 +179,9 @@ pub async fn read(
     };
     let mut arguments = Map::new();
     arguments.insert(kind.id_argument.into(), Value::String(id.to_string()));
+    if kind.text {
+        arguments.insert("whole".into(), Value::Bool(true));
+    }
     let value = invoke(
         app,
         Call::on_behalf(

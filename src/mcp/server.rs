@@ -323,11 +323,22 @@ impl ServerHandler for AgentCrm {
             let principal = self.principal(&ctx)?;
             let filter = self.request_filter(&ctx)?;
             let value = self.readable(&principal, &filter, &request.uri).await?;
-            Ok(ReadResourceResult::new(vec![
-                ResourceContents::text(value.to_string(), request.uri)
+            let contents = match resources::parse(&request.uri) {
+                Some((kind, _)) if kind.text => {
+                    let mime_type = value["export"]["mime_type"]
+                        .as_str()
+                        .unwrap_or(kind.mime_type)
+                        .to_owned();
+                    let text = match value.get("content") {
+                        Some(serde_json::Value::String(text)) => text.clone(),
+                        _ => String::new(),
+                    };
+                    ResourceContents::text(text, request.uri).with_mime_type(mime_type)
+                }
+                _ => ResourceContents::text(value.to_string(), request.uri)
                     .with_mime_type("application/json"),
-            ])
-            .into())
+            };
+            Ok(ReadResourceResult::new(vec![contents]).into())
         })
         .await
     }

@@ -11,8 +11,9 @@
 //!   integer formats, no string lengths (the server checks them and says so), no `null` in
 //!   optional fields' types, one-of-constants as one `enum`
 //!   (the constants' own descriptions are detail), and `$defs` used once written in place;
-//! - annotations without the copy of the title, and without `destructiveHint` and
-//!   `idempotentHint` on read-only tools, where MCP gives them no meaning.
+//! - annotations without the copy of the title, without `destructiveHint` and
+//!   `idempotentHint` on read-only tools, where MCP gives them no meaning, and without hints
+//!   that have MCP's default value (not read-only, destructive, not idempotent, open world).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +33,19 @@ pub fn lean(tool: &Tool) -> Tool {
         if annotations.read_only_hint == Some(true) {
             annotations.destructive_hint = None;
             annotations.idempotent_hint = None;
+        }
+        // A hint with MCP's default value says nothing a client does not assume.
+        if annotations.read_only_hint == Some(false) {
+            annotations.read_only_hint = None;
+        }
+        if annotations.destructive_hint == Some(true) {
+            annotations.destructive_hint = None;
+        }
+        if annotations.idempotent_hint == Some(false) {
+            annotations.idempotent_hint = None;
+        }
+        if annotations.open_world_hint == Some(true) {
+            annotations.open_world_hint = None;
         }
     }
     listed

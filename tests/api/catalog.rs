@@ -79,12 +79,29 @@ fn every_tool_is_fully_declared() {
             listed.output_schema.is_none(),
             "{name}: no output schema listed"
         );
+        // A hint left out of the listing means MCP's default: the same meaning.
         let l = listed.annotations.as_ref().expect("listed annotations");
-        assert_eq!(l.read_only_hint, a.read_only_hint, "{name}");
-        assert_eq!(l.open_world_hint, a.open_world_hint, "{name}");
+        assert_eq!(
+            l.read_only_hint.unwrap_or(false),
+            a.read_only_hint.unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            l.open_world_hint.unwrap_or(true),
+            a.open_world_hint.unwrap(),
+            "{name}"
+        );
         if a.read_only_hint == Some(false) {
-            assert_eq!(l.destructive_hint, a.destructive_hint, "{name}");
-            assert_eq!(l.idempotent_hint, a.idempotent_hint, "{name}");
+            assert_eq!(
+                l.destructive_hint.unwrap_or(true),
+                a.destructive_hint.unwrap(),
+                "{name}"
+            );
+            assert_eq!(
+                l.idempotent_hint.unwrap_or(false),
+                a.idempotent_hint.unwrap(),
+                "{name}"
+            );
         }
     }
 }

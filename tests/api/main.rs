@@ -13,6 +13,7 @@ mod delegation;
 mod discovery;
 mod durability;
 mod embedded;
+mod export;
 mod fake_llm;
 mod fake_mcp;
 mod federation;

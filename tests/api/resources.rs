@@ -68,6 +68,7 @@ async fn resources_are_read_with_the_callers_permissions_and_notify_changes() {
             "agentcrm://agent-runs/{run_id}",
             "agentcrm://pending-actions/{action_id}",
             "agentcrm://handoffs/{handoff_id}",
+            "agentcrm://exports/{export_id}",
         ]
     );
     let created = call_ok(

@@ -52,7 +52,7 @@ impl Member {
 }
 
 /// The person a principal is or acts for (none for agents).
-fn person_of(principal: &Principal) -> Option<Uuid> {
+pub(crate) fn person_of(principal: &Principal) -> Option<Uuid> {
     match principal.kind {
         PrincipalKind::User | PrincipalKind::LocalOwner => principal.id,
         PrincipalKind::ApiKey => principal.on_behalf_of,

@@ -67,7 +67,7 @@ impl Trigger {
                 Transport::Stdio => "stdio",
                 Transport::Http => "http",
                 Transport::Workflow => "workflow",
-                Transport::Agent | Transport::Approval => "agent",
+                Transport::Agent | Transport::Approval | Transport::Conversation => "agent",
             },
             kind: Some(principal.kind.as_str().to_owned()),
             id: principal.id,
@@ -408,7 +408,7 @@ fn first_message(run: &Claimed) -> String {
     content
 }
 
-fn truncate(text: &str, max: usize) -> String {
+pub(crate) fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((at, _)) => format!("{}… [truncated]", &text[..at]),
         None => text.to_owned(),

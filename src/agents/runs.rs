@@ -268,7 +268,12 @@ async fn run_agent(ctx: ToolCtx, args: RunArgs) -> Result<RunDetail, ToolError> 
     }
     // Runs started from inside agent runs (a workflow agent's workflow) could start each
     // other without end; agents chain through schedules, whose chains are bounded.
-    if ctx.principal.is_agent() && matches!(ctx.transport, Transport::Workflow | Transport::Agent) {
+    if ctx.principal.is_agent()
+        && matches!(
+            ctx.transport,
+            Transport::Workflow | Transport::Agent | Transport::Conversation
+        )
+    {
         return Err(ToolError::Forbidden(
             "a workflow or run acting as an agent cannot start agent runs; chain agents with \
              schedule_agent (after_agent)"

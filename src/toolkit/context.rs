@@ -23,6 +23,8 @@ pub enum Transport {
     Agent,
     /// A held call, run once a person approved it.
     Approval,
+    /// A tool call of the model in a conversation, as the sender.
+    Conversation,
 }
 
 impl Transport {
@@ -33,6 +35,7 @@ impl Transport {
             Transport::Workflow => "workflow",
             Transport::Agent => "agent",
             Transport::Approval => "approval",
+            Transport::Conversation => "conversation",
         }
     }
 
@@ -43,6 +46,7 @@ impl Transport {
             Transport::Workflow => "a workflow run",
             Transport::Agent => "an agent run",
             Transport::Approval => "an approved action",
+            Transport::Conversation => "a conversation's model",
         }
     }
 }

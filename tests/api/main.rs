@@ -8,6 +8,7 @@ mod catalog;
 mod cli;
 mod clients;
 mod connections;
+mod conversations;
 mod crm;
 mod delegation;
 mod discovery;

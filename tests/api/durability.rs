@@ -322,18 +322,26 @@ async fn task_state(pool: &PgPool, id: uuid::Uuid) -> (String, i64) {
 /// Starts a bulk update of every customer on the server at `url` and returns its task, as
 /// soon as it is stored (the call itself waits on, for its progress).
 async fn start_bulk(pool: &PgPool, url: &str, key: &str) -> uuid::Uuid {
+    let arguments = json!({ "filter": { "status": "lead" }, "set": { "add_tags": ["moved"] } });
+    start_task(pool, url, key, "bulk_update_customers", arguments).await
+}
+
+/// Calls `tool` on the server at `url` and returns the task it stores, as soon as it is
+/// stored (the answer does not matter: the server may be killed before it gives one).
+async fn start_task(
+    pool: &PgPool,
+    url: &str,
+    key: &str,
+    tool: &'static str,
+    arguments: Value,
+) -> uuid::Uuid {
     let client = http_client(url, key, Generation::Stateless).await;
     tokio::spawn(async move {
-        // The server may be killed before it answers: the answer does not matter here.
-        let arguments = json!({ "filter": { "status": "lead" }, "set": { "add_tags": ["moved"] } });
         let Value::Object(arguments) = arguments else {
             return;
         };
         let _ = client
-            .call_tool(
-                rmcp::model::CallToolRequestParams::new("bulk_update_customers")
-                    .with_arguments(arguments),
-            )
+            .call_tool(rmcp::model::CallToolRequestParams::new(tool).with_arguments(arguments))
             .await;
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -428,6 +436,90 @@ async fn a_bulk_task_of_a_killed_process_is_finished_by_another_replica() {
     assert_eq!(result, json!({ "updated": 5_000 }));
     assert_eq!(resumed, 1, "taken up once, by the other replica");
     assert_each_changed_once(&pool, 5_000).await;
+}
+
+/// A customer export whose process is killed (kill -9) mid-way is finished by another
+/// replica after its last written chunk: every customer exactly once, in order.
+#[tokio::test]
+async fn an_export_of_a_killed_process_is_finished_by_another_replica() {
+    let db = TestDb::new().await;
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    seed_customers(&pool, 5_000).await;
+    // Each chunk takes 100 ms to write: the export is still going when its process dies.
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow_chunk() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN PERFORM pg_sleep(0.1); RETURN NEW; END $$;
+         CREATE TRIGGER slow_chunk BEFORE INSERT ON export_chunks
+             FOR EACH ROW EXECUTE FUNCTION slow_chunk();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let replica = || {
+        let mut command = db.server(&["http"]);
+        command.env("AGENTCRM_WORKFLOW_LEASE_SECS", "2");
+        HttpServer::start(command)
+    };
+    let mut first = replica();
+    let _second = replica();
+    let task = start_task(
+        &pool,
+        &first.mcp_url(),
+        &db.admin_key,
+        "export_customers",
+        json!({ "format": "jsonl", "wait_seconds": 0 }),
+    )
+    .await;
+    poll_until(
+        "three chunks written",
+        std::time::Duration::from_secs(30),
+        || async { task_state(&pool, task).await.1 >= 1_500 },
+    )
+    .await;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    poll_until(
+        "the export finished",
+        std::time::Duration::from_secs(60),
+        || async { task_state(&pool, task).await.0 != "running" },
+    )
+    .await;
+    eprintln!(
+        "export finished {:?} after kill -9 (lease 2 s)",
+        killed.elapsed()
+    );
+    assert_eq!(
+        task_state(&pool, task).await,
+        ("succeeded".to_owned(), 5_000)
+    );
+    let resumed: i32 = sqlx::query_scalar("SELECT resumed FROM tasks WHERE id = $1")
+        .bind(task)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(resumed, 1, "taken up once, by the other replica");
+    let content: Vec<String> =
+        sqlx::query_scalar("SELECT content FROM export_chunks WHERE task_id = $1 ORDER BY seq")
+            .bind(task)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let ids: Vec<String> = content
+        .concat()
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 5_000, "every customer once");
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "in id order, none twice"
+    );
 }
 
 /// A receiver that answers after `delay`, and a channel that says when a request came in.

@@ -277,6 +277,7 @@ pub struct RegisterAgentArgs {
     ///
     /// Unique within the tenant.
     pub name: String,
+    /// What the agent is for.
     #[serde(default)]
     pub description: String,
     /// Run by this organisation.
@@ -342,6 +343,7 @@ async fn list_agents(ctx: ToolCtx, args: PageArgs) -> Result<AgentList, ToolErro
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentIdArgs {
+    /// From list_agents.
     pub agent_id: Uuid,
 }
 
@@ -360,6 +362,7 @@ async fn get_agent(ctx: ToolCtx, args: AgentIdArgs) -> Result<AgentOut, ToolErro
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdatePermissionsArgs {
+    /// From list_agents.
     pub agent_id: Uuid,
     /// New scopes (absent: unchanged).
     ///
@@ -618,6 +621,7 @@ async fn list_api_keys(ctx: ToolCtx, args: PageArgs) -> Result<ApiKeyList, ToolE
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyIdArgs {
+    /// From list_api_keys.
     pub api_key_id: Uuid,
 }
 
@@ -642,6 +646,9 @@ async fn revoke_api_key(ctx: ToolCtx, args: ApiKeyIdArgs) -> Result<ApiKeyOut, T
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InviteArgs {
+    /// The person's email address.
+    ///
+    /// A person of this tenant with it gets the link; otherwise they are created first.
     pub email: String,
     /// For a new person (default: the email's local part).
     pub name: Option<String>,
@@ -730,6 +737,7 @@ pub struct IdentityProviderArgs {
     ///
     /// Its discovery document is at `<issuer>/.well-known/openid-configuration`.
     pub issuer: String,
+    /// Issued by the provider for this server.
     pub client_id: String,
     /// Encrypted at rest; never shown again.
     pub client_secret: String,
@@ -846,6 +854,7 @@ async fn list_connected_clients(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DisconnectArgs {
+    /// From list_connected_clients.
     pub user_id: Uuid,
     /// As `list_connected_clients` gives it.
     pub client_id: String,

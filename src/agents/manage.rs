@@ -177,6 +177,7 @@ pub struct CreateArgs {
     ///
     /// Unique in the tenant. Not with `agent`.
     pub name: Option<String>,
+    /// What the agent is for.
     #[serde(default)]
     pub description: String,
     /// Existing agent to make runnable.

@@ -341,6 +341,7 @@ async fn run_agent(ctx: ToolCtx, args: RunArgs) -> Result<RunDetail, ToolError> 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunIdArgs {
+    /// From run_agent or list_agent_runs.
     pub run_id: Uuid,
 }
 
@@ -373,7 +374,13 @@ pub struct ListArgs {
     ///
     /// `queued`, `running`, `success`, `error` or `timeout`.
     pub status: Option<String>,
+    /// Started at or after.
+    ///
+    /// RFC 3339.
     pub from: Option<DateTime<Utc>>,
+    /// Started before.
+    ///
+    /// RFC 3339.
     pub to: Option<DateTime<Utc>>,
     #[serde(flatten)]
     pub page: PageArgs,

@@ -500,17 +500,34 @@ async fn list_schedules(ctx: ToolCtx, args: ListArgs) -> Result<ScheduleList, To
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateArgs {
+    /// From list_schedules.
     pub schedule_id: Uuid,
+    /// Five-field cron (cron schedules).
+    ///
+    /// Minute hour day-of-month month day-of-week. A schedule keeps its kind of timing; to
+    /// change it, delete the schedule and schedule the agent again.
     pub cron: Option<String>,
+    /// IANA time zone (cron schedules).
     pub timezone: Option<String>,
+    /// 60 or more (interval schedules).
     pub interval_seconds: Option<u32>,
+    /// New time (one-off schedules).
     pub run_at: Option<DateTime<Utc>>,
+    /// No run before this time.
     pub start_at: Option<DateTime<Utc>>,
+    /// `success`, `error`, `timeout`, `any`.
+    ///
+    /// Schedules after another agent: the status its run must end with.
     pub after_status: Option<String>,
+    /// `false` pauses it.
     pub enabled: Option<bool>,
+    /// What each run is asked.
     pub prompt: Option<String>,
     /// `""` removes the callback.
     pub callback_url: Option<String>,
+    /// Signs callbacks; 16+ characters.
+    ///
+    /// HMAC-SHA256; never shown again. Give it again with a new `callback_url`.
     pub callback_secret: Option<String>,
 }
 
@@ -660,6 +677,7 @@ async fn update_schedule(ctx: ToolCtx, args: UpdateArgs) -> Result<Schedule, Too
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleIdArgs {
+    /// From list_schedules.
     pub schedule_id: Uuid,
 }
 

@@ -541,6 +541,9 @@ async fn list_tool_catalog(ctx: ToolCtx, args: ListArgs) -> Result<CatalogList, 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EntryArgs {
+    /// As list_tool_catalog gives it.
+    ///
+    /// E.g. `list_customers`, or `<connection>__<tool>` for an imported tool.
     pub name: String,
 }
 

@@ -302,7 +302,14 @@ pub struct CreateArgs {
     ///
     /// See list_platforms.
     pub platform: String,
+    /// 1 to 40 of a-z, 0-9 and `-`.
+    ///
+    /// Unique in the tenant, not starting with `-`; it prefixes the connection's tools in the
+    /// catalog (`<name>__<tool>`).
     pub name: String,
+    /// What it is for.
+    ///
+    /// Up to 500 characters.
     #[serde(default)]
     pub description: String,
     /// Settings.
@@ -407,6 +414,7 @@ async fn get(app: &App, tenant_id: Uuid, id: Uuid) -> Result<Connection, ToolErr
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
+    /// `openai`, `anthropic`, `mcp` or `http`.
     pub platform: Option<String>,
     /// `active`, `error` or `expired`.
     pub status: Option<String>,
@@ -465,7 +473,11 @@ pub struct UpdateArgs {
     ///
     /// The connection's id or name.
     pub connection: String,
+    /// 1 to 40 of a-z, 0-9 and `-`.
+    ///
+    /// The connection's catalog tools are renamed with it.
     pub name: Option<String>,
+    /// What it is for.
     pub description: Option<String>,
     /// Keys to set; `null` removes one.
     ///
@@ -770,9 +782,16 @@ async fn test_connection(ctx: ToolCtx, args: ConnectionArgs) -> Result<TestOutco
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestNewArgs {
+    /// `openai`, `anthropic`, `mcp` or `http`.
     pub platform: String,
+    /// Settings.
+    ///
+    /// Their schema is the platform's `config_schema` (see list_platforms).
     #[serde(default)]
     pub config: Map<String, Value>,
+    /// Secrets; not saved.
+    ///
+    /// Their schema is the platform's `credentials_schema`.
     #[serde(default)]
     pub credentials: Map<String, Value>,
 }

@@ -102,6 +102,7 @@ pub struct BulkArgs {
     ///
     /// Within what the caller may see.
     pub filter: Option<BulkFilter>,
+    /// The changes: status, assignee, tags.
     pub set: BulkChanges,
 }
 
@@ -647,6 +648,7 @@ async fn load_task(pool: &PgPool, tenant: Uuid, id: Uuid) -> Result<Task, ToolEr
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskArgs {
+    /// From bulk_update_customers.
     pub task_id: Uuid,
 }
 

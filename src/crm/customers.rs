@@ -207,9 +207,13 @@ impl OrderBy {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
+    /// Only in this status.
     pub status: Option<Status>,
     /// Exact company name, any case.
     pub company: Option<String>,
+    /// Exact owner name.
+    ///
+    /// A person or team name, as in a customer's `assigned_to`.
     pub assigned_to: Option<String>,
     /// With this tag.
     pub tag: Option<String>,
@@ -221,6 +225,7 @@ pub struct ListArgs {
     ///
     /// RFC 3339.
     pub created_before: Option<DateTime<Utc>>,
+    /// Sort order (default newest first).
     #[serde(default)]
     pub order_by: OrderBy,
     /// Only these fields (plus `id`).
@@ -380,6 +385,7 @@ fn not_found(id: Uuid) -> ToolError {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GetArgs {
+    /// From list_customers or search.
     pub customer_id: Uuid,
     /// Only these fields (plus `id`).
     pub fields: Option<Vec<String>>,
@@ -428,18 +434,24 @@ pub struct CustomerFields {
     /// A new customer needs a name or an email.
     #[schemars(length(max = 200))]
     pub first_name: Option<String>,
+    /// Family name.
     #[schemars(length(max = 200))]
     pub last_name: Option<String>,
     /// Unique in the tenant.
     #[schemars(length(min = 3, max = 320))]
     pub email: Option<String>,
+    /// Any format.
     #[schemars(length(max = 50))]
     pub phone: Option<String>,
+    /// Their organisation.
     #[schemars(length(max = 200))]
     pub company: Option<String>,
+    /// Pipeline stage (default `lead`).
     pub status: Option<Status>,
+    /// Owner: a person or team name.
     #[schemars(length(max = 200))]
     pub assigned_to: Option<String>,
+    /// Labels (an update replaces them all).
     pub tags: Option<Vec<String>>,
     /// Your own fields.
     ///
@@ -646,6 +658,7 @@ async fn create_customer(ctx: ToolCtx, args: CustomerFields) -> Result<CustomerO
 // `CustomerFields` refuses unknown fields itself.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct UpdateArgs {
+    /// From list_customers or search.
     pub customer_id: Uuid,
     /// The `version` you read.
     ///
@@ -739,6 +752,7 @@ async fn update_customer(ctx: ToolCtx, args: UpdateArgs) -> Result<CustomerOut, 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteArgs {
+    /// From list_customers or search.
     pub customer_id: Uuid,
 }
 

@@ -665,6 +665,7 @@ async fn content(pool: &PgPool, id: Uuid, from: i32, until: i32) -> Result<Strin
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GetArgs {
+    /// From export_customers.
     pub export_id: Uuid,
     /// From the previous page's `next_cursor`.
     pub cursor: Option<String>,

@@ -132,9 +132,12 @@ const INTERACTION_COLUMNS: &str = "i.id, i.customer_id, i.type, i.direction, i.s
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogArgs {
+    /// From list_customers or search.
     pub customer_id: Uuid,
+    /// What kind of contact.
     #[serde(rename = "type")]
     pub kind: InteractionType,
+    /// `inbound` if the customer reached out.
     pub direction: Option<Direction>,
     /// Up to 500 characters.
     #[serde(default)]
@@ -219,8 +222,10 @@ pub struct ListInteractionsArgs {
     ///
     /// Default: every customer the caller can see.
     pub customer_id: Option<Uuid>,
+    /// Only this kind.
     #[serde(rename = "type")]
     pub kind: Option<InteractionType>,
+    /// Only this direction.
     pub direction: Option<Direction>,
     /// Occurred at or after.
     ///
@@ -318,9 +323,11 @@ pub struct Annotation {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnnotateArgs {
+    /// From list_customers or search.
     pub customer_id: Uuid,
     /// 1 to 10,000 characters.
     pub text: String,
+    /// Labels for the note.
     #[serde(default)]
     pub tags: Vec<String>,
 }
@@ -365,6 +372,7 @@ async fn add_annotation(ctx: ToolCtx, args: AnnotateArgs) -> Result<AnnotationOu
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListAnnotationsArgs {
+    /// From list_customers or search.
     pub customer_id: Uuid,
     /// 1 to 100 (default 50).
     ///

@@ -181,9 +181,16 @@ async fn list_products(ctx: ToolCtx, args: PageArgs) -> Result<ProductList, Tool
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProductArgs {
+    /// Shown on invoice lines.
+    ///
+    /// 1 to 200 characters.
     pub name: String,
+    /// Free text.
+    ///
+    /// Up to 5,000 characters.
     #[serde(default)]
     pub description: String,
+    /// Stock code, unique in the tenant.
     pub sku: Option<String>,
     /// In minor units.
     ///
@@ -221,11 +228,17 @@ async fn create_product(ctx: ToolCtx, args: CreateProductArgs) -> Result<Product
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProductArgs {
+    /// From list_products.
     pub product_id: Uuid,
+    /// Shown on invoice lines.
     pub name: Option<String>,
+    /// Free text.
     pub description: Option<String>,
     /// In minor units.
     pub unit_price: Option<i64>,
+    /// Whether it is still offered.
+    ///
+    /// Inactive products are listed last.
     pub active: Option<bool>,
 }
 
@@ -340,6 +353,7 @@ pub struct LineArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInvoiceArgs {
+    /// From list_customers or search.
     pub customer_id: Uuid,
     /// ISO 4217 code.
     ///
@@ -351,7 +365,11 @@ pub struct CreateInvoiceArgs {
     ///
     /// E.g. 12.5.
     pub discount_percent: Option<f64>,
+    /// Payment due date.
     pub due_date: Option<NaiveDate>,
+    /// Free text.
+    ///
+    /// Up to 5,000 characters.
     #[serde(default)]
     pub notes: String,
 }
@@ -644,7 +662,9 @@ pub(crate) async fn insert_invoice(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListInvoicesArgs {
+    /// Only this customer's.
     pub customer_id: Option<Uuid>,
+    /// Only in this status.
     pub status: Option<InvoiceStatus>,
     /// 1 to 100 (default 50).
     ///
@@ -704,6 +724,7 @@ async fn list_invoices(ctx: ToolCtx, args: ListInvoicesArgs) -> Result<InvoiceLi
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InvoiceIdArgs {
+    /// From list_invoices.
     pub invoice_id: Uuid,
 }
 
@@ -723,7 +744,11 @@ async fn get_invoice(ctx: ToolCtx, args: InvoiceIdArgs) -> Result<InvoiceOut, To
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatusArgs {
+    /// From list_invoices.
     pub invoice_id: Uuid,
+    /// The new status.
+    ///
+    /// draft → sent → paid; a draft or sent invoice may be voided.
     pub status: InvoiceStatus,
 }
 

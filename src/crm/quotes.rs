@@ -179,6 +179,7 @@ async fn load_quote(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateQuoteArgs {
+    /// From list_customers or search.
     pub customer_id: Uuid,
     /// ISO 4217.
     pub currency: String,
@@ -186,7 +187,11 @@ pub struct CreateQuoteArgs {
     pub lines: Vec<LineArgs>,
     /// 0 to 100, at most two decimals.
     pub discount_percent: Option<f64>,
+    /// Last day the offer holds.
     pub valid_until: Option<NaiveDate>,
+    /// Free text.
+    ///
+    /// Up to 5,000 characters.
     #[serde(default)]
     pub notes: String,
 }
@@ -246,6 +251,7 @@ async fn create_quote(ctx: ToolCtx, args: CreateQuoteArgs) -> Result<QuoteOut, T
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuotesArgs {
+    /// Only this customer's.
     pub customer_id: Option<Uuid>,
     /// A status, e.g. `sent`.
     ///
@@ -312,6 +318,7 @@ async fn list_quotes(ctx: ToolCtx, args: ListQuotesArgs) -> Result<QuoteList, To
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuoteIdArgs {
+    /// From list_quotes.
     pub quote_id: Uuid,
 }
 
@@ -331,7 +338,11 @@ async fn get_quote(ctx: ToolCtx, args: QuoteIdArgs) -> Result<QuoteOut, ToolErro
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateQuoteArgs {
+    /// From list_quotes.
     pub quote_id: Uuid,
+    /// The new status.
+    ///
+    /// draft → sent → accepted; a draft or sent quote may be rejected.
     pub status: Option<QuoteStatus>,
     /// Every line (drafts only).
     ///
@@ -339,7 +350,11 @@ pub struct UpdateQuoteArgs {
     pub lines: Option<Vec<LineArgs>>,
     /// Drafts only.
     pub discount_percent: Option<f64>,
+    /// Last day the offer holds.
     pub valid_until: Option<NaiveDate>,
+    /// Free text.
+    ///
+    /// Up to 5,000 characters.
     pub notes: Option<String>,
 }
 
@@ -441,7 +456,9 @@ async fn update_quote(ctx: ToolCtx, args: UpdateQuoteArgs) -> Result<QuoteOut, T
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConvertArgs {
+    /// An accepted quote's id.
     pub quote_id: Uuid,
+    /// The invoice's due date.
     pub due_date: Option<NaiveDate>,
 }
 

@@ -58,6 +58,7 @@ impl ReportKind {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportArgs {
+    /// Which report.
     pub report: ReportKind,
     /// Period start.
     ///

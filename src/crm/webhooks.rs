@@ -104,6 +104,9 @@ pub struct CreateWebhookArgs {
     /// `handoff.created`, `handoff.decided`, `invoice.created`, `invoice.updated`,
     /// `workflow.execution.completed`, `agent.run.completed`.
     pub events: Vec<String>,
+    /// What it is for.
+    ///
+    /// Up to 500 characters.
     #[serde(default)]
     pub description: String,
 }
@@ -225,6 +228,7 @@ async fn list_webhooks(ctx: ToolCtx, args: PageArgs) -> Result<WebhookList, Tool
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookIdArgs {
+    /// From list_webhooks.
     pub webhook_id: Uuid,
 }
 
@@ -272,13 +276,18 @@ impl DeliveryStatus {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListDeliveriesArgs {
+    /// Only this webhook's.
     pub webhook_id: Option<Uuid>,
+    /// Only in this state.
     pub status: Option<DeliveryStatus>,
     /// 1 to 100 (default 50).
     ///
     /// Items per page.
     #[schemars(range(min = 1, max = 100))]
     pub limit: Option<u32>,
+    /// From `next_cursor`.
+    ///
+    /// The one of the previous page; omit it for the first page.
     pub cursor: Option<String>,
 }
 

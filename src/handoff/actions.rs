@@ -195,6 +195,7 @@ fn shape(reader: &Reader, action: &mut PendingAction) {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionIdArgs {
+    /// From list_pending_actions.
     pub action_id: Uuid,
 }
 
@@ -228,6 +229,7 @@ pub struct ListArgs {
     pub state: Option<ActionState>,
     /// Only this agent's actions.
     pub agent_id: Option<Uuid>,
+    /// Only about this customer.
     pub customer_id: Option<Uuid>,
     /// Only this tool.
     ///
@@ -313,7 +315,9 @@ pub enum Decision {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecideArgs {
+    /// From list_pending_actions.
     pub action_id: Uuid,
+    /// What to do with the held call.
     pub decision: Decision,
     /// Why; shown to the agent.
     ///

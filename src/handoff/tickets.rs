@@ -271,6 +271,7 @@ pub async fn visible(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HandoffIdArgs {
+    /// From list_handoffs.
     pub handoff_id: Uuid,
 }
 
@@ -283,8 +284,11 @@ async fn get_handoff(ctx: ToolCtx, args: HandoffIdArgs) -> Result<HandoffOut, To
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
+    /// Only in this state.
     pub state: Option<TicketState>,
+    /// Only this priority.
     pub priority: Option<Priority>,
+    /// Only about this customer.
     pub customer_id: Option<Uuid>,
     /// Assigned to this user.
     pub assignee_id: Option<Uuid>,
@@ -341,6 +345,7 @@ async fn list_handoffs(ctx: ToolCtx, args: ListArgs) -> Result<HandoffList, Tool
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateArgs {
+    /// From list_handoffs.
     pub handoff_id: Uuid,
     /// The decision, or `pending`.
     ///

@@ -197,10 +197,16 @@ pub struct CreateArgs {
     ///
     /// Unique in the tenant.
     pub name: String,
+    /// What it does.
+    ///
+    /// Up to 5,000 characters.
     #[serde(default)]
     pub description: String,
     /// Default `draft`.
     pub status: Option<Status>,
+    /// How it starts (default `manual`).
+    ///
+    /// `schedule` and `event` take a `trigger_config`.
     #[serde(default)]
     pub trigger_type: Trigger,
     /// `{interval_seconds}`, `{cron, timezone}` or `{event}`.
@@ -210,8 +216,10 @@ pub struct CreateArgs {
     /// `{"event": "customer.created", "condition": {…}}`.
     #[serde(default)]
     pub trigger_config: Map<String, Value>,
+    /// Named values read as `{{vars.<name>}}`.
     #[serde(default)]
     pub variables: Map<String, Value>,
+    /// 1 to 50 steps, run in order.
     pub steps: Vec<Step>,
     /// Free-form data.
     ///
@@ -375,6 +383,7 @@ pub async fn load(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowIdArgs {
+    /// From list_workflows.
     pub workflow_id: Uuid,
 }
 
@@ -393,7 +402,9 @@ async fn get_workflow(ctx: ToolCtx, args: WorkflowIdArgs) -> Result<WorkflowOut,
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
+    /// Only in this status.
     pub status: Option<Status>,
+    /// Only with this trigger.
     pub trigger_type: Option<Trigger>,
     /// Text in the name (any case).
     ///
@@ -451,19 +462,33 @@ async fn list_workflows(ctx: ToolCtx, args: ListArgs) -> Result<WorkflowList, To
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateArgs {
+    /// From list_workflows.
     pub workflow_id: Uuid,
     /// The `version` you read.
     ///
     /// The change is refused (`conflict`) if it moved on.
     pub version: Option<i32>,
+    /// Unique in the tenant.
     pub name: Option<String>,
+    /// What it does.
     pub description: Option<String>,
+    /// Only `active` ones are triggered.
     pub status: Option<Status>,
+    /// How it starts.
     pub trigger_type: Option<Trigger>,
+    /// `{interval_seconds}`, `{cron, timezone}` or `{event}`.
+    ///
+    /// Replaces the current one (see create_workflow).
     pub trigger_config: Option<Map<String, Value>>,
+    /// Named values read as `{{vars.<name>}}`.
+    ///
+    /// Replaces all of them.
     pub variables: Option<Map<String, Value>>,
     /// The whole new list of steps.
     pub steps: Option<Vec<Step>>,
+    /// Free-form data.
+    ///
+    /// Replaces the current data.
     pub workflow_metadata: Option<Map<String, Value>>,
 }
 

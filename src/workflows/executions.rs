@@ -189,6 +189,7 @@ fn shape(reader: &Reader, execution: &mut Execution, steps_hidden: bool) {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteArgs {
+    /// From list_workflows.
     pub workflow_id: Uuid,
     /// Read as `{{input.<name>}}`.
     #[serde(default)]
@@ -286,7 +287,9 @@ impl ExecutionStatus {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
+    /// Only this workflow's.
     pub workflow_id: Option<Uuid>,
+    /// Only in this status.
     pub status: Option<ExecutionStatus>,
     /// 1 to 100 (default 50).
     ///
@@ -359,6 +362,7 @@ async fn list_workflow_executions(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecutionIdArgs {
+    /// From list_workflow_executions.
     pub execution_id: Uuid,
 }
 

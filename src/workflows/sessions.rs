@@ -118,7 +118,9 @@ async fn list_session_tool_calls(ctx: ToolCtx, args: ListArgs) -> Result<CallLis
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtractArgs {
+    /// Unique in the tenant.
     pub workflow_name: String,
+    /// What it does.
     #[serde(default)]
     pub description: String,
     /// Default: this session.
@@ -132,8 +134,12 @@ pub struct ExtractArgs {
     /// `<step id>.<argument path>` fields to turn into inputs.
     #[serde(default)]
     pub parameterize_fields: Vec<String>,
+    /// How it starts (default `manual`).
     #[serde(default)]
     pub trigger_type: Trigger,
+    /// `{interval_seconds}`, `{cron, timezone}` or `{event}`.
+    ///
+    /// As in create_workflow.
     #[serde(default)]
     pub trigger_config: Map<String, Value>,
 }

@@ -275,7 +275,11 @@ pub fn library() -> &'static [Template] {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
+    /// A category, e.g. `sales`.
+    ///
+    /// See list_template_categories.
     pub category: Option<String>,
+    /// Only this level.
     pub difficulty: Option<Difficulty>,
     /// A word of the name or description.
     ///
@@ -378,6 +382,7 @@ async fn get_workflow_template(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UseArgs {
+    /// From list_workflow_templates.
     pub template_id: String,
     /// Default: the template's name.
     pub name: Option<String>,

@@ -60,7 +60,8 @@ pub fn tools() -> Vec<RegisteredTool> {
                 name: "get_task",
                 title: "Get a task",
                 description: "Get a background task's status, progress, and result or error.\n\n\
-                    Status is `running`, `succeeded` or `failed`; progress is `done` of `total`.",
+                    Status is `running`, `succeeded` or `failed`; progress is `done` of `total`. \
+                    Only whoever started it (and tenant admins) reads it.",
                 toolset: Toolset::Crm,
                 scopes: &[],
                 hints: Hints::READ,
@@ -258,7 +259,7 @@ async fn bulk_update_customers(ctx: ToolCtx, args: BulkArgs) -> Result<BulkOut, 
             let _ = tokio::time::timeout(WAIT_WITH_PROGRESS, handle).await;
         }
     }
-    let task = load_task(&pool, ctx.principal.tenant_id, task_id).await?;
+    let task = load_task(&pool, &ctx.principal, task_id).await?;
     Ok(BulkOut { task, affected })
 }
 
@@ -632,23 +633,27 @@ impl Job {
     }
 }
 
-async fn load_task(pool: &PgPool, tenant: Uuid, id: Uuid) -> Result<Task, ToolError> {
+/// A task of `principal`'s (or any, for a tenant admin): its counts say how many records
+/// matched someone else's filter, which is not everyone's to know.
+async fn load_task(pool: &PgPool, principal: &Principal, id: Uuid) -> Result<Task, ToolError> {
     sqlx::query_as(
         "SELECT id, kind, status, total, done, result, error, created_at, updated_at, finished_at
-         FROM tasks WHERE tenant_id = $1 AND id = $2",
+         FROM tasks WHERE tenant_id = $1 AND id = $2 AND (principal_id = $3 OR $4)",
     )
-    .bind(tenant)
+    .bind(principal.tenant_id)
     .bind(id)
+    .bind(principal.id)
+    .bind(delegation::is_admin_person(principal))
     .fetch_optional(pool)
     .await
     .map_err(StoreError::from)?
-    .ok_or_else(|| ToolError::NotFound(format!("no task {id} in this tenant")))
+    .ok_or_else(|| ToolError::NotFound(format!("no task {id} of yours")))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskArgs {
-    /// From bulk_update_customers.
+    /// From bulk_update_customers or export_customers.
     pub task_id: Uuid,
 }
 
@@ -659,6 +664,6 @@ pub struct TaskOut {
 
 async fn get_task(ctx: ToolCtx, args: TaskArgs) -> Result<TaskOut, ToolError> {
     Ok(TaskOut {
-        task: load_task(ctx.app.store.pool(), ctx.principal.tenant_id, args.task_id).await?,
+        task: load_task(ctx.app.store.pool(), &ctx.principal, args.task_id).await?,
     })
 }

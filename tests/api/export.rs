@@ -173,6 +173,11 @@ async fn an_export_holds_what_its_caller_may_see_and_neutralizes_formulas() {
     let meg = stdio_client(command, Generation::Sessions).await;
     let snooped = call(&meg, "get_export", json!({ "export_id": export_id })).await;
     assert_eq!(error_code(&snooped), "not_found");
+    // Nor its task's counts (how many customers matched someone else's export).
+    let counted = call(&meg, "get_task", json!({ "task_id": export_id })).await;
+    assert_eq!(error_code(&counted), "not_found");
+    let theirs_task = call_ok(&bot, "get_task", json!({ "task_id": export_id })).await;
+    assert_eq!(theirs_task["task"]["done"], 1);
     let uri = format!("agentcrm://exports/{export_id}");
     assert!(
         meg.read_resource(ReadResourceRequestParams::new(uri.clone()))

@@ -36,6 +36,21 @@ use crate::toolkit::filter::ToolFilter;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text, or as one JSON object each (for log shippers); always on stderr
+    #[arg(
+        long,
+        global = true,
+        env = "AGENTCRM_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,7 +208,7 @@ pub(crate) enum CliError {
 
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
     let outcome = match cli.command {
         Command::Stdio(args) => run_stdio(args).await,
         Command::Http(args) => run_http(args).await,
@@ -211,7 +226,7 @@ pub async fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     // Quiet by default: rmcp logs several lines per HTTP session, and PostgreSQL's notices
@@ -219,11 +234,20 @@ fn init_logging() {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn,sqlx::postgres::notice=warn"));
     // stdout belongs to the MCP protocol in stdio mode: every log line goes to stderr.
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One object a line: time, level, target, the message and fields, and the spans
+        // it happened in (the tool, request id, transport, principal).
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
 }
 
 /// A listen address: a port alone (on loopback), an address with its port, or a host name

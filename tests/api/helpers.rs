@@ -360,8 +360,11 @@ impl HttpServer {
         let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(rest.trim_end_matches("/mcp").to_owned());
+                // The same line as text or as JSON (`--log-format json`).
+                if let Some(rest) = line.split("listening on http://").nth(1)
+                    && let Some(address) = rest.split("/mcp").next()
+                {
+                    let _ = tx.send(address.to_owned());
                 }
                 lines.lock().unwrap().push(line);
             }

@@ -26,6 +26,7 @@ mod helpers;
 mod http;
 mod matrix;
 mod oauth;
+mod operations;
 mod policy;
 mod ratelimit;
 mod remote_clients;

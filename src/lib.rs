@@ -15,6 +15,7 @@ pub mod events;
 pub mod handoff;
 pub mod jobs;
 pub mod mcp;
+pub mod metrics;
 pub mod signin;
 pub mod store;
 pub mod toolkit;

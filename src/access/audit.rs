@@ -286,7 +286,11 @@ async fn writer(pool: PgPool, mut receiver: mpsc::Receiver<Pending>) {
             }
         }
         let mut written = vec![true; batch.len()];
-        if let Err(error) = insert(&pool, &batch).await {
+        crate::metrics::audit_queue(receiver.len());
+        let started = std::time::Instant::now();
+        let inserted = insert(&pool, &batch).await;
+        crate::metrics::audit_batch(batch.len(), started.elapsed().as_secs_f64());
+        if let Err(error) = inserted {
             // One event the database refuses must not take the others with it; each is tried
             // again a few times (a pool briefly exhausted, a restart) before it counts as lost.
             tracing::warn!(%error, events = batch.len(), "audit batch refused; writing events one by one");

@@ -169,6 +169,13 @@ struct HttpArgs {
     /// Open connections at most; more are answered 503 and closed
     #[arg(long, env = "AGENTCRM_MAX_CONNECTIONS", default_value_t = 1024)]
     max_connections: usize,
+    /// Serve Prometheus metrics at http://<address>/metrics, without a credential (bind it
+    /// to the operator's network) (`PORT` or `HOST:PORT`)
+    #[arg(long, env = "AGENTCRM_METRICS_LISTEN", value_parser = parse_listen)]
+    metrics_listen: Option<SocketAddr>,
+    /// Serve /metrics on the main listener to requests with `Authorization: Bearer <token>`
+    #[arg(long, env = "AGENTCRM_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -580,6 +587,8 @@ async fn run_stdio(args: StdioArgs) -> Result<(), CliError> {
 
 async fn run_http(args: HttpArgs) -> Result<(), CliError> {
     let shutdown = shutdown_on_signals();
+    // Recorded from the start, whether or not anyone scrapes.
+    crate::metrics::handle();
     // Without lists of their own, the host and origin of --public-url are accepted too:
     // that is the address clients were told to use.
     let public = args
@@ -614,6 +623,7 @@ async fn run_http(args: HttpArgs) -> Result<(), CliError> {
         max_body_bytes: args.max_body_bytes,
         header_timeout: std::time::Duration::from_secs(args.header_timeout_secs.clamp(1, 3600)),
         max_connections: args.max_connections.max(1),
+        metrics_token: args.metrics_token.clone().filter(|t| !t.trim().is_empty()),
     };
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -633,11 +643,43 @@ async fn run_http(args: HttpArgs) -> Result<(), CliError> {
     )
     .await?;
     tracing::info!("listening on http://{address}/mcp");
+    if let Some(metrics) = args.metrics_listen {
+        serve_metrics(app.clone(), metrics, shutdown.clone()).await?;
+    }
     let jobs = start_jobs(&app, &shutdown);
     let outcome = crate::mcp::http::serve(app.clone(), listener, &options, shutdown.clone()).await;
     shutdown.cancel();
     shut_down(&app, jobs).await;
     outcome.map_err(CliError::Serve)
+}
+
+/// `/metrics` on an address of its own, until `shutdown`.
+async fn serve_metrics(
+    app: Arc<App>,
+    address: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<(), CliError> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| CliError::Listen(address, error))?;
+    let bound = listener.local_addr().unwrap_or(address);
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let app = app.clone();
+            async move { crate::mcp::http::metrics_text(&app).await }
+        }),
+    );
+    tracing::info!("metrics on http://{bound}/metrics");
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::warn!(%error, "the metrics listener stopped");
+        }
+    });
+    Ok(())
 }
 
 /// Lets background jobs finish what they hold (work on a lease stops at its next boundary

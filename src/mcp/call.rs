@@ -247,6 +247,15 @@ pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
     audit.session_id = call.session_id.clone();
     audit.request_id = Some(call.request_id.clone());
     let started = Instant::now();
+    // Bounded metric labels: the tool's name comes from the caller.
+    let label: &'static str = if call.client.is_none() && remote_catalog::is_remote(&call.tool) {
+        "remote"
+    } else {
+        app.catalog
+            .get(&call.tool)
+            .map_or("unknown", |t| t.def.name)
+    };
+    let principal_kind = call.principal.kind.as_str();
     let seal = Arc::new(Seal::new(audit.clone(), call.step));
     // Tools of the tenant's remote MCP servers are for workflows and agents.
     let outcome = if call.client.is_none() && remote_catalog::is_remote(&call.tool) {
@@ -260,6 +269,13 @@ pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
             audit.outcome = "refused";
             audit.error_code = Some("unknown_tool".into());
             app.audit.record(audit).await;
+            crate::metrics::refusal("unknown_tool");
+            crate::metrics::tool_call(
+                "unknown",
+                "refused",
+                call.principal.kind.as_str(),
+                started.elapsed().as_secs_f64(),
+            );
             return Err(CallError::UnknownTool(call.tool));
         };
         let span = tracing::info_span!(
@@ -287,6 +303,7 @@ pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
     if let Ok(Done::Ask(_)) = &outcome {
         audit.outcome = "input_required";
     }
+    count(label, principal_kind, &outcome, started);
     if let Err(ToolError::Store(error)) = &outcome {
         app.store.observe_store(error);
     }
@@ -312,6 +329,30 @@ pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
     outcome.map_err(CallError::Tool)
 }
 
+/// Counts a call in the metrics: its outcome, its time, and why it was refused.
+fn count(
+    tool: &'static str,
+    principal_kind: &'static str,
+    outcome: &Result<Done, ToolError>,
+    started: Instant,
+) {
+    let label = match outcome {
+        Ok(Done::Value(_)) => "ok",
+        Ok(Done::Ask(_)) => "input_required",
+        Err(error) => match error.code() {
+            ErrorCode::PendingApproval => "held",
+            ErrorCode::Internal => "error",
+            _ => "refused",
+        },
+    };
+    if let Err(error) = outcome
+        && let Some(reason) = crate::metrics::refusal_reason(error.code())
+    {
+        crate::metrics::refusal(reason);
+    }
+    crate::metrics::tool_call(tool, label, principal_kind, started.elapsed().as_secs_f64());
+}
+
 /// Every check, the approval gate, then the tool.
 async fn checked(
     app: &Arc<App>,
@@ -321,6 +362,7 @@ async fn checked(
 ) -> Result<Done, ToolError> {
     let principal = &call.principal;
     if let Some(denied) = denial(principal, tool) {
+        crate::metrics::scope_denial();
         return Err(ToolError::Forbidden(
             denied.describe(tool.def.name, &principal.name),
         ));

@@ -45,6 +45,8 @@ pub struct HttpOptions {
     pub header_timeout: std::time::Duration,
     /// Open connections at most; more are answered 503 and closed.
     pub max_connections: usize,
+    /// `/metrics` on this listener answers requests bearing this token (the operator's).
+    pub metrics_token: Option<String>,
 }
 
 pub const DEFAULT_ALLOWED_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
@@ -97,8 +99,18 @@ pub fn router(app: Arc<App>, options: &HttpOptions, shutdown: CancellationToken)
         ))
         .layer(middleware::from_fn_with_state(sessions, bind_session))
         .layer(middleware::from_fn_with_state(app.clone(), authenticate));
+    let metrics_token = options.metrics_token.as_deref().map(digest);
     axum::Router::new()
         .route("/healthz", get(healthz))
+        .route(
+            "/metrics",
+            get(
+                move |State(app): State<Arc<App>>, headers: axum::http::HeaderMap| {
+                    let token = metrics_token.clone();
+                    async move { guarded_metrics(&app, token.as_deref(), &headers).await }
+                },
+            ),
+        )
         .route("/oauth/token", post(oauth::token))
         .route("/oauth/revoke", post(oauth::revoke))
         .route("/oauth/introspect", post(oauth::introspect))
@@ -211,10 +223,13 @@ impl Sessions {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut std::collections::HashMap<Arc<str>, Tracked>) -> T) -> T {
-        match self.open.lock() {
-            Ok(mut open) => f(&mut open),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
-        }
+        let mut open = match self.open.lock() {
+            Ok(open) => open,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let out = f(&mut open);
+        crate::metrics::http_sessions(open.len());
+        out
     }
 
     async fn close(&self, id: &Arc<str>, why: &str) {
@@ -279,6 +294,7 @@ struct StreamOpen {
 
 impl Drop for StreamOpen {
     fn drop(&mut self) {
+        crate::metrics::http_streams(-1.0);
         self.streams
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         if let Some(sessions) = self.sessions.upgrade() {
@@ -348,6 +364,7 @@ async fn bind_session(
                 }
                 Some(streams) if streaming => {
                     streams.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    crate::metrics::http_streams(1.0);
                     let open = StreamOpen {
                         streams,
                         sessions: Arc::downgrade(&sessions),
@@ -579,6 +596,50 @@ fn jsonrpc_error(status: StatusCode, code: i32, message: String) -> Response {
     let body =
         json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } });
     (status, Json(body)).into_response()
+}
+
+/// The Prometheus text, sampled now.
+pub async fn metrics_text(app: &App) -> Response {
+    match crate::metrics::render(&app.store).await {
+        Some(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics are not recorded in this process",
+        )
+            .into_response(),
+    }
+}
+
+/// `/metrics` on the main listener: the whole server's figures, across tenants, so only
+/// for the operator's token (`--metrics-token`), never a tenant's credential.
+async fn guarded_metrics(
+    app: &App,
+    token: Option<&[u8]>,
+    headers: &axum::http::HeaderMap,
+) -> Response {
+    let Some(token) = token else {
+        let body = json!({ "error": "not_found", "error_description":
+            "metrics are served on --metrics-listen, or here with --metrics-token" });
+        return (StatusCode::NOT_FOUND, Json(body)).into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|v| digest(v.trim()));
+    if given.as_deref() != Some(token) {
+        let body = json!({ "error": "unauthorized", "error_description":
+            "/metrics needs the operator's token: Authorization: Bearer <--metrics-token>" });
+        return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+    }
+    metrics_text(app).await
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> (StatusCode, Json<serde_json::Value>) {

@@ -55,3 +55,185 @@ async fn json_logs_are_one_object_a_line() {
         "arguments never reach the log"
     );
 }
+
+/// The value of the sample `name{labels}` in Prometheus text (0 when absent).
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            series.split('{').next() == Some(name)
+                && labels
+                    .iter()
+                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|(_, value)| value.parse::<f64>().ok())
+        .sum()
+}
+
+/// Prometheus metrics: on `--metrics-listen` for the operator's network, and on the main
+/// listener only with the operator's token (never a tenant's credential: the figures are
+/// the whole server's). Calls, refusals and queues move the numbers; a tool name a caller
+/// makes up does not become a label.
+#[tokio::test]
+async fn metrics_are_the_operators_and_move_with_the_calls() {
+    let db = TestDb::new().await;
+    let server = HttpServer::start(db.command(&[
+        "http",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--metrics-token",
+        "operator-token-0123456789",
+    ]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let metrics_url = loop {
+        let found = server.log.lock().unwrap().iter().find_map(|l| {
+            l.split("metrics on ").nth(1).map(|rest| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+        });
+        if let Some(url) = found {
+            break url;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no metrics address logged"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let http = reqwest::Client::new();
+    let scrape = || async {
+        let response = http.get(&metrics_url).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        response.text().await.unwrap()
+    };
+    let before = scrape().await;
+
+    // On the main listener: a tenant admin's key is not the operator's token.
+    let main = format!("{}/metrics", server.base);
+    for (auth, status) in [
+        (None, 401),
+        (Some(db.admin_key.as_str()), 401),
+        (Some("operator-token-0123456789"), 200),
+    ] {
+        let mut request = http.get(&main);
+        if let Some(auth) = auth {
+            request = request.bearer_auth(auth);
+        }
+        assert_eq!(
+            request.send().await.unwrap().status().as_u16(),
+            status,
+            "{auth:?}"
+        );
+    }
+
+    let agent = db.admin(&["create-agent", "--tenant", "acme", "--name", "metered"]);
+    let client = http_client(&server.mcp_url(), &db.admin_key, Generation::Sessions).await;
+    call_ok(&client, "whoami", json!({})).await;
+    call_ok(&client, "whoami", json!({})).await;
+    let bad = call(&client, "create_customer", json!({})).await;
+    assert_eq!(error_code(&bad), "invalid_request");
+    let made_up = client
+        .call_tool(rmcp::model::CallToolRequestParams::new(
+            "drop_all_tables_{now}",
+        ))
+        .await;
+    assert!(made_up.is_err());
+    let token: Value = http
+        .post(format!("{}/oauth/token", server.base))
+        .json(
+            &json!({ "grant_type": "client_credentials", "client_id": agent["client_id"],
+                       "client_secret": agent["client_secret"] }),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bot = http_client(
+        &server.mcp_url(),
+        token["access_token"].as_str().unwrap(),
+        Generation::Stateless,
+    )
+    .await;
+    let denied = call(&bot, "list_customers", json!({})).await;
+    assert_eq!(error_code(&denied), "forbidden");
+    let after = scrape().await;
+
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        sample(&after, name, labels) - sample(&before, name, labels)
+    };
+    let whoami = [
+        ("tool", "whoami"),
+        ("outcome", "ok"),
+        ("principal_kind", "api_key"),
+    ];
+    assert_eq!(moved("agentcrm_tool_calls_total", &whoami), 2.0, "{after}");
+    assert_eq!(
+        moved(
+            "agentcrm_tool_call_duration_seconds_count",
+            &[("tool", "whoami")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        moved("agentcrm_refusals_total", &[("reason", "invalid_request")]),
+        1.0
+    );
+    assert_eq!(
+        moved("agentcrm_refusals_total", &[("reason", "unknown_tool")]),
+        1.0
+    );
+    assert!(
+        !after.contains("drop_all_tables"),
+        "a made-up name is no label"
+    );
+    // The agent lacks customers:read: a scope denial, counted as a refusal too.
+    assert_eq!(moved("agentcrm_scope_denials_total", &[]), 1.0, "{after}");
+    assert_eq!(
+        moved("agentcrm_refusals_total", &[("reason", "forbidden")]),
+        1.0
+    );
+    let refused = [
+        ("tool", "list_customers"),
+        ("outcome", "refused"),
+        ("principal_kind", "agent"),
+    ];
+    assert_eq!(moved("agentcrm_tool_calls_total", &refused), 1.0);
+    assert!(
+        moved("agentcrm_audit_batch_size_count", &[]) >= 1.0,
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, "agentcrm_http_sessions", &[]),
+        1.0,
+        "{after}"
+    );
+    for queue in [
+        "workflow_executions",
+        "agent_runs",
+        "tasks",
+        "webhook_deliveries",
+        "agent_callbacks",
+    ] {
+        assert!(
+            after.contains(&format!("agentcrm_queue_depth{{queue=\"{queue}\"}}")),
+            "{queue}: {after}"
+        );
+    }
+    assert!(sample(&after, "agentcrm_db_pool_max", &[]) >= 1.0);
+    assert_eq!(sample(&after, "agentcrm_database_up", &[]), 1.0);
+    assert_eq!(sample(&after, "agentcrm_pending_approvals", &[]), 0.0);
+    bot.cancel().await.unwrap();
+    client.cancel().await.unwrap();
+}

@@ -6,6 +6,9 @@ use serde::Serialize;
 
 use crate::store::StoreError;
 
+/// How long a caller waits before retrying a call the exhausted pool turned away.
+pub const POOL_RETRY_AFTER_SECS: u64 = 2;
+
 /// Machine-readable error codes. Every failure a caller can see maps to one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -108,8 +111,23 @@ impl ToolError {
         }
     }
 
+    /// Every connection of the process's pool stayed in use for the pool's whole wait:
+    /// a load to retry, not a fault.
+    fn pool_exhausted(&self) -> bool {
+        matches!(
+            self,
+            ToolError::Store(StoreError::Database(sqlx::Error::PoolTimedOut))
+        )
+    }
+
     pub fn to_body(&self, request_id: &str) -> ErrorBody {
         let error_description = match self {
+            error if error.pool_exhausted() => format!(
+                "The server's database connections were all in use for as long as a call waits \
+                 for one (--db-max-connections, --db-acquire-timeout-secs); the step that needed \
+                 one did not run. Retry in {POOL_RETRY_AFTER_SECS} s; if the call writes, check \
+                 first whether an earlier step took effect (request id {request_id})."
+            ),
             ToolError::Store(_) | ToolError::Internal(_) | ToolError::NeedsInput(_) => format!(
                 "The server could not complete this request. Retry later; if it persists, \
                  report request id {request_id} to the operator."
@@ -124,6 +142,7 @@ impl ToolError {
                 ToolError::RateLimited(_, seconds) | ToolError::Unavailable(_, seconds) => {
                     Some(*seconds)
                 }
+                error if error.pool_exhausted() => Some(POOL_RETRY_AFTER_SECS),
                 _ => None,
             },
             action_id: match self {

@@ -77,6 +77,15 @@ pub(crate) struct DbArgs {
     /// Where the embedded server keeps its data [default: ~/.local/share/agentcrm, or /var/lib/agentcrm as root]
     #[arg(long, env = "AGENTCRM_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
+    /// Database connections this process's pool holds at most (it also holds 2 for the audit
+    /// writer, 2 for lease renewals and one per LISTEN channel)
+    #[arg(long, env = "AGENTCRM_DB_MAX_CONNECTIONS", default_value_t = 16, global = true,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    db_max_connections: u32,
+    /// Seconds a call waits for a free connection before it is refused with a retry_after
+    #[arg(long, env = "AGENTCRM_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 10, global = true,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    db_acquire_timeout_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -310,7 +319,11 @@ async fn open_store_waiting(db: &DbArgs, wait: std::time::Duration) -> Result<St
         .data_dir
         .clone()
         .unwrap_or_else(embedded::default_data_dir);
-    Ok(Store::open_waiting(url, &data_dir, wait).await?)
+    let size = crate::store::PoolSize {
+        max_connections: db.db_max_connections,
+        acquire_timeout: std::time::Duration::from_secs(db.db_acquire_timeout_secs),
+    };
+    Ok(Store::open_waiting(url, &data_dir, wait, size).await?)
 }
 
 /// How long `agentcrm http` waits at start-up for a shared PostgreSQL that refuses

@@ -875,12 +875,18 @@ fn unauthorized(error: &AuthError, resource_metadata: &str) -> Response {
         }
         AuthError::Store(store) => {
             tracing::error!(%store, request_id, "authentication failed on the database");
+            let retry_after = crate::error::POOL_RETRY_AFTER_SECS;
             let body = json!({
                 "error": "internal",
-                "error_description": format!("The server could not check credentials. Retry later; if it persists, report request id {request_id}."),
+                "error_description": format!("The server could not check credentials (its database connections may all be in use); nothing was done. Retry in {retry_after} s; if it persists, report request id {request_id}."),
                 "request_id": request_id,
+                "retry_after": retry_after,
             });
-            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+            let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+            return response;
         }
     };
     let body = json!({ "error": "unauthorized", "error_description": description, "request_id": request_id });

@@ -59,11 +59,30 @@ pub struct Store {
     health: std::sync::Arc<health::Health>,
 }
 
+/// The size of a process's main pool: at most `max_connections` at once; a call that finds
+/// them all in use waits up to `acquire_timeout`, then is refused with a `retry_after`.
+/// Besides it, a process holds 2 connections for the audit writer, 2 for lease renewals and
+/// one per LISTEN channel it follows (7).
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSize {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSize {
+    fn default() -> PoolSize {
+        PoolSize {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 impl Store {
     /// Connects to `database_url`, or starts the embedded server under `data_dir`,
     /// then applies pending migrations.
     pub async fn open(database_url: Option<&str>, data_dir: &Path) -> Result<Store, StoreError> {
-        Store::open_waiting(database_url, data_dir, Duration::ZERO).await
+        Store::open_waiting(database_url, data_dir, Duration::ZERO, PoolSize::default()).await
     }
 
     /// The same, waiting up to `wait` for a server that refuses connections (containers
@@ -72,6 +91,7 @@ impl Store {
         database_url: Option<&str>,
         data_dir: &Path,
         wait: Duration,
+        size: PoolSize,
     ) -> Result<Store, StoreError> {
         let (options, embedded) = match database_url {
             Some(url) => (
@@ -95,8 +115,8 @@ impl Store {
         };
         // Build the store before connecting so the embedded server is stopped on any error.
         let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
+            .max_connections(size.max_connections.max(1))
+            .acquire_timeout(size.acquire_timeout)
             .connect_lazy_with(options.clone());
         let audit_pool = PgPoolOptions::new()
             .max_connections(2)
@@ -280,10 +300,22 @@ pub fn latest_migration() -> Option<i64> {
 }
 
 /// A listener on `channel`, or `None` when LISTEN is not possible now (callers poll, and
-/// try again later).
+/// try again later). It has a connection of its own, outside `pool`: a listener holds its
+/// connection for as long as it lives, and the several a process keeps would otherwise take
+/// that many connections from the calls' pool for good (with a pool of 7 or fewer, none
+/// would be left).
 pub async fn listen(pool: &PgPool, channel: &str) -> Option<sqlx::postgres::PgListener> {
+    if pool.is_closed() {
+        return None;
+    }
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with((*pool.connect_options()).clone());
     let listener = async {
-        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        let mut listener = sqlx::postgres::PgListener::connect_with(&own).await?;
         listener.listen(channel).await?;
         Ok::<_, sqlx::Error>(listener)
     };

@@ -237,3 +237,102 @@ async fn metrics_are_the_operators_and_move_with_the_calls() {
     bot.cancel().await.unwrap();
     client.cancel().await.unwrap();
 }
+
+/// A pool whose connections are all in use (an update waiting on a locked row, with a pool
+/// of one) turns a call away after its bounded wait with a
+/// `retry_after` and a sentence that says what happened, and the call's audit record is
+/// still written (the audit writer has connections of its own).
+#[tokio::test]
+async fn an_exhausted_pool_refuses_with_a_retry_after_and_keeps_the_record() {
+    let db = TestDb::new().await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let server = HttpServer::start(db.command(&[
+        "http",
+        "--db-max-connections",
+        "1",
+        "--db-acquire-timeout-secs",
+        "2",
+    ]));
+    let client = http_client(&server.mcp_url(), &db.admin_key, Generation::Sessions).await;
+    let created = call_ok(
+        &client,
+        "create_customer",
+        json!({ "first_name": "Locked", "email": "locked@example.com" }),
+    )
+    .await;
+    let id = created["customer"]["id"].as_str().unwrap().to_owned();
+    // The test holds the row: an update waits on it, holding the pool's one connection.
+    let mut held = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM customers WHERE id = $1::uuid FOR UPDATE")
+        .bind(&id)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    // An update waits on it, holding the pool's one connection.
+    let updates: Vec<_> = ["Acme"]
+        .into_iter()
+        .map(|company| {
+            let peer = client.peer().clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let Value::Object(arguments) = json!({ "customer_id": id, "version": 1, "company": company })
+                else {
+                    unreachable!()
+                };
+                peer.call_tool(
+                    rmcp::model::CallToolRequestParams::new("update_customer")
+                        .with_arguments(arguments),
+                )
+                .await
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+               AND datname = current_database()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let turned_away = call(&client, "list_customers", json!({})).await;
+    let body = turned_away.structured_content.clone().unwrap();
+    assert_eq!(body["retry_after"], 2, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("database connections were all in use"),
+        "{body}"
+    );
+    held.rollback().await.unwrap();
+    for update in updates {
+        let updated = update.await.unwrap().unwrap();
+        assert_ne!(
+            updated.is_error,
+            Some(true),
+            "it went on once the row was free: {updated:?}"
+        );
+    }
+    let recorded: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT outcome, error_code FROM audit_events WHERE action = 'list_customers'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        recorded,
+        [("error".to_owned(), Some("internal".to_owned()))]
+    );
+    client.cancel().await.unwrap();
+}

@@ -1,7 +1,9 @@
-//! A per-process cache of resolved credentials (API keys, access tokens), so a request
-//! costs no authentication query when nothing changed.
+//! A per-process cache of resolved credentials (API keys, access tokens) and of agents'
+//! policies (field rules, conditions, grants), so a request costs no authentication or
+//! policy query when nothing changed.
 //!
-//! Every change to agents, API keys, users or revoked tokens fires `NOTIFY agentcrm_auth`
+//! Every change to agents, API keys, users, revoked tokens, field rules, row conditions or
+//! grants fires `NOTIFY agentcrm_auth`
 //! from a trigger (migration 0006), however it was made; every process LISTENs and empties
 //! its cache when one arrives, which PostgreSQL delivers at commit, before the changing
 //! request has even answered. While the LISTEN connection is down the cache is not used.
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::policy::Policy;
 use super::principal::Principal;
 
 pub const CHANNEL: &str = "agentcrm_auth";
@@ -35,9 +38,13 @@ pub enum CacheKey {
     },
 }
 
+/// An agent's own field rules, conditions and grants, by tenant and agent.
+type PolicyKey = (Uuid, Uuid);
+
 #[derive(Default)]
 struct Inner {
     entries: Mutex<HashMap<CacheKey, (Principal, Instant)>>,
+    policies: Mutex<HashMap<PolicyKey, (Policy, Instant)>>,
     /// Bumped by every invalidation: a lookup that raced one is not cached.
     generation: AtomicU64,
     listening: AtomicBool,
@@ -129,6 +136,35 @@ impl AuthCache {
     pub fn invalidate(&self) {
         self.inner.invalidate();
     }
+
+    /// An agent's own policy as last read, unless anything changed since (field rules,
+    /// conditions and grants fire the same NOTIFY as credentials).
+    pub fn get_policy(&self, tenant_id: Uuid, agent_id: Uuid) -> Option<Policy> {
+        if !self.inner.listening.load(Ordering::SeqCst) {
+            return None;
+        }
+        let policies = self.inner.policies.lock().ok()?;
+        policies
+            .get(&(tenant_id, agent_id))
+            .filter(|(_, at)| at.elapsed() < TTL)
+            .map(|(policy, _)| policy.clone())
+    }
+
+    /// Caches a policy read begun at `generation`, unless an invalidation came in between.
+    pub fn insert_policy(&self, tenant_id: Uuid, agent_id: Uuid, policy: Policy, generation: u64) {
+        if !self.inner.listening.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Ok(mut policies) = self.inner.policies.lock() {
+            if self.inner.generation.load(Ordering::SeqCst) != generation {
+                return;
+            }
+            if policies.len() >= MAX_ENTRIES {
+                policies.clear();
+            }
+            policies.insert((tenant_id, agent_id), (policy, Instant::now()));
+        }
+    }
 }
 
 impl Inner {
@@ -136,6 +172,9 @@ impl Inner {
         self.generation.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut entries) = self.entries.lock() {
             entries.clear();
+        }
+        if let Ok(mut policies) = self.policies.lock() {
+            policies.clear();
         }
     }
 }

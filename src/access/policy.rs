@@ -186,6 +186,24 @@ impl Policy {
     /// intersection of the policies of every agent in its chain (three small queries per
     /// agent; none for people, who have no restrictions beyond their scopes).
     pub async fn load(pool: &PgPool, principal: &Principal) -> Result<Policy, StoreError> {
+        Policy::load_with(pool, None, principal).await
+    }
+
+    /// The same, each agent's own policy from `cache` when nothing changed since it was
+    /// read (the path of every tool call).
+    pub async fn load_cached(
+        pool: &PgPool,
+        cache: &super::cache::AuthCache,
+        principal: &Principal,
+    ) -> Result<Policy, StoreError> {
+        Policy::load_with(pool, Some(cache), principal).await
+    }
+
+    async fn load_with(
+        pool: &PgPool,
+        cache: Option<&super::cache::AuthCache>,
+        principal: &Principal,
+    ) -> Result<Policy, StoreError> {
         let mut policy = Policy::empty(principal.tenant_id, false);
         let agents: Vec<Uuid> = match &principal.delegation {
             Some(delegation) => delegation
@@ -201,8 +219,19 @@ impl Policy {
                 .into_iter()
                 .collect(),
         };
+        let tenant_id = principal.tenant_id;
         for agent_id in agents {
-            let agent = Policy::load_agent(pool, principal.tenant_id, agent_id).await?;
+            let agent = match cache.and_then(|c| c.get_policy(tenant_id, agent_id)) {
+                Some(cached) => cached,
+                None => {
+                    let generation = cache.map(|c| c.generation());
+                    let read = Policy::load_agent(pool, tenant_id, agent_id).await?;
+                    if let (Some(cache), Some(generation)) = (cache, generation) {
+                        cache.insert_policy(tenant_id, agent_id, read.clone(), generation);
+                    }
+                    read
+                }
+            };
             policy = policy.intersect(agent);
         }
         Ok(policy)

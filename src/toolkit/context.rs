@@ -54,7 +54,10 @@ impl Transport {
 impl ToolCtx {
     /// The caller's field rules, row conditions and grants, for the policy API.
     pub async fn policy(&self) -> Result<Policy, ToolError> {
-        Ok(Policy::load(self.app.store.pool(), &self.principal).await?)
+        Ok(
+            Policy::load_cached(self.app.store.pool(), &self.app.auth_cache, &self.principal)
+                .await?,
+        )
     }
 
     /// A transaction for the tool's writes, to end with [`ToolCtx::commit`].

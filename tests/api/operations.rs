@@ -275,7 +275,8 @@ async fn an_exhausted_pool_refuses_with_a_retry_after_and_keeps_the_record() {
             let peer = client.peer().clone();
             let id = id.clone();
             tokio::spawn(async move {
-                let Value::Object(arguments) = json!({ "customer_id": id, "version": 1, "company": company })
+                let Value::Object(arguments) =
+                    json!({ "customer_id": id, "version": 1, "company": company })
                 else {
                     unreachable!()
                 };

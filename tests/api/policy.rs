@@ -307,3 +307,123 @@ async fn admins_set_policies_and_agents_see_them() {
     );
     client.cancel().await.unwrap();
 }
+
+/// Agents' policies are cached per process (issue 21): a narrowed policy holds on the very
+/// next call in the process that made the change, and within moments in every other
+/// process, whether it was changed through a tool or straight in the database.
+#[tokio::test]
+async fn a_narrowed_policy_holds_at_once_though_it_is_cached() {
+    let db = TestDb::new().await;
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    let server = HttpServer::start(db.command(&["http"]));
+    let admin = http_client(&server.mcp_url(), &db.admin_key, Generation::Stateless).await;
+    let customer = call_ok(
+        &admin,
+        "create_customer",
+        json!({ "first_name": "Ada", "email": "ada@example.com", "phone": "+44 20 7946 0000" }),
+    )
+    .await["customer"]["id"]
+        .clone();
+    let agent = db.admin(&[
+        "create-agent",
+        "--tenant",
+        "acme",
+        "--name",
+        "reader",
+        "--scopes",
+        "customers:read",
+    ]);
+    let agent_id = agent["agent"]["id"].clone();
+    let token: Value = reqwest::Client::new()
+        .post(format!("{}/oauth/token", server.base))
+        .json(
+            &json!({ "grant_type": "client_credentials", "client_id": agent["client_id"],
+                       "client_secret": agent["client_secret"] }),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bot = http_client(
+        &server.mcp_url(),
+        token["access_token"].as_str().unwrap(),
+        Generation::Stateless,
+    )
+    .await;
+    let read = || async {
+        call_ok(&bot, "get_customer", json!({ "customer_id": customer })).await["customer"].clone()
+    };
+    let narrow =
+        |fields: Vec<&str>| json!({ "agent_id": agent_id, "field_rules": { "customers": fields } });
+    call_ok(
+        &admin,
+        "update_agent_permissions",
+        narrow(vec!["first_name", "email", "phone"]),
+    )
+    .await;
+    let seen = read().await;
+    assert_eq!(seen["email"], "ada@example.com", "{seen}");
+    read().await; // now cached
+
+    // Through a tool, in this process: the next call.
+    call_ok(
+        &admin,
+        "update_agent_permissions",
+        narrow(vec!["first_name", "phone"]),
+    )
+    .await;
+    let seen = read().await;
+    assert!(seen.get("email").is_none(), "the very next call: {seen}");
+
+    // Through a tool, in another process: within moments.
+    let elsewhere = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    call_ok(
+        &elsewhere,
+        "update_agent_permissions",
+        narrow(vec!["first_name"]),
+    )
+    .await;
+    let changed = std::time::Instant::now();
+    loop {
+        let seen = read().await;
+        if seen.get("phone").is_none() {
+            break;
+        }
+        assert!(
+            changed.elapsed() < std::time::Duration::from_secs(2),
+            "still {seen}"
+        );
+    }
+    eprintln!(
+        "another process's change held after {:?}",
+        changed.elapsed()
+    );
+    elsewhere.cancel().await.unwrap();
+
+    // Straight in the database: a row condition no customer of ours meets.
+    sqlx::query(
+        "INSERT INTO row_conditions (tenant_id, agent_id, resource, field, op, value)
+         SELECT tenant_id, id, 'customers', 'status', 'eq', '\"churned\"'::jsonb
+         FROM agents WHERE id = $1::uuid",
+    )
+    .bind(agent_id.as_str().unwrap())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let changed = std::time::Instant::now();
+    loop {
+        let seen = call(&bot, "get_customer", json!({ "customer_id": customer })).await;
+        if seen.is_error == Some(true) {
+            assert_eq!(error_code(&seen), "not_found");
+            break;
+        }
+        assert!(
+            changed.elapsed() < std::time::Duration::from_secs(2),
+            "still {seen:?}"
+        );
+    }
+    bot.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}

@@ -156,9 +156,18 @@ impl Store {
                 Ok(connection) => break connection,
                 Err(error) if refused(&error) && started.elapsed() + pause <= wait => {
                     if started.elapsed() < pause {
+                        let why = match &error {
+                            sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000") => {
+                                format!(
+                                    "has no database `{}` yet (create it with `createdb` if \
+                                     nothing else will)",
+                                    options.get_database().unwrap_or("agentcrm")
+                                )
+                            }
+                            _ => "does not accept connections yet".to_owned(),
+                        };
                         tracing::warn!(
-                            "PostgreSQL at {} does not accept connections yet; trying again for \
-                             up to {} s",
+                            "PostgreSQL at {} {why}; trying again for up to {} s",
                             where_(options),
                             wait.as_secs()
                         );
@@ -251,7 +260,9 @@ fn refused(error: &sqlx::Error) -> bool {
             io.kind(),
             std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
         ),
-        sqlx::Error::Database(db) => db.code().as_deref() == Some("57P03"),
+        // Starting up; or up, with its database not created yet (an init script, or the
+        // embedded server's first start, creates it a moment later).
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("57P03" | "3D000")),
         _ => false,
     }
 }

@@ -42,6 +42,10 @@ CREATE TABLE conversation_messages (
     tool_call_id      text,
     tool_name         text,
     is_error          boolean     NOT NULL DEFAULT false,
+    -- assistant: `error` when no reply could be had (the provider failed, the reply took
+    -- too long), with what happened in `error`.
+    status            text        NOT NULL DEFAULT 'ok' CHECK (status IN ('ok', 'error')),
+    error             text,
     sender_name       text,
     prompt_tokens     bigint      NOT NULL DEFAULT 0,
     completion_tokens bigint      NOT NULL DEFAULT 0,

@@ -103,7 +103,9 @@ pub fn tools() -> Vec<RegisteredTool> {
                 "Send a message in a conversation and get the model's reply.\n\n\
                  The model may call tools, as you: with your permissions, limits and approval \
                  policy, each call audited. Progress notifications follow the reply when the \
-                 client sends a progress token. At most 20 tool calls and 120 s per reply.",
+                 client sends a progress token. At most 20 tool calls and 120 s per reply. When \
+                 no reply can be had (the provider fails, time runs out) the reply has status \
+                 `error` and says why.",
                 &["agents:execute"],
                 // The model may change anything the sender may, and the provider is outside.
                 Hints {
@@ -168,6 +170,10 @@ pub struct ChatMessage {
     pub tool_name: Option<String>,
     /// tool: the call failed (or was refused).
     pub is_error: bool,
+    /// assistant: `ok`, or `error` when no reply could be had (see `error`).
+    pub status: String,
+    /// assistant: why there is no reply (the provider failed, the reply took too long).
+    pub error: Option<String>,
     /// user: who sent it.
     pub sender_name: Option<String>,
     pub prompt_tokens: i64,
@@ -178,7 +184,8 @@ pub struct ChatMessage {
 }
 
 const MESSAGE_COLUMNS: &str = "id, role, content, tool_calls, tool_call_id, tool_name, is_error, \
-     sender_name, prompt_tokens, completion_tokens, total_tokens, duration_ms, created_at";
+     status, error, sender_name, prompt_tokens, completion_tokens, total_tokens, duration_ms, \
+     created_at";
 
 /// Conversations are a person's or an agent's own, at its own client.
 fn direct(principal: &Principal) -> Result<(), ToolError> {
@@ -577,6 +584,8 @@ struct NewMessage<'a> {
     tool_call_id: Option<String>,
     tool_name: Option<String>,
     is_error: bool,
+    /// assistant: why there is no reply.
+    error: Option<String>,
     sender_name: Option<String>,
     usage: llm::Usage,
     duration_ms: Option<i64>,
@@ -597,8 +606,9 @@ async fn store(
     let stored: ChatMessage = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO conversation_messages (tenant_id, conversation_id, role, content, tool_calls,
              tool_call_id, tool_name, is_error, sender_name, prompt_tokens, completion_tokens,
-             total_tokens, duration_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             total_tokens, duration_ms, status, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                 CASE WHEN $14::text IS NULL THEN 'ok' ELSE 'error' END, $14)
          RETURNING {MESSAGE_COLUMNS}"
     )))
     .bind(ctx.principal.tenant_id)
@@ -618,6 +628,7 @@ async fn store(
     .bind(message.usage.completion as i64)
     .bind(message.usage.total as i64)
     .bind(message.duration_ms)
+    .bind(&message.error)
     .fetch_one(&mut *tx)
     .await
     .map_err(StoreError::from)?;
@@ -686,6 +697,8 @@ async fn history(ctx: &ToolCtx, conversation: Uuid) -> Result<Vec<Message>, Tool
                 close(&mut messages, &mut unanswered);
                 if role == "user" {
                     messages.push(Message::user(row.content.clone()));
+                } else if row.status == "error" {
+                    // No reply was had: nothing the model said.
                 } else {
                     let calls: Vec<llm::ToolCall> =
                         serde_json::from_value(row.tool_calls.clone()).unwrap_or_default();
@@ -767,7 +780,7 @@ async fn reply(
     };
     loop {
         let Some(left) = REPLY_TIMEOUT.checked_sub(started.elapsed()) else {
-            return Err(timed_out());
+            return failed(ctx, conversation.id, timed_out(), called, tokens).await;
         };
         step += 1;
         progress(step, format!("asking {model}")).await;
@@ -783,8 +796,11 @@ async fn reply(
         };
         let asked = Instant::now();
         let answer = match tokio::time::timeout(left, llm::chat(&http, &provider, &request)).await {
-            Err(_) => return Err(timed_out()),
-            Ok(Err(error)) => return Err(provider_error(ctx, &found, error).await),
+            Err(_) => return failed(ctx, conversation.id, timed_out(), called, tokens).await,
+            Ok(Err(error)) => {
+                let why = provider_error(ctx, &found, error).await?;
+                return failed(ctx, conversation.id, why, called, tokens).await;
+            }
             Ok(Ok(answer)) => answer,
         };
         tokens.prompt += answer.usage.prompt as i64;
@@ -827,7 +843,7 @@ async fn reply(
         transcript.push(answer.to_message());
         for call in &answer.tool_calls {
             let Some(left) = REPLY_TIMEOUT.checked_sub(started.elapsed()) else {
-                return Err(timed_out());
+                return failed(ctx, conversation.id, timed_out(), called, tokens).await;
             };
             step += 1;
             progress(step, format!("calling {}", call.name)).await;
@@ -853,40 +869,67 @@ async fn reply(
     }
 }
 
-fn timed_out() -> ToolError {
-    ToolError::Unavailable(
-        format!(
-            "the reply took longer than {} s and was stopped; what it did so far is in \
-             get_conversation",
-            REPLY_TIMEOUT.as_secs()
-        ),
-        5,
+fn timed_out() -> String {
+    format!(
+        "the reply took longer than {} s and was stopped; what it did so far is in \
+         get_conversation",
+        REPLY_TIMEOUT.as_secs()
     )
 }
 
-async fn provider_error(ctx: &ToolCtx, found: &manage::Connection, error: LlmError) -> ToolError {
+/// No reply could be had: stored as a failed reply, which is the answer (as an agent run
+/// that fails is a run with status `error`, not a failed call).
+async fn failed(
+    ctx: &ToolCtx,
+    conversation: Uuid,
+    why: String,
+    called: Vec<Value>,
+    tokens: Tokens,
+) -> Result<SendOut, ToolError> {
+    let reply = store(
+        ctx,
+        conversation,
+        NewMessage {
+            role: "assistant",
+            error: Some(why),
+            ..NewMessage::default()
+        },
+    )
+    .await?;
+    Ok(SendOut {
+        conversation_id: conversation,
+        reply,
+        tools_called: called,
+        tokens,
+    })
+}
+
+/// What a provider's failure means to the sender; a refused credential also marks the
+/// connection.
+async fn provider_error(
+    ctx: &ToolCtx,
+    found: &manage::Connection,
+    error: LlmError,
+) -> Result<String, ToolError> {
     if let LlmError::Status {
         status: 401 | 403, ..
     } = &error
     {
         let failure = ProbeFailure::from(error);
-        if let Err(error) = record_status(
+        record_status(
             &ctx.app,
             ctx.principal.tenant_id,
             found.id,
             Err(&failure),
             false,
         )
-        .await
-        {
-            return error;
-        }
-        return ToolError::Conflict(format!(
+        .await?;
+        return Ok(format!(
             "connection `{}`: {}; fix its credentials with update_connection",
             found.name, failure.message
         ));
     }
-    ToolError::Unavailable(format!("connection `{}`: {error}", found.name), 5)
+    Ok(format!("connection `{}`: {error}", found.name))
 }
 
 /// One tool call of the model's, as the sender, through the one call path.

@@ -328,6 +328,27 @@ async fn replies_report_progress_and_bad_setups_are_explained() {
             "replied"
         ]
     );
+    // A provider that fails: the reply is a failed one that says why, stored, not a fault
+    // of the server's; the next message does not show the model the failure.
+    let broken = FakeLlm::start(Flavor::OpenAi, vec![Reply::Error(500, "overloaded".into())]).await;
+    connect(&admin, &broken, "broken").await;
+    let failed = call_ok(
+        &admin,
+        "send_message",
+        json!({ "conversation_id": id, "content": "Still there?", "connection": "broken" }),
+    )
+    .await;
+    assert_eq!(failed["reply"]["status"], "error", "{failed}");
+    assert!(
+        failed["reply"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("connection `broken`"),
+        "{failed}"
+    );
+    let history = call_ok(&admin, "get_conversation", json!({ "conversation_id": id })).await;
+    assert_eq!(history["messages"][1]["status"], "error", "{history}");
+
     let request = &llm.requests()[0];
     let mut tools = offered(request);
     tools.sort();

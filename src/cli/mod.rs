@@ -592,6 +592,9 @@ async fn run_stdio(args: StdioArgs) -> Result<(), CliError> {
         }
     };
     let jobs = start_jobs(&app, &shutdown);
+    app.subscriptions
+        .ready(std::time::Duration::from_secs(5))
+        .await;
     let outcome = crate::mcp::stdio::serve(app.clone(), principal, shutdown.clone()).await;
     shutdown.cancel();
     shut_down(&app, jobs).await;
@@ -660,6 +663,9 @@ async fn run_http(args: HttpArgs) -> Result<(), CliError> {
         serve_metrics(app.clone(), metrics, shutdown.clone()).await?;
     }
     let jobs = start_jobs(&app, &shutdown);
+    app.subscriptions
+        .ready(std::time::Duration::from_secs(5))
+        .await;
     let outcome = crate::mcp::http::serve(app.clone(), listener, &options, shutdown.clone()).await;
     shutdown.cancel();
     shut_down(&app, jobs).await;

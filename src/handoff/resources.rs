@@ -47,6 +47,9 @@ type ByUri = HashMap<String, Vec<(u64, Subscriber)>>;
 pub struct Subscriptions {
     by_uri: Arc<Mutex<ByUri>>,
     next: Arc<std::sync::atomic::AtomicU64>,
+    /// Set once this process LISTENs for changes: a subscription taken before would miss
+    /// the changes committed meanwhile.
+    listening: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// Removes a `subscriptions/listen` subscriber when its request ends.
@@ -143,6 +146,20 @@ impl Subscriptions {
         }
     }
 
+    /// Waits (up to `limit`) until this process listens for changes, so that a client that
+    /// subscribes as soon as it connects misses none; says so if it does not come.
+    pub async fn ready(&self, limit: Duration) {
+        let mut listening = self.listening.subscribe();
+        if tokio::time::timeout(limit, listening.wait_for(|up| *up))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "resource updates: not listening yet; subscriptions may miss changes until it is"
+            );
+        }
+    }
+
     /// Listens for changes committed by any process and tells local subscribers.
     pub fn start(&self, pool: PgPool, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         let subscriptions = self.clone();
@@ -158,6 +175,7 @@ impl Subscriptions {
                         }
                     },
                 };
+                subscriptions.listening.send_replace(true);
                 loop {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,

@@ -422,20 +422,15 @@ async fn resume(app: Arc<App>, id: Uuid) {
         }
         let changes: BulkChanges = serde_json::from_value(stored.changes.clone())
             .map_err(|e| format!("its stored changes do not read: {e}"))?;
-        let mut principal =
-            delegation::resolve(pool, stored.tenant_id, &members, Cause::read(&stored.cause))
-                .await
-                .map_err(|e| e.to_string())?;
-        principal.scopes = principal
-            .scopes
-            .intersect(Scopes::parse(&stored.scopes).unwrap_or(Scopes::NONE));
-        let needed = Scopes::parse(&["customers:write", "bulk"]).unwrap_or(Scopes::EVERY);
-        if !principal.scopes.contains(needed) {
-            return Err("whoever it acts for no longer holds customers:write and bulk".into());
-        }
-        let policy = Policy::load(pool, &principal)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (principal, policy) = acting_again(
+            pool,
+            stored.tenant_id,
+            &members,
+            &stored.cause,
+            &stored.scopes,
+            &["customers:write", "bulk"],
+        )
+        .await?;
         Ok(Job {
             app: app.clone(),
             principal,
@@ -450,21 +445,62 @@ async fn resume(app: Arc<App>, id: Uuid) {
     match job.await {
         Ok(job) => job.run().await,
         Err(why) => {
-            let _ = sqlx::query(
-                "UPDATE tasks SET status = 'failed', error = $3, updated_at = now(),
-                     finished_at = now(), lease_owner = NULL, lease_until = NULL
-                 WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
-            )
-            .bind(id)
-            .bind(process_id())
-            .bind(format!(
+            let error = format!(
                 "stopped after {} of {} customers when its process stopped, and cannot be \
                  resumed: {why}",
                 stored.done, stored.total
-            ))
-            .execute(pool)
-            .await;
+            );
+            fail_task(pool, id, &error).await;
         }
+    }
+}
+
+/// Who a task taken up again acts for now, never with more than when it began: its chain
+/// resolved as it stands, narrowed to the scopes it began with, still holding `needed`;
+/// and their policy. The reason, when it cannot go on.
+pub(crate) async fn acting_again(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    members: &[delegation::Member],
+    cause: &Value,
+    began_with: &[String],
+    needed: &[&str],
+) -> Result<(Principal, Policy), String> {
+    let mut principal = delegation::resolve(pool, tenant_id, members, Cause::read(cause))
+        .await
+        .map_err(|e| e.to_string())?;
+    principal.scopes = principal
+        .scopes
+        .intersect(Scopes::parse(began_with).unwrap_or(Scopes::NONE));
+    if !principal
+        .scopes
+        .contains(Scopes::parse(needed).unwrap_or(Scopes::EVERY))
+    {
+        return Err(format!(
+            "whoever it acts for no longer holds {}",
+            needed.join(" and ")
+        ));
+    }
+    let policy = Policy::load(pool, &principal)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((principal, policy))
+}
+
+/// Ends a task this process holds as failed, saying why (nothing, if another holds it).
+pub(crate) async fn fail_task(pool: &PgPool, id: Uuid, error: &str) {
+    let failed = sqlx::query(
+        "UPDATE tasks SET status = 'failed', error = $3, updated_at = now(),
+             finished_at = now(), lease_owner = NULL, lease_until = NULL
+         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(process_id())
+    .bind(error)
+    .execute(pool)
+    .await;
+    if let Err(error) = failed {
+        tracing::warn!(%error, task = %id, "could not record a task's failure");
     }
 }
 
@@ -534,18 +570,10 @@ impl Job {
                 Err(error) => {
                     job.app.store.observe(&error);
                     tracing::error!(%error, task = %job.task_id, "bulk update failed");
-                    let _ = sqlx::query(
-                        "UPDATE tasks SET status = 'failed', error = $3, updated_at = now(),
-                             finished_at = now(), lease_owner = NULL, lease_until = NULL
-                         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
-                    )
-                    .bind(job.task_id)
-                    .bind(process_id())
-                    .bind(format!(
+                    let error = format!(
                         "stopped after {done} of {total} customers: the database refused a batch"
-                    ))
-                    .execute(&pool)
-                    .await;
+                    );
+                    fail_task(&pool, job.task_id, &error).await;
                     return;
                 }
             }

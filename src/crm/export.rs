@@ -17,11 +17,11 @@ use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::bulk::{BulkFilter, QUEUE, Task, push_filter};
+use super::bulk::{BulkFilter, QUEUE, Task, acting_again, fail_task, push_filter};
 use super::customers::{COLUMNS, Customer, check_fields, shape};
-use crate::access::delegation::{self, Cause};
+use crate::access::Principal;
+use crate::access::delegation;
 use crate::access::policy::{Access, CUSTOMERS, Policy};
-use crate::access::{Principal, Scopes};
 use crate::app::App;
 use crate::error::ToolError;
 use crate::jobs::queue::{lease, process_id};
@@ -310,16 +310,8 @@ impl Job {
                 Err(error) => {
                     self.app.store.observe(&error);
                     tracing::error!(%error, task = %self.task_id, "export failed");
-                    let _ = sqlx::query(
-                        "UPDATE tasks SET status = 'failed', updated_at = now(),
-                             error = 'the database refused a chunk of the export',
-                             finished_at = now(), lease_owner = NULL, lease_until = NULL
-                         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
-                    )
-                    .bind(self.task_id)
-                    .bind(process_id())
-                    .execute(&pool)
-                    .await;
+                    let why = "the database refused a chunk of the export";
+                    fail_task(&pool, self.task_id, why).await;
                     return;
                 }
             }
@@ -540,24 +532,19 @@ pub(crate) async fn resume(app: Arc<App>, id: Uuid) {
         let params: Params = serde_json::from_value(stored.changes.clone())
             .map_err(|e| format!("its stored parameters do not read: {e}"))?;
         let members = delegation::read_chain(&stored.chain);
-        let mut principal =
-            delegation::resolve(pool, stored.tenant_id, &members, Cause::read(&stored.cause))
-                .await
-                .map_err(|e| e.to_string())?;
-        principal.scopes = principal
-            .scopes
-            .intersect(Scopes::parse(&stored.scopes).unwrap_or(Scopes::NONE));
-        let needed = Scopes::parse(&["customers:export"]).unwrap_or(Scopes::EVERY);
-        if !principal.scopes.contains(needed) {
-            return Err("whoever it acts for no longer holds customers:export".to_owned());
-        }
-        let policy = Policy::load(pool, &principal)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (_, policy) = acting_again(
+            pool,
+            stored.tenant_id,
+            &members,
+            &stored.cause,
+            &stored.scopes,
+            &["customers:export"],
+        )
+        .await?;
         check_grant(&policy).map_err(|e| e.to_string())?;
         // Fields taken away since are not exported.
         columns(&policy, Some(&params.fields[1..])).map_err(|e| e.to_string())?;
-        Ok(Job {
+        Ok::<_, String>(Job {
             app: app.clone(),
             policy,
             task_id: id,
@@ -569,18 +556,9 @@ pub(crate) async fn resume(app: Arc<App>, id: Uuid) {
     match job.await {
         Ok(job) => job.run().await,
         Err(why) => {
-            let _ = sqlx::query(
-                "UPDATE tasks SET status = 'failed', error = $3, updated_at = now(),
-                     finished_at = now(), lease_owner = NULL, lease_until = NULL
-                 WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
-            )
-            .bind(id)
-            .bind(process_id())
-            .bind(format!(
-                "the export stopped when its process stopped, and cannot go on: {why}"
-            ))
-            .execute(pool)
-            .await;
+            let error =
+                format!("the export stopped when its process stopped, and cannot go on: {why}");
+            fail_task(pool, id, &error).await;
         }
     }
 }

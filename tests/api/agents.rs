@@ -844,22 +844,7 @@ async fn the_run_log_is_kept_by_person_and_outlives_the_agent() {
     connect(&admin, &llm, "llm").await;
     let agent = create_agent(&admin, "helper", &[], json!({"connection": "llm"})).await;
     let agent_id = agent["agent_id"].as_str().unwrap().to_owned();
-    db.admin(&[
-        "create-user",
-        "--tenant",
-        "acme",
-        "--email",
-        "meg@acme.test",
-        "--name",
-        "Meg",
-        "--role",
-        "member",
-        "--scopes",
-        "agents:execute,agents:read",
-    ]);
-    let mut command = db.server(&["stdio"]);
-    command.env("AGENTCRM_API_KEY", db.api_key("meg@acme.test", &[]));
-    let meg = stdio_client(command, Generation::Stateless).await;
+    let meg = member_client(&db, "meg@acme.test", &["agents:execute", "agents:read"]).await;
     let meg_id = call_ok(&meg, "whoami", json!({})).await["person"]["id"].clone();
     assert!(meg_id.is_string(), "whoami names the key's owner");
     let mine = call_ok(

@@ -18,26 +18,6 @@ async fn connect(client: &Client, llm: &FakeLlm, name: &str) {
     .await;
 }
 
-/// A member of tenant `acme` with `scopes`, at a stdio client through an API key.
-async fn member(db: &TestDb, email: &str, scopes: &[&str]) -> Client {
-    db.admin(&[
-        "create-user",
-        "--tenant",
-        "acme",
-        "--email",
-        email,
-        "--name",
-        email.split('@').next().unwrap(),
-        "--role",
-        "member",
-        "--scopes",
-        &scopes.join(","),
-    ]);
-    let mut command = db.server(&["stdio"]);
-    command.env("AGENTCRM_API_KEY", db.api_key(email, &[]));
-    stdio_client(command, Generation::Sessions).await
-}
-
 /// The tool names offered in a provider request.
 fn offered(request: &Value) -> Vec<String> {
     request["tools"]
@@ -75,7 +55,7 @@ async fn a_conversation_calls_tools_as_its_sender_and_keeps_its_history() {
     connect(&admin, &llm, "llm").await;
 
     // A member who may talk to the model and search, not read whole customer records.
-    let meg = member(&db, "meg@acme.test", &["agents:execute", "search"]).await;
+    let meg = member_client(&db, "meg@acme.test", &["agents:execute", "search"]).await;
     let created = call_ok(&meg, "create_conversation", json!({})).await;
     let id = created["conversation"]["id"].clone();
     assert_eq!(created["conversation"]["owner_kind"], "api_key");
@@ -179,7 +159,7 @@ async fn a_conversation_calls_tools_as_its_sender_and_keeps_its_history() {
 
     // Only participants and admins: another member, another tenant, and writing in
     // someone else's name are refused.
-    let bob = member(&db, "bob@acme.test", &["agents:execute", "search"]).await;
+    let bob = member_client(&db, "bob@acme.test", &["agents:execute", "search"]).await;
     for (tool, args) in [
         ("get_conversation", json!({ "conversation_id": id })),
         (
@@ -348,6 +328,32 @@ async fn replies_report_progress_and_bad_setups_are_explained() {
     );
     let history = call_ok(&admin, "get_conversation", json!({ "conversation_id": id })).await;
     assert_eq!(history["messages"][1]["status"], "error", "{history}");
+
+    // Work done on someone's behalf has no conversations: a workflow step that would talk
+    // to the model in the admin's conversation fails, and nothing is sent.
+    let created = call_ok(
+        &admin,
+        "create_workflow",
+        json!({ "name": "chatty", "steps": [{ "id": "s", "tool": "send_message",
+                "arguments": { "conversation_id": id, "content": "from a workflow" } }] }),
+    )
+    .await;
+    let run = call_ok(
+        &admin,
+        "execute_workflow",
+        json!({ "workflow_id": created["workflow"]["id"], "wait_seconds": 20 }),
+    )
+    .await;
+    assert_eq!(run["execution"]["status"], "failed", "{run}");
+    assert!(
+        run["steps"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not by work done on someone's behalf"),
+        "{run}"
+    );
+    let after = call_ok(&admin, "get_conversation", json!({ "conversation_id": id })).await;
+    assert_eq!(after["conversation"]["message_count"], 2, "{after}");
 
     let request = &llm.requests()[0];
     let mut tools = offered(request);

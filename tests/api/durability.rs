@@ -393,11 +393,7 @@ async fn a_bulk_task_of_a_killed_process_is_finished_by_another_replica() {
     let db = TestDb::new().await;
     let pool = PgPool::connect(&db.url).await.unwrap();
     seed_customers(&pool, 5_000).await;
-    let replica = || {
-        let mut command = db.server(&["http"]);
-        command.env("AGENTCRM_WORKFLOW_LEASE_SECS", "2");
-        HttpServer::start(command)
-    };
+    let replica = || replica(&db);
     let mut first = replica();
     let _second = replica();
     // Batches 0 and 1 commit; 2 and 3 wait on these rows when the process dies.
@@ -455,11 +451,7 @@ async fn an_export_of_a_killed_process_is_finished_by_another_replica() {
     .execute(&pool)
     .await
     .unwrap();
-    let replica = || {
-        let mut command = db.server(&["http"]);
-        command.env("AGENTCRM_WORKFLOW_LEASE_SECS", "2");
-        HttpServer::start(command)
-    };
+    let replica = || replica(&db);
     let mut first = replica();
     let _second = replica();
     let task = start_task(
@@ -520,6 +512,14 @@ async fn an_export_of_a_killed_process_is_finished_by_another_replica() {
         ids.windows(2).all(|w| w[0] < w[1]),
         "in id order, none twice"
     );
+}
+
+/// An `agentcrm http` replica on `db` whose leases last 2 s (another takes its work up
+/// soon after it dies).
+fn replica(db: &TestDb) -> HttpServer {
+    let mut command = db.server(&["http"]);
+    command.env("AGENTCRM_WORKFLOW_LEASE_SECS", "2");
+    HttpServer::start(command)
 }
 
 /// A receiver that answers after `delay`, and a channel that says when a request came in.
@@ -636,11 +636,7 @@ async fn a_starved_pool_keeps_its_leases() {
     use crate::workflows::{create_customer, workflow};
     let db = TestDb::new().await;
     let pool = PgPool::connect(&db.url).await.unwrap();
-    let replica = || {
-        let mut command = db.server(&["http"]);
-        command.env("AGENTCRM_WORKFLOW_LEASE_SECS", "2");
-        HttpServer::start(command)
-    };
+    let replica = || replica(&db);
     let first = replica();
     let _second = replica();
     let admin = http_client(&first.mcp_url(), &db.admin_key, Generation::Sessions).await;
@@ -915,11 +911,7 @@ async fn workflows_of_a_killed_process_resume_without_repeating_a_step() {
     use crate::workflows::{create_customer, workflow};
     let db = TestDb::new().await;
     let pool = PgPool::connect(&db.url).await.unwrap();
-    let replica = || {
-        let mut command = db.server(&["http"]);
-        command.env("AGENTCRM_WORKFLOW_LEASE_SECS", "2");
-        HttpServer::start(command)
-    };
+    let replica = || replica(&db);
     let mut first = replica();
     let _second = replica();
     let admin = http_client(&first.mcp_url(), &db.admin_key, Generation::Sessions).await;

@@ -155,22 +155,12 @@ async fn an_export_holds_what_its_caller_may_see_and_neutralizes_formulas() {
 
     // Only its maker and admins read an export: not another member, by tool or resource.
     let export_id = theirs["export"]["export_id"].as_str().unwrap();
-    db.admin(&[
-        "create-user",
-        "--tenant",
-        "acme",
-        "--email",
+    let meg = member_client(
+        &db,
         "meg@acme.test",
-        "--name",
-        "Meg",
-        "--role",
-        "member",
-        "--scopes",
-        "customers:read,customers:export",
-    ]);
-    let mut command = db.server(&["stdio"]);
-    command.env("AGENTCRM_API_KEY", db.api_key("meg@acme.test", &[]));
-    let meg = stdio_client(command, Generation::Sessions).await;
+        &["customers:read", "customers:export"],
+    )
+    .await;
     let snooped = call(&meg, "get_export", json!({ "export_id": export_id })).await;
     assert_eq!(error_code(&snooped), "not_found");
     // Nor its task's counts (how many customers matched someone else's export).

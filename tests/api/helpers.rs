@@ -521,3 +521,45 @@ pub async fn raw_session(http: &reqwest::Client, url: &str, key: &str) -> String
     raw_post(http, url, key, Some(&session), done).await;
     session
 }
+
+/// An access token of `agent` (as `admin create-agent --json` printed it) from the
+/// client-credentials grant of the server at `base`.
+pub async fn agent_token(base: &str, agent: &Value) -> String {
+    let token: Value = reqwest::Client::new()
+        .post(format!("{base}/oauth/token"))
+        .json(
+            &json!({ "grant_type": "client_credentials", "client_id": agent["client_id"],
+                       "client_secret": agent["client_secret"] }),
+        )
+        .send()
+        .await
+        .expect("POST /oauth/token")
+        .json()
+        .await
+        .expect("a token response");
+    token["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an access token: {token}"))
+        .to_owned()
+}
+
+/// A new member `email` of tenant `acme` with `scopes`, at a stdio client through a new API
+/// key of theirs.
+pub async fn member_client(db: &TestDb, email: &str, scopes: &[&str]) -> Client {
+    db.admin(&[
+        "create-user",
+        "--tenant",
+        "acme",
+        "--email",
+        email,
+        "--name",
+        email.split('@').next().unwrap_or(email),
+        "--role",
+        "member",
+        "--scopes",
+        &scopes.join(","),
+    ]);
+    let mut command = db.server(&["stdio"]);
+    command.env("AGENTCRM_API_KEY", db.api_key(email, &[]));
+    stdio_client(command, Generation::Sessions).await
+}

@@ -148,24 +148,8 @@ async fn metrics_are_the_operators_and_move_with_the_calls() {
         ))
         .await;
     assert!(made_up.is_err());
-    let token: Value = http
-        .post(format!("{}/oauth/token", server.base))
-        .json(
-            &json!({ "grant_type": "client_credentials", "client_id": agent["client_id"],
-                       "client_secret": agent["client_secret"] }),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let bot = http_client(
-        &server.mcp_url(),
-        token["access_token"].as_str().unwrap(),
-        Generation::Stateless,
-    )
-    .await;
+    let token = agent_token(&server.base, &agent).await;
+    let bot = http_client(&server.mcp_url(), &token, Generation::Stateless).await;
     let denied = call(&bot, "list_customers", json!({})).await;
     assert_eq!(error_code(&denied), "forbidden");
     let after = scrape().await;

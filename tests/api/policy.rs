@@ -334,24 +334,8 @@ async fn a_narrowed_policy_holds_at_once_though_it_is_cached() {
         "customers:read",
     ]);
     let agent_id = agent["agent"]["id"].clone();
-    let token: Value = reqwest::Client::new()
-        .post(format!("{}/oauth/token", server.base))
-        .json(
-            &json!({ "grant_type": "client_credentials", "client_id": agent["client_id"],
-                       "client_secret": agent["client_secret"] }),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let bot = http_client(
-        &server.mcp_url(),
-        token["access_token"].as_str().unwrap(),
-        Generation::Stateless,
-    )
-    .await;
+    let token = agent_token(&server.base, &agent).await;
+    let bot = http_client(&server.mcp_url(), &token, Generation::Stateless).await;
     let read = || async {
         call_ok(&bot, "get_customer", json!({ "customer_id": customer })).await["customer"].clone()
     };

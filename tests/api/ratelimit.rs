@@ -141,22 +141,7 @@ async fn http_responses_carry_the_quota_of_the_class_they_counted_against() {
     let server = HttpServer::start(db.command(&["http"]));
     let url = server.mcp_url();
     let http = reqwest::Client::new();
-    let token: serde_json::Value = http
-        .post(format!("{}/oauth/token", server.base))
-        .json(
-            &json!({ "grant_type": "client_credentials", "client_id": agent["client_id"],
-                       "client_secret": agent["client_secret"] }),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = token["access_token"]
-        .as_str()
-        .expect("an access token")
-        .to_owned();
+    let key = agent_token(&server.base, &agent).await;
     let session = raw_session(&http, &url, &key).await;
     let quota = |response: &reqwest::Response| {
         let header = |name: &str| {

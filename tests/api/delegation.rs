@@ -11,27 +11,8 @@ use crate::helpers::*;
 /// A member of tenant `acme` with `scopes`, and a stdio client acting through an API key
 /// of theirs (narrowed to `key_scopes` when given).
 async fn member(db: &TestDb, email: &str, scopes: &[&str], key_scopes: &[&str]) -> Client {
-    db.admin(&[
-        "create-user",
-        "--tenant",
-        "acme",
-        "--email",
-        email,
-        "--name",
-        email.split('@').next().unwrap(),
-        "--role",
-        "member",
-        "--scopes",
-        &scopes.join(","),
-    ]);
+    create_member(db, email, scopes);
     key_client(db, email, key_scopes).await
-}
-
-/// A stdio client through a new API key of `email`, narrowed to `scopes` when given.
-async fn key_client(db: &TestDb, email: &str, scopes: &[&str]) -> Client {
-    let mut command = db.server(&["stdio"]);
-    command.env("AGENTCRM_API_KEY", db.api_key(email, scopes));
-    stdio_client(command, Generation::Stateless).await
 }
 
 async fn register(admin: &Client, name: &str, scopes: &[&str]) -> Value {

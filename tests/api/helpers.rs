@@ -543,9 +543,8 @@ pub async fn agent_token(base: &str, agent: &Value) -> String {
         .to_owned()
 }
 
-/// A new member `email` of tenant `acme` with `scopes`, at a stdio client through a new API
-/// key of theirs.
-pub async fn member_client(db: &TestDb, email: &str, scopes: &[&str]) -> Client {
+/// Adds a member `email` to tenant `acme` with `scopes`.
+pub fn create_member(db: &TestDb, email: &str, scopes: &[&str]) {
     db.admin(&[
         "create-user",
         "--tenant",
@@ -559,7 +558,18 @@ pub async fn member_client(db: &TestDb, email: &str, scopes: &[&str]) -> Client 
         "--scopes",
         &scopes.join(","),
     ]);
+}
+
+/// A stdio client through a new API key of `email`, narrowed to `scopes` when given.
+pub async fn key_client(db: &TestDb, email: &str, scopes: &[&str]) -> Client {
     let mut command = db.server(&["stdio"]);
-    command.env("AGENTCRM_API_KEY", db.api_key(email, &[]));
-    stdio_client(command, Generation::Sessions).await
+    command.env("AGENTCRM_API_KEY", db.api_key(email, scopes));
+    stdio_client(command, Generation::Stateless).await
+}
+
+/// A new member `email` of tenant `acme` with `scopes`, at a stdio client through a new API
+/// key of theirs.
+pub async fn member_client(db: &TestDb, email: &str, scopes: &[&str]) -> Client {
+    create_member(db, email, scopes);
+    key_client(db, email, &[]).await
 }

@@ -276,40 +276,77 @@ impl RateLimiter {
                 stale.push(key);
             }
         }
+        // Near the limit, the call is counted in the database before it is decided on: every
+        // process then decides on totals that include every earlier call, wherever it was
+        // made. Two processes racing for the last call may both be refused; none is let past.
+        let bucket_of = |now: i64, w: &Window| now - now.rem_euclid(w.bucket_seconds);
         if !stale.is_empty() {
-            for key in &stale {
-                let limit = limits[&key.1];
-                self.lock()?.entry(key.clone()).or_insert_with(|| Window {
-                    bucket_seconds: (limit.window_seconds / BUCKETS).max(1),
-                    ..Window::default()
-                });
+            {
+                let mut windows = self.lock()?;
+                for key in &stale {
+                    let limit = limits[&key.1];
+                    let window = windows.entry(key.clone()).or_insert_with(|| Window {
+                        bucket_seconds: (limit.window_seconds / BUCKETS).max(1),
+                        ..Window::default()
+                    });
+                    *window.pending.entry(bucket_of(now, window)).or_default() += 1;
+                }
             }
             self.sync(&stale).await?;
         }
-        let mut windows = self.lock()?;
-        for class in classes {
-            let limit = limits[class];
-            let window = windows
-                .entry((who.clone(), *class))
-                .or_insert_with(|| Window {
+        let refused = {
+            let mut windows = self.lock()?;
+            let mut refused = None;
+            for class in classes {
+                let limit = limits[class];
+                let key = (who.clone(), *class);
+                let counted = stale.contains(&key);
+                let window = windows.entry(key).or_insert_with(|| Window {
                     bucket_seconds: (limit.window_seconds / BUCKETS).max(1),
                     ..Window::default()
                 });
-            let (used, oldest) = window.used(now, limit.window_seconds);
-            if used >= limit.max {
-                let frees_at = oldest.unwrap_or(now) + window.bucket_seconds + limit.window_seconds;
-                return Ok(Err(Limited {
-                    class: *class,
-                    limit,
-                    retry_after: (frees_at - now).clamp(1, limit.window_seconds) as u64,
-                }));
+                let (used, oldest) = window.used(now, limit.window_seconds);
+                let over = if counted {
+                    used > limit.max
+                } else {
+                    used >= limit.max
+                };
+                if over {
+                    let frees_at =
+                        oldest.unwrap_or(now) + window.bucket_seconds + limit.window_seconds;
+                    refused = Some(Limited {
+                        class: *class,
+                        limit,
+                        retry_after: (frees_at - now).clamp(1, limit.window_seconds) as u64,
+                    });
+                    break;
+                }
             }
+            if refused.is_some() {
+                // A refused call counts nothing: take back what was written for it.
+                for key in &stale {
+                    if let Some(window) = windows.get_mut(key) {
+                        *window.pending.entry(bucket_of(now, window)).or_default() -= 1;
+                    }
+                }
+            }
+            refused
+        };
+        if let Some(limited) = refused {
+            if !stale.is_empty() {
+                self.sync(&stale).await?;
+            }
+            return Ok(Err(limited));
         }
+        let mut windows = self.lock()?;
         let mut quota: Option<Quota> = None;
         for class in classes {
-            if let Some(window) = windows.get_mut(&(who.clone(), *class)) {
-                let bucket = now - now.rem_euclid(window.bucket_seconds);
-                *window.pending.entry(bucket).or_default() += 1;
+            let key = (who.clone(), *class);
+            let counted = stale.contains(&key);
+            if let Some(window) = windows.get_mut(&key) {
+                if !counted {
+                    *window.pending.entry(bucket_of(now, window)).or_default() += 1;
+                }
                 let here = window.quota(*class, limits[class], now);
                 if quota.is_none_or(|q| here.remaining <= q.remaining) {
                     quota = Some(here);

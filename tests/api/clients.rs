@@ -13,7 +13,7 @@ use sqlx::Connection;
 use crate::helpers::*;
 
 /// The interpreter with the pinned `mcp` package (`scripts/test` installs it in `.venv`).
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let python = std::env::var_os("AGENTCRM_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
@@ -25,11 +25,11 @@ fn python() -> PathBuf {
     python
 }
 
-fn script() -> PathBuf {
+pub(crate) fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_client.py")
 }
 
-fn run(command: &mut Command) -> Value {
+pub(crate) fn run(command: &mut Command) -> Value {
     let out = command
         .output()
         .unwrap_or_else(|e| panic!("run {:?}: {e}", command.get_program()));
@@ -51,7 +51,7 @@ fn run(command: &mut Command) -> Value {
 /// `auto` negotiates the stateless 2026-07-28; `legacy` the `initialize` handshake of 2025-11-25.
 const MODES: [(&str, &str); 2] = [("auto", "2026-07-28"), ("legacy", "2025-11-25")];
 
-fn assert_report(report: &Value, transport: &str, version: &str) {
+pub(crate) fn assert_report(report: &Value, transport: &str, version: &str) {
     assert_eq!(report["protocol_version"], version, "{report}");
     let tools: Vec<&str> = report["tools"]
         .as_array()
@@ -120,7 +120,7 @@ fn clean(mut command: Command) -> Command {
 }
 
 /// `node` running the TypeScript SDK client (`scripts/test` runs `npm ci` in its folder).
-fn ts_client() -> Command {
+pub(crate) fn ts_client() -> Command {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/ts");
     assert!(
         dir.join("node_modules/@modelcontextprotocol/sdk").exists(),
@@ -229,7 +229,7 @@ async fn assert_used(db: &TestDb, report: &Value, transport: &str) {
 }
 
 /// The TypeScript SDK (1.32.2) speaks up to 2025-11-25 through `initialize`.
-fn assert_ts_report(report: &Value) {
+pub(crate) fn assert_ts_report(report: &Value) {
     assert_eq!(report["protocol_version"], "2025-11-25", "{report}");
     assert_eq!(report["server_name"], "agentcrm");
     assert_eq!(

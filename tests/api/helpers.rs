@@ -383,6 +383,25 @@ impl HttpServer {
         format!("{}/mcp", self.base)
     }
 
+    /// The first word after `marker` in the server's log (e.g. `"metrics on "`), waiting up
+    /// to 10 s for it to appear.
+    pub async fn logged(&self, marker: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.log.lock().unwrap().iter().find_map(|l| {
+                l.split(marker)
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .map(|word| word.trim_end_matches('"').to_owned())
+            });
+            if let Some(word) = found {
+                return word;
+            }
+            assert!(Instant::now() < deadline, "{marker:?} never logged");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         terminate(&mut self.child)

@@ -4,6 +4,7 @@
 mod abuse;
 mod access;
 mod agents;
+mod balancer;
 mod catalog;
 mod cli;
 mod clients;

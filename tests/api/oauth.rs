@@ -49,7 +49,7 @@ async fn token(base: &str, agent: &Agent) -> (u16, Value) {
 }
 
 /// Status of `tools/list` with `token` as bearer, in the stateless generation.
-async fn mcp_status(base: &str, token: &str) -> u16 {
+pub(crate) async fn mcp_status(base: &str, token: &str) -> u16 {
     reqwest::Client::new()
         .post(format!("{base}/mcp"))
         .bearer_auth(token)

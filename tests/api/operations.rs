@@ -57,7 +57,7 @@ async fn json_logs_are_one_object_a_line() {
 }
 
 /// The value of the sample `name{labels}` in Prometheus text (0 when absent).
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.rsplit_once(' '))
@@ -85,25 +85,7 @@ async fn metrics_are_the_operators_and_move_with_the_calls() {
         "--metrics-token",
         "operator-token-0123456789",
     ]));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let metrics_url = loop {
-        let found = server.log.lock().unwrap().iter().find_map(|l| {
-            l.split("metrics on ").nth(1).map(|rest| {
-                rest.split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned()
-            })
-        });
-        if let Some(url) = found {
-            break url;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no metrics address logged"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let metrics_url = server.logged("metrics on ").await;
     let http = reqwest::Client::new();
     let scrape = || async {
         let response = http.get(&metrics_url).send().await.unwrap();

@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 use crate::helpers::*;
 
 #[derive(Clone)]
-struct Watcher {
-    updates: mpsc::UnboundedSender<String>,
+pub(crate) struct Watcher {
+    pub(crate) updates: mpsc::UnboundedSender<String>,
 }
 
 impl ClientHandler for Watcher {

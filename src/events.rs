@@ -22,8 +22,8 @@ pub async fn emit(
         .unwrap_or_else(|| Value::Object(Default::default()));
     sqlx::query(
         "INSERT INTO events (tenant_id, type, subject_id, payload, principal_kind, principal_id,
-             cause)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             cause, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(principal.tenant_id)
     .bind(event_type)
@@ -32,6 +32,7 @@ pub async fn emit(
     .bind(principal.kind.as_str())
     .bind(principal.id)
     .bind(cause)
+    .bind(crate::telemetry::traceparent())
     .execute(tx)
     .await?;
     Ok(())

@@ -18,5 +18,6 @@ pub mod mcp;
 pub mod metrics;
 pub mod signin;
 pub mod store;
+pub mod telemetry;
 pub mod toolkit;
 pub mod workflows;

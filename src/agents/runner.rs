@@ -135,12 +135,12 @@ pub async fn queue(
         "INSERT INTO agent_runs (tenant_id, agent_id, agent_name, agent_kind, run_type, source,
              triggered_by_kind, triggered_by_id, triggered_by_name, schedule_id, due_at,
              parent_run_id, chain_depth, prompt, input, config, status, lease_owner, lease_until,
-             started_at, chain, cause, user_id, agent_ref)
+             started_at, chain, cause, user_id, agent_ref, traceparent)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
                  CASE WHEN $17 THEN 'running' ELSE 'queued' END,
                  CASE WHEN $17 THEN $18::uuid END,
                  CASE WHEN $17 THEN now() + make_interval(secs => $19) END,
-                 CASE WHEN $17 THEN now() END, $20, $21, $22, $2)
+                 CASE WHEN $17 THEN now() END, $20, $21, $22, $2, $23)
          ON CONFLICT (schedule_id, due_at) DO NOTHING
          RETURNING id",
     )
@@ -166,6 +166,7 @@ pub async fn queue(
     .bind(delegation::chain_json(&new.chain()))
     .bind(new.cause.json())
     .bind(new.person())
+    .bind(crate::telemetry::traceparent())
     .fetch_optional(&mut *tx)
     .await
     .map_err(StoreError::from)?;
@@ -246,7 +247,10 @@ impl State {
 pub async fn run(app: Arc<App>, id: Uuid) {
     let heartbeat = QUEUE.heartbeat(&app, id);
     let lost = heartbeat.lost.clone();
-    if let Err(error) = drive(&app, id, &lost).await {
+    let span = tracing::info_span!("agent.run", run = %id);
+    let span = QUEUE.span(app.store.pool(), id, span).await;
+    let driven = tracing::Instrument::instrument(drive(&app, id, &lost), span).await;
+    if let Err(error) = driven {
         tracing::error!(%error, run = %id, "agent run stopped");
         let ending = Ending::error(match &error {
             ToolError::Store(_) | ToolError::Internal(_) => {

@@ -224,7 +224,7 @@ pub(crate) enum CliError {
 
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let traces = init_logging(cli.log_format);
     let outcome = match cli.command {
         Command::Stdio(args) => run_stdio(args).await,
         Command::Http(args) => run_http(args).await,
@@ -233,6 +233,7 @@ pub async fn main() -> ExitCode {
         Command::Admin(args) => admin::run(args).await,
         Command::Demo(args) => demo::run(args).await,
     };
+    traces.shutdown().await;
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -242,19 +243,22 @@ pub async fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr, and traces to an OTLP endpoint when one is configured.
+fn init_logging(format: LogFormat) -> crate::telemetry::Guard {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
     // Quiet by default: rmcp logs several lines per HTTP session, and PostgreSQL's notices
     // (a migration table that already exists) come with every command.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn,sqlx::postgres::notice=warn"));
     // stdout belongs to the MCP protocol in stdio mode: every log line goes to stderr.
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter)
+            .boxed(),
         // One object a line: time, level, target, the message and fields, and the spans
         // it happened in (the tool, request id, transport, principal).
         LogFormat::Json => logs
@@ -262,8 +266,15 @@ fn init_logging(format: LogFormat) {
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(true)
-            .init(),
-    }
+            .with_filter(filter)
+            .boxed(),
+    };
+    let (traces, guard) = crate::telemetry::layer();
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .init();
+    guard
 }
 
 /// A listen address: a port alone (on loopback), an address with its port, or a host name

@@ -180,6 +180,30 @@ pub async fn chat(
     provider: &Provider,
     request: &ChatRequest,
 ) -> Result<ChatResponse, LlmError> {
+    let span = tracing::info_span!(
+        "llm.chat",
+        otel.name = %format_args!("chat {}", request.model),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = match provider {
+            Provider::OpenAi { .. } => "openai",
+            Provider::Anthropic { .. } => "anthropic",
+        },
+        gen_ai.request.model = %request.model,
+    );
+    let answer = tracing::Instrument::instrument(ask(http, provider, request), span.clone()).await;
+    if answer.is_err() {
+        span.record("otel.status_code", "ERROR");
+    }
+    answer
+}
+
+async fn ask(
+    http: &reqwest::Client,
+    provider: &Provider,
+    request: &ChatRequest,
+) -> Result<ChatResponse, LlmError> {
     match provider {
         Provider::OpenAi { base_url, api_key } => {
             let url = format!("{}/chat/completions", trim_base(base_url));
@@ -255,7 +279,7 @@ fn trim_base(base_url: &str) -> &str {
 /// Sends a request and returns its JSON body, mapping every failure to an [`LlmError`].
 /// `secret` is redacted from anything quoted back from the provider.
 async fn send(builder: reqwest::RequestBuilder, secret: Option<&str>) -> Result<Value, LlmError> {
-    let response = builder
+    let response = crate::telemetry::propagate(builder)
         .send()
         .await
         .map_err(|err| LlmError::Unreachable(redact(&error_chain(&err), secret)))?;

@@ -212,9 +212,9 @@ async fn bulk_update_customers(ctx: ToolCtx, args: BulkArgs) -> Result<BulkOut, 
     // its last committed batch if this one dies.
     let task_id: Uuid = sqlx::query_scalar(
         "INSERT INTO tasks (tenant_id, kind, status, total, principal_id, lease_owner, lease_until,
-             started_at, chain, cause, scopes, targets, changes)
+             started_at, chain, cause, scopes, targets, changes, traceparent)
          VALUES ($1, 'bulk_update_customers', 'running', $2, $3, $4,
-             now() + make_interval(secs => $5), now(), $6, $7, $8, $9, $10)
+             now() + make_interval(secs => $5), now(), $6, $7, $8, $9, $10, $11)
          RETURNING id",
     )
     .bind(ctx.principal.tenant_id)
@@ -233,6 +233,7 @@ async fn bulk_update_customers(ctx: ToolCtx, args: BulkArgs) -> Result<BulkOut, 
     .bind(ctx.principal.scopes.names())
     .bind(&ids)
     .bind(json!(changes))
+    .bind(crate::telemetry::traceparent())
     .fetch_one(&pool)
     .await
     .map_err(StoreError::from)?;
@@ -251,10 +252,14 @@ async fn bulk_update_customers(ctx: ToolCtx, args: BulkArgs) -> Result<BulkOut, 
         job.run().await;
     } else {
         let app = ctx.app.clone();
-        let handle = tokio::spawn(async move {
-            let _counted = app.background.enter();
-            job.run().await;
-        });
+        let span = tracing::info_span!("task", task = %task_id);
+        let handle = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let _counted = app.background.enter();
+                job.run().await;
+            },
+            span,
+        ));
         if ctx.progress.is_some() {
             let _ = tokio::time::timeout(WAIT_WITH_PROGRESS, handle).await;
         }
@@ -383,7 +388,14 @@ struct Stored {
 
 /// Goes on with a task this process claimed, as whoever it acts for now (never with more
 /// than it had when it began); fails it, with its counts, when that is not possible.
+/// Takes a task up again, in the trace of the call that started it.
 async fn resume(app: Arc<App>, id: Uuid) {
+    let span = tracing::info_span!("task", task = %id);
+    let span = QUEUE.span(app.store.pool(), id, span).await;
+    tracing::Instrument::instrument(resume_task(app, id), span).await
+}
+
+async fn resume_task(app: Arc<App>, id: Uuid) {
     let pool = app.store.pool();
     let kind: Option<String> = sqlx::query_scalar("SELECT kind FROM tasks WHERE id = $1")
         .bind(id)
@@ -626,8 +638,8 @@ impl Job {
             .push_bind(batch.to_vec())
             .push(
                 ") RETURNING c.id, c.status, c.assigned_to, c.tags, c.version) \
-                 INSERT INTO events (tenant_id, type, subject_id, payload, principal_kind, principal_id) \
-                 SELECT ",
+                 INSERT INTO events (tenant_id, type, subject_id, payload, principal_kind, principal_id, \
+                 traceparent) SELECT ",
             )
             .push_bind(self.principal.tenant_id)
             .push(
@@ -638,6 +650,8 @@ impl Job {
             .push_bind(self.principal.kind.as_str())
             .push(", ")
             .push_bind(self.principal.id)
+            .push(", ")
+            .push_bind(crate::telemetry::traceparent())
             .push(" FROM changed");
         query.build().execute(&mut *tx).await?;
         let recorded = sqlx::query(

@@ -227,9 +227,9 @@ async fn export_customers(ctx: ToolCtx, args: ExportArgs) -> Result<ExportOut, T
     let mut tx = ctx.begin().await?;
     let task_id: Uuid = sqlx::query_scalar(
         "INSERT INTO tasks (tenant_id, kind, status, total, principal_id, lease_owner,
-             lease_until, started_at, chain, cause, scopes, changes)
+             lease_until, started_at, chain, cause, scopes, changes, traceparent)
          VALUES ($1, $2, 'running', $3, $4, $5, now() + make_interval(secs => $6), now(), $7,
-             $8, $9, $10)
+             $8, $9, $10, $11)
          RETURNING id",
     )
     .bind(ctx.principal.tenant_id)
@@ -248,6 +248,7 @@ async fn export_customers(ctx: ToolCtx, args: ExportArgs) -> Result<ExportOut, T
     )
     .bind(ctx.principal.scopes.names())
     .bind(json!(params))
+    .bind(crate::telemetry::traceparent())
     .fetch_one(&mut *tx)
     .await
     .map_err(StoreError::from)?;
@@ -261,10 +262,14 @@ async fn export_customers(ctx: ToolCtx, args: ExportArgs) -> Result<ExportOut, T
         progress: ctx.progress.clone(),
     };
     let app = ctx.app.clone();
-    let mut handle = tokio::spawn(async move {
-        let _counted = app.background.enter();
-        job.run().await;
-    });
+    let span = tracing::info_span!("task", task = %task_id);
+    let mut handle = tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let _counted = app.background.enter();
+            job.run().await;
+        },
+        span,
+    ));
     let _ = tokio::time::timeout(Duration::from_secs(u64::from(wait)), &mut handle).await;
     let export = load(pool, &ctx.principal, task_id).await?;
     let content = if export.status == "succeeded" && export.bytes as usize <= INLINE_BYTES {

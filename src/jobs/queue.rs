@@ -74,6 +74,24 @@ impl Queue {
         .await
     }
 
+    /// A span for running item `id`, in the trace of the call that queued it (read only
+    /// when traces are on).
+    pub async fn span(&self, pool: &PgPool, id: Uuid, span: tracing::Span) -> tracing::Span {
+        if crate::telemetry::enabled() {
+            let table = self.table;
+            let stored: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT traceparent FROM {table} WHERE id = $1"
+            )))
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .ok()
+            .flatten();
+            crate::telemetry::continue_from(&span, stored.as_deref());
+        }
+        span
+    }
+
     /// Gives the lease of `id` up (it stays running): the next claim, here or in another
     /// process, takes it up at once instead of after the lease.
     pub async fn hand_back(&self, pool: &PgPool, id: Uuid) {

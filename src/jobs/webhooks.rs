@@ -90,6 +90,8 @@ struct Claimed {
     principal_kind: Option<String>,
     principal_id: Option<Uuid>,
     occurred_at: DateTime<Utc>,
+    /// The trace of the call whose event this delivers.
+    traceparent: Option<String>,
 }
 
 struct Outcome {
@@ -165,7 +167,8 @@ impl Worker {
              WHERE d.id = due.id AND w.id = d.webhook_id AND e.id = d.event_id
              RETURNING d.id, d.webhook_id, d.attempts, due.interrupted, w.url, w.secret_encrypted,
                        e.id AS event_id, e.type AS event_type, e.subject_id, e.payload,
-                       e.principal_kind, e.principal_id, e.created_at AS occurred_at",
+                       e.principal_kind, e.principal_id, e.created_at AS occurred_at,
+                       e.traceparent",
         )
         .bind(limit as i64)
         .bind(self.lease.as_secs_f64())
@@ -191,7 +194,19 @@ impl Worker {
         }
         let started_at = Utc::now();
         let clock = Instant::now();
-        let outcome = self.post(&delivery).await;
+        let span = tracing::info_span!(
+            "webhook.delivery",
+            otel.kind = "client",
+            delivery = delivery.id,
+            event = %delivery.event_type,
+            attempt = delivery.attempts,
+            http.response.status_code = tracing::field::Empty,
+        );
+        crate::telemetry::continue_from(&span, delivery.traceparent.as_deref());
+        let outcome = tracing::Instrument::instrument(self.post(&delivery), span.clone()).await;
+        if let Some(status) = outcome.status_code {
+            span.record("http.response.status_code", status);
+        }
         let duration_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
         self.log_attempt(
             delivery.id,
@@ -242,6 +257,8 @@ impl Worker {
             .header(EVENT_HEADER, &delivery.event_type)
             .header(DELIVERY_HEADER, delivery.id.to_string())
             .body(body);
+        // The receiver may join the trace of the call that caused the event.
+        let request = crate::telemetry::propagate(request);
         match request.send().await {
             Ok(response) if response.status().is_success() => Outcome {
                 status_code: Some(response.status().as_u16()),

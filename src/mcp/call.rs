@@ -46,6 +46,8 @@ pub struct Call {
     pub step: Option<(i64, uuid::Uuid)>,
     /// An HTTP request's rate-limit headers wait here for the call's count.
     pub quota: Option<QuotaSlot>,
+    /// Where the call's span joins a trace.
+    pub trace: crate::telemetry::Parent,
 }
 
 impl Call {
@@ -73,6 +75,7 @@ impl Call {
             approved_action: None,
             step: None,
             quota: None,
+            trace: crate::telemetry::Parent::default(),
         }
     }
 
@@ -278,17 +281,37 @@ pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
             );
             return Err(CallError::UnknownTool(call.tool));
         };
+        let parent = call
+            .trace
+            .span
+            .as_ref()
+            .and_then(tracing::Span::id)
+            .or_else(|| tracing::Span::current().id());
         let span = tracing::info_span!(
+            parent: parent,
             "tool",
             tool = tool.def.name,
             request_id = %call.request_id,
             transport = call.transport.as_str(),
             principal = %call.principal.name,
+            principal_kind,
+            outcome = tracing::field::Empty,
+            otel.name = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
+        if crate::telemetry::enabled() {
+            span.record("otel.name", format!("tools/call {}", tool.def.name));
+            crate::telemetry::continue_from(&span, call.trace.traceparent.as_deref());
+        }
         let outcome = checked(app, tool, call, seal.clone())
             .instrument(span.clone())
             .await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let label = outcome_label(&outcome);
+        span.record("outcome", label);
+        if label == "error" {
+            span.record("otel.status_code", "ERROR");
+        }
         span.in_scope(|| match &outcome {
             Ok(Done::Ask(_)) => tracing::info!(elapsed_ms, "tool call awaits the caller's answer"),
             Ok(Done::Value(_)) => tracing::info!(elapsed_ms, "tool call succeeded"),
@@ -329,14 +352,9 @@ pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
     outcome.map_err(CallError::Tool)
 }
 
-/// Counts a call in the metrics: its outcome, its time, and why it was refused.
-fn count(
-    tool: &'static str,
-    principal_kind: &'static str,
-    outcome: &Result<Done, ToolError>,
-    started: Instant,
-) {
-    let label = match outcome {
+/// A call's outcome as metrics and traces name it.
+fn outcome_label(outcome: &Result<Done, ToolError>) -> &'static str {
+    match outcome {
         Ok(Done::Value(_)) => "ok",
         Ok(Done::Ask(_)) => "input_required",
         Err(error) => match error.code() {
@@ -344,7 +362,17 @@ fn count(
             ErrorCode::Internal => "error",
             _ => "refused",
         },
-    };
+    }
+}
+
+/// Counts a call in the metrics: its outcome, its time, and why it was refused.
+fn count(
+    tool: &'static str,
+    principal_kind: &'static str,
+    outcome: &Result<Done, ToolError>,
+    started: Instant,
+) {
+    let label = outcome_label(outcome);
     if let Err(error) = outcome
         && let Some(reason) = crate::metrics::refusal_reason(error.code())
     {

@@ -98,7 +98,8 @@ pub fn router(app: Arc<App>, options: &HttpOptions, shutdown: CancellationToken)
             inspect_body,
         ))
         .layer(middleware::from_fn_with_state(sessions, bind_session))
-        .layer(middleware::from_fn_with_state(app.clone(), authenticate));
+        .layer(middleware::from_fn_with_state(app.clone(), authenticate))
+        .layer(middleware::from_fn(trace_request));
     let metrics_token = options.metrics_token.as_deref().map(digest);
     axum::Router::new()
         .route("/healthz", get(healthz))
@@ -758,6 +759,35 @@ async fn refuse(mut tcp: tokio::net::TcpStream) {
 /// Resolves the caller from `X-Api-Key` or `Authorization: Bearer`, and hands the principal
 /// to the MCP handler in the request's extensions. Without credentials, only the embedded
 /// default's local owner (loopback listeners) gets through.
+/// With traces on, the request's span: it continues the client's `traceparent` header, and
+/// the tool calls the request carries are its children.
+async fn trace_request(mut request: Request, next: Next) -> Response {
+    if !crate::telemetry::enabled() {
+        return next.run(request).await;
+    }
+    let method = request.method().clone();
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format_args!("{method} /mcp"),
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        principal_kind = tracing::field::Empty,
+    );
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    crate::telemetry::continue_from(&span, traceparent);
+    request
+        .extensions_mut()
+        .insert(crate::telemetry::RequestSpan(span.clone()));
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
 async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     if let Some(down) = app.store.unavailable() {
         return database_unavailable(down);
@@ -782,6 +812,7 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
     };
     match outcome {
         Ok(principal) => {
+            tracing::Span::current().record("principal_kind", principal.kind.as_str());
             request.extensions_mut().insert(principal);
             next.run(request).await
         }

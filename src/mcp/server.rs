@@ -503,6 +503,21 @@ impl AgentCrm {
                 quota: self
                     .http_parts(&ctx)
                     .and_then(|parts| parts.extensions.get::<QuotaSlot>().cloned()),
+                trace: crate::telemetry::Parent {
+                    span: self.http_parts(&ctx).and_then(|parts| {
+                        parts
+                            .extensions
+                            .get::<crate::telemetry::RequestSpan>()
+                            .map(|s| s.0.clone())
+                    }),
+                    traceparent: request
+                        .meta
+                        .as_ref()
+                        .and_then(|m| m.get("traceparent"))
+                        .or_else(|| ctx.meta.get("traceparent"))
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned),
+                },
             },
         )
         .await;

@@ -61,7 +61,10 @@ struct Claimed {
 pub async fn run(app: Arc<App>, id: Uuid, progress: Option<Progress>) {
     let heartbeat = QUEUE.heartbeat(&app, id);
     let lost = heartbeat.lost.clone();
-    if let Err(error) = drive(&app, id, progress, &lost).await {
+    let span = tracing::info_span!("workflow.execution", execution = %id);
+    let span = QUEUE.span(app.store.pool(), id, span).await;
+    let driven = tracing::Instrument::instrument(drive(&app, id, progress, &lost), span).await;
+    if let Err(error) = driven {
         tracing::error!(%error, execution = %id, "workflow execution stopped");
         let _ = finish(
             app.store.pool(),
@@ -154,7 +157,17 @@ async fn drive(
             "steps": exec.results,
             "event": exec.input.get("event"),
         });
-        let outcome = run_step(app, &exec, index, step, &context, lost).await?;
+        let span = tracing::info_span!(
+            "workflow.step",
+            step = index,
+            tool = %step.tool,
+            otel.name = %format_args!("workflow.step {}", step.tool),
+        );
+        let outcome = tracing::Instrument::instrument(
+            run_step(app, &exec, index, step, &context, lost),
+            span,
+        )
+        .await?;
         let Some(outcome) = outcome else {
             return Ok(()); // waiting for approval, or the lease was lost
         };

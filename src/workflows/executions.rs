@@ -233,9 +233,9 @@ async fn execute_workflow(ctx: ToolCtx, args: ExecuteArgs) -> Result<ExecutionOu
     let id: Uuid = sqlx::query_scalar(
         "INSERT INTO workflow_executions (tenant_id, workflow_id, workflow_name, workflow_version,
              definition, input, status, source, started_by_kind, started_by_id, started_by_name,
-             scopes, lease_owner, lease_until, started_at, chain, cause)
+             scopes, lease_owner, lease_until, started_at, chain, cause, traceparent)
          VALUES ($1, $2, $3, $4, $5, $6, 'running', 'manual', $7, $8, $9, $10, $11,
-                 now() + make_interval(secs => $12), now(), $13, $14)
+                 now() + make_interval(secs => $12), now(), $13, $14, $15)
          RETURNING id",
     )
     .bind(principal.tenant_id)
@@ -252,6 +252,7 @@ async fn execute_workflow(ctx: ToolCtx, args: ExecuteArgs) -> Result<ExecutionOu
     .bind(lease().as_secs_f64())
     .bind(delegation::chain_json(&chain))
     .bind(cause.json())
+    .bind(crate::telemetry::traceparent())
     .fetch_one(pool)
     .await
     .map_err(StoreError::from)?;

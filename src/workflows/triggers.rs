@@ -76,8 +76,10 @@ impl Triggered {
         let inserted = sqlx::query(
             "INSERT INTO workflow_executions (tenant_id, workflow_id, workflow_name,
                  workflow_version, definition, input, source, trigger_event_id,
-                 started_by_kind, started_by_id, started_by_name, scopes, chain, cause)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                 started_by_kind, started_by_id, started_by_name, scopes, chain, cause,
+                 traceparent)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                     (SELECT traceparent FROM events WHERE id = $8))
              ON CONFLICT (workflow_id, trigger_event_id) DO NOTHING",
         )
         .bind(self.tenant_id)

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rmcp::service::ClientServiceExt;
 use rmcp::model::SubscribeRequestParams;
+use rmcp::service::ClientServiceExt;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::json;
@@ -114,7 +114,11 @@ async fn calls_per_replica(replicas: &[HttpServer], tool: &str) -> Vec<f64> {
     for replica in replicas {
         let url = replica.logged("metrics on ").await;
         let text = http.get(url).send().await.unwrap().text().await.unwrap();
-        counts.push(sample(&text, "agentcrm_tool_calls_total", &[("tool", tool)]));
+        counts.push(sample(
+            &text,
+            "agentcrm_tool_calls_total",
+            &[("tool", tool)],
+        ));
     }
     counts
 }
@@ -168,7 +172,10 @@ async fn both_generations_and_both_sdks_work_through_a_round_robin_balancer() {
     for _ in 0..6 {
         ids.push(call_ok(&session, "whoami", json!({})).await["session_id"].clone());
     }
-    assert!(ids[0].is_string() && ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    assert!(
+        ids[0].is_string() && ids.iter().all(|id| *id == ids[0]),
+        "{ids:?}"
+    );
     let mut held = minus(&calls_per_replica(&replicas, "whoami").await, &before);
     held.sort_by(f64::total_cmp);
     assert_eq!(held, [0.0, 0.0, 6.0], "one replica serves the session");
@@ -232,7 +239,11 @@ async fn limits_revocation_and_notifications_hold_across_replicas() {
     assert_eq!(revoked.status().as_u16(), 200);
     for i in 0..6 {
         assert_eq!(mcp_status(&lb.base, &plain).await, 401, "key, request {i}");
-        assert_eq!(mcp_status(&lb.base, &token).await, 401, "token, request {i}");
+        assert_eq!(
+            mcp_status(&lb.base, &token).await,
+            401,
+            "token, request {i}"
+        );
     }
 
     // A session (behind the balancer, on one replica) and a 2026-07-28 listen stream hear of

@@ -79,6 +79,7 @@ struct Inner {
     ids: u64,
     requests: Vec<Value>,
     credentials: Vec<String>,
+    traceparents: Vec<String>,
 }
 
 impl FakeLlm {
@@ -131,6 +132,11 @@ impl FakeLlm {
     /// refused for a wrong key; those do not advance the script).
     pub fn requests(&self) -> Vec<Value> {
         self.state.lock().requests.clone()
+    }
+
+    /// The `traceparent` header of each chat request that carried one, in order.
+    pub fn traceparents(&self) -> Vec<String> {
+        self.state.lock().traceparents.clone()
     }
 
     /// Header values of `authorization` (OpenAI) or `x-api-key` (Anthropic) received, in order.
@@ -230,7 +236,13 @@ async fn chat(
         .unwrap_or("fake")
         .to_owned();
     let missing_max_tokens = body.get("max_tokens").is_none();
-    state.lock().requests.push(body);
+    {
+        let mut inner = state.lock();
+        inner.requests.push(body);
+        if let Some(value) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+            inner.traceparents.push(value.to_owned());
+        }
+    }
     if let Some(refused) = state.refusal(&headers) {
         return refused;
     }

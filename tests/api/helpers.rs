@@ -205,7 +205,7 @@ pub fn agentcrm(args: &[&str]) -> Command {
     let mut command = Command::new(BIN);
     command.args(args);
     for (key, _) in std::env::vars() {
-        if key.starts_with("AGENTCRM_") || key == "DATABASE_URL" {
+        if key.starts_with("AGENTCRM_") || key.starts_with("OTEL_") || key == "DATABASE_URL" {
             command.env_remove(key);
         }
     }

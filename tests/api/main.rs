@@ -35,5 +35,6 @@ mod resources;
 mod signin;
 mod stdio;
 mod store;
+mod traces;
 mod webhooks;
 mod workflows;

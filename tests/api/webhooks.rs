@@ -27,7 +27,7 @@ pub(crate) enum Behaviour {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Hit {
-    headers: http::HeaderMap,
+    pub(crate) headers: http::HeaderMap,
     body: Vec<u8>,
 }
 

@@ -4,7 +4,9 @@
 
 use serde_json::Value;
 use sqlx::{PgPool, QueryBuilder};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::principal::{Principal, PrincipalKind};
@@ -209,31 +211,147 @@ fn fits(value: &Value, budget: &mut usize) -> bool {
     }
 }
 
-/// An event and who waits to learn whether it is durable.
-type Pending = (AuditEvent, oneshot::Sender<bool>);
+/// An event and who waits to learn whether it is durable (`None`: the writer itself).
+type Pending = (AuditEvent, Option<oneshot::Sender<Turn>>);
 
+/// What a waiting caller learns: its event's fate, or that it writes the next batch.
+enum Turn {
+    Written(bool),
+    Lead(Vec<Pending>),
+}
+
+/// Group commit without a writer task: a caller that finds no batch being written writes
+/// its event itself, at once (no hop to another task and back). Callers that come while a
+/// batch is written wait; when it is done, the first of them writes everything that
+/// gathered meanwhile, as one batch, and tells the others.
 #[derive(Clone)]
 pub struct AuditLog {
-    sender: mpsc::Sender<Pending>,
+    pool: PgPool,
+    group: Arc<Mutex<Group>>,
+}
+
+#[derive(Default)]
+struct Group {
+    writing: bool,
+    waiting: Vec<Pending>,
 }
 
 impl AuditLog {
-    /// Starts the writer task; it ends when every `AuditLog` clone is dropped.
     pub fn start(pool: PgPool) -> AuditLog {
-        let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(writer(pool, receiver));
-        AuditLog { sender }
+        AuditLog {
+            pool,
+            group: Arc::default(),
+        }
     }
 
     /// Returns once the event is committed (`true`), or could not be (`false`, logged).
     pub async fn record(&self, mut event: AuditEvent) -> bool {
         prepare(&mut event);
-        let (done, committed) = oneshot::channel();
-        if self.sender.send((event, done)).await.is_err() {
-            tracing::error!("audit writer stopped; an audit event was not recorded");
-            return false;
+        let (done, turn) = oneshot::channel();
+        let batch = {
+            let mut group = self.lock();
+            crate::metrics::audit_queue(group.waiting.len());
+            if group.writing {
+                group.waiting.push((event, Some(done)));
+                None
+            } else {
+                group.writing = true;
+                Some(vec![(event, None)])
+            }
+        };
+        let batch = match batch {
+            Some(batch) => batch,
+            None => match turn.await {
+                Ok(Turn::Written(ok)) => return ok,
+                Ok(Turn::Lead(batch)) => batch,
+                // The writer went away (its task was dropped) without a word: not durable.
+                Err(_) => return false,
+            },
+        };
+        Leading {
+            log: self.clone(),
+            batch: Some(batch),
+            handed_over: false,
         }
-        committed.await.unwrap_or(false)
+        .write()
+        .await
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Group> {
+        // The lock guards a flag and a list, never held across an await: a poisoned one
+        // (a panic elsewhere) still holds consistent data.
+        self.group.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends a turn at writing: the next batch goes to the first waiting caller (or, if it
+    /// is gone, to a task of its own); with nobody waiting, the next caller writes.
+    fn hand_over(&self) {
+        let next = {
+            let mut group = self.lock();
+            if group.waiting.is_empty() {
+                group.writing = false;
+                return;
+            }
+            let take = group.waiting.len().min(MAX_BATCH);
+            group.waiting.drain(..take).collect::<Vec<_>>()
+        };
+        let mut next = next;
+        let leader = next[0].1.take();
+        let batch = match leader.map(|l| l.send(Turn::Lead(next))) {
+            Some(Ok(())) => return,
+            Some(Err(Turn::Lead(batch))) => batch,
+            Some(Err(Turn::Written(_))) => return,
+            None => return,
+        };
+        let log = self.clone();
+        tokio::spawn(async move {
+            Leading {
+                log,
+                batch: Some(batch),
+                handed_over: false,
+            }
+            .write()
+            .await;
+        });
+    }
+}
+
+/// A caller's turn at writing. Dropped before it is done (its call was cancelled), it
+/// still hands over, so the callers waiting behind it are not stuck.
+struct Leading {
+    log: AuditLog,
+    batch: Option<Vec<Pending>>,
+    handed_over: bool,
+}
+
+impl Leading {
+    /// Writes the batch, tells each waiting caller, hands over; the writer's own outcome.
+    async fn write(mut self) -> bool {
+        let batch = self.batch.take().unwrap_or_default();
+        let written = write_batch(&self.log.pool, &batch).await;
+        let mut mine = true;
+        for ((_, done), ok) in batch.into_iter().zip(written) {
+            match done {
+                Some(done) => {
+                    let _ = done.send(Turn::Written(ok));
+                }
+                None => mine = ok,
+            }
+        }
+        self.handed_over = true;
+        self.log.hand_over();
+        mine
+    }
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        // Cancelled mid-write: its batch's callers learn nothing was confirmed (their
+        // senders drop), and the turn passes on.
+        if !self.handed_over {
+            drop(self.batch.take());
+            self.log.hand_over();
+        }
     }
 }
 
@@ -267,52 +385,32 @@ const RETRY_WAITS: [std::time::Duration; 3] = [
     std::time::Duration::from_millis(1000),
 ];
 
-/// How many times the writer lets other tasks run before it takes a batch: calls that are
-/// about to finish join it, instead of each paying for a round trip of its own. Measured on
-/// `get_customer` with 16 callers: batches of ~9 events instead of ~4, and 0.82 of the bare
-/// handler's calls/s instead of 0.70.
-const GATHER_YIELDS: usize = 2;
-
-async fn writer(pool: PgPool, mut receiver: mpsc::Receiver<Pending>) {
-    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        for _ in 0..GATHER_YIELDS {
-            tokio::task::yield_now().await;
-            while batch.len() < MAX_BATCH {
-                match receiver.try_recv() {
-                    Ok(pending) => batch.push(pending),
-                    Err(_) => break,
+/// Writes a batch; each event's outcome. One event the database refuses must not take the
+/// others with it: after a refused batch each is tried again alone, a few times (a pool
+/// briefly exhausted, a restart), before it counts as lost.
+async fn write_batch(pool: &PgPool, batch: &[Pending]) -> Vec<bool> {
+    let mut written = vec![true; batch.len()];
+    let started = std::time::Instant::now();
+    let inserted = insert(pool, batch).await;
+    crate::metrics::audit_batch(batch.len(), started.elapsed().as_secs_f64());
+    if let Err(error) = inserted {
+        tracing::warn!(%error, events = batch.len(), "audit batch refused; writing events one by one");
+        for (i, one) in batch.chunks(1).enumerate() {
+            let mut outcome = insert(pool, one).await;
+            for wait in RETRY_WAITS {
+                if outcome.is_ok() {
+                    break;
                 }
+                tokio::time::sleep(wait).await;
+                outcome = insert(pool, one).await;
             }
-        }
-        let mut written = vec![true; batch.len()];
-        crate::metrics::audit_queue(receiver.len());
-        let started = std::time::Instant::now();
-        let inserted = insert(&pool, &batch).await;
-        crate::metrics::audit_batch(batch.len(), started.elapsed().as_secs_f64());
-        if let Err(error) = inserted {
-            // One event the database refuses must not take the others with it; each is tried
-            // again a few times (a pool briefly exhausted, a restart) before it counts as lost.
-            tracing::warn!(%error, events = batch.len(), "audit batch refused; writing events one by one");
-            for (i, one) in batch.chunks(1).enumerate() {
-                let mut outcome = insert(&pool, one).await;
-                for wait in RETRY_WAITS {
-                    if outcome.is_ok() {
-                        break;
-                    }
-                    tokio::time::sleep(wait).await;
-                    outcome = insert(&pool, one).await;
-                }
-                if let Err(error) = outcome {
-                    tracing::error!(%error, action = %one[0].0.action, "could not write an audit event");
-                    written[i] = false;
-                }
+            if let Err(error) = outcome {
+                tracing::error!(%error, action = %one[0].0.action, "could not write an audit event");
+                written[i] = false;
             }
-        }
-        for ((_, done), ok) in batch.drain(..).zip(written) {
-            let _ = done.send(ok);
         }
     }
+    written
 }
 
 /// One event, on a connection of the caller's (inside a tool's own transaction).

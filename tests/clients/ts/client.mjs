@@ -157,7 +157,9 @@ async function drive(args) {
             fetched,
             unknown_tool_error: unknown,
             refused_tool: refused,
-            transport_errors: transportErrors,
+            // A copy: closing the client below aborts its open GET stream, and the SDK reports
+            // that abort as an error of its own making, not the server's.
+            transport_errors: [...transportErrors],
         };
         if (args.transport === 'http') {
             // The SDK leaves ending the HTTP session to the application (DELETE with the

@@ -1,6 +1,8 @@
 //! Customers: list, get, create, update (optimistic concurrency) and delete, every query
 //! shaped by the caller's policy (tenant, row conditions, field rules, grants).
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -179,7 +181,7 @@ pub(crate) fn check_fields(fields: Option<&[String]>) -> Result<(), ToolError> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderBy {
     /// Newest first (the default).
@@ -200,6 +202,26 @@ impl OrderBy {
             OrderBy::UpdatedDesc => ("updated_at", " ORDER BY c.updated_at DESC, c.id DESC"),
             OrderBy::LastNameAsc => ("last_name", " ORDER BY lower(c.last_name), c.id"),
             OrderBy::CompanyAsc => ("company", " ORDER BY lower(c.company) NULLS LAST, c.id"),
+        }
+    }
+
+    /// Its name in keyset cursors.
+    fn tag(self) -> &'static str {
+        match self {
+            OrderBy::CreatedDesc => "cd",
+            OrderBy::CreatedAsc => "ca",
+            OrderBy::UpdatedDesc => "ud",
+            OrderBy::LastNameAsc => "ln",
+            OrderBy::CompanyAsc => "co",
+        }
+    }
+
+    /// The text a keyset cursor keeps for the orders by name (times come from the row).
+    fn key_sql(self) -> &'static str {
+        match self {
+            OrderBy::LastNameAsc => "lower(c.last_name)",
+            OrderBy::CompanyAsc => "lower(c.company)",
+            _ => "NULL::text",
         }
     }
 }
@@ -296,41 +318,216 @@ fn push_filters(
 }
 
 async fn list_customers(ctx: ToolCtx, args: ListArgs) -> Result<CustomerList, ToolError> {
-    let page = PageArgs::of(args.limit, &args.cursor)?;
+    let (limit, from) = Position::of(&args)?;
     check_fields(args.fields.as_deref())?;
     let policy = ctx.policy().await?;
     let pool = ctx.app.store.pool();
 
     let rows = policy.rows(&CUSTOMERS, Access::Read);
-    let mut query = rows.select(COLUMNS);
+    let order = args.order_by.sql().1;
+    let mut query = rows.select(&format!(
+        "{COLUMNS}, {} AS sort_key",
+        args.order_by.key_sql()
+    ));
     push_filters(&args, &policy, &mut query)?;
-    query.push(args.order_by.sql().1);
-    query
-        .push(" LIMIT ")
-        .push_bind(page.limit)
-        .push(" OFFSET ")
-        .push_bind(page.offset);
-    let found: Vec<Customer> = query
-        .build_query_as()
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::from)?;
+    match &from {
+        Position::Offset(_) => {}
+        Position::After(after) => after.push_after(&mut query),
+    }
+    query.push(order).push(" LIMIT ").push_bind(limit + 1);
+    if let Position::Offset(offset) = from {
+        query.push(" OFFSET ").push_bind(offset);
+    }
 
-    let mut count = rows.select("count(*)");
-    push_filters(&args, &policy, &mut count)?;
-    let total: i64 = count
-        .build_query_scalar()
-        .fetch_one(pool)
-        .await
-        .map_err(StoreError::from)?;
+    // The total: from the per-status counts when the listing narrows by status alone,
+    // else counted. Run beside the page, on a connection of its own.
+    let narrowed_beyond_status = args.company.is_some()
+        || args.assigned_to.is_some()
+        || args.tag.is_some()
+        || args.created_after.is_some()
+        || args.created_before.is_some();
+    let mut count = match (!narrowed_beyond_status)
+        .then(|| rows.counted(args.status.map(Status::as_str)))
+        .flatten()
+    {
+        Some(counted) => counted,
+        None => {
+            let mut count = rows.select("count(*)");
+            push_filters(&args, &policy, &mut count)?;
+            count
+        }
+    };
+    let (mut found, total): (Vec<Keyed>, i64) = tokio::try_join!(
+        query.build_query_as().fetch_all(pool),
+        count.build_query_scalar().fetch_one(pool),
+    )
+    .map_err(StoreError::from)?;
+
+    let has_more = found.len() as i64 > limit;
+    found.truncate(limit as usize);
+    let next_cursor = has_more
+        .then(|| {
+            found
+                .last()
+                .map(|last| After::of(args.order_by, last).cursor())
+        })
+        .flatten();
     let customers = found
         .iter()
-        .map(|c| shape(&policy, c, args.fields.as_deref()))
+        .map(|k| shape(&policy, &k.customer, args.fields.as_deref()))
         .collect::<Result<_, _>>()?;
     Ok(CustomerList {
         customers,
-        page: page.info(total),
+        page: PageInfo {
+            total,
+            has_more,
+            next_cursor,
+        },
     })
+}
+
+/// A listed customer and the value it was sorted by (as the database compares it).
+#[derive(sqlx::FromRow)]
+struct Keyed {
+    #[sqlx(flatten)]
+    customer: Customer,
+    sort_key: Option<String>,
+}
+
+/// Where a page of `list_customers` starts: after the last customer of the previous page
+/// (keyset: the same cost on page 1 and page 10,000, and no customer skipped or repeated
+/// when others are added meanwhile), or at an offset (cursors issued before keysets).
+enum Position {
+    Offset(i64),
+    After(After),
+}
+
+impl Position {
+    fn of(args: &ListArgs) -> Result<(i64, Position), ToolError> {
+        let keyset = args
+            .cursor
+            .as_deref()
+            .and_then(|c| URL_SAFE_NO_PAD.decode(c).ok())
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .filter(|text| text.starts_with("k|"));
+        match keyset {
+            Some(text) => {
+                let page = PageArgs::of(args.limit, &None)?;
+                let after = After::parse(&text, args.order_by)?;
+                Ok((page.limit, Position::After(after)))
+            }
+            None => {
+                let page = PageArgs::of(args.limit, &args.cursor)?;
+                Ok((page.limit, Position::Offset(page.offset)))
+            }
+        }
+    }
+}
+
+/// The sort position of the last customer of a page.
+struct After {
+    order: OrderBy,
+    id: Uuid,
+    /// Microseconds since the epoch, for the orders by time.
+    at: i64,
+    /// The sort text, for the orders by name (`None`: no company, sorted last).
+    text: Option<String>,
+}
+
+impl After {
+    fn of(order: OrderBy, last: &Keyed) -> After {
+        let c = &last.customer;
+        let at = match order {
+            OrderBy::UpdatedDesc => c.updated_at,
+            _ => c.created_at,
+        };
+        After {
+            order,
+            id: c.id,
+            at: at.timestamp_micros(),
+            text: last.sort_key.clone(),
+        }
+    }
+
+    fn cursor(&self) -> String {
+        let text = match &self.text {
+            Some(text) => format!("v{text}"),
+            None => "n".to_owned(),
+        };
+        URL_SAFE_NO_PAD.encode(format!(
+            "k|{}|{}|{}|{text}",
+            self.order.tag(),
+            self.id,
+            self.at
+        ))
+    }
+
+    fn parse(text: &str, order: OrderBy) -> Result<After, ToolError> {
+        let bad = || {
+            ToolError::InvalidRequest(
+                "cursor is not one this server issued for this order_by; omit it to start \
+                 from the first page"
+                    .into(),
+            )
+        };
+        let mut parts = text.splitn(5, '|').skip(1);
+        // A cursor of another order would skip or repeat customers.
+        if parts.next() != Some(order.tag()) {
+            return Err(bad());
+        }
+        let id = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let at = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let text = match parts.next() {
+            Some("n") => None,
+            Some(value) => Some(value.strip_prefix('v').ok_or_else(bad)?.to_owned()),
+            None => return Err(bad()),
+        };
+        Ok(After {
+            order,
+            id,
+            at,
+            text,
+        })
+    }
+
+    /// ` AND <rows after this one in order>`.
+    fn push_after(&self, query: &mut QueryBuilder<Postgres>) {
+        let at = DateTime::<Utc>::from_timestamp_micros(self.at).unwrap_or_default();
+        match (self.order, &self.text) {
+            (OrderBy::CreatedDesc, _) => {
+                query.push(" AND (c.created_at, c.id) < (").push_bind(at);
+            }
+            (OrderBy::CreatedAsc, _) => {
+                query.push(" AND (c.created_at, c.id) > (").push_bind(at);
+            }
+            (OrderBy::UpdatedDesc, _) => {
+                query.push(" AND (c.updated_at, c.id) < (").push_bind(at);
+            }
+            (OrderBy::LastNameAsc, text) => {
+                query
+                    .push(" AND (lower(c.last_name), c.id) > (")
+                    .push_bind(text.clone().unwrap_or_default());
+            }
+            (OrderBy::CompanyAsc, Some(text)) => {
+                query
+                    .push(" AND (lower(c.company) > ")
+                    .push_bind(text.clone())
+                    .push(" OR c.company IS NULL OR (lower(c.company) = ")
+                    .push_bind(text.clone())
+                    .push(" AND c.id > ")
+                    .push_bind(self.id)
+                    .push("))");
+                return;
+            }
+            (OrderBy::CompanyAsc, None) => {
+                query
+                    .push(" AND c.company IS NULL AND c.id > ")
+                    .push_bind(self.id);
+                return;
+            }
+        }
+        query.push(", ").push_bind(self.id).push(")");
+    }
 }
 
 /// How a customer is named to people (e.g. in the approval queue), from the fields

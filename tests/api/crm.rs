@@ -1210,3 +1210,191 @@ async fn bulk_updates_run_in_batches_with_progress_and_respect_policy() {
     bot.cancel().await.unwrap();
     admin.cancel().await.unwrap();
 }
+
+/// Every page of `list_customers` in `order_by`, following `next_cursor`; the ids in order.
+async fn walk(client: &Client, order_by: &str, limit: u32) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut cursor = Value::Null;
+    loop {
+        let mut args = json!({ "order_by": order_by, "limit": limit, "fields": ["id"] });
+        if !cursor.is_null() {
+            args["cursor"] = cursor.clone();
+        }
+        let page = call_ok(client, "list_customers", args).await;
+        for customer in page["customers"].as_array().unwrap() {
+            ids.push(customer["id"].as_str().unwrap().to_owned());
+        }
+        cursor = page["next_cursor"].clone();
+        assert_eq!(page["has_more"], !cursor.is_null(), "{page}");
+        if cursor.is_null() {
+            return ids;
+        }
+    }
+}
+
+/// Keyset cursors: every order walks every customer once, ties (one timestamp, names
+/// equal but for case, no company) included, and a customer added mid-walk neither shifts
+/// nor repeats the pages. The `total` read from the per-status counts matches a count of
+/// the rows through creates, status changes, bulk updates and deletes, for an admin and for
+/// an agent whose condition and grant narrow what it sees.
+#[tokio::test]
+async fn list_customers_pages_by_keyset_and_its_total_matches_a_count() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO customers (tenant_id, first_name, last_name, company, status, created_at,
+             updated_at)
+         SELECT t.id, 'n' || i, (ARRAY['ada', 'Ada', 'Zoë', 'åsa', ''])[1 + i % 5],
+                CASE WHEN i % 3 = 0 THEN NULL ELSE (ARRAY['Acme', 'acme', 'Beta'])[1 + i % 3] END,
+                (ARRAY['lead', 'customer', 'churned', 'hot_lead'])[1 + i % 4],
+                timestamptz '2026-01-01' + (i / 4) * interval '1 second',
+                timestamptz '2026-02-01' + (i / 3) * interval '1 second'
+         FROM tenants t, generate_series(1, 37) i WHERE t.slug = 'acme'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let orders = [
+        ("created_desc", "c.created_at DESC, c.id DESC"),
+        ("created_asc", "c.created_at, c.id"),
+        ("updated_desc", "c.updated_at DESC, c.id DESC"),
+        ("last_name_asc", "lower(c.last_name), c.id"),
+        ("company_asc", "lower(c.company) NULLS LAST, c.id"),
+    ];
+    for (order_by, sql) in orders {
+        let expected: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT c.id::text FROM customers c ORDER BY {sql}"
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(walk(&admin, order_by, 7).await, expected, "{order_by}");
+    }
+
+    // A customer added after page one: offsets would show one customer twice.
+    let first = call_ok(&admin, "list_customers", json!({ "limit": 10 })).await;
+    create(&admin, json!({ "first_name": "Newest" })).await;
+    let second = call_ok(
+        &admin,
+        "list_customers",
+        json!({ "limit": 10, "cursor": first["next_cursor"] }),
+    )
+    .await;
+    let ids = |page: &Value| -> Vec<String> {
+        page["customers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(
+        ids(&second).iter().all(|id| !ids(&first).contains(id)),
+        "no customer repeated"
+    );
+    assert_eq!(second["total"], 38);
+    // A cursor of another order, or forged, is refused; one issued before keysets still works.
+    let other = call(
+        &admin,
+        "list_customers",
+        json!({ "order_by": "last_name_asc", "cursor": first["next_cursor"] }),
+    )
+    .await;
+    assert_eq!(error_code(&other), "invalid_request");
+    use base64::Engine;
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("k|cd|' OR 1=1 --|0|n");
+    let forged = call(&admin, "list_customers", json!({ "cursor": forged })).await;
+    assert_eq!(error_code(&forged), "invalid_request");
+    let offset = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("o:35");
+    let tail = call_ok(&admin, "list_customers", json!({ "cursor": offset })).await;
+    assert_eq!(tail["customers"].as_array().unwrap().len(), 3);
+
+    // Totals against counts of the rows, as things change.
+    let all_ids: Vec<String> = walk(&admin, "created_asc", 100).await;
+    let agent = call_ok(
+        &admin,
+        "register_agent",
+        json!({ "name": "counter", "scopes": ["customers:read"] }),
+    )
+    .await;
+    call_ok(&admin, "update_agent_permissions", json!({
+        "agent_id": agent["agent"]["id"],
+        "conditions": { "customers": [{ "field": "status", "op": "ne", "value": "churned" }] },
+        "grants": [{ "scope": "customers:read", "except_ids": [all_ids[0], all_ids[1], all_ids[2]] }],
+    }))
+    .await;
+    let bot = agent_client(&db, &agent).await;
+    let check = |stage: &'static str| {
+        let (admin, bot, pool, excluded) = (&admin, &bot, &pool, all_ids[..3].to_vec());
+        async move {
+            for status in [None, Some("lead"), Some("churned"), Some("customer")] {
+                let args = match status {
+                    Some(status) => json!({ "status": status, "limit": 1 }),
+                    None => json!({ "limit": 1 }),
+                };
+                let counted: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM customers WHERE ($1::text IS NULL OR status = $1)",
+                )
+                .bind(status)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+                let listed = call_ok(admin, "list_customers", args.clone()).await;
+                assert_eq!(listed["total"], counted, "{stage}, admin, {status:?}");
+                let visible: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM customers WHERE status <> 'churned'
+                       AND NOT (id::text = ANY($2)) AND ($1::text IS NULL OR status = $1)",
+                )
+                .bind(status)
+                .bind(&excluded)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+                let listed = call_ok(bot, "list_customers", args).await;
+                assert_eq!(listed["total"], visible, "{stage}, agent, {status:?}");
+            }
+        }
+    };
+    check("seeded").await;
+    let one = call_ok(&admin, "get_customer", json!({ "customer_id": all_ids[5] })).await;
+    call_ok(
+        &admin,
+        "update_customer",
+        json!({ "customer_id": all_ids[5], "version": one["customer"]["version"], "status": "churned" }),
+    )
+    .await;
+    call_ok(
+        &admin,
+        "bulk_update_customers",
+        json!({ "customer_ids": all_ids[6..20], "set": { "status": "customer" } }),
+    )
+    .await;
+    call_ok(
+        &admin,
+        "delete_customer",
+        json!({ "customer_id": all_ids[1] }),
+    )
+    .await;
+    call_ok(
+        &admin,
+        "delete_customer",
+        json!({ "customer_id": all_ids[30] }),
+    )
+    .await;
+    check("after updates and deletes").await;
+    let drift: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (
+             SELECT tenant_id, status, count(*) AS n FROM customers GROUP BY 1, 2) real
+         FULL JOIN (
+             SELECT tenant_id, status, sum(n) AS n FROM customer_counts GROUP BY 1, 2
+             HAVING sum(n) <> 0) kept USING (tenant_id, status)
+         WHERE real.n IS DISTINCT FROM kept.n",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(drift, 0, "the counts are the rows' counts");
+    bot.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}

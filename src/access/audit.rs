@@ -211,146 +211,141 @@ fn fits(value: &Value, budget: &mut usize) -> bool {
     }
 }
 
-/// An event and who waits to learn whether it is durable (`None`: the writer itself).
-type Pending = (AuditEvent, Option<oneshot::Sender<Turn>>);
+/// An event and who waits to learn whether it is durable.
+type Pending = (AuditEvent, oneshot::Sender<bool>);
 
-/// What a waiting caller learns: its event's fate, or that it writes the next batch.
-enum Turn {
-    Written(bool),
-    Lead(Vec<Pending>),
-}
-
-/// Group commit without a writer task: a caller that finds no batch being written writes
-/// its event itself, at once (no hop to another task and back). Callers that come while a
-/// batch is written wait; when it is done, the first of them writes everything that
-/// gathered meanwhile, as one batch, and tells the others.
+/// Group commit. A call that finds no batch being written writes its record itself, at once:
+/// no hop to another task and back when the server is quiet. Calls that come while a batch
+/// is written queue; the writer task takes over and writes them in batches (gathering the
+/// calls about to finish) until the queue is empty, then leaves the next call to write
+/// its own record again.
 #[derive(Clone)]
 pub struct AuditLog {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     pool: PgPool,
-    group: Arc<Mutex<Group>>,
+    group: Mutex<Group>,
+    /// Wakes the writer task when a caller's write ends with others queued.
+    queued: tokio::sync::Notify,
 }
 
 #[derive(Default)]
 struct Group {
+    /// A batch is being written (by a caller or by the writer task).
     writing: bool,
     waiting: Vec<Pending>,
 }
 
 impl AuditLog {
+    /// Starts the writer task; it ends when every `AuditLog` clone is dropped.
     pub fn start(pool: PgPool) -> AuditLog {
-        AuditLog {
+        let shared = Arc::new(Shared {
             pool,
-            group: Arc::default(),
-        }
+            group: Mutex::default(),
+            queued: tokio::sync::Notify::new(),
+        });
+        tokio::spawn(writer(Arc::downgrade(&shared)));
+        AuditLog { shared }
     }
 
     /// Returns once the event is committed (`true`), or could not be (`false`, logged).
     pub async fn record(&self, mut event: AuditEvent) -> bool {
         prepare(&mut event);
-        let (done, turn) = oneshot::channel();
-        let batch = {
-            let mut group = self.lock();
+        let (done, committed) = oneshot::channel();
+        let queued = {
+            let mut group = self.shared.lock();
             crate::metrics::audit_queue(group.waiting.len());
             if group.writing {
-                group.waiting.push((event, Some(done)));
+                group.waiting.push((event, done));
                 None
             } else {
                 group.writing = true;
-                Some(vec![(event, None)])
+                Some(event)
             }
         };
-        let batch = match batch {
-            Some(batch) => batch,
-            None => match turn.await {
-                Ok(Turn::Written(ok)) => return ok,
-                Ok(Turn::Lead(batch)) => batch,
-                // The writer went away (its task was dropped) without a word: not durable.
-                Err(_) => return false,
-            },
+        let Some(event) = queued else {
+            return committed.await.unwrap_or(false);
         };
-        Leading {
-            log: self.clone(),
-            batch: Some(batch),
-            handed_over: false,
-        }
-        .write()
-        .await
+        let turn = Turn {
+            shared: &self.shared,
+        };
+        let written = write_batch(&self.shared.pool, std::slice::from_ref(&event), |e| e).await;
+        drop(turn);
+        written.first().copied().unwrap_or(false)
     }
+}
 
+impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Group> {
-        // The lock guards a flag and a list, never held across an await: a poisoned one
-        // (a panic elsewhere) still holds consistent data.
+        // The lock guards a flag and a list, never held across an await: a poisoned one (a
+        // panic elsewhere) still holds consistent data.
         self.group.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Ends a turn at writing: the next batch goes to the first waiting caller (or, if it
-    /// is gone, to a task of its own); with nobody waiting, the next caller writes.
-    fn hand_over(&self) {
-        let next = {
-            let mut group = self.lock();
+    /// A caller's write ended: the writer task takes the queue, or the next call writes.
+    fn pass_on(&self) {
+        let mut group = self.lock();
+        if group.waiting.is_empty() {
+            group.writing = false;
+        } else {
+            drop(group);
+            self.queued.notify_one();
+        }
+    }
+}
+
+/// A caller's turn at writing; passes on when it ends, even if the call is cancelled
+/// mid-write, so nobody queued behind it waits forever.
+struct Turn<'a> {
+    shared: &'a Shared,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.shared.pass_on();
+    }
+}
+
+/// How many times the writer task lets other tasks run before it takes a batch: calls that
+/// are about to finish join it, instead of each paying for a round trip of its own.
+/// Measured on `get_customer` with 16 callers: batches of ~9 events instead of ~4, and 0.82
+/// of the bare handler's calls/s instead of 0.70.
+const GATHER_YIELDS: usize = 2;
+
+async fn writer(shared: std::sync::Weak<Shared>) {
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        // Woken by a caller whose write ended with others queued; the wait ends when the
+        // last handle goes (checked every few seconds).
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), strong.queued.notified()).await;
+        loop {
+            for _ in 0..GATHER_YIELDS {
+                tokio::task::yield_now().await;
+            }
+            let batch: Vec<Pending> = {
+                let mut group = strong.lock();
+                if group.waiting.is_empty() {
+                    // Nobody queued (or a stray wake-up): the next caller writes its own, unless
+                    // a caller is writing right now.
+                    break;
+                }
+                let take = group.waiting.len().min(MAX_BATCH);
+                group.waiting.drain(..take).collect()
+            };
+            let written = write_batch(&strong.pool, &batch, |(e, _)| e).await;
+            for ((_, done), ok) in batch.into_iter().zip(written) {
+                let _ = done.send(ok);
+            }
+            let mut group = strong.lock();
             if group.waiting.is_empty() {
                 group.writing = false;
-                return;
+                break;
             }
-            let take = group.waiting.len().min(MAX_BATCH);
-            group.waiting.drain(..take).collect::<Vec<_>>()
-        };
-        let mut next = next;
-        let leader = next[0].1.take();
-        let batch = match leader.map(|l| l.send(Turn::Lead(next))) {
-            Some(Ok(())) => return,
-            Some(Err(Turn::Lead(batch))) => batch,
-            Some(Err(Turn::Written(_))) => return,
-            None => return,
-        };
-        let log = self.clone();
-        tokio::spawn(async move {
-            Leading {
-                log,
-                batch: Some(batch),
-                handed_over: false,
-            }
-            .write()
-            .await;
-        });
-    }
-}
-
-/// A caller's turn at writing. Dropped before it is done (its call was cancelled), it
-/// still hands over, so the callers waiting behind it are not stuck.
-struct Leading {
-    log: AuditLog,
-    batch: Option<Vec<Pending>>,
-    handed_over: bool,
-}
-
-impl Leading {
-    /// Writes the batch, tells each waiting caller, hands over; the writer's own outcome.
-    async fn write(mut self) -> bool {
-        let batch = self.batch.take().unwrap_or_default();
-        let written = write_batch(&self.log.pool, &batch).await;
-        let mut mine = true;
-        for ((_, done), ok) in batch.into_iter().zip(written) {
-            match done {
-                Some(done) => {
-                    let _ = done.send(Turn::Written(ok));
-                }
-                None => mine = ok,
-            }
-        }
-        self.handed_over = true;
-        self.log.hand_over();
-        mine
-    }
-}
-
-impl Drop for Leading {
-    fn drop(&mut self) {
-        // Cancelled mid-write: its batch's callers learn nothing was confirmed (their
-        // senders drop), and the turn passes on.
-        if !self.handed_over {
-            drop(self.batch.take());
-            self.log.hand_over();
         }
     }
 }
@@ -388,24 +383,28 @@ const RETRY_WAITS: [std::time::Duration; 3] = [
 /// Writes a batch; each event's outcome. One event the database refuses must not take the
 /// others with it: after a refused batch each is tried again alone, a few times (a pool
 /// briefly exhausted, a restart), before it counts as lost.
-async fn write_batch(pool: &PgPool, batch: &[Pending]) -> Vec<bool> {
+async fn write_batch<T: Sync>(
+    pool: &PgPool,
+    batch: &[T],
+    event: fn(&T) -> &AuditEvent,
+) -> Vec<bool> {
     let mut written = vec![true; batch.len()];
     let started = std::time::Instant::now();
-    let inserted = insert(pool, batch).await;
+    let inserted = insert_events(pool, batch.iter().map(event)).await;
     crate::metrics::audit_batch(batch.len(), started.elapsed().as_secs_f64());
     if let Err(error) = inserted {
         tracing::warn!(%error, events = batch.len(), "audit batch refused; writing events one by one");
         for (i, one) in batch.chunks(1).enumerate() {
-            let mut outcome = insert(pool, one).await;
+            let mut outcome = insert_events(pool, one.iter().map(event)).await;
             for wait in RETRY_WAITS {
                 if outcome.is_ok() {
                     break;
                 }
                 tokio::time::sleep(wait).await;
-                outcome = insert(pool, one).await;
+                outcome = insert_events(pool, one.iter().map(event)).await;
             }
             if let Err(error) = outcome {
-                tracing::error!(%error, action = %one[0].0.action, "could not write an audit event");
+                tracing::error!(%error, action = %event(&one[0]).action, "could not write an audit event");
                 written[i] = false;
             }
         }
@@ -421,10 +420,6 @@ pub async fn insert_one(
     let mut event = event.clone();
     prepare(&mut event);
     insert_events(conn, std::iter::once(&event)).await
-}
-
-async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<(), sqlx::Error> {
-    insert_events(pool, batch.iter().map(|(e, _)| e)).await
 }
 
 /// One statement for any batch size (column arrays through `unnest`), so it is prepared

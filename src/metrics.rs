@@ -30,7 +30,20 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_size".into()), &SIZES));
             match builder.map(|b| b.install_recorder()) {
-                Ok(Ok(handle)) => Some(handle),
+                Ok(Ok(handle)) => {
+                    // Histogram samples wait in buffers until upkeep folds them into their
+                    // buckets; unscraped, they grew by every call (the soak's RSS went from
+                    // 37 to 46 MB in 10 minutes). The exporter leaves upkeep to its caller.
+                    let upkeep = handle.clone();
+                    tokio::spawn(async move {
+                        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+                        loop {
+                            every.tick().await;
+                            upkeep.run_upkeep();
+                        }
+                    });
+                    Some(handle)
+                }
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "metrics: could not install the recorder");
                     None

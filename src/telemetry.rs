@@ -51,7 +51,7 @@ impl Guard {
             // Blocking: it waits for the export thread, whose request runs on this runtime.
             let _ = tokio::task::spawn_blocking(move || {
                 if let Err(error) = provider.shutdown() {
-                    eprintln!("traces: {error}");
+                    tracing::warn!(%error, "traces: the last spans may not have been sent");
                 }
             })
             .await;

@@ -153,6 +153,21 @@ struct Window {
 }
 
 impl Window {
+    fn new(limit: Limit) -> Window {
+        Window {
+            bucket_seconds: (limit.window_seconds / BUCKETS).max(1),
+            ..Window::default()
+        }
+    }
+
+    /// Adds `n` calls (or takes them back) in the bucket of `now`, to be written.
+    fn count(&mut self, now: i64, n: i64) {
+        *self
+            .pending
+            .entry(now - now.rem_euclid(self.bucket_seconds))
+            .or_default() += n;
+    }
+
     fn used(&self, now: i64, window: i64) -> (i64, Option<i64>) {
         let from = now - window;
         let mut used = 0;
@@ -279,17 +294,15 @@ impl RateLimiter {
         // Near the limit, the call is counted in the database before it is decided on: every
         // process then decides on totals that include every earlier call, wherever it was
         // made. Two processes racing for the last call may both be refused; none is let past.
-        let bucket_of = |now: i64, w: &Window| now - now.rem_euclid(w.bucket_seconds);
         if !stale.is_empty() {
             {
                 let mut windows = self.lock()?;
                 for key in &stale {
                     let limit = limits[&key.1];
-                    let window = windows.entry(key.clone()).or_insert_with(|| Window {
-                        bucket_seconds: (limit.window_seconds / BUCKETS).max(1),
-                        ..Window::default()
-                    });
-                    *window.pending.entry(bucket_of(now, window)).or_default() += 1;
+                    let window = windows
+                        .entry(key.clone())
+                        .or_insert_with(|| Window::new(limit));
+                    window.count(now, 1);
                 }
             }
             self.sync(&stale).await?;
@@ -301,10 +314,7 @@ impl RateLimiter {
                 let limit = limits[class];
                 let key = (who.clone(), *class);
                 let counted = stale.contains(&key);
-                let window = windows.entry(key).or_insert_with(|| Window {
-                    bucket_seconds: (limit.window_seconds / BUCKETS).max(1),
-                    ..Window::default()
-                });
+                let window = windows.entry(key).or_insert_with(|| Window::new(limit));
                 let (used, oldest) = window.used(now, limit.window_seconds);
                 let over = if counted {
                     used > limit.max
@@ -326,7 +336,7 @@ impl RateLimiter {
                 // A refused call counts nothing: take back what was written for it.
                 for key in &stale {
                     if let Some(window) = windows.get_mut(key) {
-                        *window.pending.entry(bucket_of(now, window)).or_default() -= 1;
+                        window.count(now, -1);
                     }
                 }
             }
@@ -345,7 +355,7 @@ impl RateLimiter {
             let counted = stale.contains(&key);
             if let Some(window) = windows.get_mut(&key) {
                 if !counted {
-                    *window.pending.entry(bucket_of(now, window)).or_default() += 1;
+                    window.count(now, 1);
                 }
                 let here = window.quota(*class, limits[class], now);
                 if quota.is_none_or(|q| here.remaining <= q.remaining) {
@@ -374,10 +384,9 @@ impl RateLimiter {
             .get(&key)
             .is_some_and(|w| w.synced_at.is_some());
         if !known {
-            self.lock()?.entry(key.clone()).or_insert_with(|| Window {
-                bucket_seconds: (limit.window_seconds / BUCKETS).max(1),
-                ..Window::default()
-            });
+            self.lock()?
+                .entry(key.clone())
+                .or_insert_with(|| Window::new(limit));
             self.sync(std::slice::from_ref(&key)).await?;
         }
         let now = Utc::now().timestamp();
@@ -415,10 +424,9 @@ impl RateLimiter {
         let keys: Vec<Key> = Class::ALL.iter().map(|c| (who.clone(), *c)).collect();
         for (key, class) in keys.iter().zip(Class::ALL) {
             let limit = limits[&class];
-            self.lock()?.entry(key.clone()).or_insert_with(|| Window {
-                bucket_seconds: (limit.window_seconds / BUCKETS).max(1),
-                ..Window::default()
-            });
+            self.lock()?
+                .entry(key.clone())
+                .or_insert_with(|| Window::new(limit));
         }
         self.sync(&keys).await?;
         let now = Utc::now().timestamp();

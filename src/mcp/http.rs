@@ -812,7 +812,10 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
     };
     match outcome {
         Ok(principal) => {
-            tracing::Span::current().record("principal_kind", principal.kind.as_str());
+            if crate::telemetry::enabled() {
+                // The request span of `trace_request`.
+                tracing::Span::current().record("principal_kind", principal.kind.as_str());
+            }
             request.extensions_mut().insert(principal);
             next.run(request).await
         }

@@ -3,8 +3,10 @@
 //! no call pays for a round trip of its own under load.
 
 use serde_json::Value;
-use sqlx::{PgPool, QueryBuilder};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, PgPool, Postgres, QueryBuilder};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -226,6 +228,10 @@ pub struct AuditLog {
 
 struct Shared {
     pool: PgPool,
+    /// The connection batches are written on, kept between them: batches are written one
+    /// at a time, and taking a connection from the pool for each would cost two more round
+    /// trips (sqlx checks a connection as it returns to the pool). With when it was last used.
+    conn: tokio::sync::Mutex<Option<(PoolConnection<Postgres>, Instant)>>,
     group: Mutex<Group>,
     /// Wakes the writer task when a caller's write ends with others queued.
     queued: tokio::sync::Notify,
@@ -243,6 +249,7 @@ impl AuditLog {
     pub fn start(pool: PgPool) -> AuditLog {
         let shared = Arc::new(Shared {
             pool,
+            conn: tokio::sync::Mutex::new(None),
             group: Mutex::default(),
             queued: tokio::sync::Notify::new(),
         });
@@ -271,7 +278,7 @@ impl AuditLog {
         let turn = Turn {
             shared: &self.shared,
         };
-        let written = write_batch(&self.shared.pool, std::slice::from_ref(&event), |e| e).await;
+        let written = write_batch(&self.shared, std::slice::from_ref(&event), |e| e).await;
         drop(turn);
         written.first().copied().unwrap_or(false)
     }
@@ -282,6 +289,27 @@ impl Shared {
         // The lock guards a flag and a list, never held across an await: a poisoned one (a
         // panic elsewhere) still holds consistent data.
         self.group.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Inserts events on the kept connection. One idle for a while is checked first; one
+    /// that fails is let go (a fresh one is taken next time), and so is one whose write was
+    /// cancelled halfway: it is taken out while in use.
+    async fn insert<'a>(
+        &self,
+        events: impl Iterator<Item = &'a AuditEvent> + Clone,
+    ) -> Result<(), sqlx::Error> {
+        let mut kept = self.conn.lock().await;
+        let mut conn = match kept.take() {
+            Some((conn, used)) if used.elapsed() <= crate::store::CHECK_IDLE_AFTER => conn,
+            Some((mut conn, _)) => match conn.ping().await {
+                Ok(()) => conn,
+                Err(_) => self.pool.acquire().await?,
+            },
+            None => self.pool.acquire().await?,
+        };
+        insert_events(&mut *conn, events).await?;
+        *kept = Some((conn, Instant::now()));
+        Ok(())
     }
 
     /// A caller's write ended: the writer task takes the queue, or the next call writes.
@@ -337,7 +365,7 @@ async fn writer(shared: std::sync::Weak<Shared>) {
                 let take = group.waiting.len().min(MAX_BATCH);
                 group.waiting.drain(..take).collect()
             };
-            let written = write_batch(&strong.pool, &batch, |(e, _)| e).await;
+            let written = write_batch(&strong, &batch, |(e, _)| e).await;
             for ((_, done), ok) in batch.into_iter().zip(written) {
                 let _ = done.send(ok);
             }
@@ -384,24 +412,24 @@ const RETRY_WAITS: [std::time::Duration; 3] = [
 /// others with it: after a refused batch each is tried again alone, a few times (a pool
 /// briefly exhausted, a restart), before it counts as lost.
 async fn write_batch<T: Sync>(
-    pool: &PgPool,
+    shared: &Shared,
     batch: &[T],
     event: fn(&T) -> &AuditEvent,
 ) -> Vec<bool> {
     let mut written = vec![true; batch.len()];
     let started = std::time::Instant::now();
-    let inserted = insert_events(pool, batch.iter().map(event)).await;
+    let inserted = shared.insert(batch.iter().map(event)).await;
     crate::metrics::audit_batch(batch.len(), started.elapsed().as_secs_f64());
     if let Err(error) = inserted {
         tracing::warn!(%error, events = batch.len(), "audit batch refused; writing events one by one");
         for (i, one) in batch.chunks(1).enumerate() {
-            let mut outcome = insert_events(pool, one.iter().map(event)).await;
+            let mut outcome = shared.insert(one.iter().map(event)).await;
             for wait in RETRY_WAITS {
                 if outcome.is_ok() {
                     break;
                 }
                 tokio::time::sleep(wait).await;
-                outcome = insert_events(pool, one.iter().map(event)).await;
+                outcome = shared.insert(one.iter().map(event)).await;
             }
             if let Err(error) = outcome {
                 tracing::error!(%error, action = %event(&one[0]).action, "could not write an audit event");

@@ -52,7 +52,14 @@ pub struct TokenKeys {
     pub audience: String,
     /// How long an access token lives (an hour unless the operator says otherwise).
     pub ttl: Duration,
+    /// Tokens this process verified, until they expire: a client sends the same token on
+    /// every call, and checking its signature and decoding it each time cost more than the
+    /// rest of authentication. Keyed by the whole token, so only that exact text hits.
+    verified: std::sync::Mutex<std::collections::HashMap<Box<str>, Claims>>,
 }
+
+/// Verified tokens kept at most; past that, the expired are dropped, or all if none is.
+const MAX_VERIFIED: usize = 4096;
 
 impl TokenKeys {
     pub fn new(secret: &[u8], public_url: &str) -> TokenKeys {
@@ -71,6 +78,7 @@ impl TokenKeys {
             issuer,
             audience,
             ttl: ACCESS_TOKEN_TTL,
+            verified: Default::default(),
         }
     }
 
@@ -105,10 +113,32 @@ impl TokenKeys {
     }
 
     /// Signature, issuer, audience and expiry all checked.
+    /// A token verified earlier is taken as it was until its `exp` (without the leeway,
+    /// which only a full check grants); revocation is not decided here but by the caller,
+    /// per `jti`, on every call.
     pub fn verify(&self, token: &str) -> Option<Claims> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let now = Utc::now().timestamp();
+        if let Some(claims) = self.verified().get(token).filter(|c| c.exp > now) {
+            return Some(claims.clone());
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
-            .ok()
+            .ok()?;
+        let mut verified = self.verified();
+        if verified.len() >= MAX_VERIFIED {
+            verified.retain(|_, c| c.exp > now);
+            if verified.len() >= MAX_VERIFIED {
+                verified.clear();
+            }
+        }
+        verified.insert(token.into(), claims.clone());
+        Some(claims)
+    }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Box<str>, Claims>> {
+        // Holds only copies of verified claims, never across an await: a poisoned lock
+        // (a panic elsewhere) still holds consistent data.
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Signature checked, expiry not: for revoking a token that may have just expired.
@@ -505,5 +535,47 @@ mod tests {
         assert!(keys.verify(&hs512).is_none(), "HS512, validly signed");
         let none = resigned(&token, r#"{"alg":"none","typ":"JWT"}"#, |_| Vec::new());
         assert!(keys.verify(&none).is_none(), "alg none");
+    }
+
+    /// Verified tokens are kept until their expiry, by their exact text: what is kept is
+    /// only ever what a full check passed, and it stops counting at `exp`.
+    #[test]
+    fn verified_tokens_are_kept_by_their_text_until_they_expire() {
+        let keys = TokenKeys::new(b"0123456789abcdef0123456789abcdef", "https://crm.example");
+        let (token, claims) = keys.mint(&agent(), "client", Scopes::EVERY).unwrap();
+        assert_eq!(keys.verify(&token).unwrap().jti, claims.jti);
+        assert_eq!(keys.verified().len(), 1);
+        assert_eq!(
+            keys.verify(&token).unwrap().jti,
+            claims.jti,
+            "from the cache"
+        );
+        let mut tampered = token.clone();
+        tampered.replace_range(tampered.len() - 2.., "AA");
+        assert!(
+            keys.verify(&tampered).is_none(),
+            "another text is checked in full"
+        );
+
+        // Kept claims past their expiry do not count: the token is checked in full again
+        // (here, text that was never validly signed, so it is refused).
+        let mut expired = claims.clone();
+        expired.exp = Utc::now().timestamp() - 1;
+        keys.verified().insert("not.a.token".into(), expired);
+        assert!(keys.verify("not.a.token").is_none());
+
+        // Full: the expired go first, then everything.
+        {
+            let mut kept = keys.verified();
+            kept.clear();
+            for i in 0..MAX_VERIFIED {
+                let mut c = claims.clone();
+                c.exp = if i % 2 == 0 { 0 } else { i64::MAX };
+                kept.insert(format!("t{i}").into(), c);
+            }
+        }
+        let (fresh, _) = keys.mint(&agent(), "client", Scopes::EVERY).unwrap();
+        assert!(keys.verify(&fresh).is_some());
+        assert_eq!(keys.verified().len(), MAX_VERIFIED / 2 + 1);
     }
 }

@@ -18,6 +18,25 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 pub use embedded::{EmbeddedError, EmbeddedPostgres};
 pub use tenants::Tenant;
 
+/// A pooled connection idle for longer than this is checked (a round trip) before it is
+/// handed out; one used moments ago is not. sqlx checks every connection as it comes back
+/// to the pool already, and checking it on the way out too cost every query a second round
+/// trip: under load, as much database time as the query itself.
+pub const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > CHECK_IDLE_AFTER {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, thiserror::Error)]
@@ -114,15 +133,15 @@ impl Store {
             DatabaseKind::External
         };
         // Build the store before connecting so the embedded server is stopped on any error.
-        let pool = PgPoolOptions::new()
+        let pool = pool_options()
             .max_connections(size.max_connections.max(1))
             .acquire_timeout(size.acquire_timeout)
             .connect_lazy_with(options.clone());
-        let audit_pool = PgPoolOptions::new()
+        let audit_pool = pool_options()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
-        let lease_pool = PgPoolOptions::new()
+        let lease_pool = pool_options()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(options.clone());

@@ -106,3 +106,76 @@ async fn audit_records_commit_together_and_survive_cancelled_callers() {
         assert!(after);
     }
 }
+
+/// The audit writer keeps its connection between batches. When that connection dies (a
+/// killed backend, a restarted server), records still commit: the next write finds out,
+/// whether it uses the connection at once or checks it first after a pause, and takes a
+/// fresh one.
+#[tokio::test]
+async fn records_commit_after_the_audit_writers_connection_dies() {
+    use agentcrm::access::audit::{AuditEvent, AuditLog};
+    use sqlx::postgres::PgConnectOptions;
+    use std::str::FromStr;
+    use std::time::{Duration, Instant};
+    let db = TestDb::new().await;
+    let pool = migrated_pool(&db).await;
+    let options = PgConnectOptions::from_str(&db.url)
+        .unwrap()
+        .application_name("audit-under-test");
+    let log = AuditLog::start(
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .unwrap(),
+    );
+    async fn backends(pool: &sqlx::PgPool) -> Vec<i32> {
+        sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'audit-under-test'",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    }
+    async fn kill(pool: &sqlx::PgPool) {
+        let pids = backends(pool).await;
+        for pid in &pids {
+            sqlx::query("SELECT pg_terminate_backend($1)")
+                .bind(pid)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while backends(pool).await.iter().any(|p| pids.contains(p)) {
+            assert!(Instant::now() < deadline, "the backends did not end");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let event = |n: u32| AuditEvent::anonymous("auth", format!("kept-{n}"), "refused");
+
+    assert!(log.record(event(1)).await);
+    assert!(log.record(event(2)).await);
+    assert_eq!(
+        backends(&pool).await.len(),
+        1,
+        "one connection, kept between writes"
+    );
+
+    // Killed, and used again at once: the write fails, and is made again on a fresh one.
+    kill(&pool).await;
+    assert!(log.record(event(3)).await);
+    // Killed, and used after a pause: checked first, and replaced.
+    kill(&pool).await;
+    tokio::time::sleep(agentcrm::store::CHECK_IDLE_AFTER + Duration::from_millis(200)).await;
+    assert!(log.record(event(4)).await);
+
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT action FROM audit_events WHERE action LIKE 'kept-%' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, ["kept-1", "kept-2", "kept-3", "kept-4"]);
+    assert_eq!(backends(&pool).await.len(), 1);
+}

@@ -3,8 +3,7 @@
 //! no call pays for a round trip of its own under load.
 
 use serde_json::Value;
-use sqlx::pool::PoolConnection;
-use sqlx::{Connection, PgPool, Postgres, QueryBuilder};
+use sqlx::{Connection, PgConnection, PgPool, QueryBuilder};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -231,7 +230,8 @@ struct Shared {
     /// The connection batches are written on, kept between them: batches are written one
     /// at a time, and taking a connection from the pool for each would cost two more round
     /// trips (sqlx checks a connection as it returns to the pool). With when it was last used.
-    conn: tokio::sync::Mutex<Option<(PoolConnection<Postgres>, Instant)>>,
+    /// Detached from the pool: a pool closing at shutdown waits for the connections it lent.
+    conn: tokio::sync::Mutex<Option<(PgConnection, Instant)>>,
     group: Mutex<Group>,
     /// Wakes the writer task when a caller's write ends with others queued.
     queued: tokio::sync::Notify,
@@ -303,11 +303,11 @@ impl Shared {
             Some((conn, used)) if used.elapsed() <= crate::store::CHECK_IDLE_AFTER => conn,
             Some((mut conn, _)) => match conn.ping().await {
                 Ok(()) => conn,
-                Err(_) => self.pool.acquire().await?,
+                Err(_) => self.pool.acquire().await?.detach(),
             },
-            None => self.pool.acquire().await?,
+            None => self.pool.acquire().await?.detach(),
         };
-        insert_events(&mut *conn, events).await?;
+        insert_events(&mut conn, events).await?;
         *kept = Some((conn, Instant::now()));
         Ok(())
     }

@@ -44,7 +44,7 @@ type PolicyKey = (Uuid, Uuid);
 #[derive(Default)]
 struct Inner {
     entries: Mutex<HashMap<CacheKey, (Principal, Instant)>>,
-    policies: Mutex<HashMap<PolicyKey, (Policy, Instant)>>,
+    policies: Mutex<HashMap<PolicyKey, (Arc<Policy>, Instant)>>,
     /// Bumped by every invalidation: a lookup that raced one is not cached.
     generation: AtomicU64,
     listening: AtomicBool,
@@ -139,7 +139,7 @@ impl AuthCache {
 
     /// An agent's own policy as last read, unless anything changed since (field rules,
     /// conditions and grants fire the same NOTIFY as credentials).
-    pub fn get_policy(&self, tenant_id: Uuid, agent_id: Uuid) -> Option<Policy> {
+    pub fn get_policy(&self, tenant_id: Uuid, agent_id: Uuid) -> Option<Arc<Policy>> {
         if !self.inner.listening.load(Ordering::SeqCst) {
             return None;
         }
@@ -151,7 +151,13 @@ impl AuthCache {
     }
 
     /// Caches a policy read begun at `generation`, unless an invalidation came in between.
-    pub fn insert_policy(&self, tenant_id: Uuid, agent_id: Uuid, policy: Policy, generation: u64) {
+    pub fn insert_policy(
+        &self,
+        tenant_id: Uuid,
+        agent_id: Uuid,
+        policy: Arc<Policy>,
+        generation: u64,
+    ) {
         if !self.inner.listening.load(Ordering::SeqCst) {
             return;
         }

@@ -6,6 +6,7 @@
 //! strip restricted fields from what it returns, and to refuse writes to them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -186,16 +187,18 @@ impl Policy {
     /// intersection of the policies of every agent in its chain (three small queries per
     /// agent; none for people, who have no restrictions beyond their scopes).
     pub async fn load(pool: &PgPool, principal: &Principal) -> Result<Policy, StoreError> {
-        Policy::load_with(pool, None, principal).await
+        Ok(Arc::unwrap_or_clone(
+            Policy::load_with(pool, None, principal).await?,
+        ))
     }
 
-    /// The same, each agent's own policy from `cache` when nothing changed since it was
-    /// read (the path of every tool call).
+    /// The same, each agent's policy from `cache` when nothing changed since it was read
+    /// (the path of every tool call): shared, not copied, for an agent's own call.
     pub async fn load_cached(
         pool: &PgPool,
         cache: &super::cache::AuthCache,
         principal: &Principal,
-    ) -> Result<Policy, StoreError> {
+    ) -> Result<Arc<Policy>, StoreError> {
         Policy::load_with(pool, Some(cache), principal).await
     }
 
@@ -203,8 +206,7 @@ impl Policy {
         pool: &PgPool,
         cache: Option<&super::cache::AuthCache>,
         principal: &Principal,
-    ) -> Result<Policy, StoreError> {
-        let mut policy = Policy::empty(principal.tenant_id, false);
+    ) -> Result<Arc<Policy>, StoreError> {
         let agents: Vec<Uuid> = match &principal.delegation {
             Some(delegation) => delegation
                 .members
@@ -220,21 +222,32 @@ impl Policy {
                 .collect(),
         };
         let tenant_id = principal.tenant_id;
+        let mut policy: Option<Arc<Policy>> = None;
         for agent_id in agents {
             let agent = match cache.and_then(|c| c.get_policy(tenant_id, agent_id)) {
                 Some(cached) => cached,
                 None => {
                     let generation = cache.map(|c| c.generation());
-                    let read = Policy::load_agent(pool, tenant_id, agent_id).await?;
+                    // An agent's policy as it applies to a call of its own: intersecting it
+                    // further (a chain) gives what intersecting the rows as read would.
+                    let read = Arc::new(
+                        Policy::empty(tenant_id, false)
+                            .intersect(Policy::load_agent(pool, tenant_id, agent_id).await?),
+                    );
                     if let (Some(cache), Some(generation)) = (cache, generation) {
                         cache.insert_policy(tenant_id, agent_id, read.clone(), generation);
                     }
                     read
                 }
             };
-            policy = policy.intersect(agent);
+            policy = Some(match policy {
+                None => agent,
+                Some(so_far) => {
+                    Arc::new(Arc::unwrap_or_clone(so_far).intersect(Arc::unwrap_or_clone(agent)))
+                }
+            });
         }
-        Ok(policy)
+        Ok(policy.unwrap_or_else(|| Arc::new(Policy::empty(tenant_id, false))))
     }
 
     /// One agent's own field rules, conditions and grants.

@@ -126,7 +126,7 @@ async fn list_my_permissions(ctx: ToolCtx, _: NoArgs) -> Result<PermissionsOut, 
             }),
         }
     }
-    let grants = ctx.policy().await?.grants;
+    let grants = ctx.policy().await?.grants.clone();
     Ok(PermissionsOut {
         grants,
         kind: ctx.principal.kind,
@@ -237,7 +237,7 @@ async fn whoami(ctx: ToolCtx, _: NoArgs) -> Result<WhoamiOut, ToolError> {
     let tenant = tenants::get(ctx.app.store.pool(), ctx.principal.tenant_id)
         .await?
         .ok_or_else(|| ToolError::NotFound("the caller's tenant no longer exists".into()))?;
-    let policy = ctx.policy().await?;
+    let policy = std::sync::Arc::unwrap_or_clone(ctx.policy().await?);
     let p = &ctx.principal;
     let person_id = match p.kind {
         PrincipalKind::User | PrincipalKind::LocalOwner => p.id,

@@ -173,7 +173,7 @@ async fn bulk_update_customers(ctx: ToolCtx, args: BulkArgs) -> Result<BulkOut, 
             .into_iter()
             .filter(|(k, _)| conditioned.contains(k))
             .collect();
-        let mut limited = policy.clone();
+        let mut limited = Policy::clone(&policy);
         if let Some(list) = limited.conditions.get_mut(CUSTOMERS.name) {
             list.retain(|c| only.contains_key(&c.field));
         }
@@ -241,7 +241,7 @@ async fn bulk_update_customers(ctx: ToolCtx, args: BulkArgs) -> Result<BulkOut, 
     let job = Job {
         app: ctx.app.clone(),
         principal: ctx.principal.clone(),
-        policy,
+        policy: std::sync::Arc::unwrap_or_clone(policy),
         task_id,
         ids,
         batches_done: Vec::new(),

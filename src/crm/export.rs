@@ -255,7 +255,7 @@ async fn export_customers(ctx: ToolCtx, args: ExportArgs) -> Result<ExportOut, T
     ctx.commit(tx).await?;
     let job = Job {
         app: ctx.app.clone(),
-        policy,
+        policy: std::sync::Arc::unwrap_or_clone(policy),
         task_id,
         params,
         total,

@@ -53,7 +53,7 @@ impl Transport {
 
 impl ToolCtx {
     /// The caller's field rules, row conditions and grants, for the policy API.
-    pub async fn policy(&self) -> Result<Policy, ToolError> {
+    pub async fn policy(&self) -> Result<Arc<Policy>, ToolError> {
         Ok(
             Policy::load_cached(self.app.store.pool(), &self.app.auth_cache, &self.principal)
                 .await?,
@@ -98,7 +98,7 @@ impl ToolCtx {
                 ));
             }
         }
-        let audit = self.seal.take_audit().map(|mut event| {
+        let audit = self.seal.copy_audit().map(|mut event| {
             event.duration_ms = self
                 .seal
                 .started
@@ -122,12 +122,7 @@ impl ToolCtx {
                 }
                 Ok(())
             }
-            Err(error) => {
-                if let Some(event) = audit {
-                    self.seal.put_back(event);
-                }
-                Err(StoreError::from(error).into())
-            }
+            Err(error) => Err(StoreError::from(error).into()),
         }
     }
 }
@@ -187,17 +182,21 @@ impl Seal {
         self.audited.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    fn take_audit(&self) -> Option<crate::access::audit::AuditEvent> {
+    /// The call's event, for the call path once the tool is done (whether or not it was
+    /// committed with the tool's writes).
+    pub fn take_audit(&self) -> Option<crate::access::audit::AuditEvent> {
         match self.audit.lock() {
             Ok(mut audit) => audit.take(),
             Err(poisoned) => poisoned.into_inner().take(),
         }
     }
 
-    fn put_back(&self, event: crate::access::audit::AuditEvent) {
+    /// A copy to commit with a tool's writes: the event stays for the call path, which
+    /// records it after all if the call fails after its writes committed.
+    fn copy_audit(&self) -> Option<crate::access::audit::AuditEvent> {
         match self.audit.lock() {
-            Ok(mut audit) => *audit = Some(event),
-            Err(poisoned) => *poisoned.into_inner() = Some(event),
+            Ok(audit) => audit.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 }

@@ -259,7 +259,8 @@ pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
             .map_or("unknown", |t| t.def.name)
     };
     let principal_kind = call.principal.kind.as_str();
-    let seal = Arc::new(Seal::new(audit.clone(), call.step));
+    // The event waits in the seal, for a tool that commits it with its writes.
+    let seal = Arc::new(Seal::new(audit, call.step));
     // Tools of the tenant's remote MCP servers are for workflows and agents.
     let outcome = if call.client.is_none() && remote_catalog::is_remote(&call.tool) {
         remote(app, &call).await.map(Done::Value)
@@ -269,6 +270,9 @@ pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
             .get(&call.tool)
             .filter(|t| call.filter.allows(&t.def))
         else {
+            let Some(mut audit) = seal.take_audit() else {
+                return Err(CallError::UnknownTool(call.tool));
+            };
             audit.outcome = "refused";
             audit.error_code = Some("unknown_tool".into());
             app.audit.record(audit).await;
@@ -323,9 +327,6 @@ pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
         });
         outcome
     };
-    if let Ok(Done::Ask(_)) = &outcome {
-        audit.outcome = "input_required";
-    }
     count(label, principal_kind, &outcome, started);
     if let Err(ToolError::Store(error)) = &outcome {
         app.store.observe_store(error);
@@ -333,6 +334,16 @@ pub async fn perform(app: &Arc<App>, call: Call) -> Result<Done, CallError> {
     if seal.audited() && outcome.is_ok() {
         // Its record committed with its writes.
         return outcome.map_err(CallError::Tool);
+    }
+    let Some(mut audit) = seal.take_audit() else {
+        // Not reached: only the call path takes the event, and only here.
+        tracing::error!("a call's audit event was gone before it was recorded");
+        return Err(CallError::Tool(ToolError::Unrecorded(
+            "the call's audit record could not be written".into(),
+        )));
+    };
+    if let Ok(Done::Ask(_)) = &outcome {
+        audit.outcome = "input_required";
     }
     let request_id = audit.request_id.clone().unwrap_or_default();
     let recorded = finish(

@@ -9,7 +9,6 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{Method, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper::body::Incoming;
@@ -85,21 +84,20 @@ pub fn router(app: Arc<App>, options: &HttpOptions, shutdown: CancellationToken)
     let sessions = Sessions::start(app.clone(), manager.clone(), shutdown.clone());
     // Shared rather than used as a tower service: that would clone it, and its configuration
     // (host and origin lists), twice per request.
-    let mcp = Arc::new(StreamableHttpService::new(
-        move || Ok(AgentCrm::http(mcp_app.clone())),
-        manager,
-        config,
-    ));
-    // Outermost first: authenticate, then the session's owner, then check the body, then rmcp.
-    let mcp = axum::Router::new()
-        .fallback(move |request: Request| async move { mcp.handle(request).await })
-        .layer(middleware::from_fn_with_state(
-            (options.max_body_bytes, app.clone()),
-            inspect_body,
-        ))
-        .layer(middleware::from_fn_with_state(sessions, bind_session))
-        .layer(middleware::from_fn_with_state(app.clone(), authenticate))
-        .layer(middleware::from_fn(trace_request));
+    let gateway = Arc::new(Gateway {
+        app: app.clone(),
+        sessions,
+        max_body_bytes: options.max_body_bytes,
+        mcp: StreamableHttpService::new(
+            move || Ok(AgentCrm::http(mcp_app.clone())),
+            manager,
+            config,
+        ),
+    });
+    let mcp = axum::Router::new().fallback(move |request: Request| {
+        let gateway = gateway.clone();
+        async move { gateway.serve(request).await }
+    });
     let metrics_token = options.metrics_token.as_deref().map(digest);
     axum::Router::new()
         .route("/healthz", get(healthz))
@@ -311,13 +309,38 @@ impl Drop for StreamOpen {
 /// Binds a new session to the principal that opened it, and lets only that principal use
 /// it: a request, GET stream or DELETE with someone else's session id gets rmcp's own 404.
 /// A streamed response (an SSE stream) counts as the session in use for as long as it is open.
-async fn bind_session(
-    State(sessions): State<Arc<Sessions>>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// What stands before rmcp on `/mcp`: one handler that runs each step in turn (as tower
+/// layers, each step cost a boxed, cloned service and a moved future on every request).
+struct Gateway {
+    app: Arc<App>,
+    sessions: Arc<Sessions>,
+    max_body_bytes: usize,
+    mcp: StreamableHttpService<AgentCrm, LocalSessionManager>,
+}
+
+impl Gateway {
+    /// Outermost first: the trace, authenticate, the session's owner, check the body, rmcp.
+    async fn serve(&self, request: Request) -> Response {
+        trace_request(request, |request| {
+            authenticate(&self.app, request, |request| {
+                bind_session(&self.sessions, request, |request| {
+                    inspect_body(self.max_body_bytes, &self.app, request, |request| async {
+                        self.mcp.handle(request).await.into_response()
+                    })
+                })
+            })
+        })
+        .await
+    }
+}
+
+async fn bind_session<N, F>(sessions: &Arc<Sessions>, request: Request, next: N) -> Response
+where
+    N: FnOnce(Request) -> F,
+    F: Future<Output = Response>,
+{
     let Some(who) = request.extensions().get::<Principal>().map(owner) else {
-        return next.run(request).await;
+        return next(request).await;
     };
     let given = request
         .headers()
@@ -336,7 +359,7 @@ async fn bind_session(
         },
         None => None,
     };
-    let response = next.run(request).await;
+    let response = next(request).await;
     match given {
         Some(session) if deleting && response.status().is_success() => {
             sessions.with(|open| open.remove(session.as_str()));
@@ -368,7 +391,7 @@ async fn bind_session(
                     crate::metrics::http_streams(1.0);
                     let open = StreamOpen {
                         streams,
-                        sessions: Arc::downgrade(&sessions),
+                        sessions: Arc::downgrade(sessions),
                         id: Arc::from(session),
                     };
                     let (parts, body) = response.into_parts();
@@ -405,11 +428,11 @@ async fn bind_session(
 /// - unparsable JSON: rmcp says 415 in plain text; JSON-RPC wants a parse error (-32700);
 /// - a `tools/call` of a tool whose scopes a signed-in person's token lacks: 403 with an
 ///   `insufficient_scope` challenge naming the scopes (MCP's step-up authorization).
-async fn inspect_body(
-    State((limit, app)): State<(usize, Arc<App>)>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn inspect_body<N, F>(limit: usize, app: &Arc<App>, request: Request, next: N) -> Response
+where
+    N: FnOnce(Request) -> F,
+    F: Future<Output = Response>,
+{
     let is_json = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -417,8 +440,8 @@ async fn inspect_body(
         .is_some_and(|v| v.starts_with("application/json"));
     let principal = request.extensions().get::<Principal>().cloned();
     if request.method() != Method::POST || !is_json {
-        let response = next.run(request).await;
-        return with_quota(&app, principal.as_ref(), None, response).await;
+        let response = next(request).await;
+        return with_quota(app, principal.as_ref(), None, response).await;
     }
     let (mut parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, limit).await {
@@ -442,8 +465,8 @@ async fn inspect_body(
         && let Some(tool) = app.catalog.get(&name).filter(|t| app.filter.allows(&t.def))
         && !permits(principal, tool)
     {
-        let response = insufficient_scope(&app, &parts, principal, tool).await;
-        return with_quota(&app, Some(principal), None, response).await;
+        let response = insufficient_scope(app, &parts, principal, tool).await;
+        return with_quota(app, Some(principal), None, response).await;
     }
     // A call's rate-limit headers wait for the call path to count it.
     let counted = match &principal {
@@ -454,10 +477,8 @@ async fn inspect_body(
         }
         _ => None,
     };
-    let response = next
-        .run(Request::from_parts(parts, Body::from(bytes.clone())))
-        .await;
-    let response = with_quota(&app, principal.as_ref(), counted, response).await;
+    let response = next(Request::from_parts(parts, Body::from(bytes.clone()))).await;
+    let response = with_quota(app, principal.as_ref(), counted, response).await;
     // rmcp answers a body that is not a JSON-RPC message with a plain-text 415, having done
     // nothing with it: answer with a JSON-RPC error instead. Reading the body as rmcp does
     // only then keeps the parse off the path of every good request (it is the costliest
@@ -761,9 +782,13 @@ async fn refuse(mut tcp: tokio::net::TcpStream) {
 /// default's local owner (loopback listeners) gets through.
 /// With traces on, the request's span: it continues the client's `traceparent` header, and
 /// the tool calls the request carries are its children.
-async fn trace_request(mut request: Request, next: Next) -> Response {
+async fn trace_request<N, F>(mut request: Request, next: N) -> Response
+where
+    N: FnOnce(Request) -> F,
+    F: Future<Output = Response>,
+{
     if !crate::telemetry::enabled() {
-        return next.run(request).await;
+        return next(request).await;
     }
     let method = request.method().clone();
     let span = tracing::info_span!(
@@ -783,12 +808,16 @@ async fn trace_request(mut request: Request, next: Next) -> Response {
     request
         .extensions_mut()
         .insert(crate::telemetry::RequestSpan(span.clone()));
-    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    let response = tracing::Instrument::instrument(next(request), span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     response
 }
 
-async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+async fn authenticate<N, F>(app: &Arc<App>, mut request: Request, next: N) -> Response
+where
+    N: FnOnce(Request) -> F,
+    F: Future<Output = Response>,
+{
     if let Some(down) = app.store.unavailable() {
         return database_unavailable(down);
     }
@@ -803,11 +832,11 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
         })
         .map(str::trim);
     let outcome = match (api_key, bearer) {
-        (Some(key), _) => api_key_principal(&app, key.trim()).await,
+        (Some(key), _) => api_key_principal(app, key.trim()).await,
         (None, Some(token)) if token.starts_with(API_KEY_PREFIX) => {
-            api_key_principal(&app, token).await
+            api_key_principal(app, token).await
         }
-        (None, Some(token)) => oauth::principal_for_jwt(&app, token).await,
+        (None, Some(token)) => oauth::principal_for_jwt(app, token).await,
         (None, None) => app.local_owner.clone().ok_or(AuthError::Missing),
     };
     match outcome {
@@ -817,7 +846,7 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
                 tracing::Span::current().record("principal_kind", principal.kind.as_str());
             }
             request.extensions_mut().insert(principal);
-            next.run(request).await
+            next(request).await
         }
         Err(AuthError::Store(error))
             if {
@@ -833,7 +862,7 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
         Err(error) => {
             let resource_metadata = format!(
                 "{}/.well-known/oauth-protected-resource",
-                oauth::base_url(&app, request.headers())
+                oauth::base_url(app, request.headers())
             );
             if !matches!(error, AuthError::Missing) {
                 let mut event = AuditEvent::anonymous("auth", "auth.refused", "refused");

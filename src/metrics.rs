@@ -64,11 +64,34 @@ pub fn tool_call(
     principal_kind: &'static str,
     seconds: f64,
 ) {
-    metrics::counter!("agentcrm_tool_calls_total", "tool" => tool, "outcome" => outcome,
-        "principal_kind" => principal_kind)
-    .increment(1);
-    metrics::histogram!("agentcrm_tool_call_duration_seconds", "tool" => tool).record(seconds);
+    let key = (tool, outcome, principal_kind);
+    let record = |(calls, duration): &CallHandles| {
+        calls.increment(1);
+        duration.record(seconds);
+    };
+    if let Some(handles) = CALLS.read().ok().as_ref().and_then(|m| m.get(&key)) {
+        return record(handles);
+    }
+    let handles = (
+        metrics::counter!("agentcrm_tool_calls_total", "tool" => tool, "outcome" => outcome,
+            "principal_kind" => principal_kind),
+        metrics::histogram!("agentcrm_tool_call_duration_seconds", "tool" => tool),
+    );
+    record(&handles);
+    if let Ok(mut calls) = CALLS.write() {
+        calls.insert(key, handles);
+    }
 }
+
+/// The handles of every call's counter and histogram, by tool, outcome and principal kind:
+/// found through the recorder, a metric costs a hash of its labels, a lock and a copy of
+/// its key on every call. Bounded by the labels (tools × outcomes × kinds). Taken after the
+/// recorder is installed (first thing, for `agentcrm http`).
+type CallHandles = (metrics::Counter, metrics::Histogram);
+type CallLabels = (&'static str, &'static str, &'static str);
+static CALLS: std::sync::LazyLock<
+    std::sync::RwLock<std::collections::HashMap<CallLabels, CallHandles>>,
+> = std::sync::LazyLock::new(Default::default);
 
 /// A refused call, by why: `forbidden` (scopes or policy; scope denials are also counted in
 /// `agentcrm_scope_denials_total`), `rate_limited`, `approval_held`, `invalid_request`,

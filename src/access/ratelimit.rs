@@ -140,7 +140,32 @@ impl QuotaSlot {
     }
 }
 
-type Key = (String, Class);
+/// Whose calls a window counts: a principal, or a tenant's principals without an id. Kept
+/// as ids (a copy, no text) and written as text only when synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Who {
+    Principal(Uuid),
+    Tenant(Uuid),
+}
+
+impl Who {
+    /// The `principal_key` stored in `rate_counters`.
+    fn text(self) -> String {
+        match self {
+            Who::Principal(id) => id.to_string(),
+            Who::Tenant(id) => format!("tenant:{id}"),
+        }
+    }
+
+    fn parse(text: &str) -> Option<Who> {
+        match text.strip_prefix("tenant:") {
+            Some(id) => id.parse().ok().map(Who::Tenant),
+            None => text.parse().ok().map(Who::Principal),
+        }
+    }
+}
+
+type Key = (Who, Class);
 
 #[derive(Default)]
 struct Window {
@@ -194,7 +219,7 @@ impl Window {
 }
 
 struct CachedLimits {
-    limits: HashMap<Class, Limit>,
+    limits: Arc<HashMap<Class, Limit>>,
     at: Instant,
 }
 
@@ -202,13 +227,13 @@ struct CachedLimits {
 pub struct RateLimiter {
     pool: PgPool,
     windows: Arc<Mutex<HashMap<Key, Window>>>,
-    limits: Arc<Mutex<HashMap<String, CachedLimits>>>,
+    limits: Arc<Mutex<HashMap<Who, CachedLimits>>>,
 }
 
-fn principal_key(principal: &Principal) -> String {
+fn principal_key(principal: &Principal) -> Who {
     match principal.id {
-        Some(id) => id.to_string(),
-        None => format!("tenant:{}", principal.tenant_id),
+        Some(id) => Who::Principal(id),
+        None => Who::Tenant(principal.tenant_id),
     }
 }
 
@@ -235,7 +260,7 @@ impl RateLimiter {
                     Ok(windows) => windows
                         .iter()
                         .filter(|(_, w)| !w.pending.is_empty())
-                        .map(|(k, _)| k.clone())
+                        .map(|(k, _)| *k)
                         .collect(),
                     Err(_) => break,
                 };
@@ -278,7 +303,7 @@ impl RateLimiter {
         let mut stale = Vec::new();
         for class in classes {
             let limit = limits[class];
-            let key = (who.clone(), *class);
+            let key = (who, *class);
             let windows = self.lock()?;
             let needs_sync = match windows.get(&key) {
                 None => true,
@@ -299,9 +324,7 @@ impl RateLimiter {
                 let mut windows = self.lock()?;
                 for key in &stale {
                     let limit = limits[&key.1];
-                    let window = windows
-                        .entry(key.clone())
-                        .or_insert_with(|| Window::new(limit));
+                    let window = windows.entry(*key).or_insert_with(|| Window::new(limit));
                     window.count(now, 1);
                 }
             }
@@ -312,7 +335,7 @@ impl RateLimiter {
             let mut refused = None;
             for class in classes {
                 let limit = limits[class];
-                let key = (who.clone(), *class);
+                let key = (who, *class);
                 let counted = stale.contains(&key);
                 let window = windows.entry(key).or_insert_with(|| Window::new(limit));
                 let (used, oldest) = window.used(now, limit.window_seconds);
@@ -351,7 +374,7 @@ impl RateLimiter {
         let mut windows = self.lock()?;
         let mut quota: Option<Quota> = None;
         for class in classes {
-            let key = (who.clone(), *class);
+            let key = (who, *class);
             let counted = stale.contains(&key);
             if let Some(window) = windows.get_mut(&key) {
                 if !counted {
@@ -385,7 +408,7 @@ impl RateLimiter {
             .is_some_and(|w| w.synced_at.is_some());
         if !known {
             self.lock()?
-                .entry(key.clone())
+                .entry(key)
                 .or_insert_with(|| Window::new(limit));
             self.sync(std::slice::from_ref(&key)).await?;
         }
@@ -409,7 +432,7 @@ impl RateLimiter {
             .lock()?
             .iter()
             .filter(|(_, w)| !w.pending.is_empty())
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| *k)
             .collect();
         if keys.is_empty() {
             return Ok(());
@@ -421,11 +444,11 @@ impl RateLimiter {
     pub async fn standing(&self, principal: &Principal) -> Result<Vec<Standing>, StoreError> {
         let limits = self.limits_for(principal).await?;
         let who = principal_key(principal);
-        let keys: Vec<Key> = Class::ALL.iter().map(|c| (who.clone(), *c)).collect();
+        let keys: Vec<Key> = Class::ALL.iter().map(|c| (who, *c)).collect();
         for (key, class) in keys.iter().zip(Class::ALL) {
             let limit = limits[&class];
             self.lock()?
-                .entry(key.clone())
+                .entry(*key)
                 .or_insert_with(|| Window::new(limit));
         }
         self.sync(&keys).await?;
@@ -436,7 +459,7 @@ impl RateLimiter {
             .map(|class| {
                 let limit = limits[class];
                 let used = windows
-                    .get(&(who.clone(), *class))
+                    .get(&(who, *class))
                     .map_or(0, |w| w.used(now, limit.window_seconds).0);
                 Standing {
                     class: *class,
@@ -465,7 +488,7 @@ impl RateLimiter {
             for key in keys {
                 if let Some(window) = windows.get_mut(key) {
                     for (start, n) in window.pending.drain() {
-                        who.push(key.0.clone());
+                        who.push(key.0.text());
                         class.push(key.1.name());
                         bucket.push(DateTime::<Utc>::from_timestamp(start, 0).unwrap_or_default());
                         count.push(n);
@@ -489,7 +512,7 @@ impl RateLimiter {
             .execute(&self.pool)
             .await?;
         }
-        let key_who: Vec<String> = keys.iter().map(|k| k.0.clone()).collect();
+        let key_who: Vec<String> = keys.iter().map(|k| k.0.text()).collect();
         let key_class: Vec<&str> = keys.iter().map(|k| k.1.name()).collect();
         let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
             "SELECT c.principal_key, c.class, extract(epoch FROM c.bucket)::bigint, c.count
@@ -513,6 +536,7 @@ impl RateLimiter {
         }
         for (who, class, start, n) in rows {
             if let Some(class) = Class::parse(&class)
+                && let Some(who) = Who::parse(&who)
                 && let Some(window) = windows.get_mut(&(who, class))
             {
                 window.synced.insert(start, n);
@@ -522,7 +546,10 @@ impl RateLimiter {
     }
 
     /// The limits of `principal`: its agent's overrides, else its tenant's, else the defaults.
-    async fn limits_for(&self, principal: &Principal) -> Result<HashMap<Class, Limit>, StoreError> {
+    async fn limits_for(
+        &self,
+        principal: &Principal,
+    ) -> Result<Arc<HashMap<Class, Limit>>, StoreError> {
         let who = principal_key(principal);
         if let Ok(cache) = self.limits.lock()
             && let Some(cached) = cache.get(&who)
@@ -557,6 +584,7 @@ impl RateLimiter {
                 }
             }
         }
+        let limits = Arc::new(limits);
         if let Ok(mut cache) = self.limits.lock() {
             cache.insert(
                 who,
@@ -602,4 +630,29 @@ pub async fn set_limit(
     }
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The keys in `rate_counters` are shared by every replica, of every version during a
+    /// rolling upgrade: their text must stay as it was.
+    #[test]
+    fn counter_keys_keep_their_stored_text() {
+        let id = Uuid::parse_str("0190a0b0-0000-7000-8000-000000000001").unwrap();
+        assert_eq!(
+            Who::Principal(id).text(),
+            "0190a0b0-0000-7000-8000-000000000001"
+        );
+        assert_eq!(
+            Who::Tenant(id).text(),
+            "tenant:0190a0b0-0000-7000-8000-000000000001"
+        );
+        for who in [Who::Principal(id), Who::Tenant(id)] {
+            assert_eq!(Who::parse(&who.text()), Some(who));
+        }
+        assert_eq!(Who::parse("tenant:x"), None);
+        assert_eq!(Who::parse("'; DROP TABLE rate_counters; --"), None);
+    }
 }

@@ -651,6 +651,7 @@ pub struct InviteArgs {
     /// A person of this tenant with it gets the link; otherwise they are created first.
     pub email: String,
     /// For a new person (default: the email's local part).
+    #[schemars(length(max = 200))]
     pub name: Option<String>,
     /// For a new person (default member).
     pub role: Option<InviteRole>,
@@ -710,6 +711,14 @@ async fn invite_user(ctx: ToolCtx, args: InviteArgs) -> Result<Invite, ToolError
                 .filter(|n| !n.is_empty())
                 .unwrap_or_else(|| email.split('@').next().unwrap_or(email))
                 .to_owned();
+            // The email's local part may be longer than a name may be.
+            if name.chars().count() > 200 {
+                return Err(ToolError::InvalidRequest(
+                    "`name`: at most 200 characters (give one when the email's local part is \
+                     longer)"
+                        .into(),
+                ));
+            }
             let user = access::create_user(pool, tenant, email, &name, role, granted).await?;
             (user, true)
         }

@@ -494,12 +494,16 @@ pub async fn person_for(
     if allowed != Some(true) {
         return Ok(None);
     }
-    let name = vouched
+    // A name is at most 200 characters; an identity provider may vouch for a longer local part.
+    let name: String = vouched
         .email
         .split('@')
         .next()
+        .filter(|local| !local.is_empty())
         .unwrap_or("member")
-        .to_owned();
+        .chars()
+        .take(200)
+        .collect();
     let user = super::store::create_user(
         pool,
         vouched.tenant_id,

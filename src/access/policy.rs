@@ -232,7 +232,7 @@ impl Policy {
                     // further (a chain) gives what intersecting the rows as read would.
                     let read = Arc::new(
                         Policy::empty(tenant_id, false)
-                            .intersect(Policy::load_agent(pool, tenant_id, agent_id).await?),
+                            .intersect(&Policy::load_agent(pool, tenant_id, agent_id).await?),
                     );
                     if let (Some(cache), Some(generation)) = (cache, generation) {
                         cache.insert_policy(tenant_id, agent_id, read.clone(), generation);
@@ -242,9 +242,7 @@ impl Policy {
             };
             policy = Some(match policy {
                 None => agent,
-                Some(so_far) => {
-                    Arc::new(Arc::unwrap_or_clone(so_far).intersect(Arc::unwrap_or_clone(agent)))
-                }
+                Some(so_far) => Arc::new(so_far.intersect(&agent)),
             });
         }
         Ok(policy.unwrap_or_else(|| Arc::new(Policy::empty(tenant_id, false))))
@@ -306,7 +304,7 @@ impl Policy {
 
     /// What both policies allow: fields both show, rows both conditions match, objects
     /// both grants cover (an agent without a grant for an explicit-grant scope has none).
-    pub fn intersect(self, other: Policy) -> Policy {
+    pub fn intersect(&self, other: &Policy) -> Policy {
         let mut field_rules = self.field_rules.clone();
         for (resource, allowed) in &other.field_rules {
             field_rules
@@ -342,7 +340,7 @@ impl Policy {
         let grants = scopes
             .into_iter()
             .filter_map(
-                |scope| match (grant_of(&self, &scope), grant_of(&other, &scope)) {
+                |scope| match (grant_of(self, &scope), grant_of(other, &scope)) {
                     (Some(a), Some(b)) => Some(Grant {
                         scope,
                         only_ids: match (a.only_ids, b.only_ids) {

@@ -306,9 +306,6 @@ impl Drop for StreamOpen {
     }
 }
 
-/// Binds a new session to the principal that opened it, and lets only that principal use
-/// it: a request, GET stream or DELETE with someone else's session id gets rmcp's own 404.
-/// A streamed response (an SSE stream) counts as the session in use for as long as it is open.
 /// What stands before rmcp on `/mcp`: one handler that runs each step in turn (as tower
 /// layers, each step cost a boxed, cloned service and a moved future on every request).
 struct Gateway {
@@ -334,6 +331,9 @@ impl Gateway {
     }
 }
 
+/// Binds a new session to the principal that opened it, and lets only that principal use
+/// it: a request, GET stream or DELETE with someone else's session id gets rmcp's own 404.
+/// A streamed response (an SSE stream) counts as the session in use for as long as it is open.
 async fn bind_session<N, F>(sessions: &Arc<Sessions>, request: Request, next: N) -> Response
 where
     N: FnOnce(Request) -> F,

@@ -191,9 +191,13 @@ impl Seal {
         }
     }
 
-    /// A copy to commit with a tool's writes: the event stays for the call path, which
-    /// records it after all if the call fails after its writes committed.
+    /// A copy to commit with a tool's writes, unless one already committed (a call has one
+    /// record, however many transactions its tool commits). The event stays for the call
+    /// path, which records it after all if the call fails after its writes committed.
     fn copy_audit(&self) -> Option<crate::access::audit::AuditEvent> {
+        if self.audited() {
+            return None;
+        }
         match self.audit.lock() {
             Ok(audit) => audit.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),

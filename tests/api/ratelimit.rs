@@ -274,3 +274,84 @@ async fn http_responses_carry_the_quota_of_the_class_they_counted_against() {
     assert_eq!(remaining.as_deref(), Some("0"));
     assert!(retry.is_some(), "{:?}", refused.headers());
 }
+
+/// Agents that fire their calls all at once, at two processes, get their limit and not one
+/// call more: every call is counted in the database before it is made, by a take that sees
+/// every earlier one from any process. A busy agent's calls are taken in leases; what a
+/// lease leaves unused goes back, so the limit is reached but never passed.
+#[tokio::test]
+async fn a_burst_of_concurrent_calls_across_processes_gets_exactly_the_limit() {
+    let db = TestDb::new().await;
+    let mut agents = Vec::new();
+    for (name, max) in [("burst", "6"), ("busy", "100")] {
+        agents.push(db.admin(&["create-agent", "--tenant", "acme", "--name", name]));
+        db.admin(&[
+            "set-rate-limit",
+            "--tenant",
+            "acme",
+            "--agent",
+            name,
+            "--class",
+            "calls",
+            "--max",
+            max,
+        ]);
+    }
+    let servers = [
+        HttpServer::start(db.command(&["http"])),
+        HttpServer::start(db.command(&["http"])),
+    ];
+    let mut all = Vec::new();
+    for agent in &agents {
+        let mut clients = Vec::new();
+        for server in &servers {
+            let token = agent_token(&server.base, agent).await;
+            clients.push(http_client(&server.mcp_url(), &token, Generation::Stateless).await);
+        }
+        all.push(clients);
+    }
+
+    // 40 calls against a limit of 6: each is its own take, so exactly 6 are made.
+    assert_eq!(wave(&all[0], 40).await, 6, "of 40 calls at once");
+    assert_eq!(wave(&all[0], 40).await, 0, "the limit was spent");
+
+    // A limit of 100. One process makes 30 calls in a row, fast enough for its leases to
+    // grow past what it uses; then 200 calls at once at the other never get more than the
+    // rest, and once the first one's unused leases have gone back, exactly the rest.
+    let mut made = 0;
+    for i in 0..30 {
+        let answer = call(&all[1][0], "check_permission", json!({ "scope": "search" })).await;
+        assert_ne!(answer.is_error, Some(true), "call {i}: {answer:?}");
+        made += 1;
+    }
+    made += wave(&all[1][1..], 200).await;
+    assert!(
+        (31..=100).contains(&made),
+        "{made} calls made against a limit of 100"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while made < 100 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        made += wave(&all[1][1..], 20).await;
+        assert!(made <= 100, "{made} calls made against a limit of 100");
+    }
+    assert_eq!(made, 100, "unused leases went back and were used");
+    assert_eq!(wave(&all[1], 40).await, 0, "the limit was spent");
+}
+
+/// Makes `calls` calls at once, alternating between `clients`: how many were made (the rest
+/// must be refused for the rate limit).
+async fn wave(clients: &[Client], calls: usize) -> usize {
+    let answers = futures::future::join_all((0..calls).map(|i| {
+        call(
+            &clients[i % clients.len()],
+            "check_permission",
+            json!({ "scope": "search" }),
+        )
+    }))
+    .await;
+    for refused in answers.iter().filter(|a| a.is_error == Some(true)) {
+        assert_eq!(error_code(refused), "rate_limited", "{refused:?}");
+    }
+    answers.iter().filter(|a| a.is_error != Some(true)).count()
+}

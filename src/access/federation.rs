@@ -341,6 +341,14 @@ pub async fn finish(
         .ok_or_else(|| {
             FederationError::Refused("The provider did not say who you are (no email).".into())
         })?;
+    // What a user's email may be (users.email): said plainly rather than failed on.
+    if !(3..=320).contains(&email.chars().count()) || !email.contains('@') {
+        return Err(FederationError::Refused(
+            "The provider's email address for you cannot be used here: an address has an @ \
+             and at most 320 characters."
+                .into(),
+        ));
+    }
     if identity.get("email_verified").and_then(Value::as_bool) != Some(true) {
         return Err(FederationError::Refused(
             "The provider has not verified this email address, so it cannot sign you in here."

@@ -683,7 +683,8 @@ async fn invite_user(ctx: ToolCtx, args: InviteArgs) -> Result<Invite, ToolError
     let pool = ctx.app.store.pool();
     let tenant = ctx.principal.tenant_id;
     let email = args.email.trim();
-    if !(3..=320).contains(&email.len()) || !email.contains('@') {
+    // Characters, as users.email counts them ("é@" is 3 bytes, 2 characters).
+    if !(3..=320).contains(&email.chars().count()) || !email.contains('@') {
         return Err(ToolError::InvalidRequest(
             "give the person's email address".into(),
         ));

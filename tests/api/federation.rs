@@ -94,17 +94,17 @@ async fn people_sign_in_through_their_organizations_provider() {
 
     let (_, client) = register(&base, json!([REDIRECT])).await;
     let client_id = client["client_id"].as_str().unwrap().to_owned();
-    let attempt = |login: &'static str| {
+    let attempt = |login: String| {
         let (base, client_id) = (base.clone(), client_id.clone());
         async move {
             let (verifier, challenge) = pkce();
             let url = authorize_url(&base, &client_id, &challenge, "customers:read");
-            (federated(&url, "acme", login).await, verifier)
+            (federated(&url, "acme", &login).await, verifier)
         }
     };
 
     // An existing person, vouched for by the provider: signed in, and the client gets a code.
-    let (done, verifier) = attempt("owner@acme.test").await;
+    let (done, verifier) = attempt("owner@acme.test".into()).await;
     let location = done["redirected_to"]
         .as_str()
         .unwrap_or_else(|| panic!("{done}"));
@@ -133,7 +133,7 @@ async fn people_sign_in_through_their_organizations_provider() {
     mcp.cancel().await.unwrap();
 
     // Someone without an account: refused while the tenant does not create members.
-    let (done, _) = attempt("newcomer@acme.test").await;
+    let (done, _) = attempt("newcomer@acme.test".into()).await;
     assert!(
         done["error"]
             .as_str()
@@ -141,7 +141,7 @@ async fn people_sign_in_through_their_organizations_provider() {
         "{done}"
     );
     // An address the provider has not verified: refused.
-    let (done, _) = attempt("unverified@acme.test").await;
+    let (done, _) = attempt("unverified@acme.test".into()).await;
     assert!(
         done["error"]
             .as_str()
@@ -156,7 +156,7 @@ async fn people_sign_in_through_their_organizations_provider() {
                 "create_members": true }),
     )
     .await;
-    let (done, _) = attempt("newcomer@acme.test").await;
+    let (done, _) = attempt("newcomer@acme.test".into()).await;
     let location = done["redirected_to"]
         .as_str()
         .unwrap_or_else(|| panic!("{done}"));
@@ -168,6 +168,40 @@ async fn people_sign_in_through_their_organizations_provider() {
             .await
             .expect("created on first sign-in");
     assert_eq!(role, "member");
+    // A provider may vouch for addresses a name cannot be made from as it is: a local part
+    // longer than a name may be (cut to 200 characters) or none at all ("member").
+    let long = format!("{}@acme.test", "l".repeat(230));
+    for (login, expected) in [
+        (long.clone(), "l".repeat(200)),
+        ("@acme.test".into(), "member".into()),
+    ] {
+        let (done, _) = attempt(login.clone()).await;
+        let location = done["redirected_to"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{login}: {done}"));
+        assert_eq!(query_of(location)["error"], "invalid_scope", "{location}");
+        let name: String = sqlx::query_scalar("SELECT name FROM users WHERE email = $1")
+            .bind(&login)
+            .fetch_one(&pool)
+            .await
+            .expect("created on first sign-in");
+        assert_eq!(name, expected);
+    }
+    // An address no user may have is refused, saying why, and creates no one.
+    let too_long = format!("{}@acme.test", "x".repeat(320));
+    let (done, _) = attempt(too_long.clone()).await;
+    assert!(
+        done["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot be used here")),
+        "{done}"
+    );
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE email = $1")
+        .bind(&too_long)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 0);
     // An organization without a provider says so on the page.
     let (_, challenge) = pkce();
     let url = authorize_url(&base, &client_id, &challenge, "customers:read");

@@ -655,6 +655,31 @@ async fn an_invited_person_sets_a_password_once_and_signs_in() {
     )
     .await;
     assert_eq!(invite["created"], true, "{invite}");
+    // What no user may have is refused as such, and invites no one: an address of two
+    // characters (three bytes), a name over 200 characters, or a local part over 200
+    // characters when no name is given.
+    let long_local = format!("{}@acme.test", "l".repeat(201));
+    for bad in [
+        json!({ "email": "é@" }),
+        json!({ "email": "long@acme.test", "name": "n".repeat(201) }),
+        json!({ "email": long_local }),
+    ] {
+        let refused = call(&admin, "invite_user", bad.clone()).await;
+        assert_eq!(
+            error_code(&refused),
+            "invalid_request",
+            "{bad}: {refused:?}"
+        );
+    }
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let invited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM users WHERE email IN ('é@', 'long@acme.test', $1)",
+    )
+    .bind(&long_local)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(invited, 0);
     let link = invite["invite_url"].as_str().unwrap().to_owned();
     assert!(link.starts_with(&format!("{base}/invite/")), "{link}");
     admin.cancel().await.unwrap();

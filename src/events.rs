@@ -64,3 +64,16 @@ pub fn read_scope(event_type: &str) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+/// Why `principal` may not read what events of `event_type` carry (it lacks the scope), if
+/// it may not.
+pub fn read_refusal(principal: &Principal, event_type: &str) -> Option<String> {
+    let scope = read_scope(event_type)?;
+    let needed = crate::access::Scopes::parse(&[scope]).unwrap_or(crate::access::Scopes::EVERY);
+    (!principal.scopes.contains(needed)).then(|| {
+        format!(
+            "`{event_type}` events carry records that need `{scope}`, which {} does not hold",
+            principal.name
+        )
+    })
+}

@@ -129,17 +129,6 @@ async fn create_webhook(
                 .into(),
         ));
     };
-    if ctx.principal.is_agent() {
-        // Events carry whole records: an agent limited to some fields, rows or objects
-        // would receive, through its webhook, what its policy hides from it.
-        if ctx.policy().await?.is_restricted() {
-            return Err(ToolError::Forbidden(
-                "an agent limited by field rules, row conditions or object grants cannot subscribe to events, \
-                 which carry whole records; ask an admin to create the webhook"
-                    .into(),
-            ));
-        }
-    }
     let url = check_url(&args.url, ctx.app.outbound).map_err(ToolError::InvalidRequest)?;
     let mut events: Vec<String> = args.events.iter().map(|e| e.trim().to_owned()).collect();
     events.sort();
@@ -157,6 +146,30 @@ async fn create_webhook(
             "unknown event type `{unknown}`; known types: {}, or `*`",
             EVENT_TYPES.join(", ")
         )));
+    }
+    // A webhook reads events for whoever makes it: they must be able to read what each
+    // carries (every delivery is checked again when it is sent).
+    for event in &events {
+        let types: Vec<&str> = if event == "*" {
+            EVENT_TYPES.to_vec()
+        } else {
+            vec![event.as_str()]
+        };
+        if let Some(refusal) = types
+            .iter()
+            .find_map(|t| crate::events::read_refusal(&ctx.principal, t))
+        {
+            return Err(ToolError::Forbidden(refusal));
+        }
+    }
+    // Events carry whole records: a caller limited to some fields, rows or objects (an
+    // agent, or work done for one) would receive, through its webhook, what its policy hides.
+    if ctx.policy().await?.is_restricted() {
+        return Err(ToolError::Forbidden(
+            "a caller limited by field rules, row conditions or object grants cannot subscribe \
+             to events, which carry whole records; ask an admin to create the webhook"
+                .into(),
+        ));
     }
     if args.description.chars().count() > 500 {
         return Err(ToolError::InvalidRequest(
@@ -179,8 +192,8 @@ async fn create_webhook(
         )));
     }
     let webhook: Webhook = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO webhooks (id, tenant_id, url, events, description, secret_encrypted, created_by_kind, created_by_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {WEBHOOK_COLUMNS}"
+        "INSERT INTO webhooks (id, tenant_id, url, events, description, secret_encrypted, created_by_kind, created_by_id, acting)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {WEBHOOK_COLUMNS}"
     )))
     .bind(id)
     .bind(ctx.principal.tenant_id)
@@ -190,6 +203,7 @@ async fn create_webhook(
     .bind(sealed)
     .bind(ctx.principal.kind.as_str())
     .bind(ctx.principal.id)
+    .bind(crate::access::delegation::chain_json(&ctx.principal.members()))
     .fetch_one(&mut *tx)
     .await
     .map_err(StoreError::from)?;

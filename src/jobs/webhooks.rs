@@ -16,7 +16,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::outbound::{self, OutboundOptions};
+use crate::access::delegation::{self, Cause, Member};
+use crate::access::policy::Policy;
 use crate::access::vault::Vault;
+use crate::error::ToolError;
 
 /// Woken by the fan-out trigger whenever deliveries are queued.
 pub const CHANNEL: &str = "agentcrm_webhooks";
@@ -77,7 +80,13 @@ struct Worker {
 #[derive(Debug, sqlx::FromRow)]
 struct Claimed {
     id: i64,
+    tenant_id: Uuid,
     webhook_id: Uuid,
+    /// Whom the webhook reads events for (a stored chain), or, for webhooks made before
+    /// chains were kept, its creator.
+    acting: Option<Value>,
+    created_by_kind: Option<String>,
+    created_by_id: Option<Uuid>,
     attempts: i32,
     /// The previous attempt's process stopped before recording an outcome.
     interrupted: bool,
@@ -97,6 +106,8 @@ struct Claimed {
 struct Outcome {
     status_code: Option<u16>,
     error: Option<String>,
+    /// Not sent, and never will be: its reader may not read it.
+    withheld: bool,
 }
 
 impl Worker {
@@ -165,7 +176,8 @@ impl Worker {
                  lease_until = now() + make_interval(secs => $2)
              FROM due, webhooks w, events e
              WHERE d.id = due.id AND w.id = d.webhook_id AND e.id = d.event_id
-             RETURNING d.id, d.webhook_id, d.attempts, due.interrupted, w.url, w.secret_encrypted,
+             RETURNING d.id, d.tenant_id, d.webhook_id, w.acting, w.created_by_kind, w.created_by_id,
+                       d.attempts, due.interrupted, w.url, w.secret_encrypted,
                        e.id AS event_id, e.type AS event_type, e.subject_id, e.payload,
                        e.principal_kind, e.principal_id, e.created_at AS occurred_at,
                        e.traceparent",
@@ -188,6 +200,7 @@ impl Worker {
                     error: Some(
                         "no outcome recorded: the process delivering it stopped; retried".into(),
                     ),
+                    withheld: false,
                 },
             )
             .await;
@@ -203,7 +216,19 @@ impl Worker {
             http.response.status_code = tracing::field::Empty,
         );
         crate::telemetry::continue_from(&span, delivery.traceparent.as_deref());
-        let outcome = tracing::Instrument::instrument(self.post(&delivery), span.clone()).await;
+        let outcome = match self.withheld(&delivery).await {
+            Ok(Some(reason)) => Outcome {
+                status_code: None,
+                error: Some(format!("not delivered: {reason}")),
+                withheld: true,
+            },
+            Err(error) => Outcome {
+                status_code: None,
+                error: Some(format!("not sent yet: {error}")),
+                withheld: false,
+            },
+            Ok(None) => tracing::Instrument::instrument(self.post(&delivery), span.clone()).await,
+        };
         if let Some(status) = outcome.status_code {
             span.record("http.response.status_code", status);
         }
@@ -221,6 +246,49 @@ impl Worker {
         }
     }
 
+    /// Why the delivery may not be sent: a webhook reads events for whoever made it, as
+    /// they stand now. Gone, disabled or revoked, without the event's read scope, or limited
+    /// by field rules, row conditions or object grants (events carry whole records), they
+    /// receive nothing. `Err`: not decided yet (the database), so not sent yet.
+    async fn withheld(&self, delivery: &Claimed) -> Result<Option<String>, String> {
+        let mut members = delivery
+            .acting
+            .as_ref()
+            .map(delegation::read_chain)
+            .unwrap_or_default();
+        if delivery.acting.is_none()
+            && let (Some(kind), Some(id)) = (&delivery.created_by_kind, delivery.created_by_id)
+            && let Ok(kind) = serde_json::from_value(Value::String(kind.clone()))
+        {
+            members.push(Member {
+                kind,
+                id,
+                name: "the webhook's creator".into(),
+                person: None,
+            });
+        }
+        let reader =
+            match delegation::resolve(&self.pool, delivery.tenant_id, &members, Cause::default())
+                .await
+            {
+                Ok(reader) => reader,
+                Err(ToolError::Forbidden(reason)) => return Ok(Some(reason)),
+                // Not decided (the database): tried again later.
+                Err(error) => return Err(error.to_string()),
+            };
+        if let Some(refusal) = crate::events::read_refusal(&reader, &delivery.event_type) {
+            return Ok(Some(refusal));
+        }
+        let policy = Policy::load(&self.pool, &reader)
+            .await
+            .map_err(|e| format!("what its reader may read could not be checked: {e}"))?;
+        Ok(policy.is_restricted().then(|| {
+            "field rules, row conditions or object grants now apply to whom the webhook reads \
+             for, and events carry whole records"
+                .to_owned()
+        }))
+    }
+
     async fn post(&self, delivery: &Claimed) -> Outcome {
         let secret = match self
             .vault
@@ -231,6 +299,7 @@ impl Worker {
                 return Outcome {
                     status_code: None,
                     error: Some(error.to_string()),
+                    withheld: false,
                 };
             }
         };
@@ -263,14 +332,17 @@ impl Worker {
             Ok(response) if response.status().is_success() => Outcome {
                 status_code: Some(response.status().as_u16()),
                 error: None,
+                withheld: false,
             },
             Ok(response) => Outcome {
                 status_code: Some(response.status().as_u16()),
                 error: Some(format!("the receiver answered {}", response.status())),
+                withheld: false,
             },
             Err(error) => Outcome {
                 status_code: None,
                 error: Some(describe(&error)),
+                withheld: false,
             },
         }
     }
@@ -306,6 +378,7 @@ impl Worker {
     /// Records the outcome if this attempt still holds the delivery.
     async fn finish(&self, delivery: &Claimed, outcome: &Outcome) -> Result<(), sqlx::Error> {
         let (status, next) = match (&outcome.error, delivery.attempts >= MAX_ATTEMPTS) {
+            _ if outcome.withheld => ("failed", None),
             (None, _) => ("delivered", None),
             (Some(_), true) => ("failed", None),
             (Some(_), false) => ("pending", Some(backoff(delivery.attempts))),

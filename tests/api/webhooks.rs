@@ -395,10 +395,15 @@ async fn webhooks_are_signed_retried_logged_and_scoped_to_their_tenant() {
     );
 }
 
+/// A webhook reads events for whoever made it. `webhooks:manage` alone reads nothing: the
+/// maker needs each event's read scope and no field rules, row conditions or object grants,
+/// when it subscribes and again for every delivery, as it stands then. A maker later
+/// restricted, disabled or revoked receives nothing more (the delivery fails, saying why).
 #[tokio::test]
-async fn agents_need_the_scope_and_an_unrestricted_policy_to_subscribe() {
+async fn a_webhook_delivers_only_what_its_maker_may_read_when_it_is_sent() {
     let db = TestDb::new().await;
-    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let server = HttpServer::start(db.command(&["http"]));
+    let admin = http_client(&server.mcp_url(), &db.admin_key, Generation::Stateless).await;
     let receiver = Receiver::start(Behaviour::Accept).await;
     let plain = call_ok(
         &admin,
@@ -424,6 +429,35 @@ async fn agents_need_the_scope_and_an_unrestricted_policy_to_subscribe() {
         "forbidden"
     );
 
+    // webhooks:manage without customers:read: no customer events, and no `*`.
+    let blind = call_ok(
+        &admin,
+        "register_agent",
+        json!({ "name": "integrator", "scopes": ["webhooks:manage", "interactions:read"] }),
+    )
+    .await;
+    let bot = agent_client(&db, &blind).await;
+    for events in [json!(["customer.created"]), json!(["*"])] {
+        let refused = call(
+            &bot,
+            "create_webhook",
+            json!({ "url": receiver.url, "events": events }),
+        )
+        .await;
+        assert_eq!(error_code(&refused), "forbidden", "{events}");
+        assert!(
+            format!("{refused:?}").contains("customers:read"),
+            "{refused:?}"
+        );
+    }
+    call_ok(
+        &bot,
+        "create_webhook",
+        json!({ "url": receiver.url, "events": ["interaction.created"] }),
+    )
+    .await;
+
+    // Field rules: refused when subscribing.
     let limited = call_ok(
         &admin,
         "register_agent",
@@ -443,29 +477,84 @@ async fn agents_need_the_scope_and_an_unrestricted_policy_to_subscribe() {
     let refused = call(
         &bot,
         "create_webhook",
-        json!({ "url": receiver.url, "events": ["*"] }),
+        json!({ "url": receiver.url, "events": ["customer.created"] }),
     )
     .await;
     assert_eq!(error_code(&refused), "forbidden");
     assert!(format!("{refused:?}").contains("field rules"));
 
-    let open = call_ok(
-        &admin,
-        "register_agent",
-        json!({ "name": "integrator", "scopes": ["webhooks:manage"] }),
-    )
-    .await;
-    let bot = agent_client(&db, &open).await;
+    // Two makers who may read customers: both webhooks deliver.
+    let mut hooks = Vec::new();
+    for name in ["syncer", "mirror"] {
+        let agent = call_ok(
+            &admin,
+            "register_agent",
+            json!({ "name": name, "scopes": ["customers:read", "webhooks:manage"] }),
+        )
+        .await;
+        let bot = agent_client(&db, &agent).await;
+        let hook = call_ok(
+            &bot,
+            "create_webhook",
+            json!({ "url": receiver.url, "events": ["customer.created"] }),
+        )
+        .await;
+        hooks.push((agent, hook["webhook"]["id"].clone()));
+    }
+    call_ok(&admin, "create_customer", json!({ "first_name": "Ada" })).await;
+    for (_, hook) in &hooks {
+        let first = settled(&admin, hook, Duration::from_secs(20)).await;
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0]["status"], "delivered", "{first:?}");
+    }
+    assert_eq!(receiver.wait_for(2, Duration::from_secs(5)).await.len(), 2);
+
+    // Then one is given a row condition and the other is disabled: neither receives the
+    // next customer, nor anything about it.
     call_ok(
-        &bot,
-        "create_webhook",
-        json!({ "url": receiver.url, "events": ["customer.created"] }),
+        &admin,
+        "update_agent_permissions",
+        json!({
+            "agent_id": hooks[0].0["agent"]["id"],
+            "conditions": { "customers": [{ "field": "status", "op": "ne", "value": "churned" }] },
+        }),
     )
     .await;
-    assert_eq!(
-        call_ok(&admin, "list_webhooks", json!({})).await["total"],
-        1
+    call_ok(
+        &admin,
+        "disable_agent",
+        json!({ "agent_id": hooks[1].0["agent"]["id"] }),
+    )
+    .await;
+    call_ok(
+        &admin,
+        "create_customer",
+        json!({ "first_name": "Secret", "phone": "+1 555 0100" }),
+    )
+    .await;
+    for ((_, hook), why) in hooks.iter().zip(["row conditions", "disabled"]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let withheld = loop {
+            let list = deliveries(&admin, hook).await;
+            if let Some(second) = list.iter().find(|d| d["status"] == "failed") {
+                break second.clone();
+            }
+            assert!(Instant::now() < deadline, "not settled: {list:#?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let error = withheld["last_error"].as_str().unwrap_or_default();
+        assert!(
+            error.starts_with("not delivered") && error.contains(why),
+            "{withheld}"
+        );
+    }
+    let hits = receiver.hits();
+    assert_eq!(hits.len(), 2, "nothing more was sent");
+    assert!(
+        hits.iter()
+            .all(|h| !h.json().to_string().contains("Secret"))
     );
+    admin.cancel().await.unwrap();
 }
 
 #[tokio::test]

@@ -23,6 +23,8 @@ BEGIN
       INTO v_used, v_oldest
       FROM rate_counters c
      WHERE c.principal_key = p_key AND c.class = p_class AND c.bucket > p_from;
+    -- Given-back calls never make a window less than empty.
+    v_used := greatest(v_used, 0);
     -- No taker holds more than a quarter of what is left, so leases shrink to one call as
     -- the limit nears and the last calls are decided one by one.
     v_grant := least(p_want, greatest(1, (p_max - v_used) / 4), p_max - v_used);

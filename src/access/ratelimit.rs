@@ -10,6 +10,7 @@
 //! is given back.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -189,6 +190,8 @@ struct Window {
     /// The oldest bucket with a call in it, then.
     oldest: Option<i64>,
     last_take: Option<Instant>,
+    /// When `used` and `oldest` were last read or taken.
+    read_at: Option<Instant>,
     /// A refusal is repeated, without asking, for `SYNC_EVERY`: a caller hammering at its
     /// limit costs the database one statement per interval, not one per call.
     refused_at: Option<Instant>,
@@ -204,8 +207,21 @@ impl Window {
             used: 0,
             oldest: None,
             last_take: None,
+            read_at: None,
             refused_at: None,
             seen: Instant::now(),
+        }
+    }
+
+    /// Follows a change of the limit's window: buckets of its new size, and nothing known
+    /// of the new window yet. Leases keep the buckets they were counted in (and, being of no
+    /// current bucket, are given back).
+    fn fit(&mut self, limit: Limit) {
+        let bucket_seconds = (limit.window_seconds / BUCKETS).max(1);
+        if bucket_seconds != self.bucket_seconds {
+            self.bucket_seconds = bucket_seconds;
+            self.read_at = None;
+            self.refused_at = None;
         }
     }
 
@@ -237,7 +253,11 @@ impl Window {
         Quota {
             class,
             limit,
-            remaining: (limit.max - self.used + self.left()).clamp(0, limit.max.max(0)),
+            remaining: limit
+                .max
+                .saturating_sub(self.used)
+                .saturating_add(self.left())
+                .clamp(0, limit.max.max(0)),
             reset: self
                 .oldest
                 .map_or(now, |o| o + self.bucket_seconds + limit.window_seconds),
@@ -246,11 +266,13 @@ impl Window {
     }
 
     fn limited(&self, class: Class, limit: Limit, now: i64) -> Limited {
+        // The oldest call leaves the window with its whole bucket.
         let frees_at = self.oldest.unwrap_or(now) + self.bucket_seconds + limit.window_seconds;
         Limited {
             class,
             limit,
-            retry_after: (frees_at - now).clamp(1, limit.window_seconds.max(1)) as u64,
+            retry_after: (frees_at - now).clamp(1, limit.window_seconds + self.bucket_seconds)
+                as u64,
         }
     }
 
@@ -270,6 +292,9 @@ pub struct RateLimiter {
     pool: PgPool,
     windows: Arc<Mutex<HashMap<Key, Window>>>,
     limits: Arc<Mutex<HashMap<Who, CachedLimits>>>,
+    /// Odd while unused calls are being given back: taken from the leases, not yet written.
+    /// [`RateLimiter::standing`] reads around it, so a call is not counted as made then.
+    returning: Arc<AtomicU64>,
 }
 
 fn principal_key(principal: &Principal) -> Who {
@@ -285,7 +310,8 @@ fn timestamp(unix: i64) -> DateTime<Utc> {
 
 /// One call's outcome in one class.
 enum Taken {
-    Made(Quota),
+    /// Made, counted in this bucket.
+    Made(Quota, i64),
     Refused(Limited),
 }
 
@@ -296,6 +322,7 @@ impl RateLimiter {
             pool,
             windows: Arc::default(),
             limits: Arc::default(),
+            returning: Arc::default(),
         };
         let weak = Arc::downgrade(&limiter.windows);
         let background = limiter.clone_without_task();
@@ -329,6 +356,7 @@ impl RateLimiter {
             pool: self.pool.clone(),
             windows: self.windows.clone(),
             limits: self.limits.clone(),
+            returning: self.returning.clone(),
         }
     }
 
@@ -340,7 +368,7 @@ impl RateLimiter {
     ) -> Result<Result<Quota, Limited>, StoreError> {
         let limits = self.limits_for(principal).await?;
         let who = principal_key(principal);
-        let mut made: Vec<Key> = Vec::new();
+        let mut made: Vec<(Key, i64)> = Vec::new();
         let mut quota: Option<Quota> = None;
         for class in classes {
             let key = (who, *class);
@@ -352,8 +380,8 @@ impl RateLimiter {
                 }
             };
             match taken {
-                Taken::Made(here) => {
-                    made.push(key);
+                Taken::Made(here, bucket) => {
+                    made.push((key, bucket));
                     if quota.is_none_or(|q| here.remaining <= q.remaining) {
                         quota = Some(here);
                     }
@@ -380,9 +408,13 @@ impl RateLimiter {
         let (bucket, from, want) = {
             let mut windows = self.lock()?;
             let window = windows.entry(key).or_insert_with(|| Window::new(limit));
+            window.fit(limit);
             window.seen = Instant::now();
             if window.spend(now) {
-                return Ok(Taken::Made(window.quota(key.1, limit, now)));
+                return Ok(Taken::Made(
+                    window.quota(key.1, limit, now),
+                    window.bucket(now),
+                ));
             }
             if window
                 .refused_at
@@ -417,6 +449,7 @@ impl RateLimiter {
         let window = windows.entry(key).or_insert_with(|| Window::new(limit));
         window.used = used;
         window.oldest = oldest.map(|o| o.timestamp());
+        window.read_at = Some(Instant::now());
         if granted <= 0 {
             window.refused_at = Some(Instant::now());
             return Ok(Taken::Refused(window.limited(key.1, limit, now)));
@@ -430,19 +463,18 @@ impl RateLimiter {
                 taken: Instant::now(),
             });
         }
-        Ok(Taken::Made(window.quota(key.1, limit, now)))
+        Ok(Taken::Made(window.quota(key.1, limit, now), bucket))
     }
 
     /// Takes back calls counted for a call that another class refused: they go back to this
     /// process's leases (and, unused, to the database with them).
-    fn unspend(&self, keys: &[Key]) {
+    fn unspend(&self, made: &[(Key, i64)]) {
         let Ok(mut windows) = self.lock() else {
             return;
         };
-        let now = Utc::now().timestamp();
-        for key in keys {
+        for (key, bucket) in made {
+            let bucket = *bucket;
             if let Some(window) = windows.get_mut(key) {
-                let bucket = window.bucket(now);
                 match window.leases.iter_mut().find(|l| l.bucket == bucket) {
                     Some(lease) => lease.left += 1,
                     None => window.leases.push(Lease {
@@ -462,16 +494,25 @@ impl RateLimiter {
         let limit = limits[&class];
         let key = (principal_key(principal), class);
         let now = Utc::now().timestamp();
-        if let Some(window) = self.lock()?.get(&key) {
-            return Ok(window.quota(class, limit, now));
-        }
-        let window = Window::new(limit);
-        let (used, oldest) = self.read(key, window.from(limit, now)).await?;
+        let from = {
+            let mut windows = self.lock()?;
+            let window = windows.entry(key).or_insert_with(|| Window::new(limit));
+            window.fit(limit);
+            // Calls leave the window as time passes, and other processes make theirs.
+            if window.read_at.is_some_and(|at| at.elapsed() < SYNC_EVERY) {
+                return Ok(window.quota(class, limit, now));
+            }
+            window.from(limit, now)
+        };
+        let asked = Instant::now();
+        let (used, oldest) = self.read(key, from).await?;
         let mut windows = self.lock()?;
-        let window = windows.entry(key).or_insert(window);
-        if window.last_take.is_none() {
+        let window = windows.entry(key).or_insert_with(|| Window::new(limit));
+        // Unless a take said more since.
+        if window.read_at.is_none_or(|at| at < asked) {
             window.used = used;
             window.oldest = oldest;
+            window.read_at = Some(asked);
         }
         Ok(window.quota(class, limit, now))
     }
@@ -505,9 +546,19 @@ impl RateLimiter {
         for class in Class::ALL {
             let limit = limits[&class];
             let key = (who, class);
-            let window = Window::new(limit);
-            let (used, _) = self.read(key, window.from(limit, now)).await?;
-            let unmade = self.lock()?.get(&key).map_or(0, Window::left);
+            let from = Window::new(limit).from(limit, now);
+            let mut tries = 0;
+            let (used, unmade) = loop {
+                tries += 1;
+                let before = self.returning.load(Ordering::Acquire);
+                let unmade = self.lock()?.get(&key).map_or(0, Window::left);
+                let (used, _) = self.read(key, from).await?;
+                let settled = before % 2 == 0 && self.returning.load(Ordering::Acquire) == before;
+                if settled || tries == 5 {
+                    break (used, unmade);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            };
             standing.push(Standing {
                 class,
                 limit,
@@ -526,12 +577,12 @@ impl RateLimiter {
     /// Gives back the unused calls of leases older than `LEASE_LIFE` (or of every lease),
     /// and forgets idle windows.
     async fn give_back(&self, all: bool) -> Result<(), StoreError> {
-        let mut who = Vec::new();
-        let mut class = Vec::new();
-        let mut bucket = Vec::new();
-        let mut count = Vec::new();
+        // Several leases of one key may share a bucket: one row each, or the statement
+        // would update a row twice.
+        let mut unused: HashMap<(Key, i64), i64> = HashMap::new();
         {
             let mut windows = self.lock()?;
+            self.returning.fetch_add(1, Ordering::AcqRel);
             let now = Utc::now().timestamp();
             for (key, window) in windows.iter_mut() {
                 let current = window.bucket(now);
@@ -540,10 +591,7 @@ impl RateLimiter {
                     let keep =
                         !all && lease.bucket == current && lease.taken.elapsed() < LEASE_LIFE;
                     if !keep && lease.left > 0 {
-                        who.push(key.0.text());
-                        class.push(key.1.name());
-                        bucket.push(timestamp(lease.bucket));
-                        count.push(-lease.left);
+                        *unused.entry((*key, lease.bucket)).or_default() += lease.left;
                         returned += lease.left;
                     }
                     keep
@@ -555,10 +603,21 @@ impl RateLimiter {
             }
             windows.retain(|_, w| !w.leases.is_empty() || w.seen.elapsed() < IDLE);
         }
-        if who.is_empty() {
+        if let Ok(mut limits) = self.limits.lock() {
+            limits.retain(|_, cached| cached.at.elapsed() < IDLE);
+        }
+        if unused.is_empty() {
+            self.returning.fetch_add(1, Ordering::AcqRel);
             return Ok(());
         }
-        sqlx::query(
+        let (mut who, mut class, mut bucket, mut count) = (vec![], vec![], vec![], vec![]);
+        for (((w, c), b), n) in &unused {
+            who.push(w.text());
+            class.push(c.name());
+            bucket.push(timestamp(*b));
+            count.push(-n);
+        }
+        let written = sqlx::query(
             "INSERT INTO rate_counters (principal_key, class, bucket, count)
              SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[])
              ON CONFLICT (principal_key, class, bucket)
@@ -569,7 +628,32 @@ impl RateLimiter {
         .bind(&bucket)
         .bind(&count)
         .execute(&self.pool)
-        .await?;
+        .await;
+        let restored = self.restore_if(written.is_err(), unused);
+        self.returning.fetch_add(1, Ordering::AcqRel);
+        restored?;
+        written.map(|_| ()).map_err(StoreError::from)
+    }
+
+    /// After a failed give-back: the calls are still counted in the database, so they are
+    /// held again, to be given back next time.
+    fn restore_if(&self, failed: bool, unused: HashMap<(Key, i64), i64>) -> Result<(), StoreError> {
+        if failed {
+            let mut windows = self.lock()?;
+            let long_ago = Instant::now()
+                .checked_sub(LEASE_LIFE)
+                .unwrap_or_else(Instant::now);
+            for ((key, bucket), left) in unused {
+                if let Some(window) = windows.get_mut(&key) {
+                    window.used += left;
+                    window.leases.push(Lease {
+                        bucket,
+                        left,
+                        taken: long_ago,
+                    });
+                }
+            }
+        }
         Ok(())
     }
 

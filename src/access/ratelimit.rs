@@ -553,7 +553,8 @@ impl RateLimiter {
                 let before = self.returning.load(Ordering::Acquire);
                 let unmade = self.lock()?.get(&key).map_or(0, Window::left);
                 let (used, _) = self.read(key, from).await?;
-                let settled = before % 2 == 0 && self.returning.load(Ordering::Acquire) == before;
+                let settled =
+                    before.is_multiple_of(2) && self.returning.load(Ordering::Acquire) == before;
                 if settled || tries == 5 {
                     break (used, unmade);
                 }

@@ -308,6 +308,12 @@ async fn check_tools(
                  tool"
             )));
         }
+        if crate::toolkit::catalog::makes_standing_work(name) {
+            return Err(ToolError::InvalidRequest(format!(
+                "`{name}` makes work that runs later for its owner, which an agent's run would \
+                 make for less than everyone it acts for; it cannot be an agent's tool"
+            )));
+        }
         if tool_catalog::is_remote(name) {
             match imported.iter().find(|e| &e.name == name) {
                 None => {

@@ -252,6 +252,7 @@ fn check_length(field: &str, value: &str, max: usize) -> Result<(), ToolError> {
 fn offerable(name: &str) -> bool {
     !catalog::handles_secrets(name)
         && !catalog::needs_person(name)
+        && !catalog::makes_standing_work(name)
         && !NOT_FOR_AGENTS.contains(&name)
         && !OWN_TOOLS.contains(&name)
 }

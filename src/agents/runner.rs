@@ -367,6 +367,7 @@ async fn offered_tools(
     for name in &config.selected_tools {
         if crate::toolkit::catalog::handles_secrets(name)
             || crate::toolkit::catalog::needs_person(name)
+            || crate::toolkit::catalog::makes_standing_work(name)
             || super::config::NOT_FOR_AGENTS.contains(&name.as_str())
         {
             continue;

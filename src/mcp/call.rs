@@ -415,6 +415,15 @@ async fn checked(
             tool.def.name
         )));
     }
+    if principal.delegation.is_some() && crate::toolkit::catalog::makes_standing_work(tool.def.name)
+    {
+        return Err(ToolError::Forbidden(format!(
+            "`{}` makes work that runs later for its owner; work done on someone's behalf (a \
+             workflow step, a trigger, a schedule, an agent run) may not, or it would run with \
+             rights its chain does not share. Call it directly.",
+            tool.def.name
+        )));
+    }
     if app.stopping.is_cancelled() && call.client.is_some() {
         return Err(ToolError::Unavailable(
             "This server is shutting down and takes no new calls; nothing was done. Retry in \

@@ -183,6 +183,28 @@ pub const TAKES_SECRETS: [&str; 6] = [
 /// tools or triggered work, whoever owns the work (SPEC §1, §4).
 pub const NEEDS_PERSON: [&str; 2] = ["decide_pending_action", "update_handoff"];
 
+/// Tools that make or change work which runs later for its owner (a workflow, a runnable
+/// agent, a schedule). Work done on someone's behalf never calls them: what it made would
+/// run for its first member alone, with rights the rest of its chain does not share (a
+/// member's step, run by an admin, made a workflow that ran as the admin).
+pub const MAKES_STANDING_WORK: [&str; 10] = [
+    "create_workflow",
+    "update_workflow",
+    "use_workflow_template",
+    "extract_workflow",
+    "create_agent",
+    "set_agent_config",
+    "reset_agent_config",
+    "resume_agent",
+    "schedule_agent",
+    "update_schedule",
+];
+
+/// Does `name` make or change standing work ([`MAKES_STANDING_WORK`])?
+pub fn makes_standing_work(name: &str) -> bool {
+    MAKES_STANDING_WORK.contains(&name)
+}
+
 /// Is `name` a tool only a person at their own client may call?
 pub fn needs_person(name: &str) -> bool {
     NEEDS_PERSON.contains(&name)

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::expr::{Condition, references};
 use crate::error::ToolError;
 use crate::events::EVENT_TYPES;
-use crate::toolkit::catalog::{Catalog, handles_secrets, needs_person};
+use crate::toolkit::catalog::{Catalog, handles_secrets, makes_standing_work, needs_person};
 
 pub const MAX_STEPS: usize = 50;
 /// Tools a step may not call: a workflow starting workflows could run without end.
@@ -188,6 +188,13 @@ pub fn validate(
             return invalid(format!(
                 "{name}.tool: `{}` takes or answers with a secret, which a workflow would \
                  store; call it directly",
+                step.tool
+            ));
+        }
+        if makes_standing_work(&step.tool) {
+            return invalid(format!(
+                "{name}.tool: `{}` makes work that runs later for its owner, which a workflow \
+                 would make for less than everyone it acts for; call it directly",
                 step.tool
             ));
         }

@@ -387,6 +387,11 @@ async fn guardrails_stop_runs_and_bad_provider_output_is_an_error() {
             json!({"connection": "slow", "selected_tools": ["run_agent"]}),
             "invalid_request",
         ),
+        // Standing work made by a run would run for less than everyone it acts for.
+        (
+            json!({"connection": "slow", "selected_tools": ["create_workflow"]}),
+            "invalid_request",
+        ),
         (
             json!({"connection": "slow", "temperature": 7}),
             "invalid_request",

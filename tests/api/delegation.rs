@@ -290,6 +290,87 @@ async fn no_workflow_step_decides_a_held_action() {
     admin.cancel().await.unwrap();
 }
 
+/// A member's workflow whose step made another workflow, run by an admin, made one that
+/// ran later as the admin alone (found by a review: it listed API keys). Work done on
+/// someone's behalf makes no standing work: not as a step (nor as an agent's tool: see
+/// `agents.rs`), and a step stored before the rule is refused when it runs.
+#[tokio::test]
+async fn no_work_done_on_someones_behalf_makes_standing_work() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let m = member(
+        &db,
+        "m@acme.test",
+        &[
+            "customers:read",
+            "workflows:read",
+            "workflows:write",
+            "workflows:execute",
+            "agents:read",
+            "agents:write",
+        ],
+        &[],
+    )
+    .await;
+    let inner = json!({ "name": "escalated", "status": "active", "trigger_type": "schedule",
+        "trigger_config": { "interval_seconds": 60 },
+        "steps": [{ "id": "keys", "tool": "list_api_keys", "arguments": {} }] });
+    for tool in [
+        "create_workflow",
+        "use_workflow_template",
+        "set_agent_config",
+    ] {
+        let maker = json!({ "name": format!("maker {tool}"),
+            "steps": [{ "id": "s1", "tool": tool, "arguments": inner.clone() }] });
+        refused(
+            &call(&m, "create_workflow", maker).await,
+            "invalid_request",
+            "runs later for its owner",
+        );
+    }
+    // Stored before the rule (written into the database), run by the admin: refused.
+    let maker = workflow(
+        &m,
+        json!({ "name": "maker", "steps": [{ "id": "s1", "tool": "list_workflows",
+                 "arguments": {} }] }),
+    )
+    .await;
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE workflows SET steps = jsonb_build_array(jsonb_build_object('id', 's1',
+             'tool', 'create_workflow', 'arguments', $2::jsonb))
+         WHERE id = $1::uuid",
+    )
+    .bind(&maker)
+    .bind(&inner)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let run = call_ok(
+        &admin,
+        "execute_workflow",
+        json!({ "workflow_id": maker, "wait_seconds": 20 }),
+    )
+    .await;
+    assert_eq!(run["execution"]["status"], "failed", "{run}");
+    assert!(
+        run["steps"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("runs later for its owner"),
+        "{run}"
+    );
+    let made: i64 = sqlx::query_scalar("SELECT count(*) FROM workflows WHERE name = 'escalated'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(made, 0);
+    m.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}
+
 /// 3. A narrowed API key's triggered workflow acts with the key's own scopes, not its
 /// owner's: it widens nobody and turns off no hold.
 #[tokio::test]
@@ -872,10 +953,22 @@ async fn a_run_acts_for_the_workflows_owner_and_last_editor_too() {
                 "steps": [{ "id": "r", "tool": "list_customers", "arguments": {} }] }),
     )
     .await;
+    // (No step rewrites a workflow: see no_work_done_on_someones_behalf_makes_standing_work.)
+    refused(
+        &call(
+            &member,
+            "create_workflow",
+            json!({ "name": "rewrite", "steps": [{ "id": "w", "tool": "update_workflow",
+                     "arguments": { "workflow_id": admins, "description": "rewritten" } }] }),
+        )
+        .await,
+        "invalid_request",
+        "runs later for its owner",
+    );
     let rewrite = workflow(
         &member,
-        json!({ "name": "rewrite", "steps": [{ "id": "w", "tool": "update_workflow",
-                 "arguments": { "workflow_id": admins, "description": "rewritten" } }] }),
+        json!({ "name": "remove", "steps": [{ "id": "w", "tool": "delete_workflow",
+                 "arguments": { "workflow_id": admins } }] }),
     )
     .await;
     let run = call_ok(

@@ -222,36 +222,40 @@ pub fn may_run_as(caller: &Principal, identity: Scopes, agent: &str) -> Result<(
 }
 
 /// May `reader` see the record of work done for `members`? Admins (people, not agents)
-/// and the members themselves (a person also through its API keys) may.
+/// and the members themselves (a person also through its API keys) may. Work done on
+/// someone's behalf reads as its whole chain: only records every member of it may read
+/// (a member's step, run by an admin, does not read the admin's records).
 pub fn may_read(reader: &Principal, members: &[Member]) -> bool {
     if is_admin_person(reader) {
         return true;
     }
-    let me = Member::of(reader);
-    members
-        .iter()
-        .any(|m| m.same(&me) || (me.person.is_some() && m.person == me.person))
+    reader.members().iter().all(|me| {
+        members
+            .iter()
+            .any(|m| m.same(me) || (me.person.is_some() && m.person == me.person))
+    })
 }
 
 /// Adds ` AND <reader may read it>` to a query over rows with a `chain` column: admins read
-/// every row, anyone else the rows of work done for them.
+/// every row, anyone else the rows of work done for them (for a chain: for each of them).
 pub fn push_readable(query: &mut sqlx::QueryBuilder<sqlx::Postgres>, reader: &Principal) {
     if is_admin_person(reader) {
         return;
     }
-    let me = Member::of(reader);
-    query
-        .push(" AND EXISTS (SELECT 1 FROM jsonb_array_elements(chain) m WHERE (m->>'kind' = ")
-        .push_bind(me.kind.as_str())
-        .push(" AND m->>'id' = ")
-        .push_bind(me.id.to_string())
-        .push(")");
-    if let Some(person) = me.person {
+    for me in reader.members() {
         query
-            .push(" OR m->>'person' = ")
-            .push_bind(person.to_string());
+            .push(" AND EXISTS (SELECT 1 FROM jsonb_array_elements(chain) m WHERE (m->>'kind' = ")
+            .push_bind(me.kind.as_str())
+            .push(" AND m->>'id' = ")
+            .push_bind(me.id.to_string())
+            .push(")");
+        if let Some(person) = me.person {
+            query
+                .push(" OR m->>'person' = ")
+                .push_bind(person.to_string());
+        }
+        query.push(")");
     }
-    query.push(")");
 }
 
 /// `SELECT <columns> FROM <table> WHERE tenant_id = … AND id = …`, limited to the rows of

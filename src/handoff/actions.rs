@@ -143,13 +143,19 @@ pub struct PendingActionOut {
     pub pending_action: PendingAction,
 }
 
-/// Agents see only their own held calls.
+/// Agents see only their own held calls, and so does work done for a chain with an agent
+/// in it: the calls held for that agent (the chain's first, as they are stored).
 fn push_visibility(query: &mut QueryBuilder<Postgres>, principal: &Principal) {
     query
         .push(" WHERE tenant_id = ")
         .push_bind(principal.tenant_id);
-    if principal.is_agent() {
-        query.push(" AND agent_id = ").push_bind(principal.id);
+    if principal.involves_agent() {
+        let agent = principal
+            .members()
+            .into_iter()
+            .find(|m| m.kind == crate::access::PrincipalKind::Agent)
+            .map(|m| m.id);
+        query.push(" AND agent_id = ").push_bind(agent);
     }
 }
 

@@ -225,15 +225,20 @@ async fn request_handoff(ctx: ToolCtx, args: RequestArgs) -> Result<HandoffOut, 
     Ok(HandoffOut { handoff })
 }
 
-/// Agents see only what they asked for.
+/// Agents see only what they asked for, and so does work done for a chain with an agent in
+/// it (a person's workflow or run whose steps an agent wrote, or whose tools an agent picks):
+/// what that agent asked for, since its policy never covered other tickets' customers.
 fn push_visibility(query: &mut QueryBuilder<Postgres>, principal: &Principal) {
     query
         .push(" WHERE tenant_id = ")
         .push_bind(principal.tenant_id);
-    if principal.is_agent() {
-        query
-            .push(" AND requested_by_id = ")
-            .push_bind(principal.id);
+    if principal.involves_agent() {
+        let agent = principal
+            .members()
+            .into_iter()
+            .find(|m| m.kind == crate::access::PrincipalKind::Agent)
+            .map(|m| m.id);
+        query.push(" AND requested_by_id = ").push_bind(agent);
     }
 }
 

@@ -89,6 +89,15 @@ fn session(ctx: &ToolCtx, given: Option<String>) -> Result<String, ToolError> {
 /// The calls of a session: a session belongs to whoever opened it, so anyone else (an
 /// admin person, who holds every scope, excepted) sees only their own calls in it.
 async fn calls(ctx: &ToolCtx, session_id: &str) -> Result<Vec<ToolCall>, ToolError> {
+    // A session's calls are its caller's: work done on someone's behalf would read them as
+    // its first member alone.
+    if ctx.principal.delegation.is_some() {
+        return Err(ToolError::Forbidden(
+            "a session's calls are read by whoever made them, at their own client, not by \
+             work done on someone's behalf"
+                .into(),
+        ));
+    }
     let own_only = !crate::access::delegation::is_admin_person(&ctx.principal);
     let calls: Vec<ToolCall> = sqlx::query_as(
         "SELECT id::text AS id, at, action AS tool, coalesce(arguments, '{}') AS arguments, principal_name

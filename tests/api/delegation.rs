@@ -371,6 +371,104 @@ async fn no_work_done_on_someones_behalf_makes_standing_work() {
     admin.cancel().await.unwrap();
 }
 
+/// Work done for a chain reads what every member of it may read (found by a review): a
+/// member's step, run by an admin, listed the admin's private executions with their input;
+/// an agent's step, run by an admin, listed every handoff ticket in the tenant.
+#[tokio::test]
+async fn a_chain_reads_only_what_each_of_its_members_may_read() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let m = member(
+        &db,
+        "m@acme.test",
+        &[
+            "customers:read",
+            "workflows:read",
+            "workflows:write",
+            "workflows:execute",
+        ],
+        &[],
+    )
+    .await;
+    let private = workflow(
+        &admin,
+        json!({ "name": "private", "steps": [{ "id": "s", "tool": "list_customers",
+                 "arguments": {} }] }),
+    )
+    .await;
+    call_ok(
+        &admin,
+        "execute_workflow",
+        json!({ "workflow_id": private, "input_data": { "note": "ADMIN-ONLY-SECRET" },
+                "wait_seconds": 20 }),
+    )
+    .await;
+    call_ok(
+        &admin,
+        "request_handoff",
+        json!({ "reason": "ADMIN-TICKET: a refund" }),
+    )
+    .await;
+
+    let lister = workflow(
+        &m,
+        json!({ "name": "lister", "steps": [{ "id": "s", "tool": "list_workflow_executions",
+                 "arguments": {} }] }),
+    )
+    .await;
+    let run = call_ok(
+        &admin,
+        "execute_workflow",
+        json!({ "workflow_id": lister, "wait_seconds": 20 }),
+    )
+    .await;
+    assert_eq!(run["execution"]["status"], "succeeded", "{run}");
+    let seen = call_ok(
+        &m,
+        "get_workflow_execution",
+        json!({ "execution_id": run["execution"]["id"] }),
+    )
+    .await;
+    assert!(
+        !seen.to_string().contains("ADMIN-ONLY-SECRET")
+            && !run.to_string().contains("ADMIN-ONLY-SECRET"),
+        "{seen}"
+    );
+
+    let agent = register(
+        &admin,
+        "writer",
+        &[
+            "handoff",
+            "workflows:read",
+            "workflows:write",
+            "workflows:execute",
+        ],
+    )
+    .await;
+    let bot = agent_client(&db, &agent).await;
+    let tickets = workflow(
+        &bot,
+        json!({ "name": "tickets", "steps": [{ "id": "s", "tool": "list_handoffs",
+                 "arguments": {} }] }),
+    )
+    .await;
+    let run = call_ok(
+        &admin,
+        "execute_workflow",
+        json!({ "workflow_id": tickets, "wait_seconds": 20 }),
+    )
+    .await;
+    assert_eq!(run["execution"]["status"], "succeeded", "{run}");
+    assert!(!run.to_string().contains("ADMIN-TICKET"), "{run}");
+    // The admin, at their own client, still sees it.
+    let all = call_ok(&admin, "list_handoffs", json!({})).await;
+    assert!(all.to_string().contains("ADMIN-TICKET"), "{all}");
+    bot.cancel().await.unwrap();
+    m.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}
+
 /// 3. A narrowed API key's triggered workflow acts with the key's own scopes, not its
 /// owner's: it widens nobody and turns off no hold.
 #[tokio::test]

@@ -426,6 +426,25 @@ async fn get_conversation(ctx: ToolCtx, args: GetArgs) -> Result<ConversationDet
     )
     .await
     .map_err(StoreError::from)?;
+    // What the conversation's tools took and gave, as the reader may read it: a narrowed
+    // API key of the person reads no more of it than it could read with the tools.
+    let reader = crate::mcp::shaping::Reader::of(&ctx).await?;
+    let mut messages: Vec<ChatMessage> = messages;
+    for message in &mut messages {
+        if let Some(tool) = message.tool_name.as_deref()
+            && let Some(reason) = reader.hidden(tool)
+        {
+            message.content = crate::mcp::shaping::marker(&reason).to_string();
+        }
+        if let Some(calls) = message.tool_calls.as_array_mut() {
+            for call in calls {
+                let name = call["name"].as_str().unwrap_or_default().to_owned();
+                if let Some(arguments) = call.get_mut("arguments") {
+                    reader.shape(&name, arguments);
+                }
+            }
+        }
+    }
     Ok(ConversationDetail {
         conversation,
         messages,

@@ -886,6 +886,17 @@ pub async fn chain(
         tracing::warn!(run = %run_id, "agent chain stopped: {MAX_CHAIN_DEPTH} chained runs in a row");
         return Ok(());
     }
+    // Whom the previous run was done for: a schedule's creator who was not among them
+    // hears that it ended, not what it said.
+    let ran_for: Option<Value> = sqlx::query_scalar("SELECT chain FROM agent_runs WHERE id = $1")
+        .bind(run_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+    let ran_for = ran_for
+        .as_ref()
+        .map(delegation::read_chain)
+        .unwrap_or_default();
     for schedule in chained {
         let agent: Option<crate::access::store::Agent> = sqlx::query_as(
             "SELECT id, tenant_id, name, description, client_id, kind, enabled, scopes, created_at
@@ -913,6 +924,20 @@ pub async fn chain(
             continue;
         }
         let previous_agent = previous["agent"].as_str().unwrap_or_default().to_owned();
+        let creators = creator_members(&schedule.creator);
+        let previous = if delegation::members_may_read(&creators, &ran_for) {
+            previous.clone()
+        } else {
+            json!({
+                "run_id": previous["run_id"],
+                "agent_id": previous["agent_id"],
+                "agent": previous["agent"],
+                "status": previous["status"],
+                "output": crate::mcp::shaping::marker(
+                    "the previous run was done for others than this schedule's creator"
+                ),
+            })
+        };
         queue(
             &mut *tx,
             NewRun {
@@ -930,7 +955,7 @@ pub async fn chain(
                 due_at: None,
                 parent_run_id: Some(run_id),
                 chain_depth: depth + 1,
-                acts_for: creator_members(&schedule.creator),
+                acts_for: creators,
                 cause: Cause {
                     depth: 0,
                     ..Cause::default()

@@ -194,6 +194,35 @@ async fn a_conversation_calls_tools_as_its_sender_and_keeps_its_history() {
     let meg_again = stdio_client(command, Generation::Stateless).await;
     let mine = call_ok(&meg_again, "list_conversations", json!({})).await;
     assert_eq!(mine["total"], 1, "{mine}");
+    // Through a key narrowed to talking only, she reads what the tools gave as that key
+    // may: not the search's results (found by a review).
+    let mut command = db.server(&["stdio"]);
+    command.env(
+        "AGENTCRM_API_KEY",
+        db.api_key("meg@acme.test", &["agents:execute"]),
+    );
+    let meg_narrow = stdio_client(command, Generation::Stateless).await;
+    let narrow = call_ok(
+        &meg_narrow,
+        "get_conversation",
+        json!({ "conversation_id": id }),
+    )
+    .await;
+    let searched = narrow["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["tool_name"] == "search")
+        .expect("the search's message")
+        .clone();
+    let content = searched["content"].as_str().unwrap();
+    assert!(
+        content.contains("redacted") && !content.contains("Lovelace"),
+        "{searched}"
+    );
+    let full = call_ok(&meg, "get_conversation", json!({ "conversation_id": id })).await;
+    assert!(full.to_string().contains("Lovelace"), "{full}");
+    meg_narrow.cancel().await.unwrap();
     // The admin reads it, lists everyone's, but does not write in Meg's name.
     let everyone = call_ok(&admin, "list_conversations", json!({ "everyone": true })).await;
     assert_eq!(everyone["total"], 1);

@@ -469,6 +469,100 @@ async fn a_chain_reads_only_what_each_of_its_members_may_read() {
     admin.cancel().await.unwrap();
 }
 
+/// A run chained after another agent's run hears what it said only if the chain's
+/// schedule was made by someone that run was done for (found by a review: a member's
+/// chained agent read an admin's private run through `input.previous.output`).
+#[tokio::test]
+async fn a_chained_run_hears_only_the_runs_its_schedules_maker_was_part_of() {
+    let db = TestDb::new().await;
+    let admin = stdio_client(db.command(&["stdio"]), Generation::Stateless).await;
+    let scopes = [
+        "workflows:read",
+        "workflows:write",
+        "workflows:execute",
+        "agents:read",
+        "agents:write",
+        "agents:execute",
+    ];
+    let p = member(&db, "p@acme.test", &scopes, &[]).await;
+    // agx echoes its input; agy, the member's, does nothing much.
+    let echo = workflow(
+        &admin,
+        json!({ "name": "echo", "steps": [{ "id": "s", "tool": "test_substitution",
+                 "arguments": { "parameters": { "said": "{{input.note}}" },
+                                "context": { "input": {} } } }] }),
+    )
+    .await;
+    call_ok(
+        &admin,
+        "create_agent",
+        json!({ "name": "agx", "scopes": ["workflows:read", "workflows:execute"], "kind": "workflow",
+                "config": { "workflow_id": echo } }),
+    )
+    .await;
+    let idle = workflow(
+        &p,
+        json!({ "name": "idle", "steps": [{ "id": "s", "tool": "list_workflows",
+                 "arguments": { "limit": 1 } }] }),
+    )
+    .await;
+    call_ok(
+        &p,
+        "create_agent",
+        json!({ "name": "agy", "scopes": ["workflows:read", "workflows:execute"], "kind": "workflow",
+                "config": { "workflow_id": idle } }),
+    )
+    .await;
+    call_ok(
+        &p,
+        "schedule_agent",
+        json!({ "agent": "agy", "after_agent": "agx", "after_status": "any" }),
+    )
+    .await;
+
+    let chained = |nth: usize| {
+        let p = &p;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let runs = call_ok(p, "list_agent_runs", json!({ "agent": "agy" })).await;
+                let list = runs["runs"].as_array().cloned().unwrap_or_default();
+                if list.len() >= nth
+                    && list
+                        .iter()
+                        .all(|r| !matches!(r["status"].as_str(), Some("queued" | "running")))
+                {
+                    return runs;
+                }
+                assert!(Instant::now() < deadline, "no chained run: {runs}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    // The member's own run of agx: its chained run hears what agx said.
+    call_ok(
+        &p,
+        "run_agent",
+        json!({ "agent": "agx", "input": { "note": "MINE-1" }, "wait_seconds": 30 }),
+    )
+    .await;
+    let runs = chained(1).await;
+    assert!(runs.to_string().contains("MINE-1"), "{runs}");
+    // The admin's private run of agx: the chained run starts, without what agx said.
+    let private = call_ok(
+        &admin,
+        "run_agent",
+        json!({ "agent": "agx", "input": { "note": "MERGER-40M" }, "wait_seconds": 30 }),
+    )
+    .await;
+    assert!(private.to_string().contains("MERGER-40M"), "{private}");
+    let runs = chained(2).await;
+    assert!(!runs.to_string().contains("MERGER-40M"), "{runs}");
+    assert!(runs.to_string().contains("done for others"), "{runs}");
+    p.cancel().await.unwrap();
+    admin.cancel().await.unwrap();
+}
+
 /// 3. A narrowed API key's triggered workflow acts with the key's own scopes, not its
 /// owner's: it widens nobody and turns off no hold.
 #[tokio::test]

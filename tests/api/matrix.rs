@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use agentcrm::access::Scopes;
-use agentcrm::toolkit::catalog::{Catalog, RegisteredTool, handles_secrets};
+use agentcrm::toolkit::catalog::{Catalog, RegisteredTool, handles_secrets, makes_standing_work};
 use rmcp::model::CallToolRequestParams;
 use serde_json::{Map, Value, json};
 
@@ -47,11 +47,14 @@ fn permission_refusal(description: &str) -> bool {
     description.contains("needs the scope(s)")
         || description.contains("reserved for human administrators")
         || description.contains("is decided by a person")
+        || description.contains("runs later for its owner")
 }
 
 /// May a call of `tool` made for a chain with `scopes` (an agent in it or not) run?
 fn expected(tool: &RegisteredTool, scopes: Scopes, agent: bool, direct: bool) -> bool {
-    scopes.contains(tool.required) && !(tool.humans_only && agent) && (direct || !tool.needs_person)
+    scopes.contains(tool.required)
+        && !(tool.humans_only && agent)
+        && (direct || !(tool.needs_person || makes_standing_work(tool.def.name)))
 }
 
 /// The arguments a step gets: every required one a reference to an input never given.
@@ -74,7 +77,10 @@ fn step_tools(catalog: &Catalog) -> Vec<&RegisteredTool> {
     catalog
         .iter()
         .filter(|t| {
-            !handles_secrets(t.def.name) && !NOT_IN_STEPS.contains(&t.def.name) && !t.needs_person
+            !handles_secrets(t.def.name)
+                && !NOT_IN_STEPS.contains(&t.def.name)
+                && !t.needs_person
+                && !makes_standing_work(t.def.name)
         })
         .collect()
 }

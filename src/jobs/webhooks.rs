@@ -279,6 +279,26 @@ impl Worker {
         if let Some(refusal) = crate::events::read_refusal(&reader, &delivery.event_type) {
             return Ok(Some(refusal));
         }
+        // A run's record (its output) is read by those it was done for and admins, through
+        // a webhook as through list_agent_runs.
+        if delivery.event_type == "agent.run.completed" {
+            let chain: Option<Value> =
+                sqlx::query_scalar("SELECT chain FROM agent_runs WHERE tenant_id = $1 AND id = $2")
+                    .bind(delivery.tenant_id)
+                    .bind(delivery.subject_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| format!("the run could not be read: {e}"))?;
+            let chain = chain
+                .as_ref()
+                .map(delegation::read_chain)
+                .unwrap_or_default();
+            if !delegation::may_read(&reader, &chain) {
+                return Ok(Some(
+                    "the run was done for others than whom the webhook reads for".into(),
+                ));
+            }
+        }
         let policy = Policy::load(&self.pool, &reader)
             .await
             .map_err(|e| format!("what its reader may read could not be checked: {e}"))?;

@@ -671,3 +671,79 @@ async fn several_processes_share_deliveries_without_sending_an_attempt_twice() {
     );
     drop(two);
 }
+
+/// An agent run's record reaches a webhook only if its maker may read that run: someone it
+/// was done for, or an admin (found by a review: `agents:read` received every run's output).
+#[tokio::test]
+async fn a_runs_completion_reaches_only_webhooks_whose_maker_may_read_the_run() {
+    let db = TestDb::new().await;
+    let server = HttpServer::start(db.command(&["http"]));
+    let admin = http_client(&server.mcp_url(), &db.admin_key, Generation::Stateless).await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let scopes = [
+        "agents:read",
+        "agents:write",
+        "agents:execute",
+        "workflows:read",
+        "workflows:write",
+        "workflows:execute",
+        "webhooks:manage",
+    ];
+    create_member(&db, "m@acme.test", &scopes);
+    let m = key_client(&db, "m@acme.test", &[]).await;
+    let hook = call_ok(
+        &m,
+        "create_webhook",
+        json!({ "url": receiver.url, "events": ["agent.run.completed"] }),
+    )
+    .await["webhook"]["id"]
+        .clone();
+    let echo = call_ok(
+        &admin,
+        "create_workflow",
+        json!({ "name": "echo", "steps": [{ "id": "s", "tool": "test_substitution",
+                 "arguments": { "parameters": { "said": "{{input.note}}" },
+                                "context": { "input": {} } } }] }),
+    )
+    .await["workflow"]["id"]
+        .clone();
+    call_ok(
+        &admin,
+        "create_agent",
+        json!({ "name": "echoer", "scopes": ["workflows:read", "workflows:execute"],
+                "kind": "workflow", "config": { "workflow_id": echo } }),
+    )
+    .await;
+    // The admin's run: not the member's to read, so not sent.
+    call_ok(
+        &admin,
+        "run_agent",
+        json!({ "agent": "echoer", "input": { "note": "ADMIN-ONLY" }, "wait_seconds": 30 }),
+    )
+    .await;
+    let first = settled(&admin, &hook, Duration::from_secs(20)).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["status"], "failed", "{first:?}");
+    assert!(
+        first[0]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("done for others"),
+        "{first:?}"
+    );
+    // The member's own run: sent.
+    call_ok(
+        &m,
+        "run_agent",
+        json!({ "agent": "echoer", "input": { "note": "MINE" }, "wait_seconds": 30 }),
+    )
+    .await;
+    let hits = receiver.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(hits.len(), 1);
+    let body = hits[0].json().to_string();
+    assert!(
+        body.contains("MINE") && !body.contains("ADMIN-ONLY"),
+        "{body}"
+    );
+    admin.cancel().await.unwrap();
+}

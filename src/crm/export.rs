@@ -607,7 +607,13 @@ async fn load(pool: &PgPool, principal: &Principal, id: Uuid) -> Result<Export, 
     .map_err(StoreError::from)?;
     let not_found = || ToolError::NotFound(format!("no export {id} that this caller can read"));
     let row = row.ok_or_else(not_found)?;
-    let mine = row.principal_id.is_some() && row.principal_id == principal.id;
+    // Its maker's: work done on someone's behalf reads it only if every member of its chain
+    // is the maker (a member's step, run by an admin, is not the admin).
+    let mine = row.principal_id.is_some()
+        && principal
+            .members()
+            .iter()
+            .all(|m| Some(m.id) == row.principal_id);
     if !mine && !delegation::is_admin_person(principal) {
         return Err(not_found());
     }

@@ -386,6 +386,7 @@ async fn a_chain_reads_only_what_each_of_its_members_may_read() {
             "workflows:read",
             "workflows:write",
             "workflows:execute",
+            "customers:export",
         ],
         &[],
     )
@@ -433,6 +434,30 @@ async fn a_chain_reads_only_what_each_of_its_members_may_read() {
         !seen.to_string().contains("ADMIN-ONLY-SECRET")
             && !run.to_string().contains("ADMIN-ONLY-SECRET"),
         "{seen}"
+    );
+
+    // The admin's export, whose id reached the member's workflow as input: not the chain's.
+    let export = call_ok(&admin, "export_customers", json!({ "wait_seconds": 20 })).await;
+    let fetch = workflow(
+        &m,
+        json!({ "name": "fetch", "steps": [{ "id": "s", "tool": "get_export",
+                 "arguments": { "export_id": "{{input.id}}" } }] }),
+    )
+    .await;
+    let run = call_ok(
+        &admin,
+        "execute_workflow",
+        json!({ "workflow_id": fetch, "input_data": { "id": export["export"]["export_id"] },
+                "wait_seconds": 20 }),
+    )
+    .await;
+    assert_eq!(run["execution"]["status"], "failed", "{run}");
+    assert!(
+        run["steps"][0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no export"),
+        "{run}"
     );
 
     let agent = register(

@@ -243,12 +243,24 @@ pub fn members_may_read(readers: &[Member], members: &[Member]) -> bool {
 /// Adds ` AND <reader may read it>` to a query over rows with a `chain` column: admins read
 /// every row, anyone else the rows of work done for them (for a chain: for each of them).
 pub fn push_readable(query: &mut sqlx::QueryBuilder<sqlx::Postgres>, reader: &Principal) {
+    push_readable_in(query, reader, "chain");
+}
+
+/// [`push_readable`] over the members in `members` (an expression of this code's, never a
+/// caller's: a jsonb array of members).
+pub fn push_readable_in(
+    query: &mut sqlx::QueryBuilder<sqlx::Postgres>,
+    reader: &Principal,
+    members: &'static str,
+) {
     if is_admin_person(reader) {
         return;
     }
     for me in reader.members() {
         query
-            .push(" AND EXISTS (SELECT 1 FROM jsonb_array_elements(chain) m WHERE (m->>'kind' = ")
+            .push(" AND EXISTS (SELECT 1 FROM jsonb_array_elements(")
+            .push(members)
+            .push(") m WHERE (m->>'kind' = ")
             .push_bind(me.kind.as_str())
             .push(" AND m->>'id' = ")
             .push_bind(me.id.to_string())

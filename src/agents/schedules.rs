@@ -485,6 +485,8 @@ async fn list_schedules(ctx: ToolCtx, args: ListArgs) -> Result<ScheduleList, To
             if let Some(agent) = agent {
                 q.push(" AND s.agent_id = ").push_bind(agent);
             }
+            // A schedule's prompt and callback URL are its maker's: admins see every one.
+            delegation::push_readable_in(q, &ctx.principal, "jsonb_build_array(s.creator)");
         },
         "s.created_at DESC, s.id",
         page,

@@ -541,9 +541,23 @@ async fn a_chained_run_hears_only_the_runs_its_schedules_maker_was_part_of() {
     call_ok(
         &p,
         "schedule_agent",
-        json!({ "agent": "agy", "after_agent": "agx", "after_status": "any" }),
+        json!({ "agent": "agy", "after_agent": "agx", "after_status": "any",
+                "prompt": "P-PRIVATE-PROMPT" }),
     )
     .await;
+    // A schedule's prompt and callback are its maker's (and admins'): another member with
+    // agents:read does not list it.
+    let q = member(&db, "q@acme.test", &scopes, &[]).await;
+    for (who, client, count) in [("maker", &p, 1), ("admin", &admin, 1), ("other", &q, 0)] {
+        let listed = call_ok(client, "list_schedules", json!({})).await;
+        assert_eq!(listed["total"], count, "{who}: {listed}");
+        assert_eq!(
+            listed.to_string().contains("P-PRIVATE-PROMPT"),
+            count == 1,
+            "{who}: {listed}"
+        );
+    }
+    q.cancel().await.unwrap();
 
     let chained = |nth: usize| {
         let p = &p;

@@ -55,7 +55,8 @@ pub fn tools() -> Vec<RegisteredTool> {
             def(
                 "list_schedules",
                 "List agent schedules",
-                "List schedules, optionally of one agent, with their next and last run.\n\n\
+                "List your schedules (an admin: everyone's), optionally of one agent, with \
+                 their next and last run.\n\n\
                  Callback secrets are never shown.",
                 &["agents:read"],
                 Hints::READ,

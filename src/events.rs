@@ -3,6 +3,7 @@
 //! work done on someone's behalf that wrote it), so triggered work never loops.
 
 use serde_json::Value;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::access::Principal;
@@ -76,4 +77,52 @@ pub fn read_refusal(principal: &Principal, event_type: &str) -> Option<String> {
             principal.name
         )
     })
+}
+
+/// Why events of `event_type` may not reach work done for `reader` (a webhook's maker, a
+/// triggered workflow's chain), if they may not: it lacks the event's read scope, or field
+/// rules, row conditions or object grants apply to it (events carry whole records). The
+/// same for every event of the type; see [`subject_refusal`] for one event's own.
+pub async fn reader_refusal(
+    pool: &PgPool,
+    reader: &Principal,
+    event_type: &str,
+) -> Result<Option<String>, StoreError> {
+    if let Some(refusal) = read_refusal(reader, event_type) {
+        return Ok(Some(refusal));
+    }
+    let policy = crate::access::policy::Policy::load(pool, reader).await?;
+    Ok(policy.is_restricted().then(|| {
+        format!(
+            "field rules, row conditions or object grants apply to {}, and events carry whole \
+             records",
+            reader.name
+        )
+    }))
+}
+
+/// Why one event may not reach work done for `reader`, if it may not: an agent run's
+/// completion carries its output, read (as with list_agent_runs) by those it was done for
+/// and admins.
+pub async fn subject_refusal(
+    pool: &PgPool,
+    reader: &Principal,
+    event_type: &str,
+    subject_id: Option<Uuid>,
+) -> Result<Option<String>, StoreError> {
+    if event_type != "agent.run.completed" {
+        return Ok(None);
+    }
+    let chain: Option<Value> =
+        sqlx::query_scalar("SELECT chain FROM agent_runs WHERE tenant_id = $1 AND id = $2")
+            .bind(reader.tenant_id)
+            .bind(subject_id)
+            .fetch_optional(pool)
+            .await?;
+    let chain = chain
+        .as_ref()
+        .map(crate::access::delegation::read_chain)
+        .unwrap_or_default();
+    Ok((!crate::access::delegation::may_read(reader, &chain))
+        .then(|| "the run was done for others than whom the event would reach".to_owned()))
 }

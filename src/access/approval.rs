@@ -282,12 +282,11 @@ async fn store_hold(
     let principal = &ctx.principal;
     // The agent whose call it is (the first of the chain), and the chain approval runs for.
     let members = principal.members();
-    let agent = members
-        .iter()
-        .find(|m| m.kind == crate::access::PrincipalKind::Agent);
-    let (agent_id, agent_name) = agent.map_or((principal.id, principal.name.clone()), |a| {
-        (Some(a.id), a.name.clone())
-    });
+    let (agent_id, agent_name) = principal
+        .chain_agent()
+        .map_or((principal.id, principal.name.clone()), |a| {
+            (Some(a.id), a.name)
+        });
     let (customer_id, customer_name) = about
         .map(|a| (Some(a.customer_id), Some(a.customer_name)))
         .unwrap_or_default();

@@ -108,6 +108,19 @@ impl Principal {
                 .is_some_and(|d| d.members.iter().any(|m| m.kind == PrincipalKind::Agent))
     }
 
+    /// The first agent of the chain the call acts for (the agent itself, for its own call):
+    /// whose held calls and handoff tickets they are.
+    pub fn chain_agent(&self) -> Option<Member> {
+        match &self.delegation {
+            Some(delegation) => delegation
+                .members
+                .iter()
+                .find(|m| m.kind == PrincipalKind::Agent)
+                .cloned(),
+            None => self.is_agent().then(|| Member::of(self)),
+        }
+    }
+
     /// A person (or an API key of one) at a client: no agent, no work on someone's behalf.
     pub fn is_person_at_client(&self) -> bool {
         self.delegation.is_none() && !self.is_agent()

@@ -178,6 +178,15 @@ struct Lease {
     taken: Instant,
 }
 
+fn bucket_seconds(limit: Limit) -> i64 {
+    (limit.window_seconds / BUCKETS).max(1)
+}
+
+/// Buckets after this one (unix seconds) are in the window at `now`.
+fn window_from(limit: Limit, now: i64) -> i64 {
+    now - limit.window_seconds - bucket_seconds(limit)
+}
+
 /// What this process knows of one principal's class.
 struct Window {
     bucket_seconds: i64,
@@ -201,7 +210,7 @@ struct Window {
 impl Window {
     fn new(limit: Limit) -> Window {
         Window {
-            bucket_seconds: (limit.window_seconds / BUCKETS).max(1),
+            bucket_seconds: bucket_seconds(limit),
             leases: Vec::new(),
             next_lease: 1,
             used: 0,
@@ -217,7 +226,7 @@ impl Window {
     /// of the new window yet. Leases keep the buckets they were counted in (and, being of no
     /// current bucket, are given back).
     fn fit(&mut self, limit: Limit) {
-        let bucket_seconds = (limit.window_seconds / BUCKETS).max(1);
+        let bucket_seconds = bucket_seconds(limit);
         if bucket_seconds != self.bucket_seconds {
             self.bucket_seconds = bucket_seconds;
             self.read_at = None;
@@ -275,11 +284,6 @@ impl Window {
                 as u64,
         }
     }
-
-    /// Buckets after this one (unix seconds) are in the window at `now`.
-    fn from(&self, limit: Limit, now: i64) -> i64 {
-        now - limit.window_seconds - self.bucket_seconds
-    }
 }
 
 struct CachedLimits {
@@ -325,7 +329,7 @@ impl RateLimiter {
             returning: Arc::default(),
         };
         let weak = Arc::downgrade(&limiter.windows);
-        let background = limiter.clone_without_task();
+        let background = limiter.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SYNC_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -349,15 +353,6 @@ impl RateLimiter {
             }
         });
         limiter
-    }
-
-    fn clone_without_task(&self) -> RateLimiter {
-        RateLimiter {
-            pool: self.pool.clone(),
-            windows: self.windows.clone(),
-            limits: self.limits.clone(),
-            returning: self.returning.clone(),
-        }
     }
 
     /// Counts one call of `principal` in each of `classes`, or refuses it (counting nothing).
@@ -431,7 +426,7 @@ impl RateLimiter {
             window.last_take = Some(Instant::now());
             (
                 window.bucket(now),
-                window.from(limit, now),
+                window_from(limit, now),
                 window.next_lease,
             )
         };
@@ -502,7 +497,7 @@ impl RateLimiter {
             if window.read_at.is_some_and(|at| at.elapsed() < SYNC_EVERY) {
                 return Ok(window.quota(class, limit, now));
             }
-            window.from(limit, now)
+            window_from(limit, now)
         };
         let asked = Instant::now();
         let (used, oldest) = self.read(key, from).await?;
@@ -546,7 +541,7 @@ impl RateLimiter {
         for class in Class::ALL {
             let limit = limits[&class];
             let key = (who, class);
-            let from = Window::new(limit).from(limit, now);
+            let from = window_from(limit, now);
             let mut tries = 0;
             let (used, unmade) = loop {
                 tries += 1;

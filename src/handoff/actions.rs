@@ -149,13 +149,8 @@ fn push_visibility(query: &mut QueryBuilder<Postgres>, principal: &Principal) {
     query
         .push(" WHERE tenant_id = ")
         .push_bind(principal.tenant_id);
-    if principal.involves_agent() {
-        let agent = principal
-            .members()
-            .into_iter()
-            .find(|m| m.kind == crate::access::PrincipalKind::Agent)
-            .map(|m| m.id);
-        query.push(" AND agent_id = ").push_bind(agent);
+    if let Some(agent) = principal.chain_agent() {
+        query.push(" AND agent_id = ").push_bind(agent.id);
     }
 }
 

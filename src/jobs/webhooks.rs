@@ -17,9 +17,9 @@ use uuid::Uuid;
 
 use super::outbound::{self, OutboundOptions};
 use crate::access::delegation::{self, Cause, Member};
-use crate::access::policy::Policy;
 use crate::access::vault::Vault;
 use crate::error::ToolError;
+use crate::events;
 
 /// Woken by the fan-out trigger whenever deliveries are queued.
 pub const CHANNEL: &str = "agentcrm_webhooks";
@@ -276,37 +276,22 @@ impl Worker {
                 // Not decided (the database): tried again later.
                 Err(error) => return Err(error.to_string()),
             };
-        if let Some(refusal) = crate::events::read_refusal(&reader, &delivery.event_type) {
+        let undecided =
+            |e: crate::store::StoreError| format!("its reader could not be checked: {e}");
+        if let Some(refusal) = events::reader_refusal(&self.pool, &reader, &delivery.event_type)
+            .await
+            .map_err(undecided)?
+        {
             return Ok(Some(refusal));
         }
-        // A run's record (its output) is read by those it was done for and admins, through
-        // a webhook as through list_agent_runs.
-        if delivery.event_type == "agent.run.completed" {
-            let chain: Option<Value> =
-                sqlx::query_scalar("SELECT chain FROM agent_runs WHERE tenant_id = $1 AND id = $2")
-                    .bind(delivery.tenant_id)
-                    .bind(delivery.subject_id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|e| format!("the run could not be read: {e}"))?;
-            let chain = chain
-                .as_ref()
-                .map(delegation::read_chain)
-                .unwrap_or_default();
-            if !delegation::may_read(&reader, &chain) {
-                return Ok(Some(
-                    "the run was done for others than whom the webhook reads for".into(),
-                ));
-            }
-        }
-        let policy = Policy::load(&self.pool, &reader)
-            .await
-            .map_err(|e| format!("what its reader may read could not be checked: {e}"))?;
-        Ok(policy.is_restricted().then(|| {
-            "field rules, row conditions or object grants now apply to whom the webhook reads \
-             for, and events carry whole records"
-                .to_owned()
-        }))
+        events::subject_refusal(
+            &self.pool,
+            &reader,
+            &delivery.event_type,
+            delivery.subject_id,
+        )
+        .await
+        .map_err(undecided)
     }
 
     async fn post(&self, delivery: &Claimed) -> Outcome {

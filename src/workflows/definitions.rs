@@ -286,16 +286,8 @@ pub(crate) async fn check_trigger_for(
         .get("event")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    if let Some(scope) = crate::events::read_scope(event)
-        && !ctx
-            .principal
-            .scopes
-            .contains(crate::access::Scopes::parse(&[scope]).unwrap_or_default())
-    {
-        return Err(ToolError::Forbidden(format!(
-            "`{event}` events carry records that need `{scope}`, which {} does not hold",
-            ctx.principal.name
-        )));
+    if let Some(refusal) = crate::events::read_refusal(&ctx.principal, event) {
+        return Err(ToolError::Forbidden(refusal));
     }
     if ctx.policy().await?.is_restricted() {
         return Err(ToolError::Forbidden(

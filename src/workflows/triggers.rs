@@ -12,10 +12,9 @@ use uuid::Uuid;
 
 use super::engine::CHANNEL;
 use super::expr::Condition;
+use crate::access::Principal;
 use crate::access::audit::AuditEvent;
 use crate::access::delegation::{self, Cause, MAX_CAUSE_DEPTH, Member};
-use crate::access::policy::Policy;
-use crate::access::{Principal, Scopes};
 use crate::app::App;
 
 /// Events are read once they are this old: a transaction that wrote a lower event id and
@@ -135,8 +134,8 @@ pub async fn on_events(app: &App) -> Result<(), sqlx::Error> {
     else {
         return Ok(());
     };
-    let events: Vec<(i64, Uuid, String, Value, Value)> = sqlx::query_as(
-        "SELECT id, tenant_id, type, payload, cause FROM events
+    let events: Vec<(i64, Uuid, String, Option<Uuid>, Value, Value)> = sqlx::query_as(
+        "SELECT id, tenant_id, type, subject_id, payload, cause FROM events
          WHERE id > $1 AND created_at < now() - make_interval(secs => $2)
          ORDER BY id LIMIT 500",
     )
@@ -151,7 +150,7 @@ pub async fn on_events(app: &App) -> Result<(), sqlx::Error> {
     // Who each workflow acts for, and whether its events may reach them, is the same for
     // every event of the batch: found once per workflow.
     let mut admitted: HashMap<Uuid, Result<Principal, String>> = HashMap::new();
-    for (event_id, tenant_id, event_type, payload, cause) in events {
+    for (event_id, tenant_id, event_type, subject_id, payload, cause) in events {
         let workflows: Vec<Triggered> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {TRIGGERED_COLUMNS}
              FROM workflows WHERE tenant_id = $1 AND status = 'active' AND trigger_type = 'event'
@@ -193,13 +192,31 @@ pub async fn on_events(app: &App) -> Result<(), sqlx::Error> {
             }
             if let Entry::Vacant(slot) = admitted.entry(workflow.id) {
                 let verdict = match workflow.acting(pool, Cause::default()).await {
-                    Ok(acting) => match event_refusal(pool, &acting, &event_type).await {
-                        Some(reason) => Err(reason),
-                        None => Ok(acting),
-                    },
+                    Ok(acting) => {
+                        match crate::events::reader_refusal(pool, &acting, &event_type).await {
+                            Ok(None) => Ok(acting),
+                            Ok(Some(reason)) => Err(reason),
+                            Err(error) => Err(format!("its policy could not be read: {error}")),
+                        }
+                    }
                     Err(reason) => Err(reason),
                 };
                 slot.insert(verdict);
+            }
+            // This event's own: a run's completion reaches only those who may read the run.
+            if let Ok(acting) = &admitted[&workflow.id]
+                && let Some(reason) =
+                    match crate::events::subject_refusal(pool, acting, &event_type, subject_id)
+                        .await
+                    {
+                        Ok(refusal) => refusal,
+                        Err(error) => Some(format!("the event could not be checked: {error}")),
+                    }
+            {
+                workflow
+                    .refused(app, event_id, &event_type, "forbidden", &reason)
+                    .await;
+                continue;
             }
             let acting = match &admitted[&workflow.id] {
                 Ok(acting) => delegation::with_cause(
@@ -238,26 +255,4 @@ pub async fn on_events(app: &App) -> Result<(), sqlx::Error> {
             .await?;
     }
     tx.commit().await
-}
-
-/// Why the events of `event_type` may not reach work acting for `acting`: it cannot read
-/// what they carry, or field rules, row conditions or object grants apply to it.
-async fn event_refusal(pool: &PgPool, acting: &Principal, event_type: &str) -> Option<String> {
-    let scope = crate::events::read_scope(event_type)
-        .and_then(|s| Scopes::parse(&[s]).ok())
-        .unwrap_or(Scopes::EVERY);
-    if !acting.scopes.contains(scope) {
-        return Some(format!(
-            "who the workflow acts for may not read what `{event_type}` events carry"
-        ));
-    }
-    match Policy::load(pool, acting).await {
-        Ok(policy) if policy.is_restricted() => Some(
-            "field rules, row conditions or object grants apply to who the workflow acts for, \
-             and events carry whole records"
-                .into(),
-        ),
-        Ok(_) => None,
-        Err(error) => Some(format!("its policy could not be read: {error}")),
-    }
 }

@@ -745,5 +745,49 @@ async fn a_runs_completion_reaches_only_webhooks_whose_maker_may_read_the_run() 
         body.contains("MINE") && !body.contains("ADMIN-ONLY"),
         "{body}"
     );
+
+    // A workflow the member triggers on runs' completing is held to the same rule (one
+    // check serves webhooks and triggers): the admin's run does not start it, its own does.
+    let watcher = call_ok(
+        &m,
+        "create_workflow",
+        json!({ "name": "watcher", "status": "active", "trigger_type": "event",
+                "trigger_config": { "event": "agent.run.completed" },
+                "steps": [{ "id": "s", "tool": "list_workflows", "arguments": { "limit": 1 } }] }),
+    )
+    .await["workflow"]["id"]
+        .clone();
+    for (client, note) in [(&admin, "ADMIN-AGAIN"), (&m, "MINE-AGAIN")] {
+        call_ok(
+            client,
+            "run_agent",
+            json!({ "agent": "echoer", "input": { "note": note }, "wait_seconds": 30 }),
+        )
+        .await;
+    }
+    // Events are taken in order: once the member's last run started it, the admin's runs
+    // were decided.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let started = loop {
+        let listed = call_ok(
+            &admin,
+            "list_workflow_executions",
+            json!({ "workflow_id": watcher }),
+        )
+        .await;
+        if listed.to_string().contains("MINE-AGAIN") || Instant::now() > deadline {
+            break listed.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(started.contains("MINE-AGAIN"), "{started}");
+    assert!(!started.contains("ADMIN"), "{started}");
+    let refused = call_ok(
+        &admin,
+        "list_audit_log",
+        json!({ "outcome": "refused", "action": "workflow.trigger" }),
+    )
+    .await;
+    assert!(refused.to_string().contains("done for others"), "{refused}");
     admin.cancel().await.unwrap();
 }
